@@ -1,0 +1,147 @@
+//! The one error type of the crate.
+
+/// Everything that can go wrong in candlewick, each with the facts a user needs to act on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading the model file or stream failed for a reason outside the file's contents.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// The file ended before a part the header promised (the file is truncated).
+    #[error("the GGUF file is truncated: it ends while reading {what}")]
+    Truncated {
+        /// What was being read when the data ran out.
+        what: String,
+    },
+
+    /// The first four bytes are not `GGUF`: this is not a GGUF file.
+    #[error("not a GGUF file: the first bytes are {found:?}, expected \"GGUF\"")]
+    BadMagic {
+        /// The bytes found where the magic should be.
+        found: [u8; 4],
+    },
+
+    /// The GGUF version is one this crate does not read (it reads versions 2 and 3).
+    #[error("unsupported GGUF version {version} (candlewick reads versions 2 and 3)")]
+    UnsupportedVersion {
+        /// The version the file declares.
+        version: u32,
+    },
+
+    /// The file is structurally invalid: an impossible count, length, type or offset.
+    #[error("corrupt GGUF file: {reason}")]
+    Corrupt {
+        /// What is wrong, in words.
+        reason: String,
+    },
+
+    /// A metadata key the model needs is absent.
+    #[error("missing GGUF metadata key `{key}`")]
+    MissingMetadata {
+        /// The absent key.
+        key: String,
+    },
+
+    /// A metadata key holds a value of the wrong type.
+    #[error("GGUF metadata key `{key}` has type {found}, expected {expected}")]
+    MetadataType {
+        /// The key.
+        key: String,
+        /// The type the reader needed.
+        expected: &'static str,
+        /// The type found in the file.
+        found: &'static str,
+    },
+
+    /// A metadata key holds a value of the right type that makes no sense.
+    #[error("GGUF metadata key `{key}` is invalid: {reason}")]
+    InvalidMetadata {
+        /// The key.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+
+    /// The file's `tokenizer.ggml.model` names a tokenizer family this crate does not build.
+    #[error("unsupported tokenizer model `{model}` (supported: {supported})")]
+    UnsupportedTokenizer {
+        /// The value of `tokenizer.ggml.model`.
+        model: String,
+        /// The supported values, comma separated.
+        supported: String,
+    },
+
+    /// The file's `tokenizer.ggml.pre` is absent or names a pre-tokenizer this crate does not know.
+    /// A wrong pre-tokenizer silently degrades output, so there is no default.
+    #[error("unknown pre-tokenizer `{pre}` in `tokenizer.ggml.pre` (known: {known})")]
+    UnknownPreTokenizer {
+        /// The value found (`<missing>` when the key is absent).
+        pre: String,
+        /// The known values, comma separated.
+        known: String,
+    },
+
+    /// Building or running a tokenizer failed.
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+
+    /// A token id is not in the vocabulary.
+    #[error("token id {id} is out of range for a vocabulary of {vocab_size} tokens ({what})")]
+    TokenOutOfRange {
+        /// The offending id.
+        id: i64,
+        /// The vocabulary size.
+        vocab_size: usize,
+        /// Where the id came from.
+        what: String,
+    },
+
+    /// The model has no `tokenizer.chat_template`, so chat messages cannot be rendered.
+    #[error("this model has no chat template (`tokenizer.chat_template`); pass a raw prompt instead")]
+    NoChatTemplate,
+
+    /// The chat template failed to compile or render.
+    #[error("chat template error: {message}")]
+    Template {
+        /// What the template engine reported.
+        message: String,
+    },
+
+    /// Chat messages given by the caller are malformed.
+    #[error("invalid chat messages: {reason}")]
+    InvalidMessages {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The file's `general.architecture` is not one this crate runs.
+    #[error("unsupported architecture `{name}` (supported: {supported})")]
+    UnsupportedArchitecture {
+        /// The architecture the file declares.
+        name: String,
+        /// The supported architectures, comma separated.
+        supported: String,
+    },
+
+    /// The prompt does not fit in the context window.
+    #[error("the prompt is {tokens} tokens long but the context holds {context}")]
+    PromptTooLong {
+        /// The prompt's length in tokens.
+        tokens: usize,
+        /// The context length.
+        context: usize,
+    },
+
+    /// A caller-supplied parameter is out of range.
+    #[error("invalid parameter `{name}`: {reason}")]
+    InvalidParameter {
+        /// The parameter's name.
+        name: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

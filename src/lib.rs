@@ -1,0 +1,31 @@
+//! candlewick runs quantized GGUF language models on the CPU — natively and in the browser
+//! through WebAssembly — and streams what the model writes.
+//!
+//! Everything a model needs comes from its one GGUF file: the weights, the tokenizer (built
+//! from the file's metadata so it tokenizes exactly as llama.cpp does), and the chat template.
+//!
+//! ```no_run
+//! use candlewick::{chat::Message, Model};
+//!
+//! fn main() -> candlewick::Result<()> {
+//!     let model = Model::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//!     let ids = model.tokenizer().encode("Hello, world", false, false)?;
+//!     println!("{} tokens: {ids:?}", ids.len());
+//!     let prompt = model.render_chat(&[Message::user("What is a candle wick?")])?;
+//!     println!("{prompt}");
+//!     Ok(())
+//! }
+//! ```
+#![deny(missing_docs)]
+
+pub mod chat;
+pub mod error;
+pub mod gguf;
+pub mod model;
+pub mod tokenizer;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+
+pub use error::{Error, Result};
+pub use model::Model;

@@ -1,0 +1,137 @@
+//! A loaded model: its GGUF header, tokenizer and chat template, the same on every target.
+
+use std::io::{Read, Seek};
+
+use serde::Serialize;
+
+use crate::chat::{self, ChatTemplate, Message};
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::tokenizer::Tokenizer;
+
+/// A model read from a GGUF file.
+pub struct Model {
+    gguf: Gguf,
+    tokenizer: Tokenizer,
+}
+
+/// What `candlewick info` prints: the facts about a model a user asks first.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// `general.architecture`, e.g. `llama`, `qwen2`, `gemma3`.
+    pub architecture: String,
+    /// `general.name`, when the file has one.
+    pub name: Option<String>,
+    /// The context length the model was trained for (`<arch>.context_length`).
+    pub context_length: Option<u64>,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece-style).
+    pub tokenizer_model: String,
+    /// `tokenizer.ggml.pre`, the pre-tokenizer of a `gpt2` tokenizer.
+    pub tokenizer_pre: Option<String>,
+    /// The beginning-of-sequence token.
+    pub bos_token_id: Option<u32>,
+    /// Whether a BOS token is put before a prompt.
+    pub add_bos_token: bool,
+    /// The tokens that end generation.
+    pub end_of_generation_ids: Vec<u32>,
+    /// Whether the file carries a chat template.
+    pub has_chat_template: bool,
+    /// Number of tensors.
+    pub tensor_count: usize,
+}
+
+impl Model {
+    /// Reads a model's header and builds its tokenizer from any seekable byte source.
+    ///
+    /// # Errors
+    /// Any [`Error`] from reading the GGUF header or building the tokenizer.
+    pub fn read<R: Read + Seek>(reader: &mut R) -> Result<Model> {
+        let gguf = Gguf::read(reader)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        Ok(Model { gguf, tokenizer })
+    }
+
+    /// As [`Model::read`], but with a Hugging Face tokenizer.json that takes precedence over
+    /// the file's own tokenizer.
+    ///
+    /// # Errors
+    /// Any [`Error`] from reading the GGUF header or building the tokenizer.
+    pub fn read_with_tokenizer_json<R: Read + Seek>(reader: &mut R, tokenizer_json: &[u8]) -> Result<Model> {
+        let gguf = Gguf::read(reader)?;
+        let tokenizer = Tokenizer::from_json(tokenizer_json, &gguf)?;
+        Ok(Model { gguf, tokenizer })
+    }
+
+    /// The parsed GGUF header.
+    pub fn gguf(&self) -> &Gguf {
+        &self.gguf
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The model's chat template.
+    ///
+    /// # Errors
+    /// [`Error::NoChatTemplate`] when the file has none; [`Error::Template`] when it does not
+    /// compile.
+    pub fn chat_template(&self) -> Result<ChatTemplate> {
+        ChatTemplate::from_gguf(&self.gguf, &self.tokenizer)
+    }
+
+    /// Renders `messages` with the model's chat template, ending with the assistant's header.
+    ///
+    /// # Errors
+    /// As [`Model::chat_template`] and [`ChatTemplate::render`].
+    pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        self.chat_template()?.render(messages, true)
+    }
+
+    /// The prompt tokens for `messages`: rendered, tokenized with special tokens recognised,
+    /// and BOS first exactly once when the model wants it.
+    ///
+    /// # Errors
+    /// As [`Model::render_chat`] and [`Tokenizer::encode`].
+    pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        chat::tokenize_rendered(&self.tokenizer, &self.render_chat(messages)?)
+    }
+
+    /// The facts `candlewick info` prints.
+    ///
+    /// # Errors
+    /// [`Error::MissingMetadata`] / [`Error::MetadataType`] for a missing or mistyped
+    /// `general.architecture` and mistyped optional keys.
+    pub fn info(&self) -> Result<ModelInfo> {
+        let g = &self.gguf;
+        let architecture = g.architecture()?.to_string();
+        Ok(ModelInfo {
+            context_length: g.opt_u64(&format!("{architecture}.context_length"))?,
+            name: g.opt_str("general.name")?.map(str::to_owned),
+            vocab_size: self.tokenizer.vocab_size(),
+            tokenizer_model: g.str("tokenizer.ggml.model")?.to_string(),
+            tokenizer_pre: g.opt_str("tokenizer.ggml.pre")?.map(str::to_owned),
+            bos_token_id: self.tokenizer.bos(),
+            add_bos_token: self.tokenizer.adds_bos(),
+            end_of_generation_ids: self.tokenizer.end_of_generation().to_vec(),
+            has_chat_template: g.get("tokenizer.chat_template").is_some(),
+            tensor_count: g.tensors.len(),
+            architecture,
+        })
+    }
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("tensors", &self.gguf.tensors.len()).field("vocab_size", &self.tokenizer.vocab_size()).finish()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_error_is_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Error>();
+}

@@ -1,0 +1,107 @@
+//! The tokenizer built from each real model's GGUF metadata tokenizes exactly as llama.cpp does
+//! (node-llama-cpp 3.21.1 run on the same file), and decoding gives the text back.
+
+mod common;
+
+use candlewick::Model;
+use common::{corpus, llama_cpp, model, GEMMA3, QWEN25_CODER, SMOLLM2};
+use serde_json::json;
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check_parity(which: (&str, &str)) {
+    let path = model(which);
+    let model = Model::open(&path).unwrap();
+    let tok = model.tokenizer();
+    let texts = corpus();
+    assert!(texts.len() >= 60);
+    let reference = llama_cpp("tokenize.mjs", &[path.to_str().unwrap()], &json!({ "texts": texts }));
+
+    let mut failures = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        for (mode, parse_special) in [("plain", false), ("special", true)] {
+            let want = ids(&reference[mode][i]);
+            let got = tok.encode(text, false, parse_special).unwrap();
+            if got != want {
+                failures.push(format!("{mode} {text:?}\n   llama.cpp:  {want:?}\n   candlewick: {got:?}"));
+            }
+        }
+        // Decoding: the same text llama.cpp's detokenizer gives, and the original text back.
+        let plain = tok.encode(text, false, false).unwrap();
+        let decoded = tok.decode(&plain, false).unwrap();
+        let want_detok = reference["detok"][i].as_str().unwrap();
+        if decoded != want_detok {
+            failures.push(format!("decode {text:?}: llama.cpp {want_detok:?}, candlewick {decoded:?}"));
+        }
+        if &decoded != text {
+            failures.push(format!("round trip {text:?} gave {decoded:?}"));
+        }
+        let with_specials = tok.decode(&tok.encode(text, false, true).unwrap(), true).unwrap();
+        if &with_specials != text {
+            failures.push(format!("round trip with special tokens {text:?} gave {with_specials:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} corpus strings differ for {}:\n{}", failures.len(), texts.len(), which.1, failures.join("\n"));
+}
+
+#[test]
+fn smollm2_tokenizes_like_llama_cpp() {
+    check_parity(SMOLLM2);
+}
+
+#[test]
+fn qwen25_coder_tokenizes_like_llama_cpp() {
+    check_parity(QWEN25_CODER);
+}
+
+#[test]
+fn gemma3_tokenizes_like_llama_cpp() {
+    check_parity(GEMMA3);
+}
+
+/// The CLI prints the same ids as the library, as one JSON array.
+#[test]
+fn cli_tokenize_prints_json_ids() {
+    let path = model(SMOLLM2);
+    let model = Model::open(&path).unwrap();
+    for (text, special) in [("Hello world 123", false), ("<|im_start|>user\nhi<|im_end|>", true), ("<|im_start|>", false)] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_candlewick"));
+        cmd.args(["tokenize", "--model", path.to_str().unwrap(), "--text", text]);
+        if special {
+            cmd.arg("--special");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let printed: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(printed, model.tokenizer().encode(text, false, special).unwrap(), "{text:?}");
+    }
+}
+
+/// End-of-generation sets come from the file: the EOS id plus end-of-turn tokens.
+#[test]
+fn end_of_generation_sets_are_read_from_the_files() {
+    for which in [SMOLLM2, QWEN25_CODER, GEMMA3] {
+        let model = Model::open(model(which)).unwrap();
+        let tok = model.tokenizer();
+        let texts: Vec<&str> = tok.end_of_generation().iter().map(|&id| tok.token_text(id).unwrap()).collect();
+        let eos = tok.eos().map(|id| tok.token_text(id).unwrap());
+        assert!(eos.is_some_and(|e| texts.contains(&e)), "{}: EOS {eos:?} not in {texts:?}", which.1);
+        let expected_turn_end = match which.0 {
+            "gemma3" => "<end_of_turn>",
+            _ => "<|im_end|>",
+        };
+        assert!(texts.contains(&expected_turn_end), "{}: {texts:?}", which.1);
+    }
+}
+
+/// Building Gemma 3's 262,144-token tokenizer (header + tokenizer) is fast; the figure is
+/// printed for the record, not asserted (timings on a shared machine are noise).
+#[test]
+fn gemma3_tokenizer_build_time() {
+    let path = model(GEMMA3);
+    let start = std::time::Instant::now();
+    let model = Model::open(&path).unwrap();
+    println!("gemma3: header + {}-token tokenizer built in {:?}", model.tokenizer().vocab_size(), start.elapsed());
+}
