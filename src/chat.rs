@@ -9,6 +9,7 @@
 use std::io::Write;
 
 use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Kwargs;
 use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -188,7 +189,10 @@ fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Err
 /// `tojson` as Hugging Face defines it: Python's `json.dumps(value, ensure_ascii=False,
 /// indent=indent)`, which separates items with `", "` and keys with `": "` and escapes no
 /// HTML characters.
-fn tojson(value: Value, indent: Option<usize>) -> std::result::Result<Value, minijinja::Error> {
+fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let _ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?; // Hugging Face's is False
+    kwargs.assert_all_used()?;
     let json = serde_json::to_value(&value).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
     write_python_json(&json, indent, 0, &mut out);
@@ -335,7 +339,9 @@ mod tests {
     fn python_methods_and_whitespace_control() {
         let source = "{% for m in messages %}\n  {{ m.role.upper() }}:{{ m.content.strip() }}|\n{% endfor %}{% if add_generation_prompt %}{{ bos_token }}{% endif %}";
         let out = render(source, &[Message::user("  hi  "), Message::assistant("yo")]).unwrap();
-        assert_eq!(out, "USER:hi|\nASSISTANT:yo|\n<s>");
+        // What Jinja2 renders with trim_blocks and lstrip_blocks.
+        assert_eq!(out, "  USER:hi|\n  ASSISTANT:yo|\n<s>");
+        assert_eq!(render("  {% if true %}\n  x\n  {% endif %}\ny", &[]).unwrap(), "  x\ny");
     }
 
     #[test]

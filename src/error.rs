@@ -124,6 +124,30 @@ pub enum Error {
         supported: String,
     },
 
+    /// A tensor the architecture needs is not in the file.
+    #[error("missing tensor `{name}`")]
+    MissingTensor {
+        /// The tensor's name, e.g. `blk.0.attn_q.weight`.
+        name: String,
+    },
+
+    /// A tensor has a shape or type the architecture cannot use.
+    #[error("tensor `{name}`: {reason}")]
+    InvalidTensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A tensor computation failed (reported by Candle).
+    #[error("tensor computation failed: {0}")]
+    Compute(String),
+
+    /// The model was opened without its weights (for tokenizing only), so it cannot generate.
+    #[error("this model was opened without its weights; open it with `Model::open` to generate")]
+    WeightsNotLoaded,
+
     /// The prompt does not fit in the context window.
     #[error("the prompt is {tokens} tokens long but the context holds {context}")]
     PromptTooLong {
@@ -141,6 +165,12 @@ pub enum Error {
         /// What is wrong with its value.
         reason: String,
     },
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Compute(e.to_string())
+    }
 }
 
 /// The crate's result type.

@@ -296,9 +296,9 @@ impl Gguf {
         // description at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset).
         let claimed = kv_count.checked_mul(13).zip(tensor_count.checked_mul(24)).and_then(|(a, b)| a.checked_add(b));
         if claimed.is_none_or(|bytes| bytes > h.remaining()) {
-            return Err(Error::Corrupt {
-                reason: format!(
-                    "the header claims {kv_count} metadata entries and {tensor_count} tensors, more than the {} bytes of the file can hold",
+            return Err(Error::Truncated {
+                what: format!(
+                    "the {kv_count} metadata entries and {tensor_count} tensors the header claims (the {} bytes left cannot hold them)",
                     h.remaining()
                 ),
             });

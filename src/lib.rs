@@ -29,3 +29,8 @@ pub mod native;
 
 pub use error::{Error, Result};
 pub use model::Model;
+
+/// The README's Rust examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

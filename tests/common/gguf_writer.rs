@@ -128,7 +128,7 @@ pub fn tiny_gpt2() -> GgufFile {
         .meta("tokenizer.ggml.merges", Meta::Strs(vec!["a b".into(), "ab c".into(), "Ġ a".into()]))
         .meta("tokenizer.ggml.bos_token_id", Meta::U32(9))
         .meta("tokenizer.ggml.eos_token_id", Meta::U32(10))
-        .tensor("token_embd.weight", &[4, 11], 0, vec![0u8; 4 * 11 * 4])
+        .tensor("token_embd.weight", &[8, 11], 0, vec![0u8; 8 * 11 * 4]) // 352 bytes: no padding after it
 }
 
 /// A tiny SentencePiece-style tokenizer's metadata.

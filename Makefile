@@ -1,0 +1,38 @@
+# candlewick — the commands the README gives.
+#   make test     every test (installs what it needs: the wasm target, the models, llama.cpp
+#                 through node-llama-cpp, Python's jinja2)
+#   make models   fetch the three real models into ~/.cache/candlewick/models
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: test models reference python-deps wasm-target wasm-check fuzz
+
+test: models reference python-deps wasm-target
+	$(CARGO) test --release
+	$(MAKE) wasm-check
+
+models:
+	scripts/fetch-models.sh
+
+# llama.cpp, the reference implementation, prebuilt for this machine (node-llama-cpp 3.21.1).
+reference:
+	@if [ ! -d tests/reference/node_modules/node-llama-cpp ] || [ tests/reference/package-lock.json -nt tests/reference/node_modules/.package-lock.json ]; then \
+		npm ci --prefix tests/reference --no-audit --no-fund; \
+	fi
+
+# Python's Jinja2, which the chat-template tests compare against.
+python-deps:
+	@python3 -c 'import jinja2' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check jinja2
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+# The library builds for the browser from the first issue on.
+wasm-check: wasm-target
+	$(CARGO) build --lib --release --target wasm32-unknown-unknown
+
+# Fuzz the GGUF reader and tokenizer builder (needs `cargo install cargo-fuzz`).
+FUZZ_SECONDS ?= 300
+fuzz:
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict
