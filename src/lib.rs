@@ -18,17 +18,27 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod arch;
+pub mod catalog;
 pub mod chat;
 pub mod error;
+pub mod generator;
 pub mod gguf;
+pub mod kernels;
 pub mod model;
+pub mod sampling;
+pub mod stream;
 pub mod tokenizer;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 
+pub use catalog::Route;
 pub use error::{Error, Result};
+pub use generator::{GenerateOptions, Generator, Prompt};
 pub use model::Model;
+pub use sampling::SamplingConfig;
+pub use stream::{Chunk, ChunkStream, FinishReason, Usage};
 
 /// The README's Rust examples compile as doctests.
 #[cfg(doctest)]

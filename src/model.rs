@@ -1,18 +1,29 @@
 //! A loaded model: its GGUF header, tokenizer and chat template, the same on every target.
 
 use std::io::{Read, Seek};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::arch::Weights;
 use crate::chat::{self, ChatTemplate, Message};
 use crate::error::{Error, Result};
+use crate::generator::{GenerateOptions, Generator, Prompt};
 use crate::gguf::Gguf;
 use crate::tokenizer::Tokenizer;
 
-/// A model read from a GGUF file.
+/// A model read from a GGUF file: header, tokenizer and weights. Cloning is cheap and shares
+/// everything; each generation has its own KV cache, so clones can generate concurrently.
+#[derive(Clone)]
 pub struct Model {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     gguf: Gguf,
     tokenizer: Tokenizer,
+    /// `None` when opened for tokenizing only.
+    weights: Option<Weights>,
 }
 
 /// What `candlewick info` prints: the facts about a model a user asks first.
@@ -43,35 +54,69 @@ pub struct ModelInfo {
 }
 
 impl Model {
-    /// Reads a model's header and builds its tokenizer from any seekable byte source.
+    /// Reads a whole model — header, tokenizer, weights — from any seekable byte source.
     ///
     /// # Errors
-    /// Any [`Error`] from reading the GGUF header or building the tokenizer.
+    /// Any [`Error`] from reading the GGUF header, building the tokenizer, or loading the
+    /// weights (an unsupported architecture, a missing tensor, truncated data).
     pub fn read<R: Read + Seek>(reader: &mut R) -> Result<Model> {
         let gguf = Gguf::read(reader)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        Ok(Model { gguf, tokenizer })
+        let weights = Weights::load(&gguf, reader)?;
+        Ok(Model::from_parts(gguf, tokenizer, Some(weights)))
+    }
+
+    /// Reads the header and builds the tokenizer only: enough to tokenize, render chat
+    /// templates and describe the model, for any architecture, without the cost of the weights.
+    ///
+    /// # Errors
+    /// Any [`Error`] from reading the GGUF header or building the tokenizer.
+    pub fn read_without_weights<R: Read + Seek>(reader: &mut R) -> Result<Model> {
+        let gguf = Gguf::read(reader)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        Ok(Model::from_parts(gguf, tokenizer, None))
     }
 
     /// As [`Model::read`], but with a Hugging Face tokenizer.json that takes precedence over
     /// the file's own tokenizer.
     ///
     /// # Errors
-    /// Any [`Error`] from reading the GGUF header or building the tokenizer.
-    pub fn read_with_tokenizer_json<R: Read + Seek>(reader: &mut R, tokenizer_json: &[u8]) -> Result<Model> {
+    /// Any [`Error`] from reading the GGUF header, building the tokenizer or loading weights.
+    pub fn read_with_tokenizer_json<R: Read + Seek>(reader: &mut R, tokenizer_json: &[u8], with_weights: bool) -> Result<Model> {
         let gguf = Gguf::read(reader)?;
         let tokenizer = Tokenizer::from_json(tokenizer_json, &gguf)?;
-        Ok(Model { gguf, tokenizer })
+        let weights = if with_weights { Some(Weights::load(&gguf, reader)?) } else { None };
+        Ok(Model::from_parts(gguf, tokenizer, weights))
+    }
+
+    fn from_parts(gguf: Gguf, tokenizer: Tokenizer, weights: Option<Weights>) -> Model {
+        Model { inner: Arc::new(Inner { gguf, tokenizer, weights }) }
     }
 
     /// The parsed GGUF header.
     pub fn gguf(&self) -> &Gguf {
-        &self.gguf
+        &self.inner.gguf
     }
 
     /// The model's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        &self.inner.tokenizer
+    }
+
+    /// The model's weights.
+    ///
+    /// # Errors
+    /// [`Error::WeightsNotLoaded`] for a model read without them.
+    pub fn weights(&self) -> Result<&Weights> {
+        self.inner.weights.as_ref().ok_or(Error::WeightsNotLoaded)
+    }
+
+    /// Prepares a generation, driven step by step with [`Generator::next_chunk`].
+    ///
+    /// # Errors
+    /// As [`Generator::new`].
+    pub fn generator(&self, prompt: impl Into<Prompt>, options: GenerateOptions) -> Result<Generator> {
+        Generator::new(self, prompt.into(), options)
     }
 
     /// The model's chat template.
@@ -80,7 +125,7 @@ impl Model {
     /// [`Error::NoChatTemplate`] when the file has none; [`Error::Template`] when it does not
     /// compile.
     pub fn chat_template(&self) -> Result<ChatTemplate> {
-        ChatTemplate::from_gguf(&self.gguf, &self.tokenizer)
+        ChatTemplate::from_gguf(self.gguf(), self.tokenizer())
     }
 
     /// Renders `messages` with the model's chat template, ending with the assistant's header.
@@ -97,7 +142,7 @@ impl Model {
     /// # Errors
     /// As [`Model::render_chat`] and [`Tokenizer::encode`].
     pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        chat::tokenize_rendered(&self.tokenizer, &self.render_chat(messages)?)
+        chat::tokenize_rendered(self.tokenizer(), &self.render_chat(messages)?)
     }
 
     /// The facts `candlewick info` prints.
@@ -106,17 +151,18 @@ impl Model {
     /// [`Error::MissingMetadata`] / [`Error::MetadataType`] for a missing or mistyped
     /// `general.architecture` and mistyped optional keys.
     pub fn info(&self) -> Result<ModelInfo> {
-        let g = &self.gguf;
+        let g = self.gguf();
+        let tokenizer = self.tokenizer();
         let architecture = g.architecture()?.to_string();
         Ok(ModelInfo {
             context_length: g.opt_u64(&format!("{architecture}.context_length"))?,
             name: g.opt_str("general.name")?.map(str::to_owned),
-            vocab_size: self.tokenizer.vocab_size(),
+            vocab_size: tokenizer.vocab_size(),
             tokenizer_model: g.str("tokenizer.ggml.model")?.to_string(),
             tokenizer_pre: g.opt_str("tokenizer.ggml.pre")?.map(str::to_owned),
-            bos_token_id: self.tokenizer.bos(),
-            add_bos_token: self.tokenizer.adds_bos(),
-            end_of_generation_ids: self.tokenizer.end_of_generation().to_vec(),
+            bos_token_id: tokenizer.bos(),
+            add_bos_token: tokenizer.adds_bos(),
+            end_of_generation_ids: tokenizer.end_of_generation().to_vec(),
             has_chat_template: g.get("tokenizer.chat_template").is_some(),
             tensor_count: g.tensors.len(),
             architecture,
@@ -126,7 +172,11 @@ impl Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("tensors", &self.gguf.tensors.len()).field("vocab_size", &self.tokenizer.vocab_size()).finish()
+        f.debug_struct("Model")
+            .field("tensors", &self.gguf().tensors.len())
+            .field("vocab_size", &self.tokenizer().vocab_size())
+            .field("weights", &self.inner.weights.is_some())
+            .finish()
     }
 }
 

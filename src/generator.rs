@@ -1,0 +1,368 @@
+//! The step engine every target drives: prefill, then one decode step per token, yielding the
+//! [`Chunk`] contract through [`Generator::next_chunk`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use web_time::Instant;
+
+use crate::arch::State;
+use crate::chat::Message;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::stream::{Chunk, FinishReason, Usage};
+
+/// Prompt tokens run in one forward pass at most (bounds the attention scratch memory).
+const PREFILL_BATCH: usize = 256;
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// One user message, rendered with the model's chat template.
+    User(String),
+    /// A conversation, rendered with the model's chat template.
+    Messages(Vec<Message>),
+    /// Text fed as is (BOS first if the file's `add_bos_token` says so), no template.
+    Raw(String),
+    /// Token ids fed as is.
+    Tokens(Vec<u32>),
+}
+
+impl From<&str> for Prompt {
+    fn from(text: &str) -> Prompt {
+        Prompt::User(text.to_string())
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(text: String) -> Prompt {
+        Prompt::User(text)
+    }
+}
+
+impl From<Vec<Message>> for Prompt {
+    fn from(messages: Vec<Message>) -> Prompt {
+        Prompt::Messages(messages)
+    }
+}
+
+/// How to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to generate (default 512).
+    pub max_tokens: usize,
+    /// The sampler chain (default: llama.cpp's defaults; [`SamplingConfig::greedy`] for argmax).
+    pub sampling: SamplingConfig,
+    /// Strings that end generation when the model writes them; they are not part of the text.
+    pub stop: Vec<String>,
+    /// Positions the KV cache holds. Default: the prompt plus `max_tokens`, at most the model's
+    /// context length.
+    pub context_length: Option<usize>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 512, sampling: SamplingConfig::default(), stop: Vec::new(), context_length: None }
+    }
+}
+
+impl GenerateOptions {
+    /// Checks every parameter.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] naming the first out-of-range parameter.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_tokens == 0 {
+            return Err(Error::InvalidParameter { name: "max_tokens", reason: "must be at least 1".into() });
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidParameter { name: "stop", reason: "a stop string cannot be empty".into() });
+        }
+        if self.context_length == Some(0) {
+            return Err(Error::InvalidParameter { name: "context_length", reason: "must be at least 1".into() });
+        }
+        self.sampling.validate()
+    }
+}
+
+/// One generation in progress. Call [`Generator::next_chunk`] until it returns `None`.
+pub struct Generator {
+    model: Model,
+    state: State,
+    sampler: Sampler,
+    options: GenerateOptions,
+    /// Prompt tokens not yet run (all of them before the first step).
+    unprocessed: Vec<u32>,
+    /// Prompt and generated tokens, for the penalties.
+    history: Vec<u32>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    /// Bytes of a UTF-8 character not yet complete.
+    partial: Vec<u8>,
+    /// Decoded text held back because it could be the start of a stop string.
+    held: String,
+    /// Everything emitted so far.
+    text: String,
+    outbox: VecDeque<Chunk>,
+    finished: bool,
+    cancel: Arc<AtomicBool>,
+    started: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+impl Generator {
+    /// Prepares a generation: renders and tokenizes the prompt and allocates the KV cache. No
+    /// forward pass runs until the first [`Generator::next_chunk`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for an out-of-range option, [`Error::NoChatTemplate`] /
+    /// [`Error::Template`] for a chat prompt the model cannot render, [`Error::PromptTooLong`]
+    /// when the prompt does not fit in the context, [`Error::WeightsNotLoaded`].
+    pub fn new(model: &Model, prompt: Prompt, options: GenerateOptions) -> Result<Generator> {
+        options.validate()?;
+        let weights = model.weights()?;
+        let tokenizer = model.tokenizer();
+        let tokens = match prompt {
+            Prompt::User(text) => model.chat_tokens(&[Message::user(text)])?,
+            Prompt::Messages(messages) => model.chat_tokens(&messages)?,
+            Prompt::Raw(text) => tokenizer.encode(&text, true, false)?,
+            Prompt::Tokens(ids) => ids,
+        };
+        if tokens.is_empty() {
+            return Err(Error::InvalidParameter { name: "prompt", reason: "the prompt has no tokens".into() });
+        }
+        let model_context = weights.config().context_length;
+        let capacity = match options.context_length {
+            Some(n) if n > model_context => {
+                return Err(Error::InvalidParameter { name: "context_length", reason: format!("{n} is beyond the model's context length {model_context}") })
+            }
+            Some(n) => n,
+            None => (tokens.len() + options.max_tokens).min(model_context),
+        };
+        if tokens.len() > capacity {
+            return Err(Error::PromptTooLong { tokens: tokens.len(), context: capacity });
+        }
+        Ok(Generator {
+            model: model.clone(),
+            state: weights.new_state(capacity)?,
+            sampler: Sampler::new(options.sampling.clone())?,
+            prompt_tokens: tokens.len(),
+            history: tokens.clone(),
+            unprocessed: tokens,
+            options,
+            completion_tokens: 0,
+            partial: Vec::new(),
+            held: String::new(),
+            text: String::new(),
+            outbox: VecDeque::new(),
+            finished: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+            started: None,
+            first_token: None,
+        })
+    }
+
+    /// A flag that, once set, ends the generation with `finish_reason: cancelled` before its
+    /// next forward pass.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Uses `flag` as the cancellation flag (e.g. the one a stream sets when dropped).
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = flag;
+    }
+
+    /// The prompt's tokens count.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// Runs until there is something to say: the next text delta, then the completion (or an
+    /// error). `None` after the last chunk.
+    pub fn next_chunk(&mut self) -> Option<Chunk> {
+        while self.outbox.is_empty() && !self.finished {
+            if let Err(e) = self.step() {
+                self.outbox.clear();
+                self.outbox.push_back(Chunk::Error { message: e.to_string() });
+                self.finished = true;
+            }
+        }
+        self.outbox.pop_front()
+    }
+
+    /// One token: forward → sample → detokenize → stop check.
+    fn step(&mut self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return self.finish(FinishReason::Cancelled, None);
+        }
+        // Forward: the whole prompt first (in batches), then the token sampled last.
+        let input = match self.unprocessed.is_empty() {
+            false => std::mem::take(&mut self.unprocessed),
+            true => vec![*self.history.last().unwrap_or(&0)],
+        };
+        if self.state.len() + input.len() > self.state.capacity() {
+            return self.finish(FinishReason::Length, None); // the context is full
+        }
+        let weights = self.model.weights()?;
+        self.started.get_or_insert_with(Instant::now);
+        let mut logits = Vec::new();
+        for batch in input.chunks(PREFILL_BATCH) {
+            if self.cancel.load(Ordering::Relaxed) {
+                return self.finish(FinishReason::Cancelled, None);
+            }
+            logits = weights.forward(&mut self.state, batch)?;
+        }
+
+        // Sample.
+        let token = self.sampler.sample(&logits, &self.history);
+        self.history.push(token);
+        self.completion_tokens += 1;
+        self.first_token.get_or_insert_with(Instant::now);
+        let tokenizer = self.model.tokenizer();
+        if tokenizer.is_end_of_generation(token) {
+            return self.finish(FinishReason::Stop, None);
+        }
+
+        // Detokenize: only complete UTF-8 characters leave the byte buffer.
+        self.partial.extend_from_slice(tokenizer.token_bytes(token, false)?);
+        let complete = take_complete_utf8(&mut self.partial);
+        self.held.push_str(&complete);
+
+        // Stop strings: end at the first one; hold back what could still become one.
+        if let Some((at, stop)) = find_stop(&self.held, &self.options.stop) {
+            let stop = stop.to_string();
+            self.held.truncate(at);
+            self.partial.clear();
+            return self.finish(FinishReason::Stop, Some(stop));
+        }
+        if self.completion_tokens >= self.options.max_tokens {
+            return self.finish(FinishReason::Length, None);
+        }
+        let keep = held_back(&self.held, &self.options.stop);
+        let ready: String = self.held.drain(..self.held.len() - keep).collect();
+        self.emit(ready);
+        Ok(())
+    }
+
+    fn emit(&mut self, text: String) {
+        if !text.is_empty() {
+            self.text.push_str(&text);
+            self.outbox.push_back(Chunk::Text { text });
+        }
+    }
+
+    /// Flushes what was held back and queues the completion.
+    fn finish(&mut self, reason: FinishReason, stop: Option<String>) -> Result<()> {
+        let mut rest = std::mem::take(&mut self.held);
+        rest.push_str(&String::from_utf8_lossy(&std::mem::take(&mut self.partial)));
+        self.emit(rest);
+        self.outbox.push_back(Chunk::Complete { text: self.text.clone(), finish_reason: reason, stop, usage: self.usage() });
+        self.finished = true;
+        Ok(())
+    }
+
+    fn usage(&self) -> Usage {
+        let per_second = |n: usize, from: Option<Instant>, to: Instant| match from {
+            Some(from) if n > 0 => n as f64 / (to - from).as_secs_f64().max(1e-9),
+            _ => 0.0,
+        };
+        let now = Instant::now();
+        let ttft = match (self.started, self.first_token) {
+            (Some(s), Some(f)) => (f - s).as_secs_f64() * 1000.0,
+            _ => 0.0,
+        };
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            time_to_first_token_ms: ttft,
+            prefill_tokens_per_second: self.first_token.map_or(0.0, |f| per_second(self.prompt_tokens, self.started, f)),
+            decode_tokens_per_second: per_second(self.completion_tokens.saturating_sub(1), self.first_token, now),
+        }
+    }
+}
+
+impl Iterator for Generator {
+    type Item = Chunk;
+
+    fn next(&mut self) -> Option<Chunk> {
+        self.next_chunk()
+    }
+}
+
+/// Removes and returns the longest prefix of `bytes` that is complete UTF-8; bytes that can
+/// never become a character become U+FFFD.
+fn take_complete_utf8(bytes: &mut Vec<u8>) -> String {
+    let mut out = String::new();
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                bytes.clear();
+                return out;
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                out.push_str(std::str::from_utf8(&bytes[..valid]).unwrap_or_default());
+                match e.error_len() {
+                    // An invalid sequence: replace it and go on.
+                    Some(bad) => {
+                        out.push('\u{FFFD}');
+                        bytes.drain(..valid + bad);
+                    }
+                    // An incomplete character at the end: wait for more bytes.
+                    None => {
+                        bytes.drain(..valid);
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The earliest stop string in `text`: its byte offset and the string.
+fn find_stop<'s>(text: &str, stops: &'s [String]) -> Option<(usize, &'s str)> {
+    stops.iter().filter_map(|s| text.find(s.as_str()).map(|at| (at, s.as_str()))).min_by_key(|&(at, s)| (at, std::cmp::Reverse(s.len())))
+}
+
+/// How many bytes at the end of `text` could be the beginning of a stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|s| (1..s.len()).rev().filter(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k])).take(1))
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_is_released_whole() {
+        let mut buf = "é".as_bytes()[..1].to_vec();
+        assert_eq!(take_complete_utf8(&mut buf), "");
+        buf.push("é".as_bytes()[1]);
+        buf.extend_from_slice(&"😀".as_bytes()[..2]);
+        assert_eq!(take_complete_utf8(&mut buf), "é");
+        buf.extend_from_slice(&"😀".as_bytes()[2..]);
+        assert_eq!(take_complete_utf8(&mut buf), "😀");
+        let mut bad = vec![b'a', 0xFF, b'b'];
+        assert_eq!(take_complete_utf8(&mut bad), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn stop_strings_are_found_and_held_back() {
+        let stops = vec!["</answer>".to_string(), "\n\n".to_string()];
+        assert_eq!(find_stop("x</answer>y", &stops), Some((1, "</answer>")));
+        assert_eq!(find_stop("a\n\nb</answer>", &stops), Some((1, "\n\n")));
+        assert_eq!(find_stop("nothing", &stops), None);
+        assert_eq!(held_back("text </ans", &stops), 5);
+        assert_eq!(held_back("text\n", &stops), 1);
+        assert_eq!(held_back("text", &stops), 0);
+        assert_eq!(held_back("ends with <", &["<é>".to_string()]), 1);
+    }
+}
