@@ -497,6 +497,7 @@ mod tests {
     fn rejection(config: SamplingConfig) -> (&'static str, String) {
         match config.validate() {
             Err(e @ Error::InvalidParameter { name, .. }) => (name, e.to_string()),
+            Err(other) => panic!("unexpected error {other}"),
             Ok(()) => panic!("accepted {config:?}"),
         }
     }
