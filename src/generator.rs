@@ -180,6 +180,11 @@ impl Generator {
         self.prompt_tokens
     }
 
+    /// The tokens generated so far (including an end-of-generation token).
+    pub fn generated_tokens(&self) -> &[u32] {
+        &self.history[self.prompt_tokens..]
+    }
+
     /// Runs until there is something to say: the next text delta, then the completion (or an
     /// error). `None` after the last chunk.
     pub fn next_chunk(&mut self) -> Option<Chunk> {

@@ -32,6 +32,14 @@ pub mod tokenizer;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+// What differs by target (threads), under one name for the target-neutral code.
+#[cfg(not(target_arch = "wasm32"))]
+use native as platform;
+#[cfg(target_arch = "wasm32")]
+use web as platform;
 
 pub use catalog::Route;
 pub use error::{Error, Result};

@@ -128,6 +128,13 @@ impl Route {
     }
 }
 
+/// Runs `work(index, chunk)` on each `chunk`-long piece of `data`, in parallel on the pool of
+/// worker threads (one per core).
+pub(crate) fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl Fn(usize, &mut [T]) + Sync + Send) {
+    use rayon::prelude::*;
+    data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+}
+
 /// The cache directory: `$CANDLEWICK_CACHE`, else `~/.cache/candlewick`.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CANDLEWICK_CACHE") {

@@ -4,8 +4,8 @@
 //! (RoPE layout, activation, embedding scaling, Gemma 3's sliding-window layer pattern), and the
 //! tensors present say the rest (QKV bias, per-head Q/K norms, post-norms, experts).
 
+mod attention;
 mod decoder;
-mod kv_cache;
 
 pub use decoder::{State, Weights};
 

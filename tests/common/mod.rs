@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gguf_writer;
+pub mod synthetic;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

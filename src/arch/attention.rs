@@ -1,0 +1,266 @@
+//! Attention, computed the way llama.cpp's CPU flash attention computes it, over an f16 KV cache.
+//!
+//! Quantized models amplify tiny numeric differences: a last-bit change in one layer can flip
+//! how an activation rounds to 8 bits in the next, and after thirty layers two engines pick
+//! different tokens where the top two are close. So the pieces that set numerics follow
+//! llama.cpp's order of operations: RMS norm summed in f64 and scaled then weighted; RoPE angles
+//! stepped in f32; keys and values stored as f16; queries rounded to f16 for the key dot
+//! product; an online softmax whose value accumulator is kept in f16.
+
+use half::f16;
+
+use super::RopeStyle;
+use crate::error::{Error, Result};
+
+/// RMS norm of each `width`-long row of `x`, times `weight`, in place.
+pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
+    let width = weight.len();
+    for row in x.chunks_exact_mut(width) {
+        let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / width as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = (*v * scale) * w;
+        }
+    }
+}
+
+/// Rotates the first `dims` values of each `head_dim`-long head of `x` (rows of `heads` heads,
+/// one row per position from `pos`).
+pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, dims: usize, pos: usize, base: f32, style: RopeStyle) {
+    let half = dims / 2;
+    let theta_scale = base.powf(-2.0 / dims as f32);
+    let mut cos = vec![0f32; half];
+    let mut sin = vec![0f32; half];
+    for (p, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+        // The angle of pair i is position · theta_scale^i, stepped in f32.
+        let mut theta = (pos + p) as f32;
+        for i in 0..half {
+            cos[i] = theta.cos();
+            sin[i] = theta.sin();
+            theta *= theta_scale;
+        }
+        for head in row.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (a, b) = match style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}
+
+/// Keys and values of one layer as f16, `[kv_heads][capacity][dim]`, allocated once.
+pub struct KvCache {
+    keys: Vec<f16>,
+    values: Vec<f16>,
+    kv_heads: usize,
+    capacity: usize,
+    head_dim: usize,
+    value_dim: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `capacity` positions.
+    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize) -> KvCache {
+        KvCache {
+            keys: vec![f16::ZERO; kv_heads * capacity * head_dim],
+            values: vec![f16::ZERO; kv_heads * capacity * value_dim],
+            kv_heads,
+            capacity,
+            head_dim,
+            value_dim,
+            len: 0,
+        }
+    }
+
+    /// Appends `n` positions: `k` is `[n][kv_heads][head_dim]`, `v` `[n][kv_heads][value_dim]`.
+    pub fn append(&mut self, k: &[f32], v: &[f32], n: usize) -> Result<()> {
+        if self.len + n > self.capacity {
+            return Err(Error::PromptTooLong { tokens: self.len + n, context: self.capacity });
+        }
+        for p in 0..n {
+            for h in 0..self.kv_heads {
+                let src = &k[(p * self.kv_heads + h) * self.head_dim..][..self.head_dim];
+                let dst = &mut self.keys[(h * self.capacity + self.len + p) * self.head_dim..][..self.head_dim];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = f16::from_f32(*s);
+                }
+                let src = &v[(p * self.kv_heads + h) * self.value_dim..][..self.value_dim];
+                let dst = &mut self.values[(h * self.capacity + self.len + p) * self.value_dim..][..self.value_dim];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = f16::from_f32(*s);
+                }
+            }
+        }
+        self.len += n;
+        Ok(())
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    fn key(&self, head: usize, at: usize) -> &[f16] {
+        &self.keys[(head * self.capacity + at) * self.head_dim..][..self.head_dim]
+    }
+
+    fn value(&self, head: usize, at: usize) -> &[f16] {
+        &self.values[(head * self.capacity + at) * self.value_dim..][..self.value_dim]
+    }
+}
+
+/// The shape of one attention computation.
+pub struct Spec {
+    /// Query heads.
+    pub heads: usize,
+    /// Factor applied to each query·key product.
+    pub scale: f32,
+    /// Keys further back than this are not attended to (sliding-window layers).
+    pub window: Option<usize>,
+}
+
+/// Attends queries `q` (`[seq][heads][head_dim]`, at positions `pos..pos+seq`, whose keys and
+/// values are already in `cache`) over the cache; returns `[seq][heads][value_dim]`.
+pub fn attend(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
+    let (hd, vd) = (cache.head_dim, cache.value_dim);
+    let group = spec.heads / cache.kv_heads;
+    let mut out = vec![0f32; seq * spec.heads * vd];
+    crate::platform::parallel_chunks(&mut out, vd, |row, out| {
+        let (s, h) = (row / spec.heads, row % spec.heads);
+        let kv = h / group;
+        let query: Vec<f16> = q[row * hd..(row + 1) * hd].iter().map(|&v| f16::from_f32(v)).collect();
+        let at = pos + s;
+        let mut acc = vec![f16::ZERO; vd];
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+        for key_at in 0..=at.min(cache.len.saturating_sub(1)) {
+            if spec.window.is_some_and(|w| at - key_at >= w) {
+                continue;
+            }
+            let score = dot_f16(cache.key(kv, key_at), &query) * spec.scale;
+            // Online softmax: rescale what was accumulated when the maximum grows.
+            let (mut old_scale, mut weight) = (1f32, 1f32);
+            if score > max {
+                old_scale = (max - score).exp();
+                max = score;
+                for a in acc.iter_mut() {
+                    *a = f16::from_f32(a.to_f32() * old_scale);
+                }
+            } else {
+                weight = (score - max).exp();
+            }
+            for (a, v) in acc.iter_mut().zip(cache.value(kv, key_at)) {
+                *a = f16::from_f32(v.to_f32().mul_add(weight, a.to_f32()));
+            }
+            sum = sum * old_scale + weight;
+        }
+        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+        for (o, a) in out.iter_mut().zip(&acc) {
+            *o = a.to_f32() * inv;
+        }
+    });
+    out
+}
+
+/// Σ a·b of two f16 vectors with f32 products, summed as llama.cpp's 512-bit kernel sums them:
+/// 64-wide steps into four 16-lane accumulators, folded pairwise, then lanes folded in halves.
+fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+    const LANES: usize = 16;
+    const STEP: usize = 64;
+    let full = a.len() / STEP * STEP;
+    let mut acc = [[0f32; LANES]; 4];
+    for chunk in 0..full / STEP {
+        for (j, lanes) in acc.iter_mut().enumerate() {
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let i = chunk * STEP + j * LANES + l;
+                *lane = a[i].to_f32().mul_add(b[i].to_f32(), *lane);
+            }
+        }
+    }
+    let mut sum = 0f64;
+    if full > 0 {
+        for l in 0..LANES {
+            acc[0][l] += acc[2][l];
+            acc[1][l] += acc[3][l];
+        }
+        for l in 0..LANES {
+            acc[0][l] += acc[1][l];
+        }
+        let mut lanes = acc[0];
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                lanes[l] += lanes[l + width];
+            }
+        }
+        sum = lanes[0] as f64;
+    }
+    for i in full..a.len() {
+        sum += (a[i].to_f32() * b[i].to_f32()) as f64;
+    }
+    sum as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The online softmax equals a plain softmax-weighted sum (to f16 accumulation precision).
+    #[test]
+    fn attention_matches_plain_softmax() {
+        let (heads, kv_heads, hd, n) = (4, 2, 64, 9);
+        let mut cache = KvCache::new(kv_heads, 16, hd, hd);
+        let value = |i: usize| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 2.0;
+        let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
+        let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
+        cache.append(&k, &v, n).unwrap();
+        let q: Vec<f32> = (0..heads * hd).map(|i| value(i + 5)).collect();
+        let spec = Spec { heads, scale: 0.125, window: None };
+        let out = attend(&q, 1, n - 1, &cache, &spec);
+        for h in 0..heads {
+            let kv = h / 2;
+            let scores: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * 0.125).collect();
+            let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            for d in 0..hd {
+                let want: f32 = (0..n).map(|t| weights[t] * cache.value(kv, t)[d].to_f32()).sum::<f32>() / total;
+                assert!((out[h * hd + d] - want).abs() < 5e-3, "head {h} dim {d}: {} vs {want}", out[h * hd + d]);
+            }
+        }
+        // A window of 1 attends to the newest position only.
+        let spec = Spec { heads, scale: 0.125, window: Some(1) };
+        let out = attend(&q, 1, n - 1, &cache, &spec);
+        assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3);
+    }
+
+    #[test]
+    fn rope_rotates_pairs() {
+        // At position 0 nothing turns; at position 1 the first pair turns by one radian.
+        let mut x = vec![1.0, 0.0, 1.0, 0.0];
+        rope(&mut x, 1, 4, 4, 0, 10_000.0, RopeStyle::Interleaved);
+        assert_eq!(x, [1.0, 0.0, 1.0, 0.0]);
+        let mut x = vec![1.0, 0.0, 1.0, 0.0];
+        rope(&mut x, 1, 4, 4, 1, 10_000.0, RopeStyle::Interleaved);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+        let mut x = vec![1.0, 1.0, 0.0, 0.0];
+        rope(&mut x, 1, 4, 4, 1, 10_000.0, RopeStyle::Halves);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rms_norm_normalises_rows() {
+        let mut x = vec![3.0, 4.0, 0.0, 0.0];
+        rms_norm(&mut x, &[1.0, 2.0], 1e-6);
+        let r = (12.5f32).sqrt();
+        assert!((x[0] - 3.0 / r).abs() < 1e-5 && (x[1] - 8.0 / r).abs() < 1e-5);
+        assert_eq!(&x[2..], [0.0, 0.0]);
+    }
+}

@@ -1,0 +1,472 @@
+//! GGUF block formats: dequantization, quantizing activations, and block dot products.
+//!
+//! The arithmetic is llama.cpp's: activations are quantized to 8 bits per block (Q8_0 for
+//! Q4_0/Q5_0/Q8_0 weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants) with the same scales and
+//! rounding, and each block's dot product is an exact integer sum scaled in f32. Two engines
+//! doing this agree to float rounding, so greedy decoding picks the same tokens.
+
+use half::f16;
+
+/// A block format this module computes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// 32 values: f16 scale, 4-bit values offset by 8.
+    Q4_0,
+    /// 32 values: f16 scale and minimum, 4-bit values.
+    Q4_1,
+    /// 32 values: f16 scale, 5-bit values offset by 16.
+    Q5_0,
+    /// 32 values: f16 scale and minimum, 5-bit values.
+    Q5_1,
+    /// 32 values: f16 scale, 8-bit values.
+    Q8_0,
+    /// 256 values: 8 sub-blocks with 6-bit scales and minimums, 4-bit values.
+    Q4K,
+    /// 256 values: as Q4_K with a fifth bit.
+    Q5K,
+    /// 256 values: 16 sub-blocks with 8-bit scales, 6-bit values offset by 32.
+    Q6K,
+}
+
+/// How activations are quantized to meet a weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActFormat {
+    /// Plain floats (for float weights).
+    F32,
+    /// 32-value blocks, f16 scale.
+    Q8_0,
+    /// 32-value blocks, f16 scale and f16 scaled sum.
+    Q8_1,
+    /// 256-value blocks, f32 scale and sums of each 16 values.
+    Q8K,
+}
+
+impl Format {
+    /// The format of a ggml type id, if this module computes with it.
+    pub fn from_ggml(id: u32) -> Option<Format> {
+        Some(match id {
+            0 => Format::F32,
+            1 => Format::F16,
+            2 => Format::Q4_0,
+            3 => Format::Q4_1,
+            6 => Format::Q5_0,
+            7 => Format::Q5_1,
+            8 => Format::Q8_0,
+            12 => Format::Q4K,
+            13 => Format::Q5K,
+            14 => Format::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// (values per block, bytes per block).
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            Format::F32 => (1, 4),
+            Format::F16 => (1, 2),
+            Format::Q4_0 => (32, 18),
+            Format::Q4_1 => (32, 20),
+            Format::Q5_0 => (32, 22),
+            Format::Q5_1 => (32, 24),
+            Format::Q8_0 => (32, 34),
+            Format::Q4K => (256, 144),
+            Format::Q5K => (256, 176),
+            Format::Q6K => (256, 210),
+        }
+    }
+
+    /// The activation format its dot product takes.
+    pub fn act(self) -> ActFormat {
+        match self {
+            Format::F32 | Format::F16 => ActFormat::F32,
+            Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => ActFormat::Q8_0,
+            Format::Q4_1 | Format::Q5_1 => ActFormat::Q8_1,
+            Format::Q4K | Format::Q5K | Format::Q6K => ActFormat::Q8K,
+        }
+    }
+}
+
+fn half(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// One quantized activation row.
+#[derive(Debug, Clone, Default)]
+pub struct Activations {
+    /// The values, for float weights.
+    pub f32s: Vec<f32>,
+    /// 8-bit values.
+    pub qs: Vec<i8>,
+    /// Scale of each block.
+    pub d: Vec<f32>,
+    /// Q8_1: the f16-rounded `d · Σq` of each block. Q8_0: `Σq` of each block.
+    pub s: Vec<f32>,
+    /// Q8_K: the sum of each 16 values.
+    pub bsums: Vec<i32>,
+}
+
+impl Activations {
+    /// Quantizes `x` (a multiple of the format's block length) into `self`, reusing its buffers.
+    pub fn quantize(&mut self, x: &[f32], format: ActFormat) {
+        self.f32s.clear();
+        self.qs.clear();
+        self.d.clear();
+        self.s.clear();
+        self.bsums.clear();
+        match format {
+            ActFormat::F32 => self.f32s.extend_from_slice(x),
+            ActFormat::Q8_0 | ActFormat::Q8_1 => {
+                for block in x.chunks_exact(32) {
+                    // llama.cpp's x86 quantizer: scale 127/amax, round half to even.
+                    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                    let mut sum = 0i32;
+                    for &v in block {
+                        let q = (v * id).round_ties_even() as i32;
+                        sum += q;
+                        self.qs.push(q as i8);
+                    }
+                    self.d.push(f16::from_f32(d).to_f32());
+                    self.s.push(match format {
+                        ActFormat::Q8_1 => f16::from_f32(d * sum as f32).to_f32(),
+                        _ => sum as f32,
+                    });
+                }
+            }
+            ActFormat::Q8K => {
+                for block in x.chunks_exact(256) {
+                    // The value of largest magnitude (the first of equals) sets the scale.
+                    let mut max = 0f32;
+                    let mut amax = 0f32;
+                    for &v in block {
+                        if v.abs() > amax {
+                            amax = v.abs();
+                            max = v;
+                        }
+                    }
+                    if amax == 0.0 {
+                        self.qs.extend(std::iter::repeat_n(0i8, 256));
+                        self.bsums.extend(std::iter::repeat_n(0, 16));
+                        self.d.push(0.0);
+                        continue;
+                    }
+                    let iscale = -127.0 / max;
+                    let start = self.qs.len();
+                    for &v in block {
+                        self.qs.push(((iscale * v).round_ties_even() as i32).min(127) as i8);
+                    }
+                    for sixteen in self.qs[start..].chunks_exact(16) {
+                        self.bsums.push(sixteen.iter().map(|&q| q as i32).sum());
+                    }
+                    self.d.push(1.0 / iscale);
+                }
+            }
+        }
+    }
+}
+
+/// Σ a·b over 32 signed bytes.
+#[inline(always)]
+fn dot32(a: &[i8; 32], b: &[i8]) -> i32 {
+    let mut sum = 0i32;
+    for j in 0..32 {
+        sum += a[j] as i32 * b[j] as i32;
+    }
+    sum
+}
+
+/// The dot product of one weight row (`row`: its bytes) with quantized activations.
+pub fn dot(format: Format, row: &[u8], act: &Activations) -> f32 {
+    match format {
+        Format::F32 => row.chunks_exact(4).zip(&act.f32s).map(|(w, a)| f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * a).sum(),
+        Format::F16 => row.chunks_exact(2).zip(&act.f32s).map(|(w, a)| half(w, 0) * a).sum(),
+        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => dot_32(format, row, act),
+        Format::Q4K | Format::Q5K => dot_q45k(format, row, act),
+        Format::Q6K => dot_q6k(row, act),
+    }
+}
+
+/// Unpacks one 32-value block into signed bytes (offsets applied for Q4_0/Q5_0).
+#[inline(always)]
+fn unpack_32(format: Format, b: &[u8], out: &mut [i8; 32]) {
+    match format {
+        Format::Q4_0 | Format::Q4_1 => {
+            let (qs, offset) = if format == Format::Q4_0 { (&b[2..18], 8) } else { (&b[4..20], 0) };
+            for j in 0..16 {
+                out[j] = (qs[j] & 0x0F) as i8 - offset;
+                out[j + 16] = (qs[j] >> 4) as i8 - offset;
+            }
+        }
+        Format::Q5_0 | Format::Q5_1 => {
+            let (h, qs, offset) = if format == Format::Q5_0 { (2, &b[6..22], 16) } else { (4, &b[8..24], 0) };
+            let qh = u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]);
+            for j in 0..16 {
+                let hi0 = (((qh >> j) << 4) & 0x10) as u8;
+                let hi1 = ((qh >> (j + 12)) & 0x10) as u8;
+                out[j] = ((qs[j] & 0x0F) | hi0) as i8 - offset;
+                out[j + 16] = ((qs[j] >> 4) | hi1) as i8 - offset;
+            }
+        }
+        _ => {
+            for j in 0..32 {
+                out[j] = b[2 + j] as i8;
+            }
+        }
+    }
+}
+
+fn dot_32(format: Format, row: &[u8], act: &Activations) -> f32 {
+    let (_, size) = format.block();
+    let mut w = [0i8; 32];
+    let mut sum = 0f32;
+    for (i, b) in row.chunks_exact(size).enumerate() {
+        unpack_32(format, b, &mut w);
+        let sumi = dot32(&w, &act.qs[i * 32..i * 32 + 32]);
+        let d = half(b, 0) * act.d[i];
+        sum += match format {
+            // With a minimum: m · (d_a · Σa), the activation's f16-rounded scaled sum.
+            Format::Q4_1 | Format::Q5_1 => sumi as f32 * d + half(b, 2) * act.s[i],
+            _ => sumi as f32 * d,
+        };
+    }
+    sum
+}
+
+/// The 6-bit scale and minimum of sub-block `j` of a Q4_K/Q5_K block's 12 scale bytes.
+#[inline(always)]
+fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
+    if j < 4 {
+        ((q[j] & 63) as i32, (q[j + 4] & 63) as i32)
+    } else {
+        (((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4)) as i32, ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as i32)
+    }
+}
+
+/// Unpacks a Q4_K/Q5_K block's 256 values (0..15 or 0..31).
+#[inline(always)]
+fn unpack_q45k(format: Format, b: &[u8], out: &mut [i8; 256]) {
+    let (qh, qs) = if format == Format::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+    for chunk in 0..4 {
+        let q = &qs[chunk * 32..chunk * 32 + 32];
+        for l in 0..32 {
+            let (mut lo, mut hi) = ((q[l] & 0x0F) as i8, (q[l] >> 4) as i8);
+            if let Some(qh) = qh {
+                lo += (((qh[l] >> (2 * chunk)) & 1) << 4) as i8;
+                hi += (((qh[l] >> (2 * chunk + 1)) & 1) << 4) as i8;
+            }
+            out[chunk * 64 + l] = lo;
+            out[chunk * 64 + 32 + l] = hi;
+        }
+    }
+}
+
+fn dot_q45k(format: Format, row: &[u8], act: &Activations) -> f32 {
+    let (_, size) = format.block();
+    let mut w = [0i8; 256];
+    let mut sum = 0f32;
+    for (i, b) in row.chunks_exact(size).enumerate() {
+        unpack_q45k(format, b, &mut w);
+        let a = &act.qs[i * 256..i * 256 + 256];
+        let scales = &b[4..16];
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let wj: &[i8; 32] = w[j * 32..j * 32 + 32].try_into().unwrap_or(&[0; 32]);
+            sumi += sc * dot32(wj, &a[j * 32..j * 32 + 32]);
+            summ += m * (act.bsums[i * 16 + 2 * j] + act.bsums[i * 16 + 2 * j + 1]);
+        }
+        let d = half(b, 0) * act.d[i];
+        let dmin = half(b, 2) * act.d[i];
+        sum += d * sumi as f32 - dmin * summ as f32;
+    }
+    sum
+}
+
+/// Unpacks a Q6_K block's 256 values (-32..31).
+#[inline(always)]
+fn unpack_q6k(b: &[u8], out: &mut [i8; 256]) {
+    for half_block in 0..2 {
+        let ql = &b[half_block * 64..half_block * 64 + 64];
+        let qh = &b[128 + half_block * 32..128 + half_block * 32 + 32];
+        let o = &mut out[half_block * 128..half_block * 128 + 128];
+        for l in 0..32 {
+            o[l] = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
+            o[l + 32] = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            o[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            o[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+}
+
+fn dot_q6k(row: &[u8], act: &Activations) -> f32 {
+    let mut w = [0i8; 256];
+    let mut sum = 0f32;
+    for (i, b) in row.chunks_exact(210).enumerate() {
+        unpack_q6k(b, &mut w);
+        let a = &act.qs[i * 256..i * 256 + 256];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let scale = b[192 + j] as i8 as i32;
+            let mut s = 0i32;
+            for l in 0..16 {
+                s += w[j * 16 + l] as i32 * a[j * 16 + l] as i32;
+            }
+            sumi += scale * s;
+        }
+        sum += half(b, 208) * act.d[i] * sumi as f32;
+    }
+    sum
+}
+
+/// Dequantizes one row (`row`: its bytes) into `out`.
+pub fn dequantize(format: Format, row: &[u8], out: &mut [f32]) {
+    match format {
+        Format::F32 => {
+            for (o, w) in out.iter_mut().zip(row.chunks_exact(4)) {
+                *o = f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            }
+        }
+        Format::F16 => {
+            for (o, w) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = half(w, 0);
+            }
+        }
+        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => {
+            let mut w = [0i8; 32];
+            for (b, o) in row.chunks_exact(format.block().1).zip(out.chunks_exact_mut(32)) {
+                unpack_32(format, b, &mut w);
+                let d = half(b, 0);
+                let m = if matches!(format, Format::Q4_1 | Format::Q5_1) { half(b, 2) } else { 0.0 };
+                for (o, &q) in o.iter_mut().zip(&w) {
+                    *o = q as f32 * d + m;
+                }
+            }
+        }
+        Format::Q4K | Format::Q5K => {
+            let mut w = [0i8; 256];
+            for (b, o) in row.chunks_exact(format.block().1).zip(out.chunks_exact_mut(256)) {
+                unpack_q45k(format, b, &mut w);
+                let (d, dmin) = (half(b, 0), half(b, 2));
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &b[4..16]);
+                    for l in 0..32 {
+                        o[j * 32 + l] = d * sc as f32 * w[j * 32 + l] as f32 - dmin * m as f32;
+                    }
+                }
+            }
+        }
+        Format::Q6K => {
+            let mut w = [0i8; 256];
+            for (b, o) in row.chunks_exact(210).zip(out.chunks_exact_mut(256)) {
+                unpack_q6k(b, &mut w);
+                let d = half(b, 208);
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = d * (b[192 + k / 16] as i8) as f32 * w[k] as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn f(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    /// Random but well-formed blocks: finite f16 scales, any bits elsewhere.
+    fn random_row(format: Format, blocks: usize, rng: &mut Rng) -> Vec<u8> {
+        let (_, size) = format.block();
+        let mut row: Vec<u8> = (0..blocks * size).map(|_| rng.next() as u8).collect();
+        for b in row.chunks_exact_mut(size) {
+            let scale_at: &[usize] = match format {
+                Format::F32 | Format::F16 => &[],
+                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                Format::Q6K => &[208],
+                _ => &[0],
+            };
+            for &at in scale_at {
+                b[at..at + 2].copy_from_slice(&f16::from_f32(rng.f() * 0.1).to_le_bytes());
+            }
+            if format == Format::F32 {
+                b.copy_from_slice(&rng.f().to_le_bytes());
+            }
+            if format == Format::F16 {
+                b.copy_from_slice(&f16::from_f32(rng.f()).to_le_bytes());
+            }
+        }
+        row
+    }
+
+    /// The dot product equals the plain sum over dequantized weights and dequantized
+    /// activations, for every format, including a single block and odd block counts.
+    #[test]
+    fn dot_matches_dequantized_reference() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for format in [Format::F32, Format::F16, Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K] {
+            let (per_block, _) = format.block();
+            let unit = if per_block == 1 { 32 } else { per_block };
+            for units in [1, 3, 7] {
+                let n = unit * units;
+                let row = random_row(format, n / per_block, &mut rng);
+                let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                let mut act = Activations::default();
+                act.quantize(&x, format.act());
+                // The activations as the kernel sees them.
+                let xa: Vec<f32> = match format.act() {
+                    ActFormat::F32 => x.clone(),
+                    ActFormat::Q8K => act.qs.iter().enumerate().map(|(i, &q)| q as f32 * act.d[i / 256]).collect(),
+                    _ => act.qs.iter().enumerate().map(|(i, &q)| q as f32 * act.d[i / 32]).collect(),
+                };
+                let mut w = vec![0f32; n];
+                dequantize(format, &row, &mut w);
+                let mut want: f64 = w.iter().zip(&xa).map(|(a, b)| *a as f64 * *b as f64).sum();
+                if matches!(format, Format::Q4_1 | Format::Q5_1) {
+                    // The minimum meets the f16-rounded `d·Σq` of the activations, as in llama.cpp.
+                    let size = format.block().1;
+                    for i in 0..n / 32 {
+                        let m = half(&row[i * size..], 2) as f64;
+                        let sum_q: f64 = act.qs[i * 32..i * 32 + 32].iter().map(|&q| q as f64).sum();
+                        want += m * (act.s[i] as f64 - act.d[i] as f64 * sum_q);
+                    }
+                }
+                let got = dot(format, &row, &act) as f64;
+                let scale: f64 = w.iter().zip(&xa).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>().max(1e-3);
+                assert!((got - want).abs() / scale < 1e-5, "{format:?} x{units}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn activation_quantizers_follow_llama_cpp() {
+        let x: Vec<f32> = (0..256).map(|i| (i as f32 - 100.0) / 37.0).collect();
+        let mut a = Activations::default();
+        a.quantize(&x, ActFormat::Q8_0);
+        assert_eq!(a.qs.len(), 256);
+        assert_eq!(a.qs[0], -127);
+        a.quantize(&x, ActFormat::Q8K);
+        // The largest magnitude is the last value (155/37); it maps to -127·(155/37)/(155/37).
+        assert_eq!(a.qs[255], -127);
+        assert!(a.d[0] < 0.0);
+        assert_eq!(a.bsums.len(), 16);
+        assert_eq!(a.bsums[0], a.qs[..16].iter().map(|&q| q as i32).sum::<i32>());
+        a.quantize(&[0.0; 32], ActFormat::Q8_1);
+        assert_eq!((a.d[0], a.s[0]), (0.0, 0.0));
+    }
+}

@@ -1,0 +1,201 @@
+//! Small synthetic GGUF models with random weights and a real tokenizer (copied from the
+//! Qwen2.5-Coder file), for architectures whose real weights cannot be had here.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use candlewick::gguf::{ggml_type_block, Gguf, Value};
+use candlewick::kernels::QMatrix;
+
+use super::gguf_writer::{s, GgufFile, Meta};
+
+/// A deterministic xorshift generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// ggml type ids.
+pub const F32: u32 = 0;
+pub const Q8_0: u32 = 8;
+
+/// `values` quantized to Q8_0 blocks (32 values: an f16 scale, 32 signed bytes).
+pub fn q8_0(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 32 * 34);
+    for block in values.chunks(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|v| (v * inv).round() as i8 as u8));
+    }
+    out
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The tokenizer metadata of a real file, as writer entries.
+pub fn tokenizer_metadata(gguf: &Gguf) -> Vec<(String, Meta)> {
+    let mut out = Vec::new();
+    let mut keys: Vec<&String> = gguf.metadata.keys().filter(|k| k.starts_with("tokenizer.")).collect();
+    keys.sort();
+    for key in keys {
+        let meta = match &gguf.metadata[key] {
+            Value::String(v) => Meta::Str(v.clone()),
+            Value::Bool(v) => Meta::Bool(*v),
+            Value::Array(items) => match items.first() {
+                Some(Value::String(_)) => Meta::Strs(items.iter().map(|v| if let Value::String(s) = v { s.clone() } else { String::new() }).collect()),
+                Some(Value::F32(_)) => Meta::F32s(items.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()),
+                _ => Meta::I32s(items.iter().map(|v| v.as_i128().unwrap_or(0) as i32).collect()),
+            },
+            other => match other.as_i128() {
+                Some(n) => Meta::U32(n as u32),
+                None => Meta::F32(other.as_f64().unwrap_or(0.0) as f32),
+            },
+        };
+        out.push((key.clone(), meta));
+    }
+    out
+}
+
+/// Sizes of a synthetic Qwen3 / Qwen3-MoE model.
+pub struct Shape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    /// (experts, used per token, expert ffn width) for qwen3moe.
+    pub experts: Option<(usize, usize, usize)>,
+}
+
+/// Writes a `qwen3` (or, with experts, `qwen3moe`) file with random weights and the tokenizer of
+/// `tokenizer_source`, and returns its path (under the system temp dir).
+pub fn qwen3_file(tokenizer_source: &Gguf, shape: &Shape, seed: u64, name: &str) -> PathBuf {
+    let arch = if shape.experts.is_some() { "qwen3moe" } else { "qwen3" };
+    let vocab = match tokenizer_source.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(t)) => t.len(),
+        _ => panic!("the tokenizer source has no tokens"),
+    };
+    let mut rng = Rng::new(seed);
+    let mut random = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform() * scale).collect() };
+    let k = |key: &str| format!("{arch}.{key}");
+    let (h, hd) = (shape.hidden, shape.head_dim);
+    let mut f = GgufFile::new()
+        .meta("general.architecture", s(arch))
+        .meta("general.name", s(name))
+        .meta(&k("block_count"), Meta::U32(shape.layers as u32))
+        .meta(&k("context_length"), Meta::U32(4096))
+        .meta(&k("embedding_length"), Meta::U32(h as u32))
+        .meta(&k("feed_forward_length"), Meta::U32(shape.ffn as u32))
+        .meta(&k("attention.head_count"), Meta::U32(shape.heads as u32))
+        .meta(&k("attention.head_count_kv"), Meta::U32(shape.kv_heads as u32))
+        .meta(&k("attention.key_length"), Meta::U32(hd as u32))
+        .meta(&k("attention.value_length"), Meta::U32(hd as u32))
+        .meta(&k("rope.freq_base"), Meta::F32(1_000_000.0))
+        .meta(&k("attention.layer_norm_rms_epsilon"), Meta::F32(1e-6));
+    if let Some((count, used, ffn)) = shape.experts {
+        f = f
+            .meta(&k("expert_count"), Meta::U32(count as u32))
+            .meta(&k("expert_used_count"), Meta::U32(used as u32))
+            .meta(&k("expert_feed_forward_length"), Meta::U32(ffn as u32));
+    }
+    for (key, meta) in tokenizer_metadata(tokenizer_source) {
+        f = f.meta(&key, meta);
+    }
+    let norm = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, n: usize| -> Vec<u8> { f32_bytes(&rng(n, 0.2).iter().map(|v| 1.0 + v).collect::<Vec<_>>()) };
+    // Large enough weights that the top logits are well separated (no near-ties).
+    f = f.tensor("token_embd.weight", &[h as u64, vocab as u64], Q8_0, q8_0(&random(h * vocab, 1.0)));
+    f = f.tensor("output_norm.weight", &[h as u64], F32, norm(&mut random, h));
+    let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| q8_0(&rng(inputs * outputs, 2.0 / (inputs as f32).sqrt()));
+    for i in 0..shape.layers {
+        let p = |n: &str| format!("blk.{i}.{n}");
+        let (q, kv) = ((shape.heads * hd) as u64, (shape.kv_heads * hd) as u64);
+        f = f
+            .tensor(&p("attn_norm.weight"), &[h as u64], F32, norm(&mut random, h))
+            .tensor(&p("attn_q.weight"), &[h as u64, q], Q8_0, linear(&mut random, h, q as usize))
+            .tensor(&p("attn_k.weight"), &[h as u64, kv], Q8_0, linear(&mut random, h, kv as usize))
+            .tensor(&p("attn_v.weight"), &[h as u64, kv], Q8_0, linear(&mut random, h, kv as usize))
+            .tensor(&p("attn_output.weight"), &[q, h as u64], Q8_0, linear(&mut random, q as usize, h))
+            .tensor(&p("attn_q_norm.weight"), &[hd as u64], F32, norm(&mut random, hd))
+            .tensor(&p("attn_k_norm.weight"), &[hd as u64], F32, norm(&mut random, hd))
+            .tensor(&p("ffn_norm.weight"), &[h as u64], F32, norm(&mut random, h));
+        match shape.experts {
+            None => {
+                let ff = shape.ffn as u64;
+                f = f
+                    .tensor(&p("ffn_gate.weight"), &[h as u64, ff], Q8_0, linear(&mut random, h, ff as usize))
+                    .tensor(&p("ffn_up.weight"), &[h as u64, ff], Q8_0, linear(&mut random, h, ff as usize))
+                    .tensor(&p("ffn_down.weight"), &[ff, h as u64], Q8_0, linear(&mut random, ff as usize, h));
+            }
+            Some((count, _, ffn)) => {
+                let (n, ff) = (count as u64, ffn as u64);
+                f = f
+                    .tensor(&p("ffn_gate_inp.weight"), &[h as u64, n], F32, f32_bytes(&random(h * count, 1.0)))
+                    .tensor(&p("ffn_gate_exps.weight"), &[h as u64, ff, n], Q8_0, linear(&mut random, h, ffn * count))
+                    .tensor(&p("ffn_up_exps.weight"), &[h as u64, ff, n], Q8_0, linear(&mut random, h, ffn * count))
+                    .tensor(&p("ffn_down_exps.weight"), &[ff, h as u64, n], Q8_0, linear(&mut random, ffn, h * count));
+            }
+        }
+    }
+    let path = std::env::temp_dir().join(format!("candlewick-test-{}-{name}.gguf", std::process::id()));
+    std::fs::write(&path, f.bytes()).unwrap();
+    path
+}
+
+/// Every metadata entry of a real file, as writer entries.
+pub fn all_metadata(gguf: &Gguf) -> Vec<(String, Meta)> {
+    let mut out = tokenizer_metadata(gguf);
+    let mut keys: Vec<&String> = gguf.metadata.keys().filter(|k| !k.starts_with("tokenizer.")).collect();
+    keys.sort();
+    for key in keys {
+        let meta = match &gguf.metadata[key] {
+            Value::String(v) => Meta::Str(v.clone()),
+            Value::Bool(v) => Meta::Bool(*v),
+            Value::F32(v) => Meta::F32(*v),
+            Value::Array(_) => continue,
+            other => Meta::U32(other.as_i128().unwrap_or(0) as u32),
+        };
+        out.push((key.clone(), meta));
+    }
+    out
+}
+
+/// A copy of a real file with every tensor dequantized to f32, under the system temp dir.
+pub fn dequantized_copy<R: Read + Seek>(gguf: &Gguf, reader: &mut R, name: &str) -> PathBuf {
+    let mut f = GgufFile::new();
+    for (key, meta) in all_metadata(gguf) {
+        f = f.meta(&key, meta);
+    }
+    for t in &gguf.tensors {
+        let (per_block, block_bytes) = ggml_type_block(t.ggml_type).unwrap();
+        let mut bytes = vec![0u8; (t.elements() / per_block * block_bytes) as usize];
+        reader.seek(SeekFrom::Start(gguf.data_offset + t.offset)).unwrap();
+        reader.read_exact(&mut bytes).unwrap();
+        let cols = t.dims[0] as usize;
+        let rows = (t.elements() / t.dims[0]) as usize;
+        let values = QMatrix::new(t.ggml_type, bytes, rows, cols).unwrap().to_f32().unwrap();
+        f = f.tensor(&t.name, &t.dims, F32, f32_bytes(&values));
+    }
+    let path = std::env::temp_dir().join(format!("candlewick-test-{}-{name}.gguf", std::process::id()));
+    std::fs::write(&path, f.bytes()).unwrap();
+    path
+}
