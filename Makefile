@@ -1,12 +1,14 @@
 # candlewick — the commands the README gives.
-#   make test     every test (installs what it needs: the wasm target, the models, llama.cpp
-#                 through node-llama-cpp, Python's jinja2)
-#   make models   fetch the three real models into ~/.cache/candlewick/models
+#   make run PROMPT="..."   fetch SmolLM2 if missing and stream its answer
+#   make test               every test (installs what it needs: the wasm target, the models,
+#                           llama.cpp through node-llama-cpp, Python's jinja2)
+#   make models             fetch the three real models into ~/.cache/candlewick/models
+#   make bench              candlewick beside llama.cpp: speed and memory
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target wasm-check fuzz
+.PHONY: test models reference python-deps wasm-target wasm-check fuzz bench run
 
 test: models reference python-deps wasm-target
 	$(CARGO) test --release
@@ -36,3 +38,14 @@ wasm-check: wasm-target
 FUZZ_SECONDS ?= 300
 fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict
+
+# candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
+bench: models reference
+	$(CARGO) bench --bench compare
+
+# Fetch SmolLM2 if missing and stream its answer to PROMPT.
+PROMPT ?= What is a candle wick? Answer in two sentences.
+MODEL ?= $(HOME)/.cache/candlewick/models/SmolLM2-135M-Instruct.Q4_1.gguf
+run:
+	@scripts/fetch-models.sh smollm2 >/dev/null
+	@$(CARGO) run --quiet --release -- generate --model "$(MODEL)" --prompt "$(PROMPT)"
