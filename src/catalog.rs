@@ -61,7 +61,7 @@ impl Route {
     /// Where the file comes from, in words.
     pub fn how_to_get(&self) -> &'static str {
         match self {
-            Route::KimiK2 => "a Kimi K2 GGUF conversion (deepseek2 architecture); none is fetched automatically",
+            Route::KimiK2 => "a Kimi K2 GGUF conversion (deepseek2 architecture, about 1 TB at 8 bits); none is fetched automatically",
             Route::Qwen3Coder => "a Qwen3-Coder GGUF conversion; none is fetched automatically",
             Route::SmolLM2 => "run `scripts/fetch-models.sh smollm2`",
             Route::Qwen25Coder => "run `scripts/fetch-models.sh qwen25coder`",
@@ -72,8 +72,8 @@ impl Route {
     /// Checks that a file's architecture belongs to this route and can run.
     ///
     /// # Errors
-    /// [`Error::UnsupportedArchitecture`] when candlewick cannot run it yet (Kimi K2's
-    /// `deepseek2`), [`Error::InvalidParameter`] when the file is another route's model.
+    /// [`Error::UnsupportedArchitecture`] when candlewick cannot run it,
+    /// [`Error::InvalidParameter`] when the file is another route's model.
     pub fn check_architecture(&self, architecture: &str) -> Result<()> {
         if !self.architectures().contains(&architecture) {
             return Err(Error::InvalidParameter {

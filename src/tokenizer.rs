@@ -76,6 +76,18 @@ const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|
 /// Qwen 2's split: Llama 3's with every digit on its own.
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// DeepSeek-V3's split: digit groups of up to three, runs of CJK ideographs and kana, then
+/// letters (with marks) optionally led by one symbol, punctuation runs, newlines, spaces.
+const DEEPSEEK_V3_REGEXES: &[&str] = &[
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!\x22#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+];
+/// Kimi K2's split (its tiktoken pattern): Han runs on their own; words split at case changes
+/// (excluding Han) with optional contractions; digit groups of up to three; punctuation runs;
+/// newlines; spaces.
+const KIMI_K2_REGEX: &str = r"[\p{Han}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Which `tokenizer.ggml.pre` values use which split rules (the values llama.cpp's converter
 /// writes). A value not in this table is an error, never a silent default.
 pub const PRE_TOKENIZERS: &[(&[&str], PreTokenizer)] = &[
@@ -88,6 +100,8 @@ pub const PRE_TOKENIZERS: &[(&[&str], PreTokenizer)] = &[
         &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"],
         PreTokenizer { regexes: &[r"\p{N}", GPT2_REGEX], ignore_merges: false },
     ),
+    (&["deepseek-v3"], PreTokenizer { regexes: DEEPSEEK_V3_REGEXES, ignore_merges: false }),
+    (&["kimi-k2"], PreTokenizer { regexes: &[KIMI_K2_REGEX], ignore_merges: true }),
     (
         &["gpt-2", "phi-2", "olmo", "mpt", "jina-es", "jina-de", "jina-v1-en", "jina-v2-es", "jina-v2-de", "jina-v2-code", "roberta-bpe", "gigachat"],
         PreTokenizer { regexes: &[GPT2_REGEX], ignore_merges: false },
@@ -135,14 +149,19 @@ pub struct Tokenizer {
 }
 
 enum Engine {
-    /// gpt2 byte-level BPE: the `tokenizers` pipeline without any added tokens (special tokens
-    /// are split off before it runs).
-    Bpe(Box<tokenizers::Tokenizer>),
-    /// llama / SentencePiece-style.
-    Spm(Spm),
+    /// Built from GGUF metadata; runs on the text between special tokens.
+    Gguf(Pieces),
     /// A user-supplied tokenizer.json, which handles its own special tokens: one copy that
     /// parses special-token text and one that encodes it as plain text.
     Json { special: Box<tokenizers::Tokenizer>, plain: Box<tokenizers::Tokenizer> },
+}
+
+/// What tokenizes the text between special tokens.
+enum Pieces {
+    /// gpt2 byte-level BPE: the `tokenizers` pipeline without any added tokens.
+    Bpe(Box<tokenizers::Tokenizer>),
+    /// llama / SentencePiece-style.
+    Spm(Spm),
 }
 
 struct Spm {
@@ -224,7 +243,7 @@ impl Tokenizer {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let engine = Engine::Bpe(Box::new(build_bpe(&texts, merges, rule)?));
+                let engine = Engine::Gguf(Pieces::Bpe(Box::new(build_bpe(&texts, merges, rule)?)));
                 let pieces = texts.iter().zip(&types).map(|(t, ty)| bpe_piece(t, *ty)).collect();
                 (engine, rule.ignore_merges, pieces, false)
             }
@@ -239,7 +258,7 @@ impl Tokenizer {
                 let add_space_prefix = gguf.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
                 let spm = Spm::new(&texts, &types, scores, special_id(gguf, "tokenizer.ggml.unknown_token_id", n)?, add_space_prefix);
                 let pieces = texts.iter().zip(&types).map(|(t, ty)| spm_piece(t, *ty)).collect();
-                (Engine::Spm(spm), true, pieces, add_space_prefix)
+                (Engine::Gguf(Pieces::Spm(spm)), true, pieces, add_space_prefix)
             }
             other => {
                 return Err(Error::UnsupportedTokenizer { model: other.to_string(), supported: "gpt2, llama".into() });
@@ -312,12 +331,15 @@ impl Tokenizer {
     /// encode the text).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::new();
-        if let Engine::Json { special, plain } = &self.engine {
-            let tok = if parse_special { special } else { plain };
-            let enc = tok.encode_fast(text, add_special).map_err(|e| Error::Tokenizer(e.to_string()))?;
-            out.extend_from_slice(enc.get_ids());
-            return Ok(out);
-        }
+        let pieces = match &self.engine {
+            Engine::Gguf(pieces) => pieces,
+            Engine::Json { special, plain } => {
+                let tok = if parse_special { special } else { plain };
+                let enc = tok.encode_fast(text, add_special).map_err(|e| Error::Tokenizer(e.to_string()))?;
+                out.extend_from_slice(enc.get_ids());
+                return Ok(out);
+            }
+        };
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
@@ -330,13 +352,12 @@ impl Tokenizer {
                     after_special = true;
                 }
                 Fragment::Text(piece) => {
-                    match &self.engine {
-                        Engine::Bpe(bpe) => {
+                    match pieces {
+                        Pieces::Bpe(bpe) => {
                             let enc = bpe.encode_fast(piece, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
                             out.extend_from_slice(enc.get_ids());
                         }
-                        Engine::Spm(spm) => spm.encode(piece, after_special, &mut out)?,
-                        Engine::Json { .. } => unreachable!("handled above"),
+                        Pieces::Spm(spm) => spm.encode(piece, after_special, &mut out)?,
                     }
                     after_special = false;
                 }

@@ -25,19 +25,50 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Rotates the first `dims` values of each `head_dim`-long head of `x` (rows of `heads` heads,
-/// one row per position from `pos`).
-pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, dims: usize, pos: usize, base: f32, style: RopeStyle) {
+/// How positions turn into rotation angles.
+#[derive(Debug, Clone, Copy)]
+pub struct Rope {
+    /// Dimensions rotated at the start of each head.
+    pub dims: usize,
+    /// Base frequency.
+    pub base: f32,
+    /// Which dimensions are paired.
+    pub style: RopeStyle,
+    /// YaRN: (frequency scale, the low and high correction dimensions).
+    pub yarn: Option<(f32, [f32; 2])>,
+}
+
+impl Rope {
+    /// YaRN's correction dimensions for `dims` rotated dimensions, `base`, and the original
+    /// context length (with the usual β_fast = 32, β_slow = 1).
+    pub fn yarn_correction(dims: usize, base: f32, original_context: usize) -> [f32; 2] {
+        let dim = |beta: f32| dims as f32 * (original_context as f32 / (beta * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln());
+        [dim(32.0).floor().max(0.0), dim(1.0).ceil().min(dims as f32 - 1.0)]
+    }
+}
+
+/// Rotates the first `rope.dims` values of each `head_dim`-long head of `x` (rows of `heads`
+/// heads, one row per position from `pos`).
+pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rope) {
+    let (dims, style) = (rope.dims, rope.style);
     let half = dims / 2;
-    let theta_scale = base.powf(-2.0 / dims as f32);
+    let theta_scale = rope.base.powf(-2.0 / dims as f32);
     let mut cos = vec![0f32; half];
     let mut sin = vec![0f32; half];
     for (p, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
         // The angle of pair i is position · theta_scale^i, stepped in f32.
         let mut theta = (pos + p) as f32;
         for i in 0..half {
-            cos[i] = theta.cos();
-            sin[i] = theta.sin();
+            let angle = match rope.yarn {
+                None => theta,
+                Some((freq_scale, [low, high])) => {
+                    // Blend interpolated and extrapolated angles across the correction band.
+                    let ramp = 1.0 - (((i as f32) - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                    freq_scale * theta * (1.0 - ramp) + theta * ramp
+                }
+            };
+            cos[i] = angle.cos();
+            sin[i] = angle.sin();
             theta *= theta_scale;
         }
         for head in row.chunks_exact_mut(head_dim) {
@@ -54,10 +85,12 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, dims: usize, pos: usiz
     }
 }
 
-/// Keys and values of one layer as f16, `[kv_heads][capacity][dim]`, allocated once.
+/// Keys and values of one layer as f16, `[kv_heads][capacity][dim]`, allocated once. With
+/// `values_in_keys`, a value is the start of its key (latent attention) and is not stored twice.
 pub struct KvCache {
     keys: Vec<f16>,
     values: Vec<f16>,
+    values_in_keys: bool,
     kv_heads: usize,
     capacity: usize,
     head_dim: usize,
@@ -67,10 +100,11 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `capacity` positions.
-    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize) -> KvCache {
+    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize, values_in_keys: bool) -> KvCache {
         KvCache {
             keys: vec![f16::ZERO; kv_heads * capacity * head_dim],
-            values: vec![f16::ZERO; kv_heads * capacity * value_dim],
+            values: if values_in_keys { Vec::new() } else { vec![f16::ZERO; kv_heads * capacity * value_dim] },
+            values_in_keys,
             kv_heads,
             capacity,
             head_dim,
@@ -79,7 +113,8 @@ impl KvCache {
         }
     }
 
-    /// Appends `n` positions: `k` is `[n][kv_heads][head_dim]`, `v` `[n][kv_heads][value_dim]`.
+    /// Appends `n` positions: `k` is `[n][kv_heads][head_dim]`, `v` `[n][kv_heads][value_dim]`
+    /// (ignored when values live in the keys).
     pub fn append(&mut self, k: &[f32], v: &[f32], n: usize) -> Result<()> {
         if self.len + n > self.capacity {
             return Err(Error::PromptTooLong { tokens: self.len + n, context: self.capacity });
@@ -90,6 +125,9 @@ impl KvCache {
                 let dst = &mut self.keys[(h * self.capacity + self.len + p) * self.head_dim..][..self.head_dim];
                 for (d, s) in dst.iter_mut().zip(src) {
                     *d = f16::from_f32(*s);
+                }
+                if self.values_in_keys {
+                    continue;
                 }
                 let src = &v[(p * self.kv_heads + h) * self.value_dim..][..self.value_dim];
                 let dst = &mut self.values[(h * self.capacity + self.len + p) * self.value_dim..][..self.value_dim];
@@ -112,7 +150,15 @@ impl KvCache {
     }
 
     fn value(&self, head: usize, at: usize) -> &[f16] {
+        if self.values_in_keys {
+            return &self.key(head, at)[..self.value_dim];
+        }
         &self.values[(head * self.capacity + at) * self.value_dim..][..self.value_dim]
+    }
+
+    /// Bytes the cache holds per position.
+    pub fn bytes_per_position(&self) -> usize {
+        2 * self.kv_heads * (self.head_dim + if self.values_in_keys { 0 } else { self.value_dim })
     }
 }
 
@@ -216,7 +262,7 @@ mod tests {
     #[test]
     fn attention_matches_plain_softmax() {
         let (heads, kv_heads, hd, n) = (4, 2, 64, 9);
-        let mut cache = KvCache::new(kv_heads, 16, hd, hd);
+        let mut cache = KvCache::new(kv_heads, 16, hd, hd, false);
         let value = |i: usize| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 2.0;
         let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
         let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
@@ -244,15 +290,25 @@ mod tests {
     #[test]
     fn rope_rotates_pairs() {
         // At position 0 nothing turns; at position 1 the first pair turns by one radian.
+        let plain = |style| Rope { dims: 4, base: 10_000.0, style, yarn: None };
         let mut x = vec![1.0, 0.0, 1.0, 0.0];
-        rope(&mut x, 1, 4, 4, 0, 10_000.0, RopeStyle::Interleaved);
+        rope(&mut x, 1, 4, 0, &plain(RopeStyle::Interleaved));
         assert_eq!(x, [1.0, 0.0, 1.0, 0.0]);
         let mut x = vec![1.0, 0.0, 1.0, 0.0];
-        rope(&mut x, 1, 4, 4, 1, 10_000.0, RopeStyle::Interleaved);
+        rope(&mut x, 1, 4, 1, &plain(RopeStyle::Interleaved));
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
         let mut x = vec![1.0, 1.0, 0.0, 0.0];
-        rope(&mut x, 1, 4, 4, 1, 10_000.0, RopeStyle::Halves);
+        rope(&mut x, 1, 4, 1, &plain(RopeStyle::Halves));
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
+        // YaRN: the fastest pair keeps its angle (extrapolated), the slowest is interpolated.
+        let yarn = Rope { dims: 64, base: 10_000.0, style: RopeStyle::Interleaved, yarn: Some((0.25, Rope::yarn_correction(64, 10_000.0, 4096))) };
+        let mut x = vec![0f32; 64];
+        x[0] = 1.0;
+        x[62] = 1.0;
+        rope(&mut x, 1, 64, 100, &yarn);
+        assert!((x[1] - 100f32.sin()).abs() < 1e-4);
+        let slow = 100.0 * 10_000f32.powf(-62.0 / 64.0) * 0.25;
+        assert!((x[63] - slow.sin()).abs() < 1e-4, "{} vs {}", x[63], slow.sin());
     }
 
     #[test]

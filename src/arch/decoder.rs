@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::attention::{self, rms_norm, KvCache, Spec};
-use super::{Activation, Config, Family};
+use super::attention::{self, rms_norm, KvCache, Rope, Spec};
+use super::{Activation, Config, Family, Gating};
 use crate::error::{Error, Result};
 use crate::gguf::{ggml_type_block, Gguf, TensorInfo};
 use crate::kernels::{QEmbedding, QLinear, QMatrix};
@@ -29,20 +29,55 @@ pub struct Weights {
 struct Layer {
     /// `[hidden]` each.
     attn_norm: Vec<f32>,
-    /// `(heads·head_dim, hidden)`, `(kv_heads·head_dim, hidden)`, `(kv_heads·value_dim, hidden)`.
-    q: QLinear,
-    k: QLinear,
-    v: QLinear,
-    /// `(hidden, heads·value_dim)`
-    o: QLinear,
-    /// Per-head RMS norms of queries and keys, `[head_dim]` (Qwen 3, Gemma 3).
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
+    attention: Attention,
     /// Norms applied to the attention and feed-forward outputs before the residual (Gemma 3).
     post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     ffn: FeedForward,
     post_ffn_norm: Option<Vec<f32>>,
+}
+
+enum Attention {
+    /// Grouped-query attention.
+    Standard {
+        /// `(heads·head_dim, hidden)`, `(kv_heads·head_dim, hidden)`, `(kv_heads·value_dim, hidden)`.
+        q: QLinear,
+        k: QLinear,
+        v: QLinear,
+        /// `(hidden, heads·value_dim)`
+        o: QLinear,
+        /// Per-head RMS norms of queries and keys, `[head_dim]` (Qwen 3, Gemma 3).
+        q_norm: Option<Vec<f32>>,
+        k_norm: Option<Vec<f32>>,
+    },
+    /// Multi-head latent attention (`deepseek2`).
+    Latent {
+        query: Query,
+        /// `(kv_rank + rope, hidden)`: the compressed key-value vector and the shared rotary key.
+        kv_a: QLinear,
+        /// `[kv_rank]`
+        kv_a_norm: Vec<f32>,
+        kv_up: KvUp,
+        /// `(hidden, heads·value)`
+        o: QLinear,
+    },
+}
+
+/// How latent attention forms its queries, `heads·(nope + rope)` wide.
+enum Query {
+    /// One projection `(heads·(nope+rope), hidden)`.
+    Plain(QLinear),
+    /// Down to `rank`, RMS norm, up: `(rank, hidden)`, `[rank]`, `(heads·(nope+rope), rank)`.
+    LowRank { down: QLinear, norm: Vec<f32>, up: QLinear },
+}
+
+/// How latent attention gets per-head keys and values from the compressed vector.
+enum KvUp {
+    /// `attn_kv_b`: `(heads·(nope + value), kv_rank)`; attention runs on full heads.
+    Combined(QLinear),
+    /// `attn_k_b` / `attn_v_b`, one matrix per head: `(kv_rank, nope)` absorbed into the
+    /// queries and `(value, kv_rank)` applied after attention; attention runs on the latent form.
+    Split { k: Vec<QMatrix>, v: Vec<QMatrix> },
 }
 
 /// A gated MLP: `down(act(gate(x)) * up(x))`; gate/up `(ffn, hidden)`, down `(hidden, ffn)`.
@@ -54,8 +89,16 @@ struct Mlp {
 
 enum FeedForward {
     Dense(Mlp),
-    /// `router`: `(experts, hidden)`; each token goes to its top experts.
-    Experts { router: QLinear, experts: Vec<Mlp> },
+    Experts(Moe),
+}
+
+/// A mixture of experts: `router` is `(experts, hidden)`; each token goes to its top experts
+/// (chosen with `bias` added, when there is one) and through the shared experts.
+struct Moe {
+    router: QLinear,
+    bias: Option<Vec<f32>>,
+    experts: Vec<Mlp>,
+    shared: Option<Mlp>,
 }
 
 /// The per-generation state: the KV cache of every layer.
@@ -79,6 +122,11 @@ impl State {
     /// Positions the cache holds.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Bytes the KV cache takes per token, over all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.caches.iter().map(KvCache::bytes_per_position).sum()
     }
 
     /// Forgets every position from `len` on, keeping the prefix.
@@ -117,32 +165,74 @@ impl Weights {
         for i in 0..c.layers {
             let p = |name: &str| format!("blk.{i}.{name}");
             let ffn = match c.experts {
-                None => FeedForward::Dense(Mlp {
+                Some(e) if i >= e.leading_dense => FeedForward::Experts(Moe {
+                    router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?,
+                    bias: loader.opt_vector(&p("exp_probs_b.bias"), e.count)?,
+                    experts: loader.experts(i, e.count, e.ffn, c.hidden)?,
+                    shared: match e.shared {
+                        0 => None,
+                        n => Some(Mlp {
+                            gate: loader.linear(&p("ffn_gate_shexp"), Some(n * e.ffn), c.hidden)?,
+                            up: loader.linear(&p("ffn_up_shexp"), Some(n * e.ffn), c.hidden)?,
+                            down: loader.linear(&p("ffn_down_shexp"), Some(c.hidden), n * e.ffn)?,
+                        }),
+                    },
+                }),
+                _ => FeedForward::Dense(Mlp {
                     gate: loader.linear(&p("ffn_gate"), None, c.hidden)?,
                     up: loader.linear(&p("ffn_up"), None, c.hidden)?,
                     down: loader.linear(&p("ffn_down"), Some(c.hidden), 0)?,
                 }),
-                Some(e) => FeedForward::Experts { router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?, experts: loader.experts(i, e.count, c.hidden)? },
             };
-            let head_norm = |loader: &mut Loader<'_, R>, name: &str| -> Result<Option<Vec<f32>>> {
-                if loader.index.contains_key(p(name).as_str()) {
-                    Ok(Some(loader.vector(&p(name), c.head_dim)?))
-                } else {
-                    Ok(None)
+            let attention = match c.latent {
+                None => {
+                    let head_norm = |loader: &mut Loader<'_, R>, name: &str| -> Result<Option<Vec<f32>>> {
+                        if loader.index.contains_key(p(name).as_str()) {
+                            Ok(Some(loader.vector(&p(name), c.head_dim)?))
+                        } else {
+                            Ok(None)
+                        }
+                    };
+                    Attention::Standard {
+                        q_norm: head_norm(&mut loader, "attn_q_norm.weight")?,
+                        k_norm: head_norm(&mut loader, "attn_k_norm.weight")?,
+                        q: loader.linear(&p("attn_q"), Some(c.heads * c.head_dim), c.hidden)?,
+                        k: loader.linear(&p("attn_k"), Some(c.kv_heads * c.head_dim), c.hidden)?,
+                        v: loader.linear(&p("attn_v"), Some(c.kv_heads * c.value_dim), c.hidden)?,
+                        o: loader.linear(&p("attn_output"), Some(c.hidden), c.heads * c.value_dim)?,
+                    }
+                }
+                Some(l) => {
+                    let q_width = c.heads * (l.nope + l.rope);
+                    let query = if loader.index.contains_key(p("attn_q_a.weight").as_str()) {
+                        let down = loader.linear(&p("attn_q_a"), None, c.hidden)?;
+                        let rank = down.out_features();
+                        Query::LowRank { norm: loader.vector(&p("attn_q_a_norm.weight"), rank)?, up: loader.linear(&p("attn_q_b"), Some(q_width), rank)?, down }
+                    } else {
+                        Query::Plain(loader.linear(&p("attn_q"), Some(q_width), c.hidden)?)
+                    };
+                    let kv_up = if l.absorbed {
+                        KvUp::Split {
+                            k: loader.split(&p("attn_k_b.weight"), c.heads, l.kv_rank, l.nope)?,
+                            v: loader.split(&p("attn_v_b.weight"), c.heads, l.value, l.kv_rank)?,
+                        }
+                    } else {
+                        KvUp::Combined(loader.linear(&p("attn_kv_b"), Some(c.heads * (l.nope + l.value)), l.kv_rank)?)
+                    };
+                    Attention::Latent {
+                        query,
+                        kv_a: loader.linear(&p("attn_kv_a_mqa"), Some(l.kv_rank + l.rope), c.hidden)?,
+                        kv_a_norm: loader.vector(&p("attn_kv_a_norm.weight"), l.kv_rank)?,
+                        kv_up,
+                        o: loader.linear(&p("attn_output"), Some(c.hidden), c.heads * l.value)?,
+                    }
                 }
             };
-            let q_norm = head_norm(&mut loader, "attn_q_norm.weight")?;
-            let k_norm = head_norm(&mut loader, "attn_k_norm.weight")?;
             let post_attn_norm = loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?;
             let post_ffn_norm = loader.opt_vector(&p("post_ffw_norm.weight"), c.hidden)?;
             layers.push(Layer {
                 attn_norm: loader.vector(&p("attn_norm.weight"), c.hidden)?,
-                q: loader.linear(&p("attn_q"), Some(c.heads * c.head_dim), c.hidden)?,
-                k: loader.linear(&p("attn_k"), Some(c.kv_heads * c.head_dim), c.hidden)?,
-                v: loader.linear(&p("attn_v"), Some(c.kv_heads * c.value_dim), c.hidden)?,
-                o: loader.linear(&p("attn_output"), Some(c.hidden), c.heads * c.value_dim)?,
-                q_norm,
-                k_norm,
+                attention,
                 post_attn_norm,
                 ffn_norm: loader.vector(&p("ffn_norm.weight"), c.hidden)?,
                 ffn,
@@ -179,7 +269,8 @@ impl Weights {
                 reason: format!("{capacity} is not in 1..={} (the model's context length)", c.context_length),
             });
         }
-        let caches = (0..c.layers).map(|_| KvCache::new(c.kv_heads, capacity, c.head_dim, c.value_dim)).collect();
+        let values_in_keys = c.latent.is_some_and(|l| l.absorbed);
+        let caches = (0..c.layers).map(|_| KvCache::new(c.kv_heads, capacity, c.head_dim, c.value_dim, values_in_keys)).collect();
         Ok(State { caches, len: 0, capacity })
     }
 
@@ -226,7 +317,7 @@ impl Weights {
             let h = norm(&x, &layer.ffn_norm);
             let mut f = match &layer.ffn {
                 FeedForward::Dense(mlp) => mlp.forward(&h, seq, c.activation)?,
-                FeedForward::Experts { router, experts } => self.experts(router, experts, &h, seq)?,
+                FeedForward::Experts(moe) => self.experts(moe, &h, seq)?,
             };
             if let Some(n) = &layer.post_ffn_norm {
                 rms_norm(&mut f, n, eps);
@@ -244,23 +335,35 @@ impl Weights {
     fn attention(&self, layer: &Layer, index: usize, h: &[f32], seq: usize, cache: &mut KvCache, pos: usize) -> Result<Vec<f32>> {
         let c = &self.config;
         let eps = c.eps as f32;
+        let local = c.is_local(index);
+        let rope = Rope {
+            dims: c.rope_dims,
+            base: if local { c.rope_base_local } else { c.rope_base } as f32,
+            style: c.rope_style,
+            yarn: c.yarn.map(|y| (1.0 / y.factor, Rope::yarn_correction(c.rope_dims, c.rope_base as f32, y.original_context))),
+        };
+        let spec = |scale: f32| Spec { heads: c.heads, scale, window: if local { c.sliding_window.map(|(w, _)| w) } else { None } };
+        let scale = c.attention_scale as f32;
+        let (q, k, v, k_norm, q_norm, o) = match &layer.attention {
+            Attention::Latent { query, kv_a, kv_a_norm, kv_up, o } => {
+                return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, seq, cache, pos, &rope, &spec(scale));
+            }
+            Attention::Standard { q, k, v, o, q_norm, k_norm } => (q, k, v, k_norm, q_norm, o),
+        };
         // [seq][heads][head_dim], [seq][kv_heads][head_dim], [seq][kv_heads][value_dim]
-        let mut q = layer.q.forward(h, seq)?;
-        let mut k = layer.k.forward(h, seq)?;
-        let v = layer.v.forward(h, seq)?;
-        if let Some(n) = &layer.q_norm {
+        let mut q = q.forward(h, seq)?;
+        let mut k = k.forward(h, seq)?;
+        let v = v.forward(h, seq)?;
+        if let Some(n) = q_norm {
             rms_norm(&mut q, n, eps);
         }
-        if let Some(n) = &layer.k_norm {
+        if let Some(n) = k_norm {
             rms_norm(&mut k, n, eps);
         }
-        let local = c.is_local(index);
-        let base = if local { c.rope_base_local } else { c.rope_base } as f32;
-        attention::rope(&mut q, c.heads, c.head_dim, c.rope_dims, pos, base, c.rope_style);
-        attention::rope(&mut k, c.kv_heads, c.head_dim, c.rope_dims, pos, base, c.rope_style);
+        attention::rope(&mut q, c.heads, c.head_dim, pos, &rope);
+        attention::rope(&mut k, c.kv_heads, c.head_dim, pos, &rope);
         // Gemma scales the queries before the product (llama.cpp does so too); the others scale
         // each product. The two differ in rounding, not in value.
-        let scale = c.attention_scale as f32;
         let product_scale = if c.family == Family::Gemma3 {
             q.iter_mut().for_each(|v| *v *= scale);
             1.0
@@ -268,38 +371,161 @@ impl Weights {
             scale
         };
         cache.append(&k, &v, seq)?;
-        let window = if local { c.sliding_window.map(|(w, _)| w) } else { None };
-        let out = attention::attend(&q, seq, pos, cache, &Spec { heads: c.heads, scale: product_scale, window });
-        layer.o.forward(&out, seq)
+        let out = attention::attend(&q, seq, pos, cache, &spec(product_scale));
+        o.forward(&out, seq)
     }
 
-    /// Mixture of experts for `x` (`[seq][hidden]`): each token's router softmax picks its top
-    /// experts, whose outputs are summed with the (renormalised) router weights.
-    fn experts(&self, router: &QLinear, experts: &[Mlp], x: &[f32], seq: usize) -> Result<Vec<f32>> {
+    /// Multi-head latent attention: queries (`nope` + `rope` per head), a compressed key-value
+    /// vector and one rotary key shared by the heads; either decompressed into full heads
+    /// (`KvUp::Combined`) or attended in latent form with the key up-projection absorbed into
+    /// the queries and the value up-projection applied afterwards (`KvUp::Split`).
+    #[allow(clippy::too_many_arguments)]
+    fn latent_attention(&self, query: &Query, kv_a: &QLinear, kv_a_norm: &[f32], kv_up: &KvUp, o: &QLinear, h: &[f32], seq: usize, cache: &mut KvCache, pos: usize, rope: &Rope, spec: &Spec) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let Some(l) = c.latent else { return Err(Error::Compute("latent attention without latent sizes".into())) };
+        let (heads, eps) = (c.heads, c.eps as f32);
+        // q: [seq][heads][nope + rope]
+        let q = match query {
+            Query::Plain(w) => w.forward(h, seq)?,
+            Query::LowRank { down, norm, up } => {
+                let mut t = down.forward(h, seq)?;
+                rms_norm(&mut t, norm, eps);
+                up.forward(&t, seq)?
+            }
+        };
+        let mut q_nope = Vec::with_capacity(seq * heads * l.nope);
+        let mut q_pe = Vec::with_capacity(seq * heads * l.rope);
+        for head in q.chunks_exact(l.nope + l.rope) {
+            q_nope.extend_from_slice(&head[..l.nope]);
+            q_pe.extend_from_slice(&head[l.nope..]);
+        }
+        // [seq][kv_rank + rope] → the normalised latent vector and the shared rotary key.
+        let kv = kv_a.forward(h, seq)?;
+        let mut latent = Vec::with_capacity(seq * l.kv_rank);
+        let mut k_pe = Vec::with_capacity(seq * l.rope);
+        for row in kv.chunks_exact(l.kv_rank + l.rope) {
+            latent.extend_from_slice(&row[..l.kv_rank]);
+            k_pe.extend_from_slice(&row[l.kv_rank..]);
+        }
+        attention::rope(&mut q_pe, heads, l.rope, pos, rope);
+        attention::rope(&mut k_pe, 1, l.rope, pos, rope);
+        rms_norm(&mut latent, kv_a_norm, eps);
+
+        // Per token and head: `first` (width a) then the rotary part, into one row.
+        let join = |first: &[f32], a: usize, pe: &[f32], per_token_pe: bool| -> Vec<f32> {
+            let rows = first.len() / a;
+            let mut out = Vec::with_capacity(rows * (a + l.rope));
+            for r in 0..rows {
+                out.extend_from_slice(&first[r * a..(r + 1) * a]);
+                let pe_row = if per_token_pe { r / heads } else { r };
+                out.extend_from_slice(&pe[pe_row * l.rope..(pe_row + 1) * l.rope]);
+            }
+            out
+        };
+        let out = match kv_up {
+            KvUp::Combined(w) => {
+                // [seq][heads][nope + value]
+                let kv = w.forward(&latent, seq)?;
+                let mut k_nope = Vec::with_capacity(seq * heads * l.nope);
+                let mut v = Vec::with_capacity(seq * heads * l.value);
+                for head in kv.chunks_exact(l.nope + l.value) {
+                    k_nope.extend_from_slice(&head[..l.nope]);
+                    v.extend_from_slice(&head[l.nope..]);
+                }
+                let keys = join(&k_nope, l.nope, &k_pe, true);
+                cache.append(&keys, &v, seq)?;
+                attention::attend(&join(&q_nope, l.nope, &q_pe, false), seq, pos, cache, spec)
+            }
+            KvUp::Split { k, v } => {
+                // Queries absorb each head's key up-projection: [seq][heads][kv_rank].
+                let mut absorbed = vec![0f32; seq * heads * l.kv_rank];
+                for (head, k_b) in k.iter().enumerate() {
+                    let x: Vec<f32> = (0..seq).flat_map(|t| q_nope[(t * heads + head) * l.nope..][..l.nope].iter().copied()).collect();
+                    let y = k_b.matmul(&x, seq)?;
+                    for t in 0..seq {
+                        absorbed[(t * heads + head) * l.kv_rank..][..l.kv_rank].copy_from_slice(&y[t * l.kv_rank..(t + 1) * l.kv_rank]);
+                    }
+                }
+                let keys = join(&latent, l.kv_rank, &k_pe, false);
+                cache.append(&keys, &[], seq)?;
+                // [seq][heads][kv_rank], then each head's value up-projection: [seq][heads][value].
+                let latent_out = attention::attend(&join(&absorbed, l.kv_rank, &q_pe, false), seq, pos, cache, spec);
+                let mut out = vec![0f32; seq * heads * l.value];
+                for (head, v_b) in v.iter().enumerate() {
+                    let x: Vec<f32> = (0..seq).flat_map(|t| latent_out[(t * heads + head) * l.kv_rank..][..l.kv_rank].iter().copied()).collect();
+                    let y = v_b.matmul(&x, seq)?;
+                    for t in 0..seq {
+                        out[(t * heads + head) * l.value..][..l.value].copy_from_slice(&y[t * l.value..(t + 1) * l.value]);
+                    }
+                }
+                out
+            }
+        };
+        o.forward(&out, seq)
+    }
+
+    /// Mixture of experts for `x` (`[seq][hidden]`): each token's router scores (softmax or
+    /// sigmoid) pick its top experts — among the best groups when routing is group-limited,
+    /// with the selection bias added when there is one — whose outputs are summed with the
+    /// (renormalised, scaled) scores; shared experts are added for every token.
+    fn experts(&self, moe: &Moe, x: &[f32], seq: usize) -> Result<Vec<f32>> {
         let Some(spec) = self.config.experts else { return Err(Error::Compute("experts without an expert count".into())) };
         let hidden = self.config.hidden;
-        let logits = router.forward(x, seq)?;
-        let mut out = vec![0f32; seq * hidden];
-        let mut order: Vec<usize> = Vec::with_capacity(experts.len());
-        for (token, logits) in logits.chunks_exact(experts.len()).enumerate() {
-            let probs = softmax(logits);
-            order.clear();
-            order.extend(0..probs.len());
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-            let chosen = &order[..spec.used];
-            let sum: f32 = chosen.iter().map(|&e| probs[e]).sum();
-            let row = &x[token * hidden..(token + 1) * hidden];
-            let out = &mut out[token * hidden..(token + 1) * hidden];
-            for &e in chosen {
-                let weight = if spec.normalize { probs[e] / sum } else { probs[e] };
-                let y = experts[e].forward(row, 1, self.config.activation)?;
-                for (o, y) in out.iter_mut().zip(&y) {
-                    *o += y * weight;
+        let logits = moe.router.forward(x, seq)?;
+        let mut out = match &moe.shared {
+            Some(mlp) => mlp.forward(x, seq, self.config.activation)?,
+            None => vec![0f32; seq * hidden],
+        };
+        let mut routed = vec![0f32; hidden];
+        for (token, logits) in logits.chunks_exact(spec.count).enumerate() {
+            let probs = match spec.gating {
+                Gating::Softmax => softmax(logits),
+                Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect(),
+            };
+            let mut selection = probs.clone();
+            if let Some(bias) = &moe.bias {
+                selection.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
+            }
+            if let Some((groups, used_groups)) = spec.groups {
+                // A group's score is the sum of its two best selection scores.
+                let per = spec.count / groups;
+                let score = |g: usize| {
+                    let best = top(&selection[g * per..(g + 1) * per], 2.min(per));
+                    best.iter().map(|&e| selection[g * per + e]).sum::<f32>()
+                };
+                let scores: Vec<f32> = (0..groups).map(score).collect();
+                let keep = top(&scores, used_groups);
+                for g in (0..groups).filter(|g| !keep.contains(g)) {
+                    selection[g * per..(g + 1) * per].iter_mut().for_each(|s| *s = f32::NEG_INFINITY);
                 }
             }
+            let chosen = top(&selection, spec.used);
+            let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
+            if spec.normalize {
+                let sum = weights.iter().sum::<f32>().max(6.103_515_6e-5);
+                weights.iter_mut().for_each(|w| *w /= sum);
+            }
+            if spec.scale != 0.0 && spec.scale != 1.0 {
+                weights.iter_mut().for_each(|w| *w *= spec.scale);
+            }
+            let row = &x[token * hidden..(token + 1) * hidden];
+            routed.iter_mut().for_each(|v| *v = 0.0);
+            for (&e, w) in chosen.iter().zip(&weights) {
+                let y = moe.experts[e].forward(row, 1, self.config.activation)?;
+                routed.iter_mut().zip(&y).for_each(|(o, y)| *o += y * w);
+            }
+            add(&mut out[token * hidden..(token + 1) * hidden], &routed);
         }
         Ok(out)
     }
+}
+
+/// The indices of the `k` largest values, largest first (lower index first among equals).
+fn top(values: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
@@ -422,31 +648,30 @@ impl<R: Read + Seek> Loader<'_, R> {
     }
 
     /// The experts of layer `layer`: `ffn_{gate,up,down}_exps` hold every expert's matrix in
-    /// one 3-D tensor, `(experts, out, in)`; each expert's slice becomes its own matrix.
-    fn experts(&mut self, layer: usize, count: usize, hidden: usize) -> Result<Vec<Mlp>> {
-        let mut split = |part: &str| -> Result<Vec<QLinear>> {
-            let name = format!("blk.{layer}.ffn_{part}_exps.weight");
-            let (bytes, ggml_type, shape) = self.raw(&name)?;
-            let [n, rows, cols] = shape[..] else {
-                return Err(Error::InvalidTensor { name, reason: format!("shape {shape:?} is not 3-D") });
-            };
-            let expected_in = if part == "down" { cols } else { hidden };
-            if n != count || cols != expected_in || (part == "down" && rows != hidden) {
-                return Err(Error::InvalidTensor { name, reason: format!("shape {shape:?} does not fit {count} experts of width {hidden}") });
-            }
-            let per_expert = bytes.len() / n;
-            bytes
-                .chunks_exact(per_expert)
-                .map(|chunk| {
-                    let m = QMatrix::new(ggml_type, chunk.to_vec(), rows, cols).map_err(|e| Error::InvalidTensor { name: name.clone(), reason: e.to_string() })?;
-                    Ok(QLinear::new(m, None))
-                })
-                .collect()
-        };
-        let gates = split("gate")?;
-        let ups = split("up")?;
-        let downs = split("down")?;
-        Ok(gates.into_iter().zip(ups).zip(downs).map(|((gate, up), down)| Mlp { gate, up, down }).collect())
+    /// one 3-D tensor; each expert's slice becomes its own matrix.
+    fn experts(&mut self, layer: usize, count: usize, ffn: usize, hidden: usize) -> Result<Vec<Mlp>> {
+        let gates = self.split(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden)?;
+        let ups = self.split(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden)?;
+        let downs = self.split(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn)?;
+        Ok(gates
+            .into_iter()
+            .zip(ups)
+            .zip(downs)
+            .map(|((gate, up), down)| Mlp { gate: QLinear::new(gate, None), up: QLinear::new(up, None), down: QLinear::new(down, None) })
+            .collect())
+    }
+
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices.
+    fn split(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<QMatrix>> {
+        let (bytes, ggml_type, shape) = self.raw(name)?;
+        if shape != [count, rows, cols] {
+            return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {rows}, {cols}]") });
+        }
+        let per = bytes.len() / count;
+        bytes
+            .chunks_exact(per)
+            .map(|chunk| QMatrix::new(ggml_type, chunk.to_vec(), rows, cols).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() }))
+            .collect()
     }
 }
 

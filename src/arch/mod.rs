@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub enum Family {
     Qwen3Moe,
     /// `gemma3`: scaled embeddings, GELU, post-norms, sliding-window layers.
     Gemma3,
+    /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
+    /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
+    DeepSeek2,
 }
 
 /// How RoPE pairs the dimensions it rotates.
@@ -48,15 +51,62 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// Mixture-of-experts sizes.
+/// How router logits become expert weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// Softmax over all experts.
+    Softmax,
+    /// A sigmoid per expert (DeepSeek-V3, Kimi K2), usually with a selection bias.
+    Sigmoid,
+}
+
+/// Mixture-of-experts settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Experts {
     /// Experts per layer.
     pub count: usize,
     /// Experts each token is routed to.
     pub used: usize,
+    /// Width of one expert's feed-forward layer.
+    pub ffn: usize,
     /// Whether the chosen experts' weights are renormalised to sum to one.
     pub normalize: bool,
+    /// Factor applied to the chosen experts' weights.
+    pub scale: f32,
+    /// Router gating.
+    pub gating: Gating,
+    /// Group-limited routing: (groups, groups used); experts come only from the groups with the
+    /// best sums of their two best scores.
+    pub groups: Option<(usize, usize)>,
+    /// Shared experts every token goes through (their feed-forward is `shared × ffn` wide).
+    pub shared: usize,
+    /// Leading blocks with a dense feed-forward instead of experts.
+    pub leading_dense: usize,
+}
+
+/// Multi-head latent attention sizes (`deepseek2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latent {
+    /// Rank of the compressed key-value projection.
+    pub kv_rank: usize,
+    /// Per-head query/key width without position (`nope`) and with RoPE (`rope`).
+    pub nope: usize,
+    /// Per-head width that RoPE rotates (shared by all heads on the key side).
+    pub rope: usize,
+    /// Per-head value width.
+    pub value: usize,
+    /// Whether the file stores the split `attn_k_b`/`attn_v_b` layout; attention then runs on
+    /// the latent form and the KV cache holds `kv_rank + rope` values per token.
+    pub absorbed: bool,
+}
+
+/// YaRN RoPE scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    /// Context extension factor (frequencies are scaled by its inverse).
+    pub factor: f32,
+    /// The context length the model was trained with before extension.
+    pub original_context: usize,
 }
 
 /// The hyper-parameters of a decoder, read from the file.
@@ -99,6 +149,10 @@ pub struct Config {
     pub embedding_scale: Option<f64>,
     /// Factor the attention scores are multiplied by.
     pub attention_scale: f64,
+    /// Latent attention sizes, for `deepseek2`.
+    pub latent: Option<Latent>,
+    /// YaRN RoPE scaling, when the file declares it.
+    pub yarn: Option<Yarn>,
 }
 
 impl Config {
@@ -116,6 +170,7 @@ impl Config {
             "qwen3" => Family::Qwen3,
             "qwen3moe" => Family::Qwen3Moe,
             "gemma3" => Family::Gemma3,
+            "deepseek2" => Family::DeepSeek2,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
             }
@@ -153,7 +208,7 @@ impl Config {
             Some(_) => positive("rope.dimension_count")?,
             None => head_dim,
         };
-        if rope_dims > head_dim || rope_dims % 2 != 0 {
+        if family != Family::DeepSeek2 && (rope_dims > head_dim || rope_dims % 2 != 0) {
             return Err(Error::InvalidMetadata {
                 key: key("rope.dimension_count"),
                 reason: format!("{rope_dims} must be even and at most the head width {head_dim}"),
@@ -161,6 +216,7 @@ impl Config {
         }
         let rope_base = gguf.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
         let eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
+        let deepseek = family == Family::DeepSeek2;
         let experts = match gguf.opt_u64(&key("expert_count"))? {
             None | Some(0) => None,
             Some(count) => {
@@ -168,9 +224,67 @@ impl Config {
                 if used as u64 > count {
                     return Err(Error::InvalidMetadata { key: key("expert_used_count"), reason: format!("{used} of {count} experts") });
                 }
-                // Qwen3-MoE and Mixtral renormalise the chosen experts' softmax weights.
-                Some(Experts { count: count as usize, used, normalize: true })
+                let count = count as usize;
+                let groups = match gguf.opt_u64(&key("expert_group_count"))? {
+                    Some(g) if g > 1 => {
+                        let used_groups = positive("expert_group_used_count")?;
+                        if count % g as usize != 0 || used_groups as u64 > g || (used_groups * count / g as usize) < used {
+                            return Err(Error::InvalidMetadata {
+                                key: key("expert_group_count"),
+                                reason: format!("{g} groups ({used_groups} used) do not fit {count} experts with {used} chosen"),
+                            });
+                        }
+                        Some((g as usize, used_groups))
+                    }
+                    _ => None,
+                };
+                let gating = match gguf.opt_u64(&key("expert_gating_func"))? {
+                    None | Some(0) | Some(1) => Gating::Softmax,
+                    Some(2) => Gating::Sigmoid,
+                    Some(other) => return Err(Error::InvalidMetadata { key: key("expert_gating_func"), reason: format!("unknown gating function {other}") }),
+                };
+                Some(Experts {
+                    count,
+                    used,
+                    ffn: match gguf.get(&key("expert_feed_forward_length")) {
+                        Some(_) => positive("expert_feed_forward_length")?,
+                        None if !deepseek => positive("feed_forward_length")?,
+                        None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
+                    },
+                    // Qwen3-MoE and Mixtral renormalise the chosen experts' weights; DeepSeek says.
+                    normalize: if deepseek { gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false) } else { true },
+                    scale: if deepseek { gguf.f64(&key("expert_weights_scale"))? as f32 } else { 1.0 },
+                    gating,
+                    groups,
+                    shared: if deepseek { gguf.u64(&key("expert_shared_count"))? as usize } else { 0 },
+                    leading_dense: if deepseek { gguf.u64(&key("leading_dense_block_count"))? as usize } else { 0 },
+                })
             }
+        };
+        let mut latent = None;
+        if deepseek {
+            let absorbed = gguf.get(&key("attention.key_length_mla")).is_some();
+            let (k_len, v_len) = if absorbed { ("attention.key_length_mla", "attention.value_length_mla") } else { ("attention.key_length", "attention.value_length") };
+            let (head, value) = (positive(k_len)?, positive(v_len)?);
+            let rope = positive("rope.dimension_count")?;
+            if rope >= head || rope % 2 != 0 {
+                return Err(Error::InvalidMetadata { key: key("rope.dimension_count"), reason: format!("{rope} must be even and below the key width {head}") });
+            }
+            latent = Some(Latent { kv_rank: positive("attention.kv_lora_rank")?, nope: head - rope, rope, value, absorbed });
+        }
+        // What the KV cache holds per token: the latent vector and the shared rotary key (one
+        // "head") in the absorbed layout; full per-head keys and values otherwise.
+        let (kv_heads, head_dim, value_dim) = match latent {
+            Some(l) if l.absorbed => (1, l.kv_rank + l.rope, l.kv_rank),
+            Some(l) => (heads, l.nope + l.rope, l.value),
+            None => (kv_heads, head_dim, value_dim),
+        };
+        let yarn = match gguf.opt_str(&key("rope.scaling.type"))? {
+            Some("yarn") => Some(Yarn {
+                factor: gguf.f64(&key("rope.scaling.factor"))? as f32,
+                original_context: positive("rope.scaling.original_context_length")?,
+            }),
+            _ => None,
         };
         let sliding_window = match (family, gguf.opt_u64(&key("attention.sliding_window"))?) {
             // Gemma 3 alternates five local layers with one global layer (llama.cpp's pattern).
@@ -178,6 +292,18 @@ impl Config {
             _ => None,
         };
         let gemma = family == Family::Gemma3;
+        // DeepSeek's YaRN also corrects the attention scale by mscale².
+        let attention_scale = match (latent, yarn) {
+            (Some(l), Some(y)) => {
+                let log_mul = gguf.opt_f64(&key("rope.scaling.yarn_log_multiplier"))?.unwrap_or(0.0) as f32;
+                // YaRN's magnitude correction (1 + 0.1·ln factor) times the file's log multiplier
+                // term; llama.cpp folds both into the attention scale and leaves RoPE unscaled.
+                let mscale = (1.0 + 0.1 * y.factor.ln()) * (1.0 + 0.1 * log_mul * y.factor.ln());
+                (mscale * mscale / ((l.nope + l.rope) as f32).sqrt()) as f64
+            }
+            (Some(l), None) => 1.0 / ((l.nope + l.rope) as f64).sqrt(),
+            _ => 1.0 / (head_dim as f64).sqrt(),
+        };
         Ok(Config {
             family,
             layers: positive("block_count")?,
@@ -189,14 +315,16 @@ impl Config {
             rope_dims,
             rope_base,
             rope_base_local: gguf.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0),
-            rope_style: if family == Family::Llama { RopeStyle::Interleaved } else { RopeStyle::Halves },
+            rope_style: if matches!(family, Family::Llama | Family::DeepSeek2) { RopeStyle::Interleaved } else { RopeStyle::Halves },
             eps,
             context_length: positive("context_length")?,
             sliding_window,
             experts,
             activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
             embedding_scale: gemma.then(|| (hidden as f64).sqrt()),
-            attention_scale: 1.0 / (head_dim as f64).sqrt(),
+            attention_scale,
+            latent,
+            yarn,
         })
     }
 

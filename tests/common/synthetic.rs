@@ -199,3 +199,141 @@ pub fn dequantized_copy<R: Read + Seek>(gguf: &Gguf, reader: &mut R, name: &str)
     std::fs::write(&path, f.bytes()).unwrap();
     path
 }
+
+/// A synthetic `deepseek2` model's sizes and options.
+pub struct DeepSeek2 {
+    pub layers: usize,
+    pub leading_dense: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    /// `None`: a plain query projection.
+    pub q_rank: Option<usize>,
+    pub kv_rank: usize,
+    pub nope: usize,
+    pub rope: usize,
+    pub value: usize,
+    pub ffn: usize,
+    pub experts: usize,
+    pub used: usize,
+    pub expert_ffn: usize,
+    pub shared: usize,
+    /// Sigmoid gating with an expert selection bias (else softmax without one).
+    pub sigmoid: bool,
+    /// (groups, groups used)
+    pub groups: Option<(usize, usize)>,
+    /// The split `attn_k_b`/`attn_v_b` layout (else the combined `attn_kv_b`).
+    pub split_kv: bool,
+    /// YaRN (factor, original context).
+    pub yarn: Option<(f32, u32)>,
+    pub normalize: bool,
+    pub scale: f32,
+}
+
+/// Writes a `deepseek2` file with random weights and the tokenizer of `tokenizer_source`.
+pub fn deepseek2_file(tokenizer_source: &Gguf, d: &DeepSeek2, seed: u64, name: &str, leave_out: Option<&str>) -> PathBuf {
+    let vocab = match tokenizer_source.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(t)) => t.len(),
+        _ => panic!("the tokenizer source has no tokens"),
+    };
+    let mut rng = Rng::new(seed);
+    let mut random = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform() * scale).collect() };
+    let k = |key: &str| format!("deepseek2.{key}");
+    let h = d.hidden;
+    let (head_k, head_v, kv_heads) = if d.split_kv { (d.kv_rank + d.rope, d.kv_rank, 1) } else { (d.nope + d.rope, d.value, d.heads) };
+    let mut f = GgufFile::new()
+        .meta("general.architecture", s("deepseek2"))
+        .meta("general.name", s(name))
+        .meta(&k("block_count"), Meta::U32(d.layers as u32))
+        .meta(&k("context_length"), Meta::U32(4096))
+        .meta(&k("embedding_length"), Meta::U32(h as u32))
+        .meta(&k("feed_forward_length"), Meta::U32(d.ffn as u32))
+        .meta(&k("attention.head_count"), Meta::U32(d.heads as u32))
+        .meta(&k("attention.head_count_kv"), Meta::U32(kv_heads as u32))
+        .meta(&k("attention.key_length"), Meta::U32(head_k as u32))
+        .meta(&k("attention.value_length"), Meta::U32(head_v as u32))
+        .meta(&k("attention.layer_norm_rms_epsilon"), Meta::F32(1e-6))
+        .meta(&k("attention.q_lora_rank"), Meta::U32(d.q_rank.unwrap_or(0) as u32))
+        .meta(&k("attention.kv_lora_rank"), Meta::U32(d.kv_rank as u32))
+        .meta(&k("rope.freq_base"), Meta::F32(10_000.0))
+        .meta(&k("rope.dimension_count"), Meta::U32(d.rope as u32))
+        .meta(&k("leading_dense_block_count"), Meta::U32(d.leading_dense as u32))
+        .meta(&k("expert_count"), Meta::U32(d.experts as u32))
+        .meta(&k("expert_used_count"), Meta::U32(d.used as u32))
+        .meta(&k("expert_feed_forward_length"), Meta::U32(d.expert_ffn as u32))
+        .meta(&k("expert_shared_count"), Meta::U32(d.shared as u32))
+        .meta(&k("expert_weights_scale"), Meta::F32(d.scale))
+        .meta(&k("expert_weights_norm"), Meta::Bool(d.normalize))
+        .meta(&k("expert_gating_func"), Meta::U32(if d.sigmoid { 2 } else { 1 }));
+    if d.split_kv {
+        f = f.meta(&k("attention.key_length_mla"), Meta::U32((d.nope + d.rope) as u32)).meta(&k("attention.value_length_mla"), Meta::U32(d.value as u32));
+    }
+    if let Some((groups, used)) = d.groups {
+        f = f.meta(&k("expert_group_count"), Meta::U32(groups as u32)).meta(&k("expert_group_used_count"), Meta::U32(used as u32));
+    }
+    if let Some((factor, original)) = d.yarn {
+        f = f
+            .meta(&k("rope.scaling.type"), s("yarn"))
+            .meta(&k("rope.scaling.factor"), Meta::F32(factor))
+            .meta(&k("rope.scaling.original_context_length"), Meta::U32(original))
+            .meta(&k("rope.scaling.yarn_log_multiplier"), Meta::F32(0.1));
+    }
+    for (key, meta) in tokenizer_metadata(tokenizer_source) {
+        f = f.meta(&key, meta);
+    }
+    let norm = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, n: usize| -> Vec<u8> { f32_bytes(&rng(n, 0.2).iter().map(|v| 1.0 + v).collect::<Vec<_>>()) };
+    let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| q8_0(&rng(inputs * outputs, 2.0 / (inputs as f32).sqrt()));
+    f = f.tensor("token_embd.weight", &[h as u64, vocab as u64], Q8_0, q8_0(&random(h * vocab, 1.0)));
+    f = f.tensor("output_norm.weight", &[h as u64], F32, norm(&mut random, h));
+    let u = |n: usize| n as u64;
+    for i in 0..d.layers {
+        let p = |n: &str| format!("blk.{i}.{n}");
+        let q_width = d.heads * (d.nope + d.rope);
+        f = f.tensor(&p("attn_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("ffn_norm.weight"), &[u(h)], F32, norm(&mut random, h));
+        f = match d.q_rank {
+            Some(r) => f
+                .tensor(&p("attn_q_a.weight"), &[u(h), u(r)], Q8_0, linear(&mut random, h, r))
+                .tensor(&p("attn_q_a_norm.weight"), &[u(r)], F32, norm(&mut random, r))
+                .tensor(&p("attn_q_b.weight"), &[u(r), u(q_width)], Q8_0, linear(&mut random, r, q_width)),
+            None => f.tensor(&p("attn_q.weight"), &[u(h), u(q_width)], Q8_0, linear(&mut random, h, q_width)),
+        };
+        f = f
+            .tensor(&p("attn_kv_a_mqa.weight"), &[u(h), u(d.kv_rank + d.rope)], Q8_0, linear(&mut random, h, d.kv_rank + d.rope))
+            .tensor(&p("attn_kv_a_norm.weight"), &[u(d.kv_rank)], F32, norm(&mut random, d.kv_rank))
+            .tensor(&p("attn_output.weight"), &[u(d.heads * d.value), u(h)], Q8_0, linear(&mut random, d.heads * d.value, h));
+        f = if d.split_kv {
+            f.tensor(&p("attn_k_b.weight"), &[u(d.nope), u(d.kv_rank), u(d.heads)], Q8_0, linear(&mut random, d.nope, d.kv_rank * d.heads))
+                .tensor(&p("attn_v_b.weight"), &[u(d.kv_rank), u(d.value), u(d.heads)], Q8_0, linear(&mut random, d.kv_rank, d.value * d.heads))
+        } else {
+            f.tensor(&p("attn_kv_b.weight"), &[u(d.kv_rank), u(d.heads * (d.nope + d.value))], Q8_0, linear(&mut random, d.kv_rank, d.heads * (d.nope + d.value)))
+        };
+        if i < d.leading_dense {
+            f = f
+                .tensor(&p("ffn_gate.weight"), &[u(h), u(d.ffn)], Q8_0, linear(&mut random, h, d.ffn))
+                .tensor(&p("ffn_up.weight"), &[u(h), u(d.ffn)], Q8_0, linear(&mut random, h, d.ffn))
+                .tensor(&p("ffn_down.weight"), &[u(d.ffn), u(h)], Q8_0, linear(&mut random, d.ffn, h));
+            continue;
+        }
+        let (n, ff) = (d.experts, d.expert_ffn);
+        f = f
+            .tensor(&p("ffn_gate_inp.weight"), &[u(h), u(n)], F32, f32_bytes(&random(h * n, 0.5)))
+            .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], Q8_0, linear(&mut random, h, ff * n))
+            .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], Q8_0, linear(&mut random, h, ff * n))
+            .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], Q8_0, linear(&mut random, ff, h * n));
+        if d.sigmoid {
+            f = f.tensor(&p("exp_probs_b.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.1)));
+        }
+        if d.shared > 0 {
+            let sf = ff * d.shared;
+            f = f
+                .tensor(&p("ffn_gate_shexp.weight"), &[u(h), u(sf)], Q8_0, linear(&mut random, h, sf))
+                .tensor(&p("ffn_up_shexp.weight"), &[u(h), u(sf)], Q8_0, linear(&mut random, h, sf))
+                .tensor(&p("ffn_down_shexp.weight"), &[u(sf), u(h)], Q8_0, linear(&mut random, sf, h));
+        }
+    }
+    if let Some(key) = leave_out {
+        f = f.without(key);
+    }
+    let path = std::env::temp_dir().join(format!("candlewick-test-{}-{name}.gguf", std::process::id()));
+    std::fs::write(&path, f.bytes()).unwrap();
+    path
+}
