@@ -8,20 +8,10 @@ use std::path::Path;
 use candlewick::gguf::Gguf;
 use candlewick::{Chunk, Error, GenerateOptions, Model, Prompt, Route, SamplingConfig};
 use common::synthetic::{deepseek2_file, DeepSeek2};
-use common::{llama_cpp, model, QWEN25_CODER};
+use common::{llama_cpp, model, QWEN25_CODER, RAW_PROMPTS as PROMPTS};
 use futures::StreamExt;
 use serde_json::json;
 
-const PROMPTS: [&str; 8] = [
-    "The capital of France is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "1, 2, 3, 4, 5,",
-    "To make a cup of tea, first",
-    "The quick brown fox",
-    "In 1969, the first humans",
-];
 
 fn source() -> Gguf {
     Gguf::read(&mut std::io::BufReader::new(std::fs::File::open(model(QWEN25_CODER)).unwrap())).unwrap()

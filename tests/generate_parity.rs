@@ -9,19 +9,9 @@ use std::path::Path;
 use candlewick::gguf::Gguf;
 use candlewick::{chat::Message, GenerateOptions, Model, Prompt, SamplingConfig};
 use common::synthetic::{qwen3_file, Shape};
-use common::{llama_cpp, model, GEMMA3, QWEN25_CODER, SMOLLM2};
+use common::{llama_cpp, model, GEMMA3, QWEN25_CODER, RAW_PROMPTS, SMOLLM2};
 use serde_json::json;
 
-const RAW_PROMPTS: [&str; 8] = [
-    "The capital of France is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "1, 2, 3, 4, 5,",
-    "To make a cup of tea, first",
-    "The quick brown fox",
-    "In 1969, the first humans",
-];
 
 fn chats() -> Vec<Vec<Message>> {
     vec![

@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 use candlewick::gguf::Gguf;
 use candlewick::{Error, Model};
-use common::gguf_writer::{s, tiny_gpt2, tiny_spm, GgufFile, Meta};
+use common::gguf_writer::{s, tiny_gpt2, tiny_spm, Meta};
 
 fn read(bytes: &[u8]) -> candlewick::Result<Model> {
     Model::read_without_weights(&mut Cursor::new(bytes))

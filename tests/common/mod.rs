@@ -74,6 +74,18 @@ pub fn jinja2(input: &serde_json::Value) -> serde_json::Value {
     run_json(command, input, "needs python3 with jinja2: `python3 -m pip install jinja2`")
 }
 
+/// Raw prompts the greedy comparisons with llama.cpp run.
+pub const RAW_PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "1, 2, 3, 4, 5,",
+    "To make a cup of tea, first",
+    "The quick brown fox",
+    "In 1969, the first humans",
+];
+
 /// The tokenizer test corpus.
 pub fn corpus() -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join("tests/data/tokenizer-corpus.json")).unwrap();
