@@ -4,6 +4,10 @@
 //! Q4_0/Q5_0/Q8_0 weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants) with the same scales and
 //! rounding, and each block's dot product is an exact integer sum scaled in f32. Two engines
 //! doing this agree to float rounding, so greedy decoding picks the same tokens.
+//!
+//! The code here is portable scalar code. On x86_64, [`dot`] and [`Activations::quantize`]
+//! switch at run time to SIMD versions (AVX2) that give bit-identical results;
+//! [`dot_scalar`] and [`Activations::quantize_scalar`] remain the reference.
 
 use half::f16;
 
@@ -111,7 +115,20 @@ pub struct Activations {
 
 impl Activations {
     /// Quantizes `x` (a multiple of the format's block length) into `self`, reusing its buffers.
+    ///
+    /// On x86_64 CPUs with AVX2, FMA and F16C this runs a SIMD quantizer, chosen at run time,
+    /// that gives bit-identical results to [`Activations::quantize_scalar`].
     pub fn quantize(&mut self, x: &[f32], format: ActFormat) {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::quantize(self, x, format) {
+            return;
+        }
+        self.quantize_scalar(x, format);
+    }
+
+    /// [`Activations::quantize`] in portable scalar code: the reference the SIMD quantizer
+    /// must match bit for bit, and the path on every target without it.
+    pub fn quantize_scalar(&mut self, x: &[f32], format: ActFormat) {
         self.f32s.clear();
         self.qs.clear();
         self.d.clear();
@@ -128,7 +145,10 @@ impl Activations {
                     let mut sum = 0i32;
                     for &v in block {
                         let q = (v * id).round_ties_even() as i32;
-                        sum += q;
+                        // Wrapping: a block so small (subnormal) that `id` overflows saturates
+                        // q to i32::MAX, which must not panic debug builds. Its scale rounds to
+                        // zero, so the sum never matters then.
+                        sum = sum.wrapping_add(q);
                         self.qs.push(q as i8);
                     }
                     self.d.push(f16::from_f32(d).to_f32());
@@ -181,7 +201,22 @@ fn dot32(a: &[i8; 32], b: &[i8]) -> i32 {
 }
 
 /// The dot product of one weight row (`row`: its bytes) with quantized activations.
+///
+/// On x86_64 CPUs with AVX2, FMA and F16C this runs SIMD kernels, chosen at run time, that
+/// give bit-identical results to [`dot_scalar`]; elsewhere (other CPUs, WebAssembly) it is
+/// [`dot_scalar`].
+#[inline]
 pub fn dot(format: Format, row: &[u8], act: &Activations) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(sum) = super::x86::dot(format, row, act) {
+        return sum;
+    }
+    dot_scalar(format, row, act)
+}
+
+/// [`dot`] in portable scalar code: the reference the SIMD kernels must match bit for bit,
+/// and the path on every target without them.
+pub fn dot_scalar(format: Format, row: &[u8], act: &Activations) -> f32 {
     match format {
         Format::F32 => row.chunks_exact(4).zip(&act.f32s).map(|(w, a)| f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * a).sum(),
         Format::F16 => row.chunks_exact(2).zip(&act.f32s).map(|(w, a)| half(w, 0) * a).sum(),
@@ -468,5 +503,197 @@ mod tests {
         assert_eq!(a.bsums[0], a.qs[..16].iter().map(|&q| q as i32).sum::<i32>());
         a.quantize(&[0.0; 32], ActFormat::Q8_1);
         assert_eq!((a.d[0], a.s[0]), (0.0, 0.0));
+    }
+
+    /// Every format except the float ones, which have no SIMD kernel.
+    #[cfg(target_arch = "x86_64")]
+    const QUANTIZED: [Format; 8] = [Format::Q8_0, Format::Q5_0, Format::Q4K, Format::Q6K, Format::Q4_1, Format::Q4_0, Format::Q5_1, Format::Q5K];
+
+    /// The SIMD kernel's result, failing the test on a CPU without AVX2/FMA/F16C only when
+    /// `CANDLEWICK_REQUIRE_SIMD` is set (elsewhere such a CPU just skips the comparison).
+    #[cfg(target_arch = "x86_64")]
+    fn simd_dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> {
+        let got = crate::kernels::x86::dot(format, row, act);
+        assert!(got.is_some() || std::env::var_os("CANDLEWICK_REQUIRE_SIMD").is_none(), "no SIMD kernel for {format:?}");
+        got
+    }
+
+    /// The SIMD kernels give exactly the scalar result for random blocks, with block counts
+    /// that exercise both the one-block tail and the eight-block groups of the 32-value formats.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_dot_is_bit_identical_to_scalar() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for format in QUANTIZED {
+            let (per_block, _) = format.block();
+            for blocks in [1, 3, 7, 8, 9, 16, 23] {
+                for trial in 0..20 {
+                    let row = random_row(format, blocks, &mut rng);
+                    // Some rows of activations at full scale, where every value is ±127, and
+                    // some so small (subnormal) that the quantizer's scale overflows.
+                    let x: Vec<f32> = (0..blocks * per_block)
+                        .map(|_| match trial % 5 {
+                            0 => rng.f().signum(),
+                            1 => rng.f() * 1e-44,
+                            _ => rng.f(),
+                        })
+                        .collect();
+                    let mut act = Activations::default();
+                    act.quantize(&x, format.act());
+                    let want = dot_scalar(format, &row, &act);
+                    let Some(got) = simd_dot(format, &row, &act) else { return };
+                    assert_eq!(got.to_bits(), want.to_bits(), "{format:?} ×{blocks} trial {trial}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// The extreme weight bytes (every bit set, every bit clear, -128, 127) against
+    /// activations at ±127: the i16 pair sums of the SIMD kernels must not saturate.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_dot_handles_extreme_values() {
+        let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+        for format in QUANTIZED {
+            let (per_block, _) = format.block();
+            for fill in [0x00u8, 0xFF, 0x80, 0x7F, 0x55] {
+                for sign in [1.0f32, -1.0] {
+                    let blocks = 9;
+                    let mut row = random_row(format, blocks, &mut rng);
+                    let scales = random_row(format, blocks, &mut rng);
+                    row.fill(fill);
+                    // Keep finite f16 scales: copy them from a well-formed row.
+                    let size = format.block().1;
+                    for (b, s) in row.chunks_exact_mut(size).zip(scales.chunks_exact(size)) {
+                        let at: &[usize] = match format {
+                            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                            Format::Q6K => &[208],
+                            _ => &[0],
+                        };
+                        for &at in at {
+                            b[at..at + 2].copy_from_slice(&s[at..at + 2]);
+                        }
+                    }
+                    let x: Vec<f32> = (0..blocks * per_block).map(|i| if i % 3 == 0 { -sign } else { sign }).collect();
+                    let mut act = Activations::default();
+                    act.quantize(&x, format.act());
+                    let want = dot_scalar(format, &row, &act);
+                    let Some(got) = simd_dot(format, &row, &act) else { return };
+                    assert_eq!(got.to_bits(), want.to_bits(), "{format:?} fill {fill:#x} sign {sign}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// The SIMD quantizers give exactly the scalar activations: random rows, and blocks that
+    /// are all zero, hold NaNs or infinities, tie in magnitude, or are tiny enough (subnormal)
+    /// that the scale overflows and Rust's saturating casts decide the values.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_quantize_is_bit_identical_to_scalar() {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        let specials: [fn(usize, f32) -> f32; 7] = [
+            |_, _| 0.0,
+            |i, v| if i % 37 == 5 { f32::NAN } else { v },
+            |i, v| if i % 53 == 7 { f32::INFINITY } else { v },
+            |i, v| if i % 41 == 3 { f32::NEG_INFINITY } else { v * 1e-3 },
+            |i, _| if i % 2 == 0 { 0.5 } else { -0.5 },
+            |i, v| if i % 3 == 0 { f32::from_bits(1 + (i as u32 % 5)) } else { v * 1e-44 },
+            |i, v| if i % 5 == 0 { -0.0 } else { v * 1e30 },
+        ];
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for format in [ActFormat::Q8_0, ActFormat::Q8_1, ActFormat::Q8K] {
+            let n = 256 * 3;
+            for trial in 0..40 {
+                let mut x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                if let Some(special) = specials.get(trial % 10) {
+                    // Only the middle block is special, so normal blocks surround it.
+                    for (i, v) in x.iter_mut().enumerate().skip(256).take(256) {
+                        *v = special(i, *v);
+                    }
+                }
+                let (mut want, mut got) = (Activations::default(), Activations::default());
+                want.quantize_scalar(&x, format);
+                if !crate::kernels::x86::quantize(&mut got, &x, format) {
+                    assert!(std::env::var_os("CANDLEWICK_REQUIRE_SIMD").is_none(), "no SIMD quantizer");
+                    return;
+                }
+                assert_eq!(got.qs, want.qs, "{format:?} trial {trial}");
+                assert_eq!(bits(&got.d), bits(&want.d), "{format:?} trial {trial}");
+                assert_eq!(bits(&got.s), bits(&want.s), "{format:?} trial {trial}");
+                assert_eq!(got.bsums, want.bsums, "{format:?} trial {trial}");
+                assert!(got.f32s.is_empty());
+            }
+        }
+    }
+
+    /// Times `dot` over whole matrices of the shapes the models use, and the activation
+    /// quantizers, scalar against SIMD:
+    /// `cargo test --release --lib kernels -- --ignored --nocapture dot_speed`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[ignore = "a benchmark"]
+    fn dot_speed() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let shapes = [
+            (Format::Q5_0, 896, 4864),
+            (Format::Q8_0, 896, 4864),
+            (Format::Q4K, 896, 4864),
+            (Format::Q6K, 896, 4864),
+            (Format::Q4_1, 576, 1536),
+            (Format::Q4_0, 896, 4864),
+            (Format::Q5_1, 896, 4864),
+            (Format::Q5K, 896, 4864),
+        ];
+        for (format, rows, cols) in shapes {
+            let (per_block, size) = format.block();
+            let data = random_row(format, rows * cols / per_block, &mut rng);
+            let row_bytes = cols / per_block * size;
+            let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+            let mut act = Activations::default();
+            act.quantize(&x, format.act());
+            // The best of several passes over the matrix, single-threaded.
+            let time = |f: &dyn Fn(&[u8]) -> f32| {
+                let mut best = f64::INFINITY;
+                let mut check = 0f32;
+                for _ in 0..15 {
+                    let start = Instant::now();
+                    for row in data.chunks_exact(row_bytes) {
+                        check += f(black_box(row));
+                    }
+                    best = best.min(start.elapsed().as_secs_f64());
+                }
+                black_box(check);
+                best
+            };
+            let scalar = time(&|row| dot_scalar(format, row, &act));
+            let simd = time(&|row| dot(format, row, &act));
+            let gb = data.len() as f64 / 1e9;
+            println!(
+                "{format:?} {rows}×{cols}: scalar {:.3} ms, SIMD {:.3} ms ({:.1} GB/s), {:.1}× faster",
+                scalar * 1e3,
+                simd * 1e3,
+                gb / simd,
+                scalar / simd
+            );
+        }
+        for format in [ActFormat::Q8_0, ActFormat::Q8_1, ActFormat::Q8K] {
+            let x: Vec<f32> = (0..4864 * 16).map(|_| rng.f()).collect();
+            let mut act = Activations::default();
+            let time = |f: &mut dyn FnMut()| {
+                let mut best = f64::INFINITY;
+                for _ in 0..15 {
+                    let start = Instant::now();
+                    f();
+                    best = best.min(start.elapsed().as_secs_f64());
+                }
+                best
+            };
+            let scalar = time(&mut || act.quantize_scalar(black_box(&x), format));
+            let simd = time(&mut || act.quantize(black_box(&x), format));
+            println!("quantize {format:?} 16×4864: scalar {:.1} µs, SIMD {:.1} µs, {:.1}× faster", scalar * 1e6, simd * 1e6, scalar / simd);
+        }
     }
 }

@@ -7,6 +7,10 @@
 //! integer block sums, f32 scaling. Other formats fall back to Candle's kernels.
 
 pub mod blocks;
+// SIMD is written per architecture: the x86_64 kernels (AVX2) exist only where the intrinsics
+// do, and `blocks::dot` falls back to its scalar code on every other target (wasm included).
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::borrow::Cow;
 use std::sync::Arc;
