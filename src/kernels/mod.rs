@@ -37,7 +37,7 @@ pub struct QMatrix {
 #[derive(Clone)]
 enum Kind {
     /// A format computed here; `data` holds `rows × row_bytes` bytes.
-    Blocks { format: Format, data: Arc<[u8]>, row_bytes: usize },
+    Blocks { format: Format, data: Arc<Vec<u8>>, row_bytes: usize },
     /// Any other format, computed by Candle.
     Candle(Arc<QTensor>),
 }
@@ -54,7 +54,8 @@ impl QMatrix {
                 return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
             }
             let row_bytes = cols / per_block * block_bytes;
-            return Ok(QMatrix { kind: Kind::Blocks { format, data: data.into(), row_bytes }, rows, cols });
+            // Arc::new moves the bytes rather than copying them (a 180 MB table must not double).
+            return Ok(QMatrix { kind: Kind::Blocks { format, data: Arc::new(data), row_bytes }, rows, cols });
         }
         let dtype = candle_dtype(ggml_type).ok_or_else(|| Error::Compute(format!("ggml type {ggml_type} is not supported")))?;
         let storage = QStorage::from_data(Cow::Owned(data), &Device::Cpu, dtype)?;
