@@ -484,7 +484,7 @@ fn mistyped(key: &str, expected: &'static str, found: &Value) -> Error {
 /// Checks that a tensor's data lies inside the file, for the types whose size is known.
 fn check_tensor_extent(t: &TensorInfo, alignment: u64, data_len: u64) -> Result<()> {
     let corrupt = |reason: String| Error::Corrupt { reason: format!("tensor `{}` {reason}", t.name) };
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return Err(corrupt(format!("starts at offset {}, not a multiple of the alignment {alignment}", t.offset)));
     }
     let elements = t.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| corrupt(format!("has impossible dimensions {:?}", t.dims)))?;

@@ -161,7 +161,7 @@ enum Pieces {
     /// gpt2 byte-level BPE: the `tokenizers` pipeline without any added tokens.
     Bpe(Box<tokenizers::Tokenizer>),
     /// llama / SentencePiece-style.
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 struct Spm {
@@ -258,7 +258,7 @@ impl Tokenizer {
                 let add_space_prefix = gguf.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
                 let spm = Spm::new(&texts, &types, scores, special_id(gguf, "tokenizer.ggml.unknown_token_id", n)?, add_space_prefix);
                 let pieces = texts.iter().zip(&types).map(|(t, ty)| spm_piece(t, *ty)).collect();
-                (Engine::Gguf(Pieces::Spm(spm)), true, pieces, add_space_prefix)
+                (Engine::Gguf(Pieces::Spm(Box::new(spm))), true, pieces, add_space_prefix)
             }
             other => {
                 return Err(Error::UnsupportedTokenizer { model: other.to_string(), supported: "gpt2, llama".into() });

@@ -231,14 +231,15 @@ fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
     }
     let mut sum = 0f64;
     if full > 0 {
+        // Fold the four accumulators pairwise: (0 + 2) + (1 + 3).
+        let [mut a0, mut a1, a2, a3] = acc;
         for l in 0..LANES {
-            acc[0][l] += acc[2][l];
-            acc[1][l] += acc[3][l];
+            a0[l] += a2[l];
+            a1[l] += a3[l];
+            a0[l] += a1[l];
         }
-        for l in 0..LANES {
-            acc[0][l] += acc[1][l];
-        }
-        let mut lanes = acc[0];
+        let acc = [a0];
+        let [mut lanes] = acc;
         let mut width = LANES;
         while width > 1 {
             width /= 2;

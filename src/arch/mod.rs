@@ -228,7 +228,7 @@ impl Config {
                 let groups = match gguf.opt_u64(&key("expert_group_count"))? {
                     Some(g) if g > 1 => {
                         let used_groups = positive("expert_group_used_count")?;
-                        if count % g as usize != 0 || used_groups as u64 > g || (used_groups * count / g as usize) < used {
+                        if !count.is_multiple_of(g as usize) || used_groups as u64 > g || (used_groups * count / g as usize) < used {
                             return Err(Error::InvalidMetadata {
                                 key: key("expert_group_count"),
                                 reason: format!("{g} groups ({used_groups} used) do not fit {count} experts with {used} chosen"),
@@ -330,6 +330,6 @@ impl Config {
 
     /// Whether layer `i` attends within the sliding window only.
     pub fn is_local(&self, layer: usize) -> bool {
-        self.sliding_window.is_some_and(|(_, pattern)| (layer + 1) % pattern != 0)
+        self.sliding_window.is_some_and(|(_, pattern)| !(layer + 1).is_multiple_of(pattern))
     }
 }

@@ -50,7 +50,7 @@ impl QMatrix {
     pub fn new(ggml_type: u32, data: Vec<u8>, rows: usize, cols: usize) -> Result<QMatrix> {
         if let Some(format) = Format::from_ggml(ggml_type) {
             let (per_block, block_bytes) = format.block();
-            if cols % per_block != 0 || data.len() != rows * (cols / per_block) * block_bytes {
+            if !cols.is_multiple_of(per_block) || data.len() != rows * (cols / per_block) * block_bytes {
                 return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
             }
             let row_bytes = cols / per_block * block_bytes;
