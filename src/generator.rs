@@ -60,11 +60,14 @@ pub struct GenerateOptions {
     /// Positions the KV cache holds. Default: the prompt plus `max_tokens`, at most the model's
     /// context length.
     pub context_length: Option<usize>,
+    /// Threads the forward passes use (natively; the browser build has one). Default: one per
+    /// core.
+    pub threads: Option<usize>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 512, sampling: SamplingConfig::default(), stop: Vec::new(), context_length: None }
+        GenerateOptions { max_tokens: 512, sampling: SamplingConfig::default(), stop: Vec::new(), context_length: None, threads: None }
     }
 }
 
@@ -82,6 +85,9 @@ impl GenerateOptions {
         }
         if self.context_length == Some(0) {
             return Err(Error::InvalidParameter { name: "context_length", reason: "must be at least 1".into() });
+        }
+        if let Some(n) = self.threads.filter(|n| !(1..=1024).contains(n)) {
+            return Err(Error::InvalidParameter { name: "threads", reason: format!("{n} is not in 1..=1024") });
         }
         self.sampling.validate()
     }
@@ -218,7 +224,8 @@ impl Generator {
             if self.cancel.load(Ordering::Relaxed) {
                 return self.finish(FinishReason::Cancelled, None);
             }
-            logits = weights.forward(&mut self.state, batch)?;
+            let state = &mut self.state;
+            logits = crate::platform::with_threads(self.options.threads, || weights.forward(state, batch))?;
         }
 
         // Sample.

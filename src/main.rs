@@ -131,6 +131,9 @@ struct GenerateArgs {
     /// Positions the KV cache holds (default: the prompt plus --max-tokens).
     #[arg(long)]
     context_length: Option<usize>,
+    /// Threads for the forward passes (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print each chunk as one JSON line.
     #[arg(long)]
     json: bool,
@@ -157,7 +160,7 @@ fn generate(args: GenerateArgs) -> Result<bool> {
         seed: args.seed,
         ..SamplingConfig::default()
     };
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop: args.stop, context_length: args.context_length };
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop: args.stop, context_length: args.context_length, threads: args.threads };
     options.validate()?;
     let model = args.model.open_weights()?;
     let mut stream = model.generate(prompt, options);

@@ -135,6 +135,26 @@ pub(crate) fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl 
     data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| work(i, c));
 }
 
+/// Runs `work` on a pool of `threads` worker threads (one pool per size, kept for reuse), or on
+/// the default pool (one thread per core) when `threads` is `None`.
+pub(crate) fn with_threads<T: Send>(threads: Option<usize>, work: impl FnOnce() -> T + Send) -> T {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let Some(n) = threads else { return work() };
+    let pool = {
+        let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        match pools.get(&n) {
+            Some(pool) => Some(pool.clone()),
+            None => rayon::ThreadPoolBuilder::new().num_threads(n).build().ok().map(|pool| pools.entry(n).or_insert(Arc::new(pool)).clone()),
+        }
+    };
+    match pool {
+        Some(pool) => pool.install(work),
+        None => work(), // the system would not start the threads: run on the default pool
+    }
+}
+
 /// The cache directory: `$CANDLEWICK_CACHE`, else `~/.cache/candlewick`.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CANDLEWICK_CACHE") {

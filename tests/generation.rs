@@ -243,3 +243,16 @@ fn cli_generate_streams_json_lines() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("top_p"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn thread_count_changes_speed_not_output() {
+    let model = Model::open(model(SMOLLM2)).unwrap();
+    let prompt = Prompt::Raw("The three primary colors are".into());
+    let texts: Vec<String> = [Some(1), Some(2), None]
+        .into_iter()
+        .map(|threads| complete(&run(&model, prompt.clone(), GenerateOptions { threads, ..greedy(12) }).1).0.to_string())
+        .collect();
+    assert!(texts.windows(2).all(|w| w[0] == w[1]), "{texts:?}");
+    let err = model.generator("hi", GenerateOptions { threads: Some(0), ..greedy(4) }).err().unwrap();
+    assert!(matches!(err, Error::InvalidParameter { name: "threads", .. }), "{err}");
+}
