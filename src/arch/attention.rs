@@ -8,6 +8,7 @@
 //! product; an online softmax whose value accumulator is kept in f16.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::RopeStyle;
 use crate::error::{Error, Result};
@@ -181,51 +182,60 @@ pub fn attend(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -
     crate::platform::parallel_chunks(&mut out, vd, |row, out| {
         let (s, h) = (row / spec.heads, row % spec.heads);
         let kv = h / group;
-        let query: Vec<f16> = q[row * hd..(row + 1) * hd].iter().map(|&v| f16::from_f32(v)).collect();
+        // f16 values are held as f32 (exactly) and converted a row at a time.
+        let query: Vec<f32> = q[row * hd..(row + 1) * hd].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+        let (mut key, mut value) = (vec![0f32; hd], vec![0f32; vd]);
+        // The value accumulator: f32 values rounded to f16 after every update.
+        let (mut acc, mut acc16) = (vec![0f32; vd], vec![f16::ZERO; vd]);
+        let mut round = |acc: &mut [f32]| {
+            acc16.convert_from_f32_slice(acc);
+            acc16.convert_to_f32_slice(acc);
+        };
         let at = pos + s;
-        let mut acc = vec![f16::ZERO; vd];
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
         for key_at in 0..=at.min(cache.len.saturating_sub(1)) {
             if spec.window.is_some_and(|w| at - key_at >= w) {
                 continue;
             }
-            let score = dot_f16(cache.key(kv, key_at), &query) * spec.scale;
+            cache.key(kv, key_at).convert_to_f32_slice(&mut key);
+            let score = dot_lanes(&key, &query) * spec.scale;
             // Online softmax: rescale what was accumulated when the maximum grows.
             let (mut old_scale, mut weight) = (1f32, 1f32);
             if score > max {
                 old_scale = (max - score).exp();
                 max = score;
-                for a in acc.iter_mut() {
-                    *a = f16::from_f32(a.to_f32() * old_scale);
-                }
+                acc.iter_mut().for_each(|a| *a *= old_scale);
+                round(&mut acc);
             } else {
                 weight = (score - max).exp();
             }
-            for (a, v) in acc.iter_mut().zip(cache.value(kv, key_at)) {
-                *a = f16::from_f32(v.to_f32().mul_add(weight, a.to_f32()));
+            cache.value(kv, key_at).convert_to_f32_slice(&mut value);
+            for (a, v) in acc.iter_mut().zip(&value) {
+                *a = v.mul_add(weight, *a);
             }
+            round(&mut acc);
             sum = sum * old_scale + weight;
         }
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
         for (o, a) in out.iter_mut().zip(&acc) {
-            *o = a.to_f32() * inv;
+            *o = a * inv;
         }
     });
     out
 }
 
-/// Σ a·b of two f16 vectors with f32 products, summed as llama.cpp's 512-bit kernel sums them:
-/// 64-wide steps into four 16-lane accumulators, folded pairwise, then lanes folded in halves.
-fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+/// Σ a·b summed as llama.cpp's 512-bit f16 kernel sums it: 64-wide steps into four 16-lane
+/// accumulators, folded pairwise, then lanes folded in halves; a tail beyond the last full step
+/// is added in f64. (The inputs are f16 values, so each product is exact in f32.)
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     const STEP: usize = 64;
     let full = a.len() / STEP * STEP;
     let mut acc = [[0f32; LANES]; 4];
-    for chunk in 0..full / STEP {
+    for (ca, cb) in a[..full].chunks_exact(STEP).zip(b[..full].chunks_exact(STEP)) {
         for (j, lanes) in acc.iter_mut().enumerate() {
             for (l, lane) in lanes.iter_mut().enumerate() {
-                let i = chunk * STEP + j * LANES + l;
-                *lane = a[i].to_f32().mul_add(b[i].to_f32(), *lane);
+                *lane = ca[j * LANES + l].mul_add(cb[j * LANES + l], *lane);
             }
         }
     }
@@ -238,19 +248,17 @@ fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
             a1[l] += a3[l];
             a0[l] += a1[l];
         }
-        let acc = [a0];
-        let [mut lanes] = acc;
         let mut width = LANES;
         while width > 1 {
             width /= 2;
             for l in 0..width {
-                lanes[l] += lanes[l + width];
+                a0[l] += a0[l + width];
             }
         }
-        sum = lanes[0] as f64;
+        sum = a0[0] as f64;
     }
     for i in full..a.len() {
-        sum += (a[i].to_f32() * b[i].to_f32()) as f64;
+        sum += (a[i] * b[i]) as f64;
     }
     sum as f32
 }
@@ -286,6 +294,65 @@ mod tests {
         let spec = Spec { heads, scale: 0.125, window: Some(1) };
         let out = attend(&q, 1, n - 1, &cache, &spec);
         assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3);
+    }
+
+    /// The previous, element-at-a-time form of `attend`: the fast form must equal it bit for bit.
+    fn attend_reference(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
+        let (hd, vd) = (cache.head_dim, cache.value_dim);
+        let group = spec.heads / cache.kv_heads;
+        let mut out = vec![0f32; seq * spec.heads * vd];
+        for (row, out) in out.chunks_exact_mut(vd).enumerate() {
+            let (s, h) = (row / spec.heads, row % spec.heads);
+            let query: Vec<f32> = q[row * hd..(row + 1) * hd].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+            let mut acc = vec![f16::ZERO; vd];
+            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+            let at = pos + s;
+            for key_at in 0..=at {
+                if spec.window.is_some_and(|w| at - key_at >= w) {
+                    continue;
+                }
+                let key: Vec<f32> = cache.key(h / group, key_at).iter().map(|k| k.to_f32()).collect();
+                let score = dot_lanes(&key, &query) * spec.scale;
+                let (mut old_scale, mut weight) = (1f32, 1f32);
+                if score > max {
+                    old_scale = (max - score).exp();
+                    max = score;
+                    acc.iter_mut().for_each(|a| *a = f16::from_f32(a.to_f32() * old_scale));
+                } else {
+                    weight = (score - max).exp();
+                }
+                for (a, v) in acc.iter_mut().zip(cache.value(h / group, key_at)) {
+                    *a = f16::from_f32(v.to_f32().mul_add(weight, a.to_f32()));
+                }
+                sum = sum * old_scale + weight;
+            }
+            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = a.to_f32() * inv;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fast_attention_equals_the_element_form_bit_for_bit() {
+        let (heads, kv_heads, hd, n) = (6, 2, 80, 23);
+        let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
+        for values_in_keys in [false, true] {
+            let vd = if values_in_keys { 64 } else { hd };
+            let mut cache = KvCache::new(kv_heads, 32, hd, vd, values_in_keys);
+            let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
+            let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
+            cache.append(&k, &v, n).unwrap();
+            let seq = 3;
+            let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
+            for window in [None, Some(5)] {
+                let spec = Spec { heads, scale: 0.11, window };
+                let fast = attend(&q, seq, n - seq, &cache, &spec);
+                let slow = attend_reference(&q, seq, n - seq, &cache, &spec);
+                assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}, shared values {values_in_keys}");
+            }
+        }
     }
 
     #[test]
