@@ -438,27 +438,12 @@ impl Weights {
             }
             KvUp::Split { k, v } => {
                 // Queries absorb each head's key up-projection: [seq][heads][kv_rank].
-                let mut absorbed = vec![0f32; seq * heads * l.kv_rank];
-                for (head, k_b) in k.iter().enumerate() {
-                    let x: Vec<f32> = (0..seq).flat_map(|t| q_nope[(t * heads + head) * l.nope..][..l.nope].iter().copied()).collect();
-                    let y = k_b.matmul(&x, seq)?;
-                    for t in 0..seq {
-                        absorbed[(t * heads + head) * l.kv_rank..][..l.kv_rank].copy_from_slice(&y[t * l.kv_rank..(t + 1) * l.kv_rank]);
-                    }
-                }
+                let absorbed = per_head(k, &q_nope, seq, l.nope, l.kv_rank)?;
                 let keys = join(&latent, l.kv_rank, &k_pe, false);
                 cache.append(&keys, &[], seq)?;
                 // [seq][heads][kv_rank], then each head's value up-projection: [seq][heads][value].
                 let latent_out = attention::attend(&join(&absorbed, l.kv_rank, &q_pe, false), seq, pos, cache, spec);
-                let mut out = vec![0f32; seq * heads * l.value];
-                for (head, v_b) in v.iter().enumerate() {
-                    let x: Vec<f32> = (0..seq).flat_map(|t| latent_out[(t * heads + head) * l.kv_rank..][..l.kv_rank].iter().copied()).collect();
-                    let y = v_b.matmul(&x, seq)?;
-                    for t in 0..seq {
-                        out[(t * heads + head) * l.value..][..l.value].copy_from_slice(&y[t * l.value..(t + 1) * l.value]);
-                    }
-                }
-                out
+                per_head(v, &latent_out, seq, l.kv_rank, l.value)?
             }
         };
         o.forward(&out, seq)
@@ -526,6 +511,21 @@ fn top(values: &[f32], k: usize) -> Vec<usize> {
     order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     order.truncate(k);
     order
+}
+
+/// Applies head `h`'s matrix (`(width_out, width_in)`) to head `h` of every token:
+/// `x` is `[seq][heads][width_in]`, the result `[seq][heads][width_out]`.
+fn per_head(matrices: &[QMatrix], x: &[f32], seq: usize, width_in: usize, width_out: usize) -> Result<Vec<f32>> {
+    let heads = matrices.len();
+    let mut out = vec![0f32; seq * heads * width_out];
+    for (head, m) in matrices.iter().enumerate() {
+        let rows: Vec<f32> = (0..seq).flat_map(|t| x[(t * heads + head) * width_in..][..width_in].iter().copied()).collect();
+        let y = m.matmul(&rows, seq)?;
+        for (t, y) in y.chunks_exact(width_out).enumerate() {
+            out[(t * heads + head) * width_out..][..width_out].copy_from_slice(y);
+        }
+    }
+    Ok(out)
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

@@ -75,6 +75,14 @@ pub fn tokenizer_metadata(gguf: &Gguf) -> Vec<(String, Meta)> {
     out
 }
 
+/// Tokens in a real file's vocabulary.
+fn vocab_size(gguf: &Gguf) -> usize {
+    match gguf.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(t)) => t.len(),
+        _ => panic!("the tokenizer source has no tokens"),
+    }
+}
+
 /// Sizes of a synthetic Qwen3 / Qwen3-MoE model.
 pub struct Shape {
     pub layers: usize,
@@ -91,10 +99,7 @@ pub struct Shape {
 /// `tokenizer_source`, and returns its path (under the system temp dir).
 pub fn qwen3_file(tokenizer_source: &Gguf, shape: &Shape, seed: u64, name: &str) -> PathBuf {
     let arch = if shape.experts.is_some() { "qwen3moe" } else { "qwen3" };
-    let vocab = match tokenizer_source.get("tokenizer.ggml.tokens") {
-        Some(Value::Array(t)) => t.len(),
-        _ => panic!("the tokenizer source has no tokens"),
-    };
+    let vocab = vocab_size(tokenizer_source);
     let mut rng = Rng::new(seed);
     let mut random = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform() * scale).collect() };
     let k = |key: &str| format!("{arch}.{key}");
@@ -231,10 +236,7 @@ pub struct DeepSeek2 {
 
 /// Writes a `deepseek2` file with random weights and the tokenizer of `tokenizer_source`.
 pub fn deepseek2_file(tokenizer_source: &Gguf, d: &DeepSeek2, seed: u64, name: &str, leave_out: Option<&str>) -> PathBuf {
-    let vocab = match tokenizer_source.get("tokenizer.ggml.tokens") {
-        Some(Value::Array(t)) => t.len(),
-        _ => panic!("the tokenizer source has no tokens"),
-    };
+    let vocab = vocab_size(tokenizer_source);
     let mut rng = Rng::new(seed);
     let mut random = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform() * scale).collect() };
     let k = |key: &str| format!("deepseek2.{key}");
