@@ -8,7 +8,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target wasm-check fuzz bench run
+.PHONY: test models reference python-deps wasm-target wasm-tools pkg fuzz bench run
 
 test: models reference python-deps wasm-target
 	$(CARGO) test --release
@@ -30,9 +30,17 @@ python-deps:
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
-# The library builds for the browser from the first issue on.
-wasm-check: wasm-target
-	$(CARGO) build --lib --release --target wasm32-unknown-unknown
+# The npm package in pkg/: the library for wasm32 (+simd128) through wasm-pack, then the entry
+# points from js/. Installs wasm-pack and the wasm-bindgen-cli matching the locked wasm-bindgen
+# when missing (cargo install builds them from source, a few minutes once).
+WASM_BINDGEN_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
+pkg: wasm-target wasm-tools
+	wasm-pack build --release --target web --out-dir pkg --out-name candlewick
+	node js/finish-package.mjs
+
+wasm-tools:
+	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	@command -v wasm-pack >/dev/null || $(CARGO) install wasm-pack
 
 # Fuzz the GGUF reader and tokenizer builder (needs `cargo install cargo-fuzz`).
 FUZZ_SECONDS ?= 300

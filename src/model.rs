@@ -1,11 +1,12 @@
 //! A loaded model: its GGUF header, tokenizer and chat template, the same on every target.
 
-use std::io::{Read, Seek};
+use std::io::{Cursor, Read, Seek};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::arch::Weights;
+use crate::bytes::Bytes;
 use crate::chat::{self, ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::generator::{GenerateOptions, Generator, Prompt};
@@ -63,6 +64,27 @@ impl Model {
         let gguf = Gguf::read(reader)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let weights = Weights::load(&gguf, reader)?;
+        Ok(Model::from_parts(gguf, tokenizer, Some(weights)))
+    }
+
+    /// Reads a whole model from the bytes of a GGUF file in memory. The weights share `file`'s
+    /// buffer rather than copy it, so the model costs little more than the file itself.
+    ///
+    /// # Errors
+    /// As [`Model::read`].
+    pub fn from_bytes(file: impl Into<Bytes>) -> Result<Model> {
+        Model::from_bytes_with_progress(file, |_, _| {})
+    }
+
+    /// As [`Model::from_bytes`], calling `progress(bytes, total)` as the weights are placed.
+    ///
+    /// # Errors
+    /// As [`Model::read`].
+    pub fn from_bytes_with_progress(file: impl Into<Bytes>, mut progress: impl FnMut(u64, u64)) -> Result<Model> {
+        let file = file.into();
+        let gguf = Gguf::read(&mut Cursor::new(&file[..]))?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let weights = Weights::load_from_bytes(&gguf, &file, &mut progress)?;
         Ok(Model::from_parts(gguf, tokenizer, Some(weights)))
     }
 

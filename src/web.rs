@@ -1,5 +1,503 @@
-//! Browser shell (WebAssembly). The wasm-bindgen surface comes with the npm package; for now
-//! this holds what the target-neutral code needs from the target.
+//! Browser and Node.js shell (WebAssembly): the JavaScript API of the npm package.
+//!
+//! Models arrive as bytes — fetched from a URL (kept in the Cache API), read from a `Blob` or
+//! `File`, or handed over as a `Uint8Array` / `ArrayBuffer` — and are copied once into wasm
+//! memory, where the weights use them in place. A generation is a JS `ReadableStream` of chunk
+//! objects, driven one token per read, yielding to the event loop between tokens. Everything
+//! between (parsing, tokenizer, template, forward passes, sampling, stop logic) is the code the
+//! native build runs.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Array, Function, Object, Reflect, Uint8Array};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+use crate::chat::Message;
+use crate::error::Error;
+use crate::generator::{GenerateOptions, Generator, Prompt};
+use crate::model;
+use crate::sampling::SamplingConfig;
+
+#[wasm_bindgen(inline_js = r#"
+// Resolves after the event loop has run other tasks (messages from the page, timers, input):
+// setImmediate in Node.js; a MessageChannel elsewhere, which, unlike setTimeout, is not
+// clamped to 4 ms when chained.
+let channel;
+export function nextTask() {
+    if (typeof setImmediate === "function") return new Promise((resolve) => setImmediate(resolve));
+    if (!channel) {
+        channel = new MessageChannel();
+        channel.waiting = [];
+        channel.port1.onmessage = () => channel.waiting.shift()();
+    }
+    return new Promise((resolve) => {
+        channel.waiting.push(resolve);
+        channel.port2.postMessage(0);
+    });
+}
+
+function abortError(signal) {
+    return signal.reason ?? new DOMException("The operation was aborted.", "AbortError");
+}
+
+function checkAborted(signal) {
+    if (signal?.aborted) throw abortError(signal);
+}
+
+async function pump(stream, total, phase, extra, push, progress, signal) {
+    const reader = stream.getReader();
+    let loaded = 0;
+    try {
+        for (;;) {
+            checkAborted(signal);
+            const { done, value } = await reader.read();
+            if (done) break;
+            push(value);
+            loaded += value.byteLength;
+            progress?.({ phase, loaded, total: total ?? loaded, ...extra });
+        }
+        checkAborted(signal);
+    } catch (e) {
+        reader.cancel().catch(() => {});
+        throw e;
+    }
+}
+
+// Reads `source` (a URL, Blob, ArrayBuffer or typed array) into wasm memory through
+// `reserve(bytes)` and `push(Uint8Array)`, reporting { phase, loaded, total } to `progress`.
+export async function readSource(source, useCache, signal, progress, reserve, push) {
+    checkAborted(signal);
+    if (typeof source === "string" || source instanceof URL) {
+        const url = new URL(String(source), globalThis.location?.href).href;
+        const cache = useCache && typeof caches !== "undefined" ? await caches.open("candlewick-models") : null;
+        let response = cache ? await cache.match(url) : undefined;
+        if (response) {
+            const total = Number(response.headers.get("content-length")) || undefined;
+            progress?.({ phase: "download", loaded: total ?? 0, total: total ?? 0, cached: true });
+        } else {
+            response = await fetch(url, { signal });
+            if (!response.ok) throw new Error(`fetching ${url}: HTTP ${response.status} ${response.statusText}`.trim());
+            const total = Number(response.headers.get("content-length")) || undefined;
+            if (cache && response.body) {
+                // Network to the cache (on disk), then the cache to memory: the file is never
+                // held twice in memory while it downloads.
+                let loaded = 0;
+                const counted = response.body.pipeThrough(new TransformStream({
+                    transform(chunk, controller) {
+                        loaded += chunk.byteLength;
+                        progress?.({ phase: "download", loaded, total: total ?? loaded, cached: false });
+                        controller.enqueue(chunk);
+                    },
+                }));
+                try {
+                    await cache.put(url, new Response(counted, { headers: response.headers }));
+                } catch (e) {
+                    checkAborted(signal); // an aborted download fails the put: report the abort
+                    throw e;
+                }
+                checkAborted(signal);
+                response = await cache.match(url);
+            } else {
+                if (total) reserve(total);
+                if (!response.body) throw new Error(`fetching ${url}: the response has no body`);
+                await pump(response.body, total, "download", { cached: false }, push, progress, signal);
+                return;
+            }
+        }
+        const total = Number(response.headers.get("content-length")) || undefined;
+        if (total) reserve(total);
+        await pump(response.body, total, "load", {}, push, progress, signal);
+        return;
+    }
+    if (typeof Blob !== "undefined" && source instanceof Blob) {
+        reserve(source.size);
+        await pump(source.stream(), source.size, "load", {}, push, progress, signal);
+        return;
+    }
+    let bytes;
+    if (source instanceof ArrayBuffer) bytes = new Uint8Array(source);
+    else if (ArrayBuffer.isView(source)) bytes = new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+    else throw new TypeError("Model.load: the source must be a URL string, a Uint8Array, an ArrayBuffer or a Blob");
+    reserve(bytes.byteLength);
+    push(bytes);
+    progress?.({ phase: "load", loaded: bytes.byteLength, total: bytes.byteLength });
+}
+
+// A ReadableStream pulling one chunk per read from `next()` (undefined at the end); `stop()`
+// ends the generation. Cancelling the reader or aborting `signal` stops it before the next token.
+export function chunkStream(next, stop, signal) {
+    let finished = false;
+    const finish = () => {
+        if (!finished) {
+            finished = true;
+            stop();
+        }
+    };
+    return new ReadableStream({
+        start(controller) {
+            signal?.addEventListener("abort", () => {
+                if (finished) return;
+                finish();
+                controller.error(abortError(signal));
+            }, { once: true });
+            if (signal?.aborted) {
+                finish();
+                controller.error(abortError(signal));
+            }
+        },
+        async pull(controller) {
+            await nextTask();
+            if (finished) return;
+            const chunk = next();
+            if (chunk === undefined) {
+                finish();
+                controller.close();
+            } else {
+                controller.enqueue(chunk);
+            }
+        },
+        cancel() {
+            finish();
+        },
+    }, { highWaterMark: 0 });
+}
+
+// An async iterator over a ReadableStream, for browsers where ReadableStream is not async
+// iterable (Safari). Leaving the loop early cancels the stream.
+export function iterate(stream) {
+    const reader = stream.getReader();
+    return {
+        next() {
+            return reader.read();
+        },
+        async return(value) {
+            await reader.cancel();
+            reader.releaseLock();
+            return { done: true, value };
+        },
+        [Symbol.asyncIterator]() {
+            return this;
+        },
+    };
+}
+"#)]
+extern "C" {
+    #[wasm_bindgen(js_name = readSource, catch)]
+    async fn read_source(source: &JsValue, use_cache: bool, signal: &JsValue, progress: &JsValue, reserve: &Function, push: &Function) -> Result<(), JsValue>;
+
+    #[wasm_bindgen(js_name = chunkStream)]
+    fn chunk_stream(next: &Function, stop: &Function, signal: &JsValue) -> JsValue;
+
+    #[wasm_bindgen(js_name = iterate)]
+    fn iterate_stream(stream: &JsValue) -> JsValue;
+}
+
+/// An async iterator over a `ReadableStream` (such as `model.generate(...)`), for
+/// `for await (const chunk of iterate(stream))` in every browser. Leaving the loop early
+/// cancels the stream.
+#[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<any>")]
+pub fn iterate(#[wasm_bindgen(unchecked_param_type = "ReadableStream")] stream: JsValue) -> JsValue {
+    iterate_stream(&stream)
+}
+
+/// A language model loaded from a GGUF file.
+#[wasm_bindgen(js_name = Model)]
+pub struct WebModel {
+    model: model::Model,
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl WebModel {
+    /// Loads a GGUF model. `source` is a URL string, a `Uint8Array`, an `ArrayBuffer` or a
+    /// `Blob`/`File`. Options: `onProgress({ phase, loaded, total })` in bytes (`"download"`
+    /// from the network, then `"load"` into memory and into the model); `signal`, an
+    /// `AbortSignal` that rejects with an `AbortError`; `cache` (default `true`): keep a
+    /// downloaded file in the Cache API so a reload does not fetch it again.
+    pub async fn load(
+        #[wasm_bindgen(unchecked_param_type = "string | URL | Uint8Array | ArrayBuffer | Blob")] source: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ onProgress?: (p: { phase: string, loaded: number, total: number }) => void, signal?: AbortSignal, cache?: boolean }")]
+        options: Option<Object>,
+    ) -> Result<WebModel, JsValue> {
+        let options = Options::new(options, &["onProgress", "signal", "cache"], "Model.load")?;
+        let progress = options.function("onProgress")?;
+        let signal = options.get("signal");
+        let use_cache = options.bool("cache")?.unwrap_or(true);
+
+        let file = Rc::new(RefCell::new(Vec::<u8>::new()));
+        let reserve = {
+            let file = file.clone();
+            Closure::<dyn FnMut(f64)>::new(move |bytes: f64| {
+                let mut file = file.borrow_mut();
+                let extra = (bytes as usize).saturating_sub(file.len());
+                file.reserve_exact(extra);
+            })
+        };
+        let push = {
+            let file = file.clone();
+            Closure::<dyn FnMut(Uint8Array)>::new(move |chunk: Uint8Array| {
+                let mut file = file.borrow_mut();
+                let start = file.len();
+                file.resize(start + chunk.length() as usize, 0);
+                chunk.copy_to(&mut file[start..]);
+            })
+        };
+        let progress_js = progress.clone().map_or(JsValue::UNDEFINED, JsValue::from);
+        read_source(&source, use_cache, &signal, &progress_js, reserve.as_ref().unchecked_ref(), push.as_ref().unchecked_ref()).await?;
+        drop((reserve, push));
+
+        let file = std::mem::take(&mut *file.borrow_mut());
+        let total = file.len() as f64;
+        let report = |loaded: f64| {
+            if let Some(progress) = &progress {
+                let event = object(&[("phase", "load".into()), ("loaded", loaded.into()), ("total", total.into())]);
+                // A failing progress callback must not fail the load.
+                let _ = progress.call1(&JsValue::NULL, &event);
+            }
+        };
+        let model = model::Model::from_bytes_with_progress(file, |done, _| report(done as f64)).map_err(js_error)?;
+        report(total);
+        Ok(WebModel { model })
+    }
+
+    /// Generates from `prompt` — a string (one user message, put through the model's chat
+    /// template unless `raw` is set) or an array of `{ role, content }` messages — and returns a
+    /// `ReadableStream` of chunks: `{ type: "text", text }`, then `{ type: "complete", text,
+    /// finishReason, stop, usage }` or `{ type: "error", message }`. Options: `maxTokens`,
+    /// `temperature` (0 is greedy), `topK`, `topP`, `minP`, `repeatPenalty`,
+    /// `frequencyPenalty`, `presencePenalty`, `penaltyLastN`, `seed`, `stop` (a string or an
+    /// array), `raw`, `contextLength`, `signal`. Cancelling the reader or aborting the signal
+    /// stops generation before the next token. A bad option throws.
+    #[wasm_bindgen(unchecked_return_type = "ReadableStream<any>")]
+    pub fn generate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | { role: string, content: string }[]")] prompt: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "object")] options: Option<Object>,
+    ) -> Result<JsValue, JsValue> {
+        let options = Options::new(options, GENERATE_OPTIONS, "generate")?;
+        let raw = options.bool("raw")?.unwrap_or(false);
+        let prompt = if let Some(text) = prompt.as_string() {
+            if raw {
+                Prompt::Raw(text)
+            } else {
+                Prompt::User(text)
+            }
+        } else if Array::is_array(&prompt) {
+            if raw {
+                return Err(type_error("generate: `raw` applies to a string prompt, not to messages"));
+            }
+            let json = js_sys::JSON::stringify(&prompt)?.as_string().unwrap_or_default();
+            let messages: Vec<Message> = serde_json::from_str(&json)
+                .map_err(|e| type_error(&format!("generate: messages must be {{ role: \"system\" | \"user\" | \"assistant\", content: string }} objects ({e})")))?;
+            Prompt::Messages(messages)
+        } else {
+            return Err(type_error("generate: the prompt must be a string or an array of { role, content } messages"));
+        };
+        let generator = self.model.generator(prompt, options.generate_options()?).map_err(js_error)?;
+        let signal = options.get("signal");
+
+        let generator: Rc<RefCell<Option<Generator>>> = Rc::new(RefCell::new(Some(generator)));
+        let next = {
+            let generator = generator.clone();
+            Closure::<dyn FnMut() -> JsValue>::new(move || {
+                let chunk = generator.borrow_mut().as_mut().and_then(Generator::next_chunk);
+                chunk.map_or(JsValue::UNDEFINED, |chunk| to_js(&chunk))
+            })
+        };
+        let stop = Closure::<dyn FnMut()>::new(move || drop(generator.borrow_mut().take()));
+        Ok(chunk_stream(&next.into_js_value().unchecked_into(), &stop.into_js_value().unchecked_into(), &signal))
+    }
+
+    /// Facts about the model: `{ architecture, name, contextLength, vocabSize, tokenizerModel,
+    /// tokenizerPre, bosTokenId, addBosToken, endOfGenerationIds, hasChatTemplate, tensorCount }`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        Ok(to_js(&self.model.info().map_err(js_error)?))
+    }
+
+    /// The token ids of `text`. Options: `addSpecial` (put BOS first if the model wants it;
+    /// default false), `parseSpecial` (recognise special-token texts such as `<|im_start|>`;
+    /// default false).
+    pub fn tokenize(&self, text: &str, #[wasm_bindgen(unchecked_param_type = "{ addSpecial?: boolean, parseSpecial?: boolean }")] options: Option<Object>) -> Result<Vec<u32>, JsValue> {
+        let options = Options::new(options, &["addSpecial", "parseSpecial"], "tokenize")?;
+        let add_special = options.bool("addSpecial")?.unwrap_or(false);
+        let parse_special = options.bool("parseSpecial")?.unwrap_or(false);
+        self.model.tokenizer().encode(text, add_special, parse_special).map_err(js_error)
+    }
+
+    /// The text of token ids (special tokens written out).
+    pub fn detokenize(&self, ids: Vec<u32>) -> Result<String, JsValue> {
+        self.model.tokenizer().decode(&ids, true).map_err(js_error)
+    }
+}
+
+const GENERATE_OPTIONS: &[&str] = &[
+    "maxTokens",
+    "temperature",
+    "topK",
+    "topP",
+    "minP",
+    "repeatPenalty",
+    "frequencyPenalty",
+    "presencePenalty",
+    "penaltyLastN",
+    "seed",
+    "stop",
+    "raw",
+    "contextLength",
+    "signal",
+];
+
+/// A JS options object, checked for unknown keys.
+struct Options {
+    object: Object,
+    what: &'static str,
+}
+
+impl Options {
+    fn new(object: Option<Object>, known: &[&str], what: &'static str) -> Result<Options, JsValue> {
+        let object = object.unwrap_or_default();
+        for key in Object::keys(&object) {
+            let key = key.as_string().unwrap_or_default();
+            if !known.contains(&key.as_str()) {
+                return Err(type_error(&format!("{what}: unknown option `{key}` (known: {})", known.join(", "))));
+            }
+        }
+        Ok(Options { object, what })
+    }
+
+    fn get(&self, key: &str) -> JsValue {
+        Reflect::get(&self.object, &key.into()).unwrap_or(JsValue::UNDEFINED)
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, JsValue> {
+        match self.get(key) {
+            v if v.is_undefined() => Ok(None),
+            v => v.as_bool().map(Some).ok_or_else(|| type_error(&format!("{}: `{key}` must be a boolean", self.what))),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<f64>, JsValue> {
+        match self.get(key) {
+            v if v.is_undefined() => Ok(None),
+            v => v.as_f64().map(Some).ok_or_else(|| type_error(&format!("{}: `{key}` must be a number", self.what))),
+        }
+    }
+
+    /// A whole number in `0..=2^53`.
+    fn count(&self, key: &str) -> Result<Option<u64>, JsValue> {
+        match self.number(key)? {
+            None => Ok(None),
+            Some(n) if n.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&n) => Ok(Some(n as u64)),
+            Some(n) => Err(range_error(&format!("{}: `{key}` must be a whole number ≥ 0, not {n}", self.what))),
+        }
+    }
+
+    fn function(&self, key: &str) -> Result<Option<Function>, JsValue> {
+        match self.get(key) {
+            v if v.is_undefined() => Ok(None),
+            v => v.dyn_into::<Function>().map(Some).map_err(|_| type_error(&format!("{}: `{key}` must be a function", self.what))),
+        }
+    }
+
+    fn generate_options(&self) -> Result<GenerateOptions, JsValue> {
+        let mut o = GenerateOptions::default();
+        let s: &mut SamplingConfig = &mut o.sampling;
+        let float = |key: &str| -> Result<Option<f32>, JsValue> { Ok(self.number(key)?.map(|n| n as f32)) };
+        let size = |key: &str| -> Result<Option<usize>, JsValue> { Ok(self.count(key)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX))) };
+        if let Some(v) = size("maxTokens")? {
+            o.max_tokens = v;
+        }
+        if let Some(v) = float("temperature")? {
+            s.temperature = v;
+        }
+        if let Some(v) = size("topK")? {
+            s.top_k = v;
+        }
+        if let Some(v) = float("topP")? {
+            s.top_p = v;
+        }
+        if let Some(v) = float("minP")? {
+            s.min_p = v;
+        }
+        if let Some(v) = float("repeatPenalty")? {
+            s.repeat_penalty = v;
+        }
+        if let Some(v) = float("frequencyPenalty")? {
+            s.frequency_penalty = v;
+        }
+        if let Some(v) = float("presencePenalty")? {
+            s.presence_penalty = v;
+        }
+        if let Some(v) = size("penaltyLastN")? {
+            s.penalty_last_n = v;
+        }
+        if let Some(v) = self.count("seed")? {
+            s.seed = v;
+        }
+        o.context_length = size("contextLength")?;
+        let stop = self.get("stop");
+        if let Some(text) = stop.as_string() {
+            o.stop = vec![text];
+        } else if Array::is_array(&stop) {
+            o.stop = Array::from(&stop).iter().map(|v| v.as_string()).collect::<Option<_>>().ok_or_else(|| type_error("generate: `stop` must be a string or an array of strings"))?;
+        } else if !stop.is_undefined() {
+            return Err(type_error("generate: `stop` must be a string or an array of strings"));
+        }
+        Ok(o)
+    }
+}
+
+/// `value` as a plain JS object, its field names in camelCase.
+fn to_js(value: &impl Serialize) -> JsValue {
+    fn camel(value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (camel_case(&k), camel(v))).collect()),
+            Value::Array(items) => Value::Array(items.into_iter().map(camel).collect()),
+            other => other,
+        }
+    }
+    let json = serde_json::to_value(value).map(camel).and_then(|v| serde_json::to_string(&v));
+    json.ok().and_then(|text| js_sys::JSON::parse(&text).ok()).unwrap_or(JsValue::NULL)
+}
+
+fn camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn object(fields: &[(&str, JsValue)]) -> Object {
+    let object = Object::new();
+    for (key, value) in fields {
+        let _ = Reflect::set(&object, &(*key).into(), value);
+    }
+    object
+}
+
+/// A Rust error as a JS `Error` carrying its message.
+fn js_error(e: Error) -> JsValue {
+    js_sys::Error::new(&e.to_string()).into()
+}
+
+fn type_error(message: &str) -> JsValue {
+    js_sys::TypeError::new(message).into()
+}
+
+fn range_error(message: &str) -> JsValue {
+    js_sys::RangeError::new(message).into()
+}
 
 /// Runs `work(index, chunk)` on each `chunk`-long piece of `data`, one after the other (the
 /// browser build is single-threaded).

@@ -10,7 +10,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::RopeStyle;
+use super::{math, RopeStyle};
 use crate::error::{Error, Result};
 
 /// RMS norm of each `width`-long row of `x`, times `weight`, in place.
@@ -43,7 +43,7 @@ impl Rope {
     /// YaRN's correction dimensions for `dims` rotated dimensions, `base`, and the original
     /// context length (with the usual β_fast = 32, β_slow = 1).
     pub fn yarn_correction(dims: usize, base: f32, original_context: usize) -> [f32; 2] {
-        let dim = |beta: f32| dims as f32 * (original_context as f32 / (beta * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln());
+        let dim = |beta: f32| dims as f32 * math::ln(original_context as f32 / (beta * 2.0 * std::f32::consts::PI)) / (2.0 * math::ln(base));
         [dim(32.0).floor().max(0.0), dim(1.0).ceil().min(dims as f32 - 1.0)]
     }
 }
@@ -53,7 +53,7 @@ impl Rope {
 pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rope) {
     let (dims, style) = (rope.dims, rope.style);
     let half = dims / 2;
-    let theta_scale = rope.base.powf(-2.0 / dims as f32);
+    let theta_scale = math::powf(rope.base, -2.0 / dims as f32);
     let mut cos = vec![0f32; half];
     let mut sin = vec![0f32; half];
     for (p, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
@@ -68,8 +68,8 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
                     freq_scale * theta * (1.0 - ramp) + theta * ramp
                 }
             };
-            cos[i] = angle.cos();
-            sin[i] = angle.sin();
+            cos[i] = math::cos(angle);
+            sin[i] = math::sin(angle);
             theta *= theta_scale;
         }
         for head in row.chunks_exact_mut(head_dim) {
@@ -202,12 +202,12 @@ pub fn attend(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -
             // Online softmax: rescale what was accumulated when the maximum grows.
             let (mut old_scale, mut weight) = (1f32, 1f32);
             if score > max {
-                old_scale = (max - score).exp();
+                old_scale = math::exp(max - score);
                 max = score;
                 acc.iter_mut().for_each(|a| *a *= old_scale);
                 round(&mut acc);
             } else {
-                weight = (score - max).exp();
+                weight = math::exp(score - max);
             }
             cache.value(kv, key_at).convert_to_f32_slice(&mut value);
             for (a, v) in acc.iter_mut().zip(&value) {
@@ -283,7 +283,7 @@ mod tests {
             let kv = h / 2;
             let scores: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * 0.125).collect();
             let max = scores.iter().cloned().fold(f32::MIN, f32::max);
-            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let weights: Vec<f32> = scores.iter().map(|s| math::exp(s - max)).collect();
             let total: f32 = weights.iter().sum();
             for d in 0..hd {
                 let want: f32 = (0..n).map(|t| weights[t] * cache.value(kv, t)[d].to_f32()).sum::<f32>() / total;
@@ -315,11 +315,11 @@ mod tests {
                 let score = dot_lanes(&key, &query) * spec.scale;
                 let (mut old_scale, mut weight) = (1f32, 1f32);
                 if score > max {
-                    old_scale = (max - score).exp();
+                    old_scale = math::exp(max - score);
                     max = score;
                     acc.iter_mut().for_each(|a| *a = f16::from_f32(a.to_f32() * old_scale));
                 } else {
-                    weight = (score - max).exp();
+                    weight = math::exp(score - max);
                 }
                 for (a, v) in acc.iter_mut().zip(cache.value(h / group, key_at)) {
                     *a = f16::from_f32(v.to_f32().mul_add(weight, a.to_f32()));

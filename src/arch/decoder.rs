@@ -7,7 +7,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::attention::{self, rms_norm, KvCache, Rope, Spec};
-use super::{Activation, Config, Family, Gating};
+use super::{math, Activation, Config, Family, Gating};
+use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::gguf::{ggml_type_block, Gguf, TensorInfo};
 use crate::kernels::{QEmbedding, QLinear, QMatrix};
@@ -146,8 +147,35 @@ impl Weights {
     /// [`Error::Truncated`] / [`Error::Io`] when the data cannot be read, and the metadata
     /// errors of [`Config::from_gguf`].
     pub fn load<R: Read + Seek>(gguf: &Gguf, reader: &mut R) -> Result<Weights> {
+        let base = gguf.data_offset;
+        Weights::load_from(gguf, &mut |offset, len| {
+            reader.seek(SeekFrom::Start(base + offset))?;
+            let mut bytes = vec![0u8; len];
+            reader.read_exact(&mut bytes)?;
+            Ok(bytes.into())
+        })
+    }
+
+    /// Loads the weights the header describes from `file`, the whole GGUF file in memory. The
+    /// tensors share its buffer rather than copy it. `progress(bytes, total)` reports how far
+    /// into the file the tensors read so far reach.
+    ///
+    /// # Errors
+    /// As [`Weights::load`].
+    pub fn load_from_bytes(gguf: &Gguf, file: &Bytes, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
+        let total = file.len() as u64;
+        let truncated = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        Weights::load_from(gguf, &mut |offset, len| {
+            let start = gguf.data_offset.checked_add(offset).and_then(|at| usize::try_from(at).ok()).ok_or_else(truncated)?;
+            let tensor = file.slice(start..start.checked_add(len).ok_or_else(truncated)?).ok_or_else(truncated)?;
+            progress((start + len) as u64, total);
+            Ok(tensor)
+        })
+    }
+
+    fn load_from(gguf: &Gguf, source: &mut TensorSource<'_>) -> Result<Weights> {
         let config = Config::from_gguf(gguf)?;
-        let mut loader = Loader { gguf, reader, index: gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect() };
+        let mut loader = Loader { source, index: gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect() };
         let c = &config;
 
         let table = loader.matrix("token_embd.weight")?;
@@ -186,7 +214,7 @@ impl Weights {
             };
             let attention = match c.latent {
                 None => {
-                    let head_norm = |loader: &mut Loader<'_, R>, name: &str| -> Result<Option<Vec<f32>>> {
+                    let head_norm = |loader: &mut Loader<'_>, name: &str| -> Result<Option<Vec<f32>>> {
                         if loader.index.contains_key(p(name).as_str()) {
                             Ok(Some(loader.vector(&p(name), c.head_dim)?))
                         } else {
@@ -465,7 +493,7 @@ impl Weights {
         for (token, logits) in logits.chunks_exact(spec.count).enumerate() {
             let probs = match spec.gating {
                 Gating::Softmax => softmax(logits),
-                Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect(),
+                Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
             };
             let mut selection = probs.clone();
             if let Some(bias) = &moe.bias {
@@ -537,7 +565,7 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// Softmax of `x`, summed in f64 as llama.cpp sums it.
 fn softmax(x: &[f32]) -> Vec<f32> {
     let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
+    let exps: Vec<f32> = x.iter().map(|v| math::exp(v - max)).collect();
     let sum: f64 = exps.iter().map(|&e| e as f64).sum();
     let inv = (1.0 / sum) as f32;
     exps.into_iter().map(|e| e * inv).collect()
@@ -553,7 +581,7 @@ fn gelu(x: f32) -> f32 {
         return x;
     }
     let x = f16::from_f32(x).to_f32();
-    let y = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+    let y = 0.5 * x * (1.0 + math::tanh(0.797_884_6 * x * (1.0 + 0.044_715 * x * x)));
     f16::from_f32(y).to_f32()
 }
 
@@ -563,7 +591,7 @@ impl Mlp {
         let up = self.up.forward(x, seq)?;
         for (g, u) in gate.iter_mut().zip(&up) {
             *g = match activation {
-                Activation::Silu => *g / (1.0 + (-*g).exp()) * u,
+                Activation::Silu => *g / (1.0 + math::exp(-*g)) * u,
                 Activation::GeluTanh => gelu(*g) * u,
             };
         }
@@ -574,28 +602,28 @@ impl Mlp {
 
 
 
+/// The data of a tensor: `(offset into the data section, length)` to its bytes.
+type TensorSource<'a> = dyn FnMut(u64, usize) -> std::io::Result<Bytes> + 'a;
+
 /// Reads tensors by name from the file.
-struct Loader<'a, R> {
-    gguf: &'a Gguf,
-    reader: &'a mut R,
+struct Loader<'a> {
+    source: &'a mut TensorSource<'a>,
     index: HashMap<&'a str, &'a TensorInfo>,
 }
 
-impl<R: Read + Seek> Loader<'_, R> {
+impl Loader<'_> {
     fn info(&self, name: &str) -> Result<&TensorInfo> {
         self.index.get(name).copied().ok_or_else(|| Error::MissingTensor { name: name.to_string() })
     }
 
     /// The raw bytes, ggml type and shape (outermost first) of a tensor.
-    fn raw(&mut self, name: &str) -> Result<(Vec<u8>, u32, Vec<usize>)> {
+    fn raw(&mut self, name: &str) -> Result<(Bytes, u32, Vec<usize>)> {
         let info = self.info(name)?.clone();
         let (block_elems, block_bytes) = ggml_type_block(info.ggml_type)
             .ok_or_else(|| Error::InvalidTensor { name: name.to_string(), reason: format!("ggml type {} is not supported", info.ggml_type) })?;
         // The header reader checked that these sizes fit in the file.
         let size = (info.elements() / block_elems * block_bytes) as usize;
-        self.reader.seek(SeekFrom::Start(self.gguf.data_offset + info.offset))?;
-        let mut bytes = vec![0u8; size];
-        self.reader.read_exact(&mut bytes).map_err(|e| match e.kind() {
+        let bytes = (self.source)(info.offset, size).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => Error::Truncated { what: format!("the data of tensor `{name}`") },
             _ => Error::Io(e),
         })?;
@@ -668,9 +696,11 @@ impl<R: Read + Seek> Loader<'_, R> {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {rows}, {cols}]") });
         }
         let per = bytes.len() / count;
-        bytes
-            .chunks_exact(per)
-            .map(|chunk| QMatrix::new(ggml_type, chunk.to_vec(), rows, cols).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() }))
+        (0..count)
+            .map(|i| {
+                let expert = bytes.slice(i * per..(i + 1) * per).ok_or_else(|| Error::InvalidTensor { name: name.into(), reason: "data does not split into experts".into() })?;
+                QMatrix::new(ggml_type, expert, rows, cols).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })
+            })
             .collect()
     }
 }

@@ -5,6 +5,7 @@
 //! tensors present say the rest (QKV bias, per-head Q/K norms, post-norms, experts).
 
 mod attention;
+mod math;
 mod decoder;
 
 pub use decoder::{State, Weights};
@@ -298,7 +299,7 @@ impl Config {
                 let log_mul = gguf.opt_f64(&key("rope.scaling.yarn_log_multiplier"))?.unwrap_or(0.0) as f32;
                 // YaRN's magnitude correction (1 + 0.1·ln factor) times the file's log multiplier
                 // term; llama.cpp folds both into the attention scale and leaves RoPE unscaled.
-                let mscale = (1.0 + 0.1 * y.factor.ln()) * (1.0 + 0.1 * log_mul * y.factor.ln());
+                let mscale = (1.0 + 0.1 * math::ln(y.factor)) * (1.0 + 0.1 * log_mul * math::ln(y.factor));
                 (mscale * mscale / ((l.nope + l.rope) as f32).sqrt()) as f64
             }
             (Some(l), None) => 1.0 / ((l.nope + l.rope) as f64).sqrt(),

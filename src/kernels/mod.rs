@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Module, Tensor};
 pub use blocks::Format;
 use blocks::Activations;
 
+use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 
 /// Weight rows handed to one parallel task.
@@ -37,28 +38,28 @@ pub struct QMatrix {
 #[derive(Clone)]
 enum Kind {
     /// A format computed here; `data` holds `rows × row_bytes` bytes.
-    Blocks { format: Format, data: Arc<Vec<u8>>, row_bytes: usize },
+    Blocks { format: Format, data: Bytes, row_bytes: usize },
     /// Any other format, computed by Candle.
     Candle(Arc<QTensor>),
 }
 
 impl QMatrix {
-    /// A matrix of ggml type `ggml_type` from its raw bytes.
+    /// A matrix of ggml type `ggml_type` from its raw bytes, which it shares rather than copies.
     ///
     /// # Errors
     /// [`Error::Compute`] when the type is unknown or the sizes do not fit the format.
-    pub fn new(ggml_type: u32, data: Vec<u8>, rows: usize, cols: usize) -> Result<QMatrix> {
+    pub fn new(ggml_type: u32, data: impl Into<Bytes>, rows: usize, cols: usize) -> Result<QMatrix> {
+        let data = data.into();
         if let Some(format) = Format::from_ggml(ggml_type) {
             let (per_block, block_bytes) = format.block();
             if !cols.is_multiple_of(per_block) || data.len() != rows * (cols / per_block) * block_bytes {
                 return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
             }
             let row_bytes = cols / per_block * block_bytes;
-            // Arc::new moves the bytes rather than copying them (a 180 MB table must not double).
-            return Ok(QMatrix { kind: Kind::Blocks { format, data: Arc::new(data), row_bytes }, rows, cols });
+            return Ok(QMatrix { kind: Kind::Blocks { format, data, row_bytes }, rows, cols });
         }
         let dtype = candle_dtype(ggml_type).ok_or_else(|| Error::Compute(format!("ggml type {ggml_type} is not supported")))?;
-        let storage = QStorage::from_data(Cow::Owned(data), &Device::Cpu, dtype)?;
+        let storage = QStorage::from_data(Cow::Borrowed(&data[..]), &Device::Cpu, dtype)?;
         Ok(QMatrix { kind: Kind::Candle(Arc::new(QTensor::new(storage, (rows, cols))?)), rows, cols })
     }
 

@@ -67,6 +67,14 @@ pub fn llama_cpp(script: &str, args: &[&str], input: &serde_json::Value) -> serd
     run_json(command, input, "needs Node.js 20 and `npm ci --prefix tests/reference`")
 }
 
+/// Runs a script of tests/node, which uses the npm package built into pkg/.
+pub fn wasm_package(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    assert!(repo_root().join("pkg/node.js").is_file(), "the npm package is not built: run `make pkg`");
+    let mut command = Command::new("node");
+    command.arg(repo_root().join("tests/node").join(script));
+    run_json(command, input, "needs Node.js 20 and the package in pkg/ (`make pkg`)")
+}
+
 /// Renders a chat template with Python's Jinja2, as Hugging Face does.
 pub fn jinja2(input: &serde_json::Value) -> serde_json::Value {
     let mut command = Command::new("python3");

@@ -1,0 +1,23 @@
+// Turns wasm-pack's output in pkg/ into the npm package: adds the two entry points (index.js
+// for browsers, node.js for Node.js), each initialising the wasm module itself, and points
+// package.json at them.
+import { copyFile, readFile, writeFile } from "node:fs/promises";
+
+const here = new URL("./", import.meta.url);
+const pkg = new URL("../pkg/", import.meta.url);
+const manifest = JSON.parse(await readFile(new URL("package.json", pkg), "utf8"));
+
+for (const entry of ["index.js", "node.js"]) await copyFile(new URL(entry, here), new URL(entry, pkg));
+const types = "candlewick.d.ts";
+Object.assign(manifest, {
+    type: "module",
+    main: "index.js",
+    types,
+    exports: { ".": { types: `./${types}`, node: "./node.js", default: "./index.js" } },
+    files: [...new Set([...(manifest.files ?? []), "index.js", "node.js"])],
+    sideEffects: ["./index.js", "./node.js", "./snippets/*"],
+    engines: { node: ">=20" },
+});
+delete manifest.module;
+await writeFile(new URL("package.json", pkg), JSON.stringify(manifest, null, 2) + "\n");
+console.log(`pkg/: ${manifest.name} ${manifest.version} (${manifest.files.join(", ")})`);

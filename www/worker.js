@@ -1,0 +1,85 @@
+// The model lives here, off the page's thread: loading parses hundreds of megabytes and every
+// token is a forward pass, and either would freeze the page. app.js sends requests, this posts
+// back what happens.
+//
+//   page → worker: { type: "load", source }  (a URL string or a File)
+//                  { type: "cancelLoad" }
+//                  { type: "generate", prompt, options }  (model.generate's arguments)
+//                  { type: "stop" }
+//   worker → page: { type: "ready" }  once the WebAssembly module is initialised
+//                  { type: "progress", phase, loaded, total }
+//                  { type: "loaded", info, ms }
+//                  { type: "loadFailed", aborted, message }
+//                  { type: "chunk", chunk }  each chunk of the generation's stream, as is
+//                  { type: "end", cancelled }  after the last chunk, however the stream ended
+//
+// The page sends one load or one generation at a time, and waits for its answer.
+
+import { Model, iterate } from "../pkg/index.js";
+
+/** Progress events are posted at most this often (the last one of a phase always is). */
+const PROGRESS_INTERVAL_MS = 50;
+
+let model = null;
+let loading = null; // the AbortController of the load in progress
+let generating = null; // the AbortController of the generation in progress
+
+const handlers = {
+  async load({ source }) {
+    // Free the old weights first: two models may not fit in memory together.
+    model?.free();
+    model = null;
+    loading = new AbortController();
+    const started = performance.now();
+    try {
+      model = await Model.load(source, { signal: loading.signal, onProgress: throttledProgress() });
+      postMessage({ type: "loaded", info: model.info(), ms: performance.now() - started });
+    } catch (error) {
+      postMessage({ type: "loadFailed", aborted: error?.name === "AbortError", message: describe(error) });
+    } finally {
+      loading = null;
+    }
+  },
+
+  cancelLoad() {
+    loading?.abort();
+  },
+
+  async generate({ prompt, options }) {
+    generating = new AbortController();
+    const { signal } = generating;
+    try {
+      const stream = model.generate(prompt, { ...options, signal });
+      for await (const chunk of iterate(stream)) postMessage({ type: "chunk", chunk });
+    } catch (error) {
+      // Aborting may end the stream with an AbortError rather than a "cancelled" chunk.
+      if (!signal.aborted) postMessage({ type: "chunk", chunk: { type: "error", message: describe(error) } });
+    } finally {
+      generating = null;
+      postMessage({ type: "end", cancelled: signal.aborted });
+    }
+  },
+
+  stop() {
+    generating?.abort();
+  },
+};
+
+/** An onProgress callback that posts to the page, thinned out to one post per interval. */
+function throttledProgress() {
+  let last = { phase: null, at: 0 };
+  return ({ phase, loaded, total }) => {
+    const now = performance.now();
+    const final = phase !== last.phase || loaded === total;
+    if (!final && now - last.at < PROGRESS_INTERVAL_MS) return;
+    last = { phase, at: now };
+    postMessage({ type: "progress", phase, loaded, total });
+  };
+}
+
+function describe(error) {
+  return error instanceof Error ? error.message : String(error);
+}
+
+self.onmessage = ({ data }) => handlers[data.type](data);
+postMessage({ type: "ready" });
