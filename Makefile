@@ -1,18 +1,24 @@
 # candlewick — the commands the README gives.
 #   make run PROMPT="..."   fetch SmolLM2 if missing and stream its answer
-#   make test               every test (installs what it needs: the wasm target, the models,
-#                           llama.cpp through node-llama-cpp, Python's jinja2)
+#   make test               every test (installs what it needs: the wasm target, wasm-pack and
+#                           wasm-bindgen-cli, the models, llama.cpp through node-llama-cpp,
+#                           Python's jinja2, Chromium and playwright-core)
+#   make demo               build pkg/, fetch the models, serve the demo page on localhost:8000
+#   make pkg                the npm package in pkg/
 #   make models             fetch the three real models into ~/.cache/candlewick/models
-#   make bench              candlewick beside llama.cpp: speed and memory
+#   make bench              candlewick beside llama.cpp natively: speed and memory
+#   make bench-browser      candlewick beside wllama in Chromium
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target wasm-tools pkg fuzz bench run
+.PHONY: test models reference python-deps wasm-target wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-browser run
 
-test: models reference python-deps wasm-target
+test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
-	$(MAKE) wasm-check
+	$(MAKE) wasm-test
+	node --test tests/node/
+	node tests/browser/demo.mjs
 
 models:
 	scripts/fetch-models.sh
@@ -38,6 +44,24 @@ pkg: wasm-target wasm-tools
 	wasm-pack build --release --target web --out-dir pkg --out-name candlewick
 	node js/finish-package.mjs
 
+# The JavaScript API compiled to wasm32, run in Node.js by wasm-bindgen-test (tests/web.rs).
+wasm-test: wasm-target wasm-tools
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner $(CARGO) test --release --target wasm32-unknown-unknown --test web
+
+# Debian's Chromium and npm playwright-core (which never downloads a browser of its own).
+browser-deps:
+	@command -v chromium >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "Chromium is missing: run 'apt-get install chromium' as root" >&2; exit 1; }; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }
+	@if [ ! -d tests/browser/node_modules/playwright-core ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then \
+		npm ci --prefix tests/browser --no-audit --no-fund; \
+	fi
+
+# The demo page (www/) with the npm package, SmolLM2 first, on http://127.0.0.1:8000/.
+demo: pkg models
+	node www/serve.mjs --port 8000
+
 wasm-tools:
 	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 	@command -v wasm-pack >/dev/null || $(CARGO) install wasm-pack
@@ -50,6 +74,10 @@ fuzz:
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference
 	$(CARGO) bench --bench compare
+
+bench-browser: models pkg browser-deps
+	$(CARGO) build --release
+	node benches/browser/bench.mjs
 
 # Fetch SmolLM2 if missing and stream its answer to PROMPT.
 PROMPT ?= What is a candle wick? Answer in two sentences.

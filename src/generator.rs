@@ -204,6 +204,30 @@ impl Generator {
         self.outbox.pop_front()
     }
 
+    /// Runs the next `batch` tokens of the prompt's forward pass, when more than that is left,
+    /// and says whether it did (the logits do not depend on how the prompt is split). A caller on one thread (the browser) calls this until it is
+    /// false, handling other work in between, before [`Generator::next_chunk`] runs the last
+    /// batch and samples; a long prompt then never blocks that thread for long. An error is
+    /// kept for `next_chunk` to report.
+    pub fn advance_prompt(&mut self, batch: usize) -> bool {
+        let batch = batch.clamp(1, PREFILL_BATCH);
+        if self.finished || self.unprocessed.len() <= batch || self.cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        let batch: Vec<u32> = self.unprocessed.drain(..batch).collect();
+        self.started.get_or_insert_with(Instant::now);
+        let result = self.model.weights().and_then(|weights| {
+            let state = &mut self.state;
+            crate::platform::with_threads(self.options.threads, || weights.forward(state, &batch))
+        });
+        if let Err(e) = result {
+            self.outbox.push_back(Chunk::Error { message: e.to_string() });
+            self.finished = true;
+            return false;
+        }
+        true
+    }
+
     /// One token: forward → sample → detokenize → stop check.
     fn step(&mut self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {

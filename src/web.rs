@@ -125,9 +125,11 @@ export async function readSource(source, useCache, signal, progress, reserve, pu
     progress?.({ phase: "load", loaded: bytes.byteLength, total: bytes.byteLength });
 }
 
-// A ReadableStream pulling one chunk per read from `next()` (undefined at the end); `stop()`
-// ends the generation. Cancelling the reader or aborting `signal` stops it before the next token.
-export function chunkStream(next, stop, signal) {
+// A ReadableStream pulling one chunk per read from `next()` (undefined at the end), after
+// `prefill()` has run the prompt a batch at a time (it returns false when the rest is for
+// `next`); `stop()` ends the generation. The event loop runs between batches and tokens, so
+// cancelling the reader or aborting `signal` stops it before the next one.
+export function chunkStream(prefill, next, stop, signal) {
     let finished = false;
     const finish = () => {
         if (!finished) {
@@ -149,6 +151,7 @@ export function chunkStream(next, stop, signal) {
         },
         async pull(controller) {
             await nextTask();
+            while (!finished && prefill()) await nextTask();
             if (finished) return;
             const chunk = next();
             if (chunk === undefined) {
@@ -188,7 +191,7 @@ extern "C" {
     async fn read_source(source: &JsValue, use_cache: bool, signal: &JsValue, progress: &JsValue, reserve: &Function, push: &Function) -> Result<(), JsValue>;
 
     #[wasm_bindgen(js_name = chunkStream)]
-    fn chunk_stream(next: &Function, stop: &Function, signal: &JsValue) -> JsValue;
+    fn chunk_stream(prefill: &Function, next: &Function, stop: &Function, signal: &JsValue) -> JsValue;
 
     #[wasm_bindgen(js_name = iterate)]
     fn iterate_stream(stream: &JsValue) -> JsValue;
@@ -298,6 +301,10 @@ impl WebModel {
         let signal = options.get("signal");
 
         let generator: Rc<RefCell<Option<Generator>>> = Rc::new(RefCell::new(Some(generator)));
+        let prefill = {
+            let generator = generator.clone();
+            Closure::<dyn FnMut() -> bool>::new(move || generator.borrow_mut().as_mut().is_some_and(|g| g.advance_prompt(PROMPT_BATCH)))
+        };
         let next = {
             let generator = generator.clone();
             Closure::<dyn FnMut() -> JsValue>::new(move || {
@@ -306,7 +313,7 @@ impl WebModel {
             })
         };
         let stop = Closure::<dyn FnMut()>::new(move || drop(generator.borrow_mut().take()));
-        Ok(chunk_stream(&next.into_js_value().unchecked_into(), &stop.into_js_value().unchecked_into(), &signal))
+        Ok(chunk_stream(&prefill.into_js_value().unchecked_into(), &next.into_js_value().unchecked_into(), &stop.into_js_value().unchecked_into(), &signal))
     }
 
     /// Facts about the model: `{ architecture, name, contextLength, vocabSize, tokenizerModel,
@@ -330,6 +337,9 @@ impl WebModel {
         self.model.tokenizer().decode(&ids, true).map_err(js_error)
     }
 }
+
+/// Prompt tokens run between two turns of the event loop: a fraction of a second in wasm.
+const PROMPT_BATCH: usize = 16;
 
 const GENERATE_OPTIONS: &[&str] = &[
     "maxTokens",

@@ -256,3 +256,27 @@ fn thread_count_changes_speed_not_output() {
     let err = model.generator("hi", GenerateOptions { threads: Some(0), ..greedy(4) }).err().unwrap();
     assert!(matches!(err, Error::InvalidParameter { name: "threads", .. }), "{err}");
 }
+
+#[test]
+fn a_prompt_run_in_small_batches_generates_the_same_text() {
+    let model = Model::open(model(SMOLLM2)).unwrap();
+    let prompt = || Prompt::Raw("Once upon a time, in a small village, there lived an old lighthouse keeper who".into());
+    let (whole, end) = run(&model, prompt(), greedy(12));
+    let mut generator = model.generator(prompt(), greedy(12)).unwrap();
+    let mut batches = 0;
+    while generator.advance_prompt(3) {
+        batches += 1;
+    }
+    assert!(batches >= 4, "{batches} batches");
+    assert!(!generator.advance_prompt(3), "nothing left to advance");
+    let mut deltas = Vec::new();
+    let mut last = None;
+    for chunk in generator.by_ref() {
+        match chunk {
+            Chunk::Text { text } => deltas.push(text),
+            other => last = Some(other),
+        }
+    }
+    assert_eq!(deltas, whole);
+    assert_eq!(complete(&last.unwrap()).0, complete(&end).0);
+}

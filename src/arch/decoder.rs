@@ -165,10 +165,14 @@ impl Weights {
     pub fn load_from_bytes(gguf: &Gguf, file: &Bytes, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
         let total = file.len() as u64;
         let truncated = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        // Tensors are placed in the order the model needs them, not in file order: report the
+        // header and the bytes placed so far, which only grows.
+        let mut placed = gguf.data_offset;
         Weights::load_from(gguf, &mut |offset, len| {
             let start = gguf.data_offset.checked_add(offset).and_then(|at| usize::try_from(at).ok()).ok_or_else(truncated)?;
             let tensor = file.slice(start..start.checked_add(len).ok_or_else(truncated)?).ok_or_else(truncated)?;
-            progress((start + len) as u64, total);
+            placed += len as u64;
+            progress(placed.min(total), total);
             Ok(tensor)
         })
     }
