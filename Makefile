@@ -44,9 +44,12 @@ pkg: wasm-target wasm-tools
 	wasm-pack build --release --target web --out-dir pkg --out-name candlewick
 	node js/finish-package.mjs
 
-# The JavaScript API compiled to wasm32, run in Node.js by wasm-bindgen-test (tests/web.rs).
+# In Node.js through wasm-bindgen-test: the simd128 kernels against the scalar code, and the
+# JavaScript API on a real model (tests/web.rs).
+WASM_TEST = CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner $(CARGO) test --release --target wasm32-unknown-unknown
 wasm-test: wasm-target wasm-tools
-	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner $(CARGO) test --release --target wasm32-unknown-unknown --test web
+	$(WASM_TEST) --lib kernels
+	$(WASM_TEST) --test web
 
 # Debian's Chromium and npm playwright-core (which never downloads a browser of its own).
 browser-deps:

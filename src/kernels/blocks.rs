@@ -6,8 +6,9 @@
 //! doing this agree to float rounding, so greedy decoding picks the same tokens.
 //!
 //! The code here is portable scalar code. On x86_64, [`dot`] and [`Activations::quantize`]
-//! switch at run time to SIMD versions (AVX2) that give bit-identical results;
-//! [`dot_scalar`] and [`Activations::quantize_scalar`] remain the reference.
+//! switch at run time to SIMD versions (AVX2), and on WebAssembly built with simd128 to SIMD
+//! versions chosen at compile time, that give bit-identical results; [`dot_scalar`] and
+//! [`Activations::quantize_scalar`] remain the reference.
 
 use half::f16;
 
@@ -105,6 +106,11 @@ pub struct Activations {
     pub f32s: Vec<f32>,
     /// 8-bit values.
     pub qs: Vec<i8>,
+    /// The values of `qs` widened to 16 bits, for SIMD kernels whose cheapest exact product
+    /// is 16-bit (WebAssembly's): its quantizer fills them once per row rather than each
+    /// kernel once per weight row. Empty where no kernel wants them; kernels that read them
+    /// check that there are as many as `qs`.
+    pub qs16: Vec<i16>,
     /// Scale of each block.
     pub d: Vec<f32>,
     /// Q8_1: the f16-rounded `d · Σq` of each block. Q8_0: `Σq` of each block.
@@ -117,20 +123,28 @@ impl Activations {
     /// Quantizes `x` (a multiple of the format's block length) into `self`, reusing its buffers.
     ///
     /// On x86_64 CPUs with AVX2, FMA and F16C this runs a SIMD quantizer, chosen at run time,
-    /// that gives bit-identical results to [`Activations::quantize_scalar`].
+    /// and on WebAssembly with simd128 one chosen at compile time (which also fills
+    /// [`Activations::qs16`]); both give bit-identical results to
+    /// [`Activations::quantize_scalar`].
     pub fn quantize(&mut self, x: &[f32], format: ActFormat) {
         #[cfg(target_arch = "x86_64")]
         if super::x86::quantize(self, x, format) {
+            return;
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if super::wasm::quantize(self, x, format) {
             return;
         }
         self.quantize_scalar(x, format);
     }
 
     /// [`Activations::quantize`] in portable scalar code: the reference the SIMD quantizer
-    /// must match bit for bit, and the path on every target without it.
+    /// must match bit for bit, and the path on every target without it. It leaves
+    /// [`Activations::qs16`] empty.
     pub fn quantize_scalar(&mut self, x: &[f32], format: ActFormat) {
         self.f32s.clear();
         self.qs.clear();
+        self.qs16.clear();
         self.d.clear();
         self.s.clear();
         self.bsums.clear();
@@ -202,13 +216,18 @@ fn dot32(a: &[i8; 32], b: &[i8]) -> i32 {
 
 /// The dot product of one weight row (`row`: its bytes) with quantized activations.
 ///
-/// On x86_64 CPUs with AVX2, FMA and F16C this runs SIMD kernels, chosen at run time, that
-/// give bit-identical results to [`dot_scalar`]; elsewhere (other CPUs, WebAssembly) it is
-/// [`dot_scalar`].
+/// On x86_64 CPUs with AVX2, FMA and F16C this runs SIMD kernels, chosen at run time, and on
+/// WebAssembly with simd128 ones chosen at compile time (for activations from
+/// [`Activations::quantize`]); both give bit-identical results to [`dot_scalar`]. Elsewhere
+/// (other CPUs, WebAssembly without simd128) it is [`dot_scalar`].
 #[inline]
 pub fn dot(format: Format, row: &[u8], act: &Activations) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(sum) = super::x86::dot(format, row, act) {
+        return sum;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if let Some(sum) = super::wasm::dot(format, row, act) {
         return sum;
     }
     dot_scalar(format, row, act)
@@ -451,7 +470,8 @@ mod tests {
 
     /// The dot product equals the plain sum over dequantized weights and dequantized
     /// activations, for every format, including a single block and odd block counts.
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn dot_matches_dequantized_reference() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for format in [Format::F32, Format::F16, Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K] {
@@ -488,7 +508,8 @@ mod tests {
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn activation_quantizers_follow_llama_cpp() {
         let x: Vec<f32> = (0..256).map(|i| (i as f32 - 100.0) / 37.0).collect();
         let mut a = Activations::default();
@@ -505,195 +526,274 @@ mod tests {
         assert_eq!((a.d[0], a.s[0]), (0.0, 0.0));
     }
 
-    /// Every format except the float ones, which have no SIMD kernel.
-    #[cfg(target_arch = "x86_64")]
-    const QUANTIZED: [Format; 8] = [Format::Q8_0, Format::Q5_0, Format::Q4K, Format::Q6K, Format::Q4_1, Format::Q4_0, Format::Q5_1, Format::Q5K];
+    /// The SIMD kernels and quantizers (AVX2 on x86_64, simd128 on WebAssembly) against the
+    /// scalar reference, bit for bit.
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
+    mod simd {
+        use super::*;
 
-    /// The SIMD kernel's result, failing the test on a CPU without AVX2/FMA/F16C only when
-    /// `CANDLEWICK_REQUIRE_SIMD` is set (elsewhere such a CPU just skips the comparison).
-    #[cfg(target_arch = "x86_64")]
-    fn simd_dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> {
-        let got = crate::kernels::x86::dot(format, row, act);
-        assert!(got.is_some() || std::env::var_os("CANDLEWICK_REQUIRE_SIMD").is_none(), "no SIMD kernel for {format:?}");
-        got
-    }
+        /// Every format except the float ones, which have no SIMD kernel.
+        const QUANTIZED: [Format; 8] = [Format::Q8_0, Format::Q5_0, Format::Q4K, Format::Q6K, Format::Q4_1, Format::Q4_0, Format::Q5_1, Format::Q5K];
 
-    /// The SIMD kernels give exactly the scalar result for random blocks, with block counts
-    /// that exercise both the one-block tail and the eight-block groups of the 32-value formats.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn simd_dot_is_bit_identical_to_scalar() {
-        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-        for format in QUANTIZED {
-            let (per_block, _) = format.block();
-            for blocks in [1, 3, 7, 8, 9, 16, 23] {
-                for trial in 0..20 {
-                    let row = random_row(format, blocks, &mut rng);
-                    // Some rows of activations at full scale, where every value is ±127, and
-                    // some so small (subnormal) that the quantizer's scale overflows.
-                    let x: Vec<f32> = (0..blocks * per_block)
-                        .map(|_| match trial % 5 {
-                            0 => rng.f().signum(),
-                            1 => rng.f() * 1e-44,
-                            _ => rng.f(),
-                        })
-                        .collect();
-                    let mut act = Activations::default();
-                    act.quantize(&x, format.act());
-                    let want = dot_scalar(format, &row, &act);
-                    let Some(got) = simd_dot(format, &row, &act) else { return };
-                    assert_eq!(got.to_bits(), want.to_bits(), "{format:?} ×{blocks} trial {trial}: {got} vs {want}");
+        /// The SIMD kernel's result. On x86_64 a CPU without AVX2/FMA/F16C has none, which
+        /// fails the test only when `CANDLEWICK_REQUIRE_SIMD` is set (elsewhere such a CPU just
+        /// skips the comparison); on WebAssembly there must always be one.
+        fn simd_dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> {
+            #[cfg(target_arch = "x86_64")]
+            let got = crate::kernels::x86::dot(format, row, act);
+            #[cfg(target_arch = "wasm32")]
+            let got = crate::kernels::wasm::dot(format, row, act);
+            let optional = cfg!(target_arch = "x86_64") && std::env::var_os("CANDLEWICK_REQUIRE_SIMD").is_none();
+            assert!(got.is_some() || optional, "no SIMD kernel for {format:?}");
+            got
+        }
+
+        /// The SIMD quantizer's activations, or `None` as [`simd_dot`].
+        fn simd_quantize(x: &[f32], format: ActFormat) -> Option<Activations> {
+            let mut act = Activations::default();
+            #[cfg(target_arch = "x86_64")]
+            let done = crate::kernels::x86::quantize(&mut act, x, format);
+            #[cfg(target_arch = "wasm32")]
+            let done = crate::kernels::wasm::quantize(&mut act, x, format);
+            let optional = cfg!(target_arch = "x86_64") && std::env::var_os("CANDLEWICK_REQUIRE_SIMD").is_none();
+            assert!(done || optional, "no SIMD quantizer");
+            done.then_some(act)
+        }
+
+        /// The SIMD kernels give exactly the scalar result for random blocks, with block counts
+        /// that exercise every size of the last, partial group of blocks (the 32-value kernels
+        /// take eight blocks at a time on x86_64, four on WebAssembly) and no group at all.
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        fn simd_dot_is_bit_identical_to_scalar() {
+            let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+            for format in QUANTIZED {
+                let (per_block, _) = format.block();
+                for blocks in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 23] {
+                    for trial in 0..20 {
+                        let row = random_row(format, blocks, &mut rng);
+                        // Some rows of activations at full scale, where every value is ±127, and
+                        // some so small (subnormal) that the quantizer's scale overflows.
+                        let x: Vec<f32> = (0..blocks * per_block)
+                            .map(|_| match trial % 5 {
+                                0 => rng.f().signum(),
+                                1 => rng.f() * 1e-44,
+                                _ => rng.f(),
+                            })
+                            .collect();
+                        let mut act = Activations::default();
+                        act.quantize(&x, format.act());
+                        let want = dot_scalar(format, &row, &act);
+                        let Some(got) = simd_dot(format, &row, &act) else { return };
+                        assert_eq!(got.to_bits(), want.to_bits(), "{format:?} ×{blocks} trial {trial}: {got} vs {want}");
+                    }
                 }
             }
         }
-    }
 
-    /// The extreme weight bytes (every bit set, every bit clear, -128, 127) against
-    /// activations at ±127: the i16 pair sums of the SIMD kernels must not saturate.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn simd_dot_handles_extreme_values() {
-        let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
-        for format in QUANTIZED {
-            let (per_block, _) = format.block();
-            for fill in [0x00u8, 0xFF, 0x80, 0x7F, 0x55] {
-                for sign in [1.0f32, -1.0] {
-                    let blocks = 9;
-                    let mut row = random_row(format, blocks, &mut rng);
-                    let scales = random_row(format, blocks, &mut rng);
-                    row.fill(fill);
-                    // Keep finite f16 scales: copy them from a well-formed row.
-                    let size = format.block().1;
-                    for (b, s) in row.chunks_exact_mut(size).zip(scales.chunks_exact(size)) {
-                        let at: &[usize] = match format {
-                            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                            Format::Q6K => &[208],
-                            _ => &[0],
-                        };
-                        for &at in at {
-                            b[at..at + 2].copy_from_slice(&s[at..at + 2]);
+        /// The extreme weight bytes (every bit set, every bit clear, -128, 127) against
+        /// activations at ±127: no pair sum of the SIMD kernels may saturate.
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        fn simd_dot_handles_extreme_values() {
+            let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+            for format in QUANTIZED {
+                let (per_block, _) = format.block();
+                for fill in [0x00u8, 0xFF, 0x80, 0x7F, 0x55] {
+                    for sign in [1.0f32, -1.0] {
+                        let blocks = 9;
+                        let mut row = random_row(format, blocks, &mut rng);
+                        let scales = random_row(format, blocks, &mut rng);
+                        row.fill(fill);
+                        // Keep finite f16 scales: copy them from a well-formed row.
+                        let size = format.block().1;
+                        for (b, s) in row.chunks_exact_mut(size).zip(scales.chunks_exact(size)) {
+                            let at: &[usize] = match format {
+                                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                                Format::Q6K => &[208],
+                                _ => &[0],
+                            };
+                            for &at in at {
+                                b[at..at + 2].copy_from_slice(&s[at..at + 2]);
+                            }
+                        }
+                        let x: Vec<f32> = (0..blocks * per_block).map(|i| if i % 3 == 0 { -sign } else { sign }).collect();
+                        let mut act = Activations::default();
+                        act.quantize(&x, format.act());
+                        let want = dot_scalar(format, &row, &act);
+                        let Some(got) = simd_dot(format, &row, &act) else { return };
+                        assert_eq!(got.to_bits(), want.to_bits(), "{format:?} fill {fill:#x} sign {sign}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+
+        /// Every f16 scale there is, in every lane of a group of blocks and in the tail: the
+        /// kernels' own f16 widening must agree with `half` on zeros, subnormals, infinities
+        /// and NaNs (compared as the scalar code's result, so only a NaN result may differ, in
+        /// its payload).
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        fn simd_dot_widens_every_f16_scale() {
+            let mut rng = Rng(0x0123_4567_89AB_CDEF);
+            for format in [Format::Q4_0, Format::Q4_1] {
+                let blocks = 9;
+                let size = format.block().1;
+                let x: Vec<f32> = (0..blocks * 32).map(|_| rng.f()).collect();
+                let mut act = Activations::default();
+                act.quantize(&x, format.act());
+                let mut row = random_row(format, blocks, &mut rng);
+                for bits in 0..=u16::MAX {
+                    // Scale and minimum of block `bits % 9` take the pattern; the others keep
+                    // their random finite ones.
+                    let b = &mut row[(bits as usize % blocks) * size..];
+                    b[0..2].copy_from_slice(&bits.to_le_bytes());
+                    if format == Format::Q4_1 {
+                        b[2..4].copy_from_slice(&bits.rotate_left(7).to_le_bytes());
+                    }
+                    let want = dot_scalar(format, &row, &act);
+                    let Some(got) = simd_dot(format, &row, &act) else { return };
+                    assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{format:?} f16 {bits:#06x}: {got} vs {want}");
+                }
+            }
+        }
+
+        /// The SIMD quantizers give exactly the scalar activations: random rows, and blocks that
+        /// are all zero, hold NaNs or infinities, tie in magnitude, or are tiny enough (subnormal)
+        /// that the scale overflows and Rust's saturating casts decide the values.
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        fn simd_quantize_is_bit_identical_to_scalar() {
+            let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+            let specials: [fn(usize, f32) -> f32; 7] = [
+                |_, _| 0.0,
+                |i, v| if i % 37 == 5 { f32::NAN } else { v },
+                |i, v| if i % 53 == 7 { f32::INFINITY } else { v },
+                |i, v| if i % 41 == 3 { f32::NEG_INFINITY } else { v * 1e-3 },
+                |i, _| if i % 2 == 0 { 0.5 } else { -0.5 },
+                |i, v| if i % 3 == 0 { f32::from_bits(1 + (i as u32 % 5)) } else { v * 1e-44 },
+                |i, v| if i % 5 == 0 { -0.0 } else { v * 1e30 },
+            ];
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            for format in [ActFormat::Q8_0, ActFormat::Q8_1, ActFormat::Q8K] {
+                let n = 256 * 3;
+                for trial in 0..40 {
+                    let mut x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                    if let Some(special) = specials.get(trial % 10) {
+                        // Only the middle block is special, so normal blocks surround it.
+                        for (i, v) in x.iter_mut().enumerate().skip(256).take(256) {
+                            *v = special(i, *v);
                         }
                     }
-                    let x: Vec<f32> = (0..blocks * per_block).map(|i| if i % 3 == 0 { -sign } else { sign }).collect();
-                    let mut act = Activations::default();
-                    act.quantize(&x, format.act());
-                    let want = dot_scalar(format, &row, &act);
-                    let Some(got) = simd_dot(format, &row, &act) else { return };
-                    assert_eq!(got.to_bits(), want.to_bits(), "{format:?} fill {fill:#x} sign {sign}: {got} vs {want}");
+                    let mut want = Activations::default();
+                    want.quantize_scalar(&x, format);
+                    let Some(got) = simd_quantize(&x, format) else { return };
+                    assert_eq!(got.qs, want.qs, "{format:?} trial {trial}");
+                    assert_eq!(bits(&got.d), bits(&want.d), "{format:?} trial {trial}");
+                    assert_eq!(bits(&got.s), bits(&want.s), "{format:?} trial {trial}");
+                    assert_eq!(got.bsums, want.bsums, "{format:?} trial {trial}");
+                    assert!(got.f32s.is_empty());
+                    // The 16-bit copy, where the target's quantizer makes one.
+                    if cfg!(target_arch = "wasm32") {
+                        assert_eq!(got.qs16, got.qs.iter().map(|&q| i16::from(q)).collect::<Vec<_>>(), "{format:?} trial {trial}");
+                    }
+                    assert!(want.qs16.is_empty());
                 }
             }
         }
-    }
 
-    /// The SIMD quantizers give exactly the scalar activations: random rows, and blocks that
-    /// are all zero, hold NaNs or infinities, tie in magnitude, or are tiny enough (subnormal)
-    /// that the scale overflows and Rust's saturating casts decide the values.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn simd_quantize_is_bit_identical_to_scalar() {
-        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
-        let specials: [fn(usize, f32) -> f32; 7] = [
-            |_, _| 0.0,
-            |i, v| if i % 37 == 5 { f32::NAN } else { v },
-            |i, v| if i % 53 == 7 { f32::INFINITY } else { v },
-            |i, v| if i % 41 == 3 { f32::NEG_INFINITY } else { v * 1e-3 },
-            |i, _| if i % 2 == 0 { 0.5 } else { -0.5 },
-            |i, v| if i % 3 == 0 { f32::from_bits(1 + (i as u32 % 5)) } else { v * 1e-44 },
-            |i, v| if i % 5 == 0 { -0.0 } else { v * 1e30 },
-        ];
-        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        for format in [ActFormat::Q8_0, ActFormat::Q8_1, ActFormat::Q8K] {
-            let n = 256 * 3;
-            for trial in 0..40 {
-                let mut x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-                if let Some(special) = specials.get(trial % 10) {
-                    // Only the middle block is special, so normal blocks surround it.
-                    for (i, v) in x.iter_mut().enumerate().skip(256).take(256) {
-                        *v = special(i, *v);
+        /// Activations without the 16-bit copy (from the scalar quantizer) send WebAssembly's
+        /// `dot` to the scalar code rather than to kernels that would read nothing.
+        #[cfg(target_arch = "wasm32")]
+        #[wasm_bindgen_test::wasm_bindgen_test]
+        fn wasm_dot_needs_the_16_bit_activations() {
+            let mut rng = Rng(0x7F4A_7C15_9E37_79B9);
+            let row = random_row(Format::Q8_0, 3, &mut rng);
+            let x: Vec<f32> = (0..96).map(|_| rng.f()).collect();
+            let mut act = Activations::default();
+            act.quantize(&x, ActFormat::Q8_0);
+            assert!(crate::kernels::wasm::dot(Format::Q8_0, &row, &act).is_some());
+            act.quantize_scalar(&x, ActFormat::Q8_0);
+            assert!(crate::kernels::wasm::dot(Format::Q8_0, &row, &act).is_none());
+            assert_eq!(dot(Format::Q8_0, &row, &act).to_bits(), dot_scalar(Format::Q8_0, &row, &act).to_bits());
+        }
+
+        /// Times `dot` over whole matrices of the shapes the models use, and the activation
+        /// quantizers, scalar against SIMD: natively
+        /// `cargo test --release --lib kernels -- --ignored --nocapture dot_speed`, on
+        /// WebAssembly the same with `--target wasm32-unknown-unknown` (and
+        /// `wasm-bindgen-test-runner` as the runner).
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        #[ignore = "a benchmark"]
+        fn dot_speed() {
+            use std::hint::black_box;
+            // `std::time::Instant` panics on wasm32-unknown-unknown.
+            use web_time::Instant;
+            // Node shows the test's console output; standard output goes nowhere there.
+            #[cfg(target_arch = "wasm32")]
+            use wasm_bindgen_test::console_log as report;
+            #[cfg(not(target_arch = "wasm32"))]
+            use std::println as report;
+            let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+            let shapes = [
+                (Format::Q5_0, 896, 4864),
+                (Format::Q8_0, 896, 4864),
+                (Format::Q4K, 896, 4864),
+                (Format::Q6K, 896, 4864),
+                (Format::Q4_1, 576, 1536),
+                (Format::Q4_0, 896, 4864),
+                (Format::Q5_1, 896, 4864),
+                (Format::Q5K, 896, 4864),
+            ];
+            for (format, rows, cols) in shapes {
+                let (per_block, size) = format.block();
+                let data = random_row(format, rows * cols / per_block, &mut rng);
+                let row_bytes = cols / per_block * size;
+                let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+                let mut act = Activations::default();
+                act.quantize(&x, format.act());
+                // The best of several passes over the matrix, single-threaded.
+                let time = |f: &dyn Fn(&[u8]) -> f32| {
+                    let mut best = f64::INFINITY;
+                    let mut check = 0f32;
+                    for _ in 0..15 {
+                        let start = Instant::now();
+                        for row in data.chunks_exact(row_bytes) {
+                            check += f(black_box(row));
+                        }
+                        best = best.min(start.elapsed().as_secs_f64());
                     }
-                }
-                let (mut want, mut got) = (Activations::default(), Activations::default());
-                want.quantize_scalar(&x, format);
-                if !crate::kernels::x86::quantize(&mut got, &x, format) {
-                    assert!(std::env::var_os("CANDLEWICK_REQUIRE_SIMD").is_none(), "no SIMD quantizer");
-                    return;
-                }
-                assert_eq!(got.qs, want.qs, "{format:?} trial {trial}");
-                assert_eq!(bits(&got.d), bits(&want.d), "{format:?} trial {trial}");
-                assert_eq!(bits(&got.s), bits(&want.s), "{format:?} trial {trial}");
-                assert_eq!(got.bsums, want.bsums, "{format:?} trial {trial}");
-                assert!(got.f32s.is_empty());
+                    black_box(check);
+                    best
+                };
+                let scalar = time(&|row| dot_scalar(format, row, &act));
+                let simd = time(&|row| dot(format, row, &act));
+                let gb = data.len() as f64 / 1e9;
+                report!(
+                    "{format:?} {rows}×{cols}: scalar {:.3} ms, SIMD {:.3} ms ({:.1} GB/s), {:.1}× faster",
+                    scalar * 1e3,
+                    simd * 1e3,
+                    gb / simd,
+                    scalar / simd
+                );
             }
-        }
-    }
-
-    /// Times `dot` over whole matrices of the shapes the models use, and the activation
-    /// quantizers, scalar against SIMD:
-    /// `cargo test --release --lib kernels -- --ignored --nocapture dot_speed`.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    #[ignore = "a benchmark"]
-    fn dot_speed() {
-        use std::hint::black_box;
-        use std::time::Instant;
-        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
-        let shapes = [
-            (Format::Q5_0, 896, 4864),
-            (Format::Q8_0, 896, 4864),
-            (Format::Q4K, 896, 4864),
-            (Format::Q6K, 896, 4864),
-            (Format::Q4_1, 576, 1536),
-            (Format::Q4_0, 896, 4864),
-            (Format::Q5_1, 896, 4864),
-            (Format::Q5K, 896, 4864),
-        ];
-        for (format, rows, cols) in shapes {
-            let (per_block, size) = format.block();
-            let data = random_row(format, rows * cols / per_block, &mut rng);
-            let row_bytes = cols / per_block * size;
-            let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
-            let mut act = Activations::default();
-            act.quantize(&x, format.act());
-            // The best of several passes over the matrix, single-threaded.
-            let time = |f: &dyn Fn(&[u8]) -> f32| {
-                let mut best = f64::INFINITY;
-                let mut check = 0f32;
-                for _ in 0..15 {
-                    let start = Instant::now();
-                    for row in data.chunks_exact(row_bytes) {
-                        check += f(black_box(row));
+            for format in [ActFormat::Q8_0, ActFormat::Q8_1, ActFormat::Q8K] {
+                let x: Vec<f32> = (0..4864 * 16).map(|_| rng.f()).collect();
+                let mut act = Activations::default();
+                let time = |f: &mut dyn FnMut()| {
+                    let mut best = f64::INFINITY;
+                    for _ in 0..15 {
+                        let start = Instant::now();
+                        f();
+                        best = best.min(start.elapsed().as_secs_f64());
                     }
-                    best = best.min(start.elapsed().as_secs_f64());
-                }
-                black_box(check);
-                best
-            };
-            let scalar = time(&|row| dot_scalar(format, row, &act));
-            let simd = time(&|row| dot(format, row, &act));
-            let gb = data.len() as f64 / 1e9;
-            println!(
-                "{format:?} {rows}×{cols}: scalar {:.3} ms, SIMD {:.3} ms ({:.1} GB/s), {:.1}× faster",
-                scalar * 1e3,
-                simd * 1e3,
-                gb / simd,
-                scalar / simd
-            );
-        }
-        for format in [ActFormat::Q8_0, ActFormat::Q8_1, ActFormat::Q8K] {
-            let x: Vec<f32> = (0..4864 * 16).map(|_| rng.f()).collect();
-            let mut act = Activations::default();
-            let time = |f: &mut dyn FnMut()| {
-                let mut best = f64::INFINITY;
-                for _ in 0..15 {
-                    let start = Instant::now();
-                    f();
-                    best = best.min(start.elapsed().as_secs_f64());
-                }
-                best
-            };
-            let scalar = time(&mut || act.quantize_scalar(black_box(&x), format));
-            let simd = time(&mut || act.quantize(black_box(&x), format));
-            println!("quantize {format:?} 16×4864: scalar {:.1} µs, SIMD {:.1} µs, {:.1}× faster", scalar * 1e6, simd * 1e6, scalar / simd);
+                    best
+                };
+                let scalar = time(&mut || act.quantize_scalar(black_box(&x), format));
+                let simd = time(&mut || act.quantize(black_box(&x), format));
+                report!("quantize {format:?} 16×4864: scalar {:.1} µs, SIMD {:.1} µs, {:.1}× faster", scalar * 1e6, simd * 1e6, scalar / simd);
+            }
         }
     }
 }

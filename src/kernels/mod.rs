@@ -7,8 +7,11 @@
 //! integer block sums, f32 scaling. Other formats fall back to Candle's kernels.
 
 pub mod blocks;
-// SIMD is written per architecture: the x86_64 kernels (AVX2) exist only where the intrinsics
-// do, and `blocks::dot` falls back to its scalar code on every other target (wasm included).
+// SIMD is written per architecture: the x86_64 kernels (AVX2, detected at run time) and the
+// WebAssembly ones (simd128, a compile-time feature) exist only where their intrinsics do, and
+// `blocks::dot` falls back to its scalar code on every other target.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -234,4 +237,57 @@ fn candle_dtype(id: u32) -> Option<GgmlDType> {
         30 => GgmlDType::BF16,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    /// `matmul` gives, bit for bit, the scalar dot product of each weight row with the
+    /// scalar-quantized activations, for every block format the kernels compute: 37 rows, so
+    /// the last parallel task is a partial one (32 + 5), rows of 7 blocks, so the SIMD kernels
+    /// end on a partial group of blocks, and one or three activation rows (decoding, prefill).
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn matmul_is_bit_identical_to_scalar_dots() {
+        let mut state = 0x243F_6A88_85A3_08D3u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for ggml_type in [2, 3, 6, 7, 8, 12, 13, 14] {
+            let format = Format::from_ggml(ggml_type).expect("a block format");
+            let (per_block, size) = format.block();
+            let (rows, cols) = (37, 7 * per_block);
+            let mut data: Vec<u8> = (0..rows * cols / per_block * size).map(|_| next() as u8).collect();
+            // Finite f16 scales (and minimums) where each format keeps them.
+            let scales: &[usize] = match format {
+                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                Format::Q6K => &[208],
+                _ => &[0],
+            };
+            for block in data.chunks_exact_mut(size) {
+                for &at in scales {
+                    let scale = (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                    block[at..at + 2].copy_from_slice(&f16::from_f32(scale * 0.1).to_le_bytes());
+                }
+            }
+            let matrix = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
+            for m in [1, 3] {
+                let x: Vec<f32> = (0..m * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+                let got = matrix.matmul(&x, m).expect("matching shapes");
+                for (i, x) in x.chunks_exact(cols).enumerate() {
+                    let mut act = Activations::default();
+                    act.quantize_scalar(x, format.act());
+                    for (r, row) in data.chunks_exact(cols / per_block * size).enumerate() {
+                        let want = blocks::dot_scalar(format, row, &act);
+                        assert_eq!(got[i * rows + r].to_bits(), want.to_bits(), "{format:?} m={m} row {r} of activation row {i}");
+                    }
+                }
+            }
+        }
+    }
 }
