@@ -18,6 +18,7 @@ test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
 	$(MAKE) wasm-test
 	node --test tests/node/
+	tests/browser/node_modules/.bin/tsc -p tests/types
 	node tests/browser/demo.mjs
 
 models:

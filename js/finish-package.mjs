@@ -7,14 +7,13 @@ const here = new URL("./", import.meta.url);
 const pkg = new URL("../pkg/", import.meta.url);
 const manifest = JSON.parse(await readFile(new URL("package.json", pkg), "utf8"));
 
-for (const entry of ["index.js", "node.js"]) await copyFile(new URL(entry, here), new URL(entry, pkg));
-const types = "candlewick.d.ts";
+for (const entry of ["index.js", "node.js", "index.d.ts"]) await copyFile(new URL(entry, here), new URL(entry, pkg));
 Object.assign(manifest, {
     type: "module",
     main: "index.js",
-    types,
-    exports: { ".": { types: `./${types}`, node: "./node.js", default: "./index.js" } },
-    files: [...new Set([...(manifest.files ?? []), "index.js", "node.js"])],
+    types: "index.d.ts",
+    exports: { ".": { types: "./index.d.ts", node: "./node.js", default: "./index.js" } },
+    files: [...new Set([...(manifest.files ?? []), "index.js", "node.js", "index.d.ts"])],
     sideEffects: ["./index.js", "./node.js", "./snippets/*"],
     engines: { node: ">=20" },
 });

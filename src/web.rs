@@ -197,11 +197,80 @@ extern "C" {
     fn iterate_stream(stream: &JsValue) -> JsValue;
 }
 
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &str = r#"
+/** Where a load is: bytes arriving from the network, then read into memory and the model. */
+export interface LoadProgress { phase: "download" | "load"; loaded: number; total: number; cached?: boolean }
+export interface LoadOptions {
+    onProgress?: (progress: LoadProgress) => void;
+    signal?: AbortSignal;
+    /** Keep a downloaded file in the Cache API (default true). */
+    cache?: boolean;
+}
+export interface ChatMessage { role: "system" | "user" | "assistant"; content: string }
+export interface GenerateOptions {
+    maxTokens?: number;
+    /** 0 is greedy. */
+    temperature?: number;
+    topK?: number;
+    topP?: number;
+    minP?: number;
+    repeatPenalty?: number;
+    frequencyPenalty?: number;
+    presencePenalty?: number;
+    penaltyLastN?: number;
+    seed?: number;
+    stop?: string | string[];
+    /** Feed a string prompt as is, without the chat template. */
+    raw?: boolean;
+    contextLength?: number;
+    signal?: AbortSignal;
+}
+export interface Usage {
+    promptTokens: number;
+    completionTokens: number;
+    timeToFirstTokenMs: number;
+    prefillTokensPerSecond: number;
+    decodeTokensPerSecond: number;
+}
+export type Chunk =
+    | { type: "text"; text: string }
+    | { type: "complete"; text: string; finishReason: "stop" | "length" | "cancelled"; stop: string | null; usage: Usage }
+    | { type: "error"; message: string };
+export interface ModelInfo {
+    architecture: string;
+    name: string | null;
+    contextLength: number | null;
+    vocabSize: number;
+    tokenizerModel: string;
+    tokenizerPre: string | null;
+    bosTokenId: number | null;
+    addBosToken: boolean;
+    endOfGenerationIds: number[];
+    hasChatTemplate: boolean;
+    tensorCount: number;
+}
+export interface TokenizeOptions { addSpecial?: boolean; parseSpecial?: boolean }
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    /// `LoadOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "LoadOptions")]
+    pub type LoadOptions;
+    /// `GenerateOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "GenerateOptions")]
+    pub type JsGenerateOptions;
+    /// `TokenizeOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "TokenizeOptions")]
+    pub type TokenizeOptions;
+}
+
 /// An async iterator over a `ReadableStream` (such as `model.generate(...)`), for
 /// `for await (const chunk of iterate(stream))` in every browser. Leaving the loop early
 /// cancels the stream.
-#[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<any>")]
-pub fn iterate(#[wasm_bindgen(unchecked_param_type = "ReadableStream")] stream: JsValue) -> JsValue {
+#[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<Chunk>")]
+pub fn iterate(#[wasm_bindgen(unchecked_param_type = "ReadableStream<Chunk>")] stream: JsValue) -> JsValue {
     iterate_stream(&stream)
 }
 
@@ -220,10 +289,9 @@ impl WebModel {
     /// downloaded file in the Cache API so a reload does not fetch it again.
     pub async fn load(
         #[wasm_bindgen(unchecked_param_type = "string | URL | Uint8Array | ArrayBuffer | Blob")] source: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "{ onProgress?: (p: { phase: string, loaded: number, total: number }) => void, signal?: AbortSignal, cache?: boolean }")]
-        options: Option<Object>,
+        options: Option<LoadOptions>,
     ) -> Result<WebModel, JsValue> {
-        let options = Options::new(options, &["onProgress", "signal", "cache"], "Model.load")?;
+        let options = Options::new(options.map(JsCast::unchecked_into), &["onProgress", "signal", "cache"], "Model.load")?;
         let progress = options.function("onProgress")?;
         let signal = options.get("signal");
         let use_cache = options.bool("cache")?.unwrap_or(true);
@@ -272,13 +340,9 @@ impl WebModel {
     /// `frequencyPenalty`, `presencePenalty`, `penaltyLastN`, `seed`, `stop` (a string or an
     /// array), `raw`, `contextLength`, `signal`. Cancelling the reader or aborting the signal
     /// stops generation before the next token. A bad option throws.
-    #[wasm_bindgen(unchecked_return_type = "ReadableStream<any>")]
-    pub fn generate(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "string | { role: string, content: string }[]")] prompt: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "object")] options: Option<Object>,
-    ) -> Result<JsValue, JsValue> {
-        let options = Options::new(options, GENERATE_OPTIONS, "generate")?;
+    #[wasm_bindgen(unchecked_return_type = "ReadableStream<Chunk>")]
+    pub fn generate(&self, #[wasm_bindgen(unchecked_param_type = "string | ChatMessage[]")] prompt: JsValue, options: Option<JsGenerateOptions>) -> Result<JsValue, JsValue> {
+        let options = Options::new(options.map(JsCast::unchecked_into), GENERATE_OPTIONS, "generate")?;
         let raw = options.bool("raw")?.unwrap_or(false);
         let prompt = if let Some(text) = prompt.as_string() {
             if raw {
@@ -318,6 +382,7 @@ impl WebModel {
 
     /// Facts about the model: `{ architecture, name, contextLength, vocabSize, tokenizerModel,
     /// tokenizerPre, bosTokenId, addBosToken, endOfGenerationIds, hasChatTemplate, tensorCount }`.
+    #[wasm_bindgen(unchecked_return_type = "ModelInfo")]
     pub fn info(&self) -> Result<JsValue, JsValue> {
         Ok(to_js(&self.model.info().map_err(js_error)?))
     }
@@ -325,8 +390,8 @@ impl WebModel {
     /// The token ids of `text`. Options: `addSpecial` (put BOS first if the model wants it;
     /// default false), `parseSpecial` (recognise special-token texts such as `<|im_start|>`;
     /// default false).
-    pub fn tokenize(&self, text: &str, #[wasm_bindgen(unchecked_param_type = "{ addSpecial?: boolean, parseSpecial?: boolean }")] options: Option<Object>) -> Result<Vec<u32>, JsValue> {
-        let options = Options::new(options, &["addSpecial", "parseSpecial"], "tokenize")?;
+    pub fn tokenize(&self, text: &str, options: Option<TokenizeOptions>) -> Result<Vec<u32>, JsValue> {
+        let options = Options::new(options.map(JsCast::unchecked_into), &["addSpecial", "parseSpecial"], "tokenize")?;
         let add_special = options.bool("addSpecial")?.unwrap_or(false);
         let parse_special = options.bool("parseSpecial")?.unwrap_or(false);
         self.model.tokenizer().encode(text, add_special, parse_special).map_err(js_error)

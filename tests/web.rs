@@ -5,7 +5,7 @@
 //! from `$CANDLEWICK_CACHE/models` (default `~/.cache/candlewick/models`; `make models`).
 #![cfg(target_arch = "wasm32")]
 
-use candlewick::web::{iterate, WebModel};
+use candlewick::web::{iterate, JsGenerateOptions, WebModel};
 use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -45,12 +45,12 @@ async fn settle(promise: JsValue) -> Result<JsValue, JsValue> {
     JsFuture::from(Promise::from(promise)).await
 }
 
-fn options(fields: &[(&str, JsValue)]) -> Object {
+fn options(fields: &[(&str, JsValue)]) -> JsGenerateOptions {
     let object = Object::new();
     for (key, value) in fields {
         Reflect::set(&object, &(*key).into(), value).unwrap();
     }
-    object
+    object.unchecked_into()
 }
 
 async fn load_smollm2() -> WebModel {

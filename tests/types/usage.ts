@@ -1,0 +1,22 @@
+// Type-checks the package's TypeScript declarations the way a user writes against them
+// (`tsc --noEmit -p tests/types`): every option is optional, chunks narrow on `type`.
+import { Model, iterate, type Chunk, type GenerateOptions, type LoadProgress } from "../../pkg/index.js";
+
+export async function example(bytes: Uint8Array): Promise<string> {
+    const model = await Model.load(bytes);
+    await Model.load("model.gguf", { onProgress: (p: LoadProgress) => p.loaded / p.total, cache: false });
+    const options: GenerateOptions = { maxTokens: 8, temperature: 0, stop: ["\n"] };
+    let text = "";
+    for await (const chunk of iterate(model.generate([{ role: "user", content: "Hi" }], options))) {
+        const c: Chunk = chunk;
+        // @ts-expect-error: a text chunk has no usage
+        if (c.type === "text") void c.usage;
+        if (c.type === "text") text += c.text;
+        else if (c.type === "complete") text += ` (${c.finishReason}, ${c.usage.decodeTokensPerSecond} tok/s)`;
+        else throw new Error(c.message);
+    }
+    const ids: Uint32Array = model.tokenize(text);
+    const info = model.info();
+    model.free();
+    return `${info.architecture}: ${ids.length} tokens, ${model.detokenize(ids)}`;
+}
