@@ -1,16 +1,19 @@
-//! Attention, computed the way llama.cpp's CPU flash attention computes it, over an f16 KV cache.
+//! Attention, computed the way llama.cpp's CPU code computes it, over an f16 KV cache: with its
+//! flash attention, or without it (see [`AttentionKernel`]).
 //!
 //! Quantized models amplify tiny numeric differences: a last-bit change in one layer can flip
 //! how an activation rounds to 8 bits in the next, and after thirty layers two engines pick
 //! different tokens where the top two are close. So the pieces that set numerics follow
 //! llama.cpp's order of operations: RMS norm summed in f64 and scaled then weighted; RoPE angles
-//! stepped in f32; keys and values stored as f16; queries rounded to f16 for the key dot
-//! product; an online softmax whose value accumulator is kept in f16.
+//! stepped in f32 and the rotation fused as its compiled code fuses it; keys and values stored
+//! as f16; queries rounded to f16 for the key dot product; then either an online softmax whose
+//! value accumulator is kept in f16 (flash attention) or a softmax whose probabilities are
+//! rounded to f16 before they weight the values (unfused).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::{math, RopeStyle};
+use super::{math, AttentionKernel, RopeStyle};
 use crate::error::{Error, Result};
 
 /// RMS norm of each `width`-long row of `x`, times `weight`, in place.
@@ -78,9 +81,11 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
                     RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                     RopeStyle::Halves => (i, i + half),
                 };
+                // llama.cpp's compiled rotation fuses the first product of each line into
+                // its subtraction or addition.
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos[i] - x1 * sin[i];
-                head[b] = x0 * sin[i] + x1 * cos[i];
+                head[a] = math::fma(x0, cos[i], -(x1 * sin[i]));
+                head[b] = math::fma(x0, sin[i], x1 * cos[i]);
             }
         }
     }
@@ -171,11 +176,23 @@ pub struct Spec {
     pub scale: f32,
     /// Keys further back than this are not attended to (sliding-window layers).
     pub window: Option<usize>,
+    /// Whose rounding to follow.
+    pub kernel: AttentionKernel,
 }
 
 /// Attends queries `q` (`[seq][heads][head_dim]`, at positions `pos..pos+seq`, whose keys and
 /// values are already in `cache`) over the cache; returns `[seq][heads][value_dim]`.
 pub fn attend(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
+    match spec.kernel {
+        AttentionKernel::Flash => attend_flash(q, seq, pos, cache, spec),
+        AttentionKernel::Unfused => attend_unfused(q, seq, pos, cache, spec),
+    }
+}
+
+/// [`attend`] as llama.cpp's flash attention computes it: an online softmax (rescaling what was
+/// accumulated whenever the maximum grows) whose value accumulator is rounded to f16 after
+/// every update.
+fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
     let (hd, vd) = (cache.head_dim, cache.value_dim);
     let group = spec.heads / cache.kv_heads;
     let mut out = vec![0f32; seq * spec.heads * vd];
@@ -211,7 +228,7 @@ pub fn attend(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -
             }
             cache.value(kv, key_at).convert_to_f32_slice(&mut value);
             for (a, v) in acc.iter_mut().zip(&value) {
-                *a = v.mul_add(weight, *a);
+                *a = math::fma(*v, weight, *a);
             }
             round(&mut acc);
             sum = sum * old_scale + weight;
@@ -224,39 +241,147 @@ pub fn attend(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -
     out
 }
 
+/// [`attend`] as llama.cpp computes it without flash attention: the f16 queries times the f16
+/// keys; ggml's softmax of the scaled scores (its vectorised exponential, [`math::exp_ggml`],
+/// sums of 16 folded in f32 and added in f64, one f32 reciprocal); the probabilities rounded to
+/// f16; their products with the f16 values summed in f32.
+///
+/// llama.cpp views the cache padded to a multiple of 256 positions, with zero probability for
+/// all it does not attend to, and multiplies a batch of queries with its tiled matrix product
+/// but a single query with its dot product; the two group their sums differently
+/// ([`SumOrder`]). Zero terms do not change a sum, so the padding is left out here beyond what
+/// keeps the grouping.
+fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
+    let (hd, vd) = (cache.head_dim, cache.value_dim);
+    let group = spec.heads / cache.kv_heads;
+    let order = if seq > 1 { SumOrder::Tiled } else { SumOrder::Lanes };
+    let mut out = vec![0f32; seq * spec.heads * vd];
+    crate::platform::parallel_chunks(&mut out, vd, |row, out| {
+        let (s, h) = (row / spec.heads, row % spec.heads);
+        let kv = h / group;
+        let query: Vec<f32> = q[row * hd..(row + 1) * hd].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+        let at = pos + s;
+        // Positions 0..visible can be attended to, less those outside a sliding window.
+        let visible = at.min(cache.len.saturating_sub(1)) + 1;
+        let (mut key, mut value) = (vec![0f32; hd], vec![0f32; vd]);
+        // Scaled scores, -inf where masked; a whole number of 64-wide steps.
+        let mut probs = vec![f32::NEG_INFINITY; visible.next_multiple_of(64)];
+        for (key_at, score) in probs[..visible].iter_mut().enumerate() {
+            if spec.window.is_some_and(|w| at - key_at >= w) {
+                continue;
+            }
+            cache.key(kv, key_at).convert_to_f32_slice(&mut key);
+            *score = order.dot(&key, &query) * spec.scale;
+        }
+        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f64;
+        for block in probs.chunks_exact_mut(16) {
+            block.iter_mut().for_each(|v| *v = math::exp_ggml(*v - max));
+            sum += f64::from(fold_halves(block));
+        }
+        let inv = (1.0 / sum) as f32;
+        probs.iter_mut().for_each(|p| *p = f16::from_f32(*p * inv).to_f32());
+        // out[d] = Σ p·v[d] over the positions, each term fused into its lane's sum in
+        // position order (masked and padded positions add nothing).
+        let slots = order.slots();
+        let mut lanes = vec![0f32; vd * slots];
+        for (key_at, &p) in probs[..visible].iter().enumerate() {
+            cache.value(kv, key_at).convert_to_f32_slice(&mut value);
+            let slot = key_at % slots;
+            for (lane, v) in lanes.chunks_exact_mut(slots).zip(&value) {
+                lane[slot] = math::fma(*v, p, lane[slot]);
+            }
+        }
+        for (o, lane) in out.iter_mut().zip(lanes.chunks_exact(slots)) {
+            *o = order.fold(lane);
+        }
+    });
+    out
+}
+
+/// How llama.cpp's f16 kernels group the terms of a dot product.
+#[derive(Debug, Clone, Copy)]
+enum SumOrder {
+    /// Its dot product, for a single row: see [`dot_lanes`].
+    Lanes,
+    /// Its tiled matrix product (tinyBLAS), for two rows or more: term i fused into lane
+    /// i mod 16, the lanes folded in halves. It takes lengths that are a multiple of 16 and
+    /// leaves the others to the dot product.
+    Tiled,
+}
+
+impl SumOrder {
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        if matches!(self, SumOrder::Lanes) || !a.len().is_multiple_of(16) {
+            return dot_lanes(a, b);
+        }
+        let mut lanes = [0f32; 16];
+        for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                *lane = math::fma(ca[l], cb[l], *lane);
+            }
+        }
+        fold_halves(&lanes)
+    }
+
+    /// The partial sums a term goes to by its index modulo this.
+    fn slots(self) -> usize {
+        match self {
+            SumOrder::Lanes => 64,
+            SumOrder::Tiled => 16,
+        }
+    }
+
+    /// The sum of the partial sums (`slots()` of them).
+    fn fold(self, partial: &[f32]) -> f32 {
+        match self {
+            SumOrder::Lanes => fold_steps(partial),
+            SumOrder::Tiled => fold_halves(partial),
+        }
+    }
+}
+
+/// The sum of 16 lanes as a 512-bit horizontal add computes it: halves added pairwise down to
+/// one lane.
+fn fold_halves(lanes: &[f32]) -> f32 {
+    let mut v = [0f32; 16];
+    v.copy_from_slice(lanes);
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+    }
+    v[0]
+}
+
+/// The sum of four 16-lane accumulators (64 partial sums, accumulator j holding terms 16j..16j+15
+/// of each 64-wide step) as llama.cpp's f16 dot product folds them: (0 + 2) + (1 + 3), then the
+/// lanes in halves.
+fn fold_steps(partial: &[f32]) -> f32 {
+    let mut a0 = [0f32; 16];
+    for l in 0..16 {
+        a0[l] = partial[l] + partial[32 + l];
+        a0[l] += partial[16 + l] + partial[48 + l];
+    }
+    fold_halves(&a0)
+}
+
 /// Σ a·b summed as llama.cpp's 512-bit f16 kernel sums it: 64-wide steps into four 16-lane
 /// accumulators, folded pairwise, then lanes folded in halves; a tail beyond the last full step
 /// is added in f64. (The inputs are f16 values, so each product is exact in f32.)
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
     const STEP: usize = 64;
     let full = a.len() / STEP * STEP;
-    let mut acc = [[0f32; LANES]; 4];
+    // Accumulator j, lane l at [16j + l]: term i of each step goes to [i].
+    let mut acc = [0f32; STEP];
     for (ca, cb) in a[..full].chunks_exact(STEP).zip(b[..full].chunks_exact(STEP)) {
-        for (j, lanes) in acc.iter_mut().enumerate() {
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                *lane = ca[j * LANES + l].mul_add(cb[j * LANES + l], *lane);
-            }
+        for ((lane, x), y) in acc.iter_mut().zip(ca).zip(cb) {
+            *lane = math::fma(*x, *y, *lane);
         }
     }
-    let mut sum = 0f64;
-    if full > 0 {
-        // Fold the four accumulators pairwise: (0 + 2) + (1 + 3).
-        let [mut a0, mut a1, a2, a3] = acc;
-        for l in 0..LANES {
-            a0[l] += a2[l];
-            a1[l] += a3[l];
-            a0[l] += a1[l];
-        }
-        let mut width = LANES;
-        while width > 1 {
-            width /= 2;
-            for l in 0..width {
-                a0[l] += a0[l + width];
-            }
-        }
-        sum = a0[0] as f64;
-    }
+    let mut sum = f64::from(fold_steps(&acc));
     for i in full..a.len() {
         sum += (a[i] * b[i]) as f64;
     }
@@ -267,7 +392,7 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    /// The online softmax equals a plain softmax-weighted sum (to f16 accumulation precision).
+    /// Both computations equal a plain softmax-weighted sum (to f16 precision).
     #[test]
     fn attention_matches_plain_softmax() {
         let (heads, kv_heads, hd, n) = (4, 2, 64, 9);
@@ -277,23 +402,25 @@ mod tests {
         let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
         cache.append(&k, &v, n).unwrap();
         let q: Vec<f32> = (0..heads * hd).map(|i| value(i + 5)).collect();
-        let spec = Spec { heads, scale: 0.125, window: None };
-        let out = attend(&q, 1, n - 1, &cache, &spec);
-        for h in 0..heads {
-            let kv = h / 2;
-            let scores: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * 0.125).collect();
-            let max = scores.iter().cloned().fold(f32::MIN, f32::max);
-            let weights: Vec<f32> = scores.iter().map(|s| math::exp(s - max)).collect();
-            let total: f32 = weights.iter().sum();
-            for d in 0..hd {
-                let want: f32 = (0..n).map(|t| weights[t] * cache.value(kv, t)[d].to_f32()).sum::<f32>() / total;
-                assert!((out[h * hd + d] - want).abs() < 5e-3, "head {h} dim {d}: {} vs {want}", out[h * hd + d]);
+        for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
+            let spec = Spec { heads, scale: 0.125, window: None, kernel };
+            let out = attend(&q, 1, n - 1, &cache, &spec);
+            for h in 0..heads {
+                let kv = h / 2;
+                let scores: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * 0.125).collect();
+                let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+                let weights: Vec<f32> = scores.iter().map(|s| math::exp(s - max)).collect();
+                let total: f32 = weights.iter().sum();
+                for d in 0..hd {
+                    let want: f32 = (0..n).map(|t| weights[t] * cache.value(kv, t)[d].to_f32()).sum::<f32>() / total;
+                    assert!((out[h * hd + d] - want).abs() < 5e-3, "{kernel:?}: head {h} dim {d}: {} vs {want}", out[h * hd + d]);
+                }
             }
+            // A window of 1 attends to the newest position only.
+            let spec = Spec { heads, scale: 0.125, window: Some(1), kernel };
+            let out = attend(&q, 1, n - 1, &cache, &spec);
+            assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3, "{kernel:?}");
         }
-        // A window of 1 attends to the newest position only.
-        let spec = Spec { heads, scale: 0.125, window: Some(1) };
-        let out = attend(&q, 1, n - 1, &cache, &spec);
-        assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3);
     }
 
     /// The previous, element-at-a-time form of `attend`: the fast form must equal it bit for bit.
@@ -347,10 +474,64 @@ mod tests {
             let seq = 3;
             let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
             for window in [None, Some(5)] {
-                let spec = Spec { heads, scale: 0.11, window };
-                let fast = attend(&q, seq, n - seq, &cache, &spec);
+                let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Flash };
+                let fast = attend_flash(&q, seq, n - seq, &cache, &spec);
                 let slow = attend_reference(&q, seq, n - seq, &cache, &spec);
                 assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}, shared values {values_in_keys}");
+            }
+        }
+    }
+
+    /// The unfused computation as llama.cpp lays it out: the cache viewed padded to 256
+    /// positions and every sum taken over the whole view in its kernel's order.
+    fn attend_unfused_padded(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
+        let (hd, vd) = (cache.head_dim, cache.value_dim);
+        let group = spec.heads / cache.kv_heads;
+        let padded = cache.len.div_ceil(256) * 256;
+        let order = if seq > 1 { SumOrder::Tiled } else { SumOrder::Lanes };
+        let mut out = vec![0f32; seq * spec.heads * vd];
+        for (row, out) in out.chunks_exact_mut(vd).enumerate() {
+            let (s, h) = (row / spec.heads, row % spec.heads);
+            let query: Vec<f32> = q[row * hd..(row + 1) * hd].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+            let at = pos + s;
+            let mut scores = vec![f32::NEG_INFINITY; padded];
+            for (key_at, score) in scores.iter_mut().enumerate().take(at + 1) {
+                if spec.window.is_none_or(|w| at - key_at < w) {
+                    let key: Vec<f32> = cache.key(h / group, key_at).iter().map(|k| k.to_f32()).collect();
+                    *score = order.dot(&key, &query) * spec.scale;
+                }
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let exps: Vec<f32> = scores.iter().map(|&v| math::exp_ggml(v - max)).collect();
+            let sum: f64 = exps.chunks_exact(16).map(|b| f64::from(fold_halves(b))).sum();
+            let inv = (1.0 / sum) as f32;
+            let probs: Vec<f32> = exps.iter().map(|&e| f16::from_f32(e * inv).to_f32()).collect();
+            for (d, o) in out.iter_mut().enumerate() {
+                let column: Vec<f32> = (0..padded).map(|j| if j < cache.len { cache.value(h / group, j)[d].to_f32() } else { 0.0 }).collect();
+                *o = order.dot(&column, &probs);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unfused_attention_equals_the_padded_form_bit_for_bit() {
+        let (heads, kv_heads, hd) = (4, 2, 80);
+        let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
+        for (values_in_keys, n) in [(false, 23), (true, 23), (false, 70), (true, 300)] {
+            let vd = if values_in_keys { 64 } else { hd };
+            let mut cache = KvCache::new(kv_heads, 320, hd, vd, values_in_keys);
+            let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
+            let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
+            cache.append(&k, &v, n).unwrap();
+            for seq in [1, 3] {
+                let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
+                for window in [None, Some(5)] {
+                    let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Unfused };
+                    let fast = attend(&q, seq, n - seq, &cache, &spec);
+                    let padded = attend_unfused_padded(&q, seq, n - seq, &cache, &spec);
+                    assert!(fast.iter().zip(&padded).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n}, seq {seq}, window {window:?}, shared values {values_in_keys}");
+                }
             }
         }
     }

@@ -374,7 +374,7 @@ impl Weights {
             style: c.rope_style,
             yarn: c.yarn.map(|y| (1.0 / y.factor, Rope::yarn_correction(c.rope_dims, c.rope_base as f32, y.original_context))),
         };
-        let spec = |scale: f32| Spec { heads: c.heads, scale, window: if local { c.sliding_window.map(|(w, _)| w) } else { None } };
+        let spec = |scale: f32| Spec { heads: c.heads, scale, window: if local { c.sliding_window.map(|(w, _)| w) } else { None }, kernel: c.attention_kernel };
         let scale = c.attention_scale as f32;
         let (q, k, v, k_norm, q_norm, o) = match &layer.attention {
             Attention::Latent { query, kv_a, kv_a_norm, kv_up, o } => {

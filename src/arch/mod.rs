@@ -52,6 +52,17 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// Which of llama.cpp's two attention computations a model's numerics follow. They agree in
+/// value and differ in rounding, which a quantized model can amplify into other tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Flash attention: an online softmax with an f16 value accumulator.
+    Flash,
+    /// The unfused product: a softmax over all scores, probabilities rounded to f16 to weight
+    /// the values.
+    Unfused,
+}
+
 /// How router logits become expert weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gating {
@@ -150,6 +161,8 @@ pub struct Config {
     pub embedding_scale: Option<f64>,
     /// Factor the attention scores are multiplied by.
     pub attention_scale: f64,
+    /// The attention computation to follow.
+    pub attention_kernel: AttentionKernel,
     /// Latent attention sizes, for `deepseek2`.
     pub latent: Option<Latent>,
     /// YaRN RoPE scaling, when the file declares it.
@@ -205,6 +218,11 @@ impl Config {
             Some(_) => positive("attention.value_length")?,
             None => head_dim,
         };
+        // The reference, llama.cpp through node-llama-cpp, turns flash attention off when the
+        // file's key and value heads differ in width (every deepseek2 file); its default
+        // (automatic) choice turns it on for the rest on CPUs.
+        let file_value_length = gguf.opt_u64(&key("attention.value_length"))?.unwrap_or((hidden / heads) as u64);
+        let attention_kernel = if file_value_length == head_dim as u64 { AttentionKernel::Flash } else { AttentionKernel::Unfused };
         let rope_dims = match gguf.get(&key("rope.dimension_count")) {
             Some(_) => positive("rope.dimension_count")?,
             None => head_dim,
@@ -296,10 +314,16 @@ impl Config {
         // DeepSeek's YaRN also corrects the attention scale by mscale².
         let attention_scale = match (latent, yarn) {
             (Some(l), Some(y)) => {
-                let log_mul = gguf.opt_f64(&key("rope.scaling.yarn_log_multiplier"))?.unwrap_or(0.0) as f32;
-                // YaRN's magnitude correction (1 + 0.1·ln factor) times the file's log multiplier
-                // term; llama.cpp folds both into the attention scale and leaves RoPE unscaled.
-                let mscale = (1.0 + 0.1 * math::ln(y.factor)) * (1.0 + 0.1 * log_mul * math::ln(y.factor));
+                // llama.cpp's arithmetic, in f32. Converters store the log multiplier as
+                // 0.1·mscale_all_dim; llama.cpp takes the 0.1 back out. Its YaRN attention factor
+                // (1 + 0.1·ln factor, or 1 when there is a log multiplier) is cancelled out of
+                // RoPE, which it leaves unscaled, and goes into the attention scale together with
+                // the log multiplier's correction, squared.
+                let factor = 1.0 / (1.0 / y.factor);
+                let ln_factor = math::ln(factor);
+                let log_mul = gguf.opt_f64(&key("rope.scaling.yarn_log_multiplier"))?.map_or(0.0, |v| v as f32 / 0.1);
+                let yarn_attn_factor = if log_mul != 0.0 { 1.0 } else { 0.1 * ln_factor + 1.0 } * (1.0 / (1.0 + 0.1 * ln_factor));
+                let mscale = yarn_attn_factor * (1.0 + 0.1 * ln_factor) * (1.0 + 0.1 * log_mul * ln_factor);
                 (mscale * mscale / ((l.nope + l.rope) as f32).sqrt()) as f64
             }
             (Some(l), None) => 1.0 / ((l.nope + l.rope) as f64).sqrt(),
@@ -324,6 +348,7 @@ impl Config {
             activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
             embedding_scale: gemma.then(|| (hidden as f64).sqrt()),
             attention_scale,
+            attention_kernel,
             latent,
             yarn,
         })

@@ -232,6 +232,10 @@ pub struct DeepSeek2 {
     pub yarn: Option<(f32, u32)>,
     pub normalize: bool,
     pub scale: f32,
+    /// Every weight stored as f32 rather than Q8_0: no activation is then quantized to 8 bits
+    /// on its way into a product, so what two engines' float rounding differs by is not
+    /// amplified into a different quantized value.
+    pub f32_weights: bool,
 }
 
 /// Writes a `deepseek2` file with random weights and the tokenizer of `tokenizer_source`.
@@ -283,8 +287,10 @@ pub fn deepseek2_file(tokenizer_source: &Gguf, d: &DeepSeek2, seed: u64, name: &
         f = f.meta(&key, meta);
     }
     let norm = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, n: usize| -> Vec<u8> { f32_bytes(&rng(n, 0.2).iter().map(|v| 1.0 + v).collect::<Vec<_>>()) };
-    let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| q8_0(&rng(inputs * outputs, 2.0 / (inputs as f32).sqrt()));
-    f = f.tensor("token_embd.weight", &[h as u64, vocab as u64], Q8_0, q8_0(&random(h * vocab, 1.0)));
+    let wtype = if d.f32_weights { F32 } else { Q8_0 };
+    let encode = |values: &[f32]| if d.f32_weights { f32_bytes(values) } else { q8_0(values) };
+    let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| encode(&rng(inputs * outputs, 2.0 / (inputs as f32).sqrt()));
+    f = f.tensor("token_embd.weight", &[h as u64, vocab as u64], wtype, encode(&random(h * vocab, 1.0)));
     f = f.tensor("output_norm.weight", &[h as u64], F32, norm(&mut random, h));
     let u = |n: usize| n as u64;
     for i in 0..d.layers {
@@ -293,43 +299,43 @@ pub fn deepseek2_file(tokenizer_source: &Gguf, d: &DeepSeek2, seed: u64, name: &
         f = f.tensor(&p("attn_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("ffn_norm.weight"), &[u(h)], F32, norm(&mut random, h));
         f = match d.q_rank {
             Some(r) => f
-                .tensor(&p("attn_q_a.weight"), &[u(h), u(r)], Q8_0, linear(&mut random, h, r))
+                .tensor(&p("attn_q_a.weight"), &[u(h), u(r)], wtype, linear(&mut random, h, r))
                 .tensor(&p("attn_q_a_norm.weight"), &[u(r)], F32, norm(&mut random, r))
-                .tensor(&p("attn_q_b.weight"), &[u(r), u(q_width)], Q8_0, linear(&mut random, r, q_width)),
-            None => f.tensor(&p("attn_q.weight"), &[u(h), u(q_width)], Q8_0, linear(&mut random, h, q_width)),
+                .tensor(&p("attn_q_b.weight"), &[u(r), u(q_width)], wtype, linear(&mut random, r, q_width)),
+            None => f.tensor(&p("attn_q.weight"), &[u(h), u(q_width)], wtype, linear(&mut random, h, q_width)),
         };
         f = f
-            .tensor(&p("attn_kv_a_mqa.weight"), &[u(h), u(d.kv_rank + d.rope)], Q8_0, linear(&mut random, h, d.kv_rank + d.rope))
+            .tensor(&p("attn_kv_a_mqa.weight"), &[u(h), u(d.kv_rank + d.rope)], wtype, linear(&mut random, h, d.kv_rank + d.rope))
             .tensor(&p("attn_kv_a_norm.weight"), &[u(d.kv_rank)], F32, norm(&mut random, d.kv_rank))
-            .tensor(&p("attn_output.weight"), &[u(d.heads * d.value), u(h)], Q8_0, linear(&mut random, d.heads * d.value, h));
+            .tensor(&p("attn_output.weight"), &[u(d.heads * d.value), u(h)], wtype, linear(&mut random, d.heads * d.value, h));
         f = if d.split_kv {
-            f.tensor(&p("attn_k_b.weight"), &[u(d.nope), u(d.kv_rank), u(d.heads)], Q8_0, linear(&mut random, d.nope, d.kv_rank * d.heads))
-                .tensor(&p("attn_v_b.weight"), &[u(d.kv_rank), u(d.value), u(d.heads)], Q8_0, linear(&mut random, d.kv_rank, d.value * d.heads))
+            f.tensor(&p("attn_k_b.weight"), &[u(d.nope), u(d.kv_rank), u(d.heads)], wtype, linear(&mut random, d.nope, d.kv_rank * d.heads))
+                .tensor(&p("attn_v_b.weight"), &[u(d.kv_rank), u(d.value), u(d.heads)], wtype, linear(&mut random, d.kv_rank, d.value * d.heads))
         } else {
-            f.tensor(&p("attn_kv_b.weight"), &[u(d.kv_rank), u(d.heads * (d.nope + d.value))], Q8_0, linear(&mut random, d.kv_rank, d.heads * (d.nope + d.value)))
+            f.tensor(&p("attn_kv_b.weight"), &[u(d.kv_rank), u(d.heads * (d.nope + d.value))], wtype, linear(&mut random, d.kv_rank, d.heads * (d.nope + d.value)))
         };
         if i < d.leading_dense {
             f = f
-                .tensor(&p("ffn_gate.weight"), &[u(h), u(d.ffn)], Q8_0, linear(&mut random, h, d.ffn))
-                .tensor(&p("ffn_up.weight"), &[u(h), u(d.ffn)], Q8_0, linear(&mut random, h, d.ffn))
-                .tensor(&p("ffn_down.weight"), &[u(d.ffn), u(h)], Q8_0, linear(&mut random, d.ffn, h));
+                .tensor(&p("ffn_gate.weight"), &[u(h), u(d.ffn)], wtype, linear(&mut random, h, d.ffn))
+                .tensor(&p("ffn_up.weight"), &[u(h), u(d.ffn)], wtype, linear(&mut random, h, d.ffn))
+                .tensor(&p("ffn_down.weight"), &[u(d.ffn), u(h)], wtype, linear(&mut random, d.ffn, h));
             continue;
         }
         let (n, ff) = (d.experts, d.expert_ffn);
         f = f
             .tensor(&p("ffn_gate_inp.weight"), &[u(h), u(n)], F32, f32_bytes(&random(h * n, 0.5)))
-            .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], Q8_0, linear(&mut random, h, ff * n))
-            .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], Q8_0, linear(&mut random, h, ff * n))
-            .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], Q8_0, linear(&mut random, ff, h * n));
+            .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], wtype, linear(&mut random, h, ff * n))
+            .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], wtype, linear(&mut random, h, ff * n))
+            .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], wtype, linear(&mut random, ff, h * n));
         if d.sigmoid {
             f = f.tensor(&p("exp_probs_b.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.1)));
         }
         if d.shared > 0 {
             let sf = ff * d.shared;
             f = f
-                .tensor(&p("ffn_gate_shexp.weight"), &[u(h), u(sf)], Q8_0, linear(&mut random, h, sf))
-                .tensor(&p("ffn_up_shexp.weight"), &[u(h), u(sf)], Q8_0, linear(&mut random, h, sf))
-                .tensor(&p("ffn_down_shexp.weight"), &[u(sf), u(h)], Q8_0, linear(&mut random, sf, h));
+                .tensor(&p("ffn_gate_shexp.weight"), &[u(h), u(sf)], wtype, linear(&mut random, h, sf))
+                .tensor(&p("ffn_up_shexp.weight"), &[u(h), u(sf)], wtype, linear(&mut random, h, sf))
+                .tensor(&p("ffn_down_shexp.weight"), &[u(sf), u(h)], wtype, linear(&mut random, sf, h));
         }
     }
     if let Some(key) = leave_out {
