@@ -5,11 +5,21 @@
 //! The block formats real GGUF files use are computed here with llama.cpp's arithmetic
 //! ([`blocks`]): activations quantized per block exactly as llama.cpp quantizes them, exact
 //! integer block sums, f32 scaling. Other formats fall back to Candle's kernels.
+//!
+//! On x86_64 CPUs with AVX-512 VNNI, matrices are repacked at load time into strips of sixteen
+//! rows (`strips`), which the kernels of `avx512` multiply by a whole group of activation
+//! rows at a time (prefill) or by one (decoding); the results are the scalar code's to the bit.
 
 pub mod blocks;
 // SIMD is written per architecture: the x86_64 kernels (AVX2, detected at run time) and the
 // WebAssembly ones (simd128, a compile-time feature) exist only where their intrinsics do, and
-// `blocks::dot` falls back to its scalar code on every other target.
+// `blocks::dot` falls back to its scalar code on every other target. On x86_64 CPUs with
+// AVX-512 VNNI, matrices are repacked into strips of rows at load time (`strips`) for the
+// kernels of `avx512`.
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod strips;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
 #[cfg(target_arch = "x86_64")]
@@ -27,8 +37,22 @@ use blocks::Activations;
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 
-/// Weight rows handed to one parallel task.
+/// Weight rows handed to one parallel task (rows in the file's layout).
 const ROWS_PER_TASK: usize = 32;
+
+/// Multiply-adds a parallel task takes (rows in strips): a few microseconds, unless that
+/// leaves fewer than `MIN_TASKS` tasks.
+#[cfg(target_arch = "x86_64")]
+const TASK_WORK: usize = 1 << 16;
+
+/// Parallel tasks a product is split into at least, where it has enough strips: decoding's small
+/// products then still keep every thread busy to the end.
+#[cfg(target_arch = "x86_64")]
+const MIN_TASKS: usize = 8;
+
+/// Parallel tasks a product is split into at most (rows in strips).
+#[cfg(target_arch = "x86_64")]
+const MAX_TASKS: usize = 64;
 
 /// A quantized matrix of shape `(rows, cols)`, stored as GGUF blocks row after row.
 #[derive(Clone)]
@@ -42,6 +66,10 @@ pub struct QMatrix {
 enum Kind {
     /// A format computed here; `data` holds `rows × row_bytes` bytes.
     Blocks { format: Format, data: Bytes, row_bytes: usize },
+    /// A format computed here, its rows repacked into strips of `strips::ROWS` for the AVX-512
+    /// VNNI kernels; `data` holds `⌈rows / ROWS⌉` strips.
+    #[cfg(target_arch = "x86_64")]
+    Strips { format: Format, data: Bytes },
     /// Any other format, computed by Candle.
     Candle(Arc<QTensor>),
 }
@@ -57,6 +85,14 @@ impl QMatrix {
             let (per_block, block_bytes) = format.block();
             if !cols.is_multiple_of(per_block) || data.len() != rows * (cols / per_block) * block_bytes {
                 return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
+            }
+            // Repacked where the AVX-512 VNNI kernels run, unless padding the last strip would
+            // add more than an eighth of the rows. The file's copy is dropped here, unless it is
+            // shared (a model read from bytes in memory keeps the whole file).
+            #[cfg(target_arch = "x86_64")]
+            if strips::supported(format) && avx512::available() && cols > 0 && rows.next_multiple_of(strips::ROWS) - rows <= rows / 8 {
+                let data = strips::repack(format, &data, rows, cols).into();
+                return Ok(QMatrix { kind: Kind::Strips { format, data }, rows, cols });
             }
             let row_bytes = cols / per_block * block_bytes;
             return Ok(QMatrix { kind: Kind::Blocks { format, data, row_bytes }, rows, cols });
@@ -85,21 +121,28 @@ impl QMatrix {
         if x.len() != m * k {
             return Err(Error::Compute(format!("{} values are not {m} rows of {k}", x.len())));
         }
-        let (format, data, row_bytes) = match &self.kind {
+        let format = match &self.kind {
             Kind::Candle(t) => {
                 let x = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
                 return Ok(QMatMul::from_arc(t.clone())?.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
             }
-            Kind::Blocks { format, data, row_bytes } => (*format, data, *row_bytes),
+            Kind::Blocks { format, .. } => *format,
+            #[cfg(target_arch = "x86_64")]
+            Kind::Strips { format, .. } => *format,
         };
-        let acts: Vec<Activations> = x
-            .chunks_exact(k)
-            .map(|row| {
-                let mut a = Activations::default();
-                a.quantize(row, format.act());
-                a
-            })
-            .collect();
+        let acts = quantize_rows(x, m, format);
+        match &self.kind {
+            Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, &acts)),
+            #[cfg(target_arch = "x86_64")]
+            Kind::Strips { data, .. } => Ok(self.matmul_strips(format, data, &acts)),
+            Kind::Candle(_) => Err(Error::Compute("a Candle matrix reached the block kernels".into())),
+        }
+    }
+
+    /// [`QMatrix::matmul`] of rows in the file's layout: each weight row dotted with each
+    /// activation row.
+    fn matmul_rows(&self, format: Format, data: &[u8], row_bytes: usize, acts: &[Activations]) -> Vec<f32> {
+        let m = acts.len();
         // by_row[r·m + i] = row r of the weights · activation row i
         let n = self.rows;
         let mut by_row = vec![0f32; n * m];
@@ -107,13 +150,13 @@ impl QMatrix {
             let first = task * ROWS_PER_TASK;
             for (r, out) in out.chunks_exact_mut(m).enumerate() {
                 let row = &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
-                for (o, act) in out.iter_mut().zip(&acts) {
+                for (o, act) in out.iter_mut().zip(acts) {
                     *o = blocks::dot(format, row, act);
                 }
             }
         });
         if m == 1 {
-            return Ok(by_row);
+            return by_row;
         }
         let mut out = vec![0f32; m * n];
         for (r, values) in by_row.chunks_exact(m).enumerate() {
@@ -121,7 +164,49 @@ impl QMatrix {
                 out[i * n + r] = *v;
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// [`QMatrix::matmul`] of rows in strips: each task takes whole strips and every activation
+    /// row.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_strips(&self, format: Format, data: &[u8], acts: &[Activations]) -> Vec<f32> {
+        use strips::ROWS;
+        let (m, n, k) = (acts.len(), self.rows, self.cols);
+        let strip_bytes = k / format.block().0 * strips::tile_bytes(format);
+        let count = data.len() / strip_bytes;
+        // Strips per task: TASK_WORK multiply-adds, between MIN_TASKS and MAX_TASKS tasks.
+        let per_task = TASK_WORK.div_ceil(ROWS * k * m).min(count.div_ceil(MIN_TASKS)).max(count.div_ceil(MAX_TASKS)).max(1);
+        let rows = avx512::prepare(format, acts);
+        // Per task, `[m][its strips × ROWS]`.
+        let mut by_task = vec![0f32; count * ROWS * m];
+        parallel_chunks(&mut by_task, per_task * ROWS * m, |task, out| {
+            let here = out.len() / (ROWS * m);
+            let data = &data[task * per_task * strip_bytes..(task * per_task + here) * strip_bytes];
+            if !avx512::matmul(format, data, k, &rows, out) {
+                // Unreachable on a CPU that repacked the matrix: the scalar code, row by row.
+                for r in 0..here * ROWS {
+                    let row = strips::row(format, data, k, r);
+                    for (i, act) in acts.iter().enumerate() {
+                        out[i * here * ROWS + r] = blocks::dot(format, &row, act);
+                    }
+                }
+            }
+        });
+        if m == 1 {
+            by_task.truncate(n);
+            return by_task;
+        }
+        let mut out = vec![0f32; m * n];
+        for (task, values) in by_task.chunks(per_task * ROWS * m).enumerate() {
+            let (first, width) = (task * per_task * ROWS, values.len() / m);
+            // The padding rows of the last strip have no place in `out`.
+            let take = width.min(n.saturating_sub(first));
+            for (i, values) in values.chunks_exact(width).enumerate() {
+                out[i * n + first..i * n + first + take].copy_from_slice(&values[..take]);
+            }
+        }
+        out
     }
 
     /// Rows `ids`, dequantized, one after the other.
@@ -142,6 +227,14 @@ impl QMatrix {
                 }
                 Ok(out)
             }
+            #[cfg(target_arch = "x86_64")]
+            Kind::Strips { format, data } => {
+                let mut out = vec![0f32; ids.len() * self.cols];
+                for (&id, o) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+                    blocks::dequantize(*format, &strips::row(*format, data, self.cols, id as usize), o);
+                }
+                Ok(out)
+            }
         }
     }
 
@@ -152,7 +245,7 @@ impl QMatrix {
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         match &self.kind {
             Kind::Candle(t) => Ok(t.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            Kind::Blocks { .. } => self.gather(&(0..self.rows as u32).collect::<Vec<_>>()),
+            _ => self.gather(&(0..self.rows as u32).collect::<Vec<_>>()),
         }
     }
 }
@@ -215,6 +308,41 @@ impl QEmbedding {
     pub fn table(&self) -> QMatrix {
         self.table.clone()
     }
+}
+
+/// `crate::platform::parallel_chunks`, except that with a pool of one thread the chunks run on
+/// the calling thread. A forward pass run outside the pool (no thread count given) hands each
+/// product to the pool and waits: with one thread, two context switches per product, which took
+/// a third of one-thread decoding's time. (The place for this is the platform's
+/// `parallel_chunks` itself, where attention would gain too.)
+#[cfg(target_arch = "x86_64")]
+fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if rayon::current_num_threads() == 1 {
+        for (i, chunk) in data.chunks_mut(chunk.max(1)).enumerate() {
+            work(i, chunk);
+        }
+    } else {
+        crate::platform::parallel_chunks(data, chunk, work);
+    }
+}
+
+/// The `m` rows of `x` quantized for `format`'s kernels; a long prompt's rows in parallel.
+fn quantize_rows(x: &[f32], m: usize, format: Format) -> Vec<Activations> {
+    const ROWS_PER_TASK: usize = 8;
+    let cols = x.len() / m.max(1);
+    let mut acts = vec![Activations::default(); m];
+    let quantize = |first: usize, acts: &mut [Activations]| {
+        for (act, row) in acts.iter_mut().zip(x[first * cols..].chunks_exact(cols.max(1))) {
+            act.quantize(row, format.act());
+        }
+    };
+    if m <= ROWS_PER_TASK {
+        // Decoding: not worth waking the pool.
+        quantize(0, &mut acts);
+    } else {
+        crate::platform::parallel_chunks(&mut acts, ROWS_PER_TASK, |task, acts| quantize(task * ROWS_PER_TASK, acts));
+    }
+    acts
 }
 
 /// The Candle type of a ggml type id.
@@ -288,6 +416,173 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Rows repacked into strips (on CPUs with AVX-512 VNNI) give, bit for bit, the scalar dot
+    /// products, for every block format: 133 rows, so the last strip holds 5 rows and 11 of
+    /// padding; rows of 1, 2 and 7 blocks; 1 to 9 and 13 activation rows, so the kernels meet
+    /// whole groups of rows, partial ones and a single row, and the parallel tasks split the
+    /// strips evenly or end on a short task; weights that are random, all zero
+    /// bits, all one bits, -128 or 127, against activations that are random, at full scale
+    /// (every value ±127), or so small (subnormal) that their scale overflows. The strips also
+    /// give back every row for embedding lookups. A CPU without AVX-512 VNNI skips the test
+    /// (fails it when `CANDLEWICK_REQUIRE_AVX512` is set).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn strips_are_bit_identical_to_scalar_dots() {
+        if !avx512::available() {
+            assert!(std::env::var_os("CANDLEWICK_REQUIRE_AVX512").is_none(), "no AVX-512 VNNI on this CPU");
+            return;
+        }
+        let mut state = 0x1F83_D9AB_FB41_BD6Bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let unit = |next: &mut dyn FnMut() -> u64| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        // Too few rows to pad to a strip: left in the file's layout.
+        let few = QMatrix::new(2, vec![0u8; 37 * 18], 37, 32).expect("a well-formed matrix");
+        assert!(matches!(few.kind, Kind::Blocks { .. }));
+        for ggml_type in [2, 3, 6, 7, 8, 12, 13, 14] {
+            let format = Format::from_ggml(ggml_type).expect("a block format");
+            let (per_block, size) = format.block();
+            for (blocks, fill) in [(1, None), (2, Some(0xFFu8)), (7, None), (7, Some(0x00)), (3, Some(0x80)), (2, Some(0x7F))] {
+                let (rows, cols) = (133, blocks * per_block);
+                let mut data: Vec<u8> = (0..rows * blocks * size).map(|_| fill.unwrap_or(next() as u8)).collect();
+                let scales: &[usize] = match format {
+                    Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                    Format::Q6K => &[208],
+                    _ => &[0],
+                };
+                for block in data.chunks_exact_mut(size) {
+                    for &at in scales {
+                        let scale = unit(&mut next) * 0.1;
+                        block[at..at + 2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                    }
+                }
+                let matrix = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
+                assert!(matches!(matrix.kind, Kind::Strips { .. }), "{format:?} was not repacked");
+                for (trial, m) in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13].into_iter().enumerate() {
+                    let x: Vec<f32> = (0..m * cols)
+                        .map(|_| match trial % 4 {
+                            0 => unit(&mut next).signum(),
+                            1 => unit(&mut next) * 1e-44,
+                            _ => unit(&mut next),
+                        })
+                        .collect();
+                    let got = matrix.matmul(&x, m).expect("matching shapes");
+                    for (i, x) in x.chunks_exact(cols).enumerate() {
+                        let mut act = Activations::default();
+                        act.quantize_scalar(x, format.act());
+                        for (r, row) in data.chunks_exact(blocks * size).enumerate() {
+                            let want = blocks::dot_scalar(format, row, &act);
+                            assert_eq!(got[i * rows + r].to_bits(), want.to_bits(), "{format:?} ×{blocks} fill {fill:?} m={m} row {r} of activation row {i}");
+                        }
+                    }
+                }
+                let ids: Vec<u32> = (0..rows as u32).rev().collect();
+                let got = matrix.gather(&ids).expect("rows in range");
+                for (&id, got) in ids.iter().zip(got.chunks_exact(cols)) {
+                    let mut want = vec![0f32; cols];
+                    let at = id as usize * blocks * size;
+                    blocks::dequantize(format, &data[at..at + blocks * size], &mut want);
+                    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{format:?} row {id}");
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    impl QMatrix {
+        /// A copy that shares no bytes with `self` (for `matmul_speed`).
+        fn deep_copy(self) -> QMatrix {
+            let kind = match self.kind {
+                Kind::Blocks { format, data, row_bytes } => Kind::Blocks { format, data: data.to_vec().into(), row_bytes },
+                #[cfg(target_arch = "x86_64")]
+                Kind::Strips { format, data } => Kind::Strips { format, data: data.to_vec().into() },
+                candle => candle,
+            };
+            QMatrix { kind, ..self }
+        }
+    }
+
+    /// Times `matmul` over matrices of the shapes the models use, for one activation row
+    /// (decoding) and 128 (a prompt), rows in the file's layout against rows in strips where
+    /// this CPU has them: `cargo test --release --lib kernels -- --ignored --nocapture
+    /// matmul_speed` (`RAYON_NUM_THREADS=1` for one thread; `MATMUL_SPEED_ONLY=6,14` for those
+    /// ggml types only).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    #[ignore = "a benchmark"]
+    fn matmul_speed() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        let mut state = 0x0DDB_1A5E_5BAD_5EEDu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let shapes = [(3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896)];
+        let only = std::env::var("MATMUL_SPEED_ONLY").ok();
+        for (ggml_type, rows, cols) in shapes {
+            if only.as_ref().is_some_and(|only| !only.split(',').any(|t| t == ggml_type.to_string())) {
+                continue;
+            }
+            let format = Format::from_ggml(ggml_type).expect("a block format");
+            let (per_block, size) = format.block();
+            let mut data: Vec<u8> = (0..rows * cols / per_block * size).map(|_| next() as u8).collect();
+            let scales: &[usize] = match format {
+                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                Format::Q6K => &[208],
+                _ => &[0],
+            };
+            for block in data.chunks_exact_mut(size) {
+                for &at in scales {
+                    block[at..at + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                }
+            }
+            let row_bytes = cols / per_block * size;
+            let by_rows = QMatrix { kind: Kind::Blocks { format, data: data.clone().into(), row_bytes }, rows, cols };
+            let (bytes, start) = (data.len(), Instant::now());
+            let repacked = QMatrix::new(ggml_type, data, rows, cols).expect("a well-formed matrix");
+            let load = start.elapsed().as_secs_f64();
+            println!("{format:?} {rows}×{cols}: loaded in {:.1} ms ({:.2} GB/s)", load * 1e3, bytes as f64 / load / 1e9);
+            for m in [1, 128] {
+                if rows * m > 20_000_000 || std::env::var_os("MATMUL_SPEED_LOAD").is_some() {
+                    continue;
+                }
+                let x: Vec<f32> = (0..m * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+                let time = |matrix: &QMatrix| {
+                    let mut best = f64::INFINITY;
+                    for _ in 0..if m == 1 { 20 } else { 10 } {
+                        let start = Instant::now();
+                        black_box(matrix.matmul(black_box(&x), m).expect("shapes"));
+                        best = best.min(start.elapsed().as_secs_f64());
+                    }
+                    best
+                };
+                let (a, b) = (time(&by_rows), time(&repacked));
+                let gmacs = |t: f64| (rows * cols * m) as f64 / t / 1e9;
+                println!("{format:?} {rows}×{cols} m={m}: rows {:.3} ms ({:.1} GMAC/s), strips {:.3} ms ({:.1} GMAC/s), {:.2}×", a * 1e3, gmacs(a), b * 1e3, gmacs(b), a / b);
+            }
+            // Decoding reads each matrix from memory, not from the cache: one row against
+            // copies of the matrix that together exceed the last-level cache, in turn.
+            let copies: Vec<QMatrix> = (0..(96 << 20) / bytes + 1).map(|_| repacked.clone().deep_copy()).collect();
+            let x: Vec<f32> = (0..cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let start = Instant::now();
+                for matrix in &copies {
+                    black_box(matrix.matmul(black_box(&x), 1).expect("shapes"));
+                }
+                best = best.min(start.elapsed().as_secs_f64() / copies.len() as f64);
+            }
+            println!("{format:?} {rows}×{cols} m=1 from memory: strips {:.3} ms ({:.1} GB/s)", best * 1e3, bytes as f64 / best / 1e9);
         }
     }
 }
