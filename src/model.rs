@@ -68,7 +68,9 @@ impl Model {
     }
 
     /// Reads a whole model from the bytes of a GGUF file in memory. The weights share `file`'s
-    /// buffer rather than copy it, so the model costs little more than the file itself.
+    /// buffer rather than copy it, so the model costs little more than the file itself — except
+    /// natively on CPUs with AVX-512 VNNI, where the kernels repack matrices at load time and the
+    /// buffer is then kept beside the repacked copy.
     ///
     /// # Errors
     /// As [`Model::read`].
