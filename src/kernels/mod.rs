@@ -372,6 +372,31 @@ mod tests {
     use super::*;
     use half::f16;
 
+    /// A xorshift generator: the same test data on every run and every target.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// Writes `scale()` as a finite f16 wherever `format` keeps a block's scales (and
+    /// minimums), block after block.
+    fn set_scales(format: Format, data: &mut [u8], mut scale: impl FnMut() -> f32) {
+        let at: &[usize] = match format {
+            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+            Format::Q6K => &[208],
+            _ => &[0],
+        };
+        for block in data.chunks_exact_mut(format.block().1) {
+            for &at in at {
+                block[at..at + 2].copy_from_slice(&f16::from_f32(scale()).to_le_bytes());
+            }
+        }
+    }
+
     /// `matmul` gives, bit for bit, the scalar dot product of each weight row with the
     /// scalar-quantized activations, for every block format the kernels compute: 37 rows, so
     /// the last parallel task is a partial one (32 + 5), rows of 7 blocks, so the SIMD kernels
@@ -379,30 +404,13 @@ mod tests {
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn matmul_is_bit_identical_to_scalar_dots() {
-        let mut state = 0x243F_6A88_85A3_08D3u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x243F_6A88_85A3_08D3);
         for ggml_type in [2, 3, 6, 7, 8, 12, 13, 14] {
             let format = Format::from_ggml(ggml_type).expect("a block format");
             let (per_block, size) = format.block();
             let (rows, cols) = (37, 7 * per_block);
             let mut data: Vec<u8> = (0..rows * cols / per_block * size).map(|_| next() as u8).collect();
-            // Finite f16 scales (and minimums) where each format keeps them.
-            let scales: &[usize] = match format {
-                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                Format::Q6K => &[208],
-                _ => &[0],
-            };
-            for block in data.chunks_exact_mut(size) {
-                for &at in scales {
-                    let scale = (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                    block[at..at + 2].copy_from_slice(&f16::from_f32(scale * 0.1).to_le_bytes());
-                }
-            }
+            set_scales(format, &mut data, || ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1);
             let matrix = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
             for m in [1, 3] {
                 let x: Vec<f32> = (0..m * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
@@ -435,13 +443,7 @@ mod tests {
             assert!(std::env::var_os("CANDLEWICK_REQUIRE_AVX512").is_none(), "no AVX-512 VNNI on this CPU");
             return;
         }
-        let mut state = 0x1F83_D9AB_FB41_BD6Bu64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x1F83_D9AB_FB41_BD6B);
         let unit = |next: &mut dyn FnMut() -> u64| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
         // Too few rows to pad to a strip: left in the file's layout.
         let few = QMatrix::new(2, vec![0u8; 37 * 18], 37, 32).expect("a well-formed matrix");
@@ -452,17 +454,7 @@ mod tests {
             for (blocks, fill) in [(1, None), (2, Some(0xFFu8)), (7, None), (7, Some(0x00)), (3, Some(0x80)), (2, Some(0x7F))] {
                 let (rows, cols) = (133, blocks * per_block);
                 let mut data: Vec<u8> = (0..rows * blocks * size).map(|_| fill.unwrap_or(next() as u8)).collect();
-                let scales: &[usize] = match format {
-                    Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                    Format::Q6K => &[208],
-                    _ => &[0],
-                };
-                for block in data.chunks_exact_mut(size) {
-                    for &at in scales {
-                        let scale = unit(&mut next) * 0.1;
-                        block[at..at + 2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
-                    }
-                }
+                set_scales(format, &mut data, || unit(&mut next) * 0.1);
                 let matrix = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
                 assert!(matches!(matrix.kind, Kind::Strips { .. }), "{format:?} was not repacked");
                 for (trial, m) in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13].into_iter().enumerate() {
@@ -520,13 +512,7 @@ mod tests {
     fn matmul_speed() {
         use std::hint::black_box;
         use std::time::Instant;
-        let mut state = 0x0DDB_1A5E_5BAD_5EEDu64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x0DDB_1A5E_5BAD_5EED);
         let shapes = [(3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896)];
         let only = std::env::var("MATMUL_SPEED_ONLY").ok();
         for (ggml_type, rows, cols) in shapes {
@@ -536,16 +522,7 @@ mod tests {
             let format = Format::from_ggml(ggml_type).expect("a block format");
             let (per_block, size) = format.block();
             let mut data: Vec<u8> = (0..rows * cols / per_block * size).map(|_| next() as u8).collect();
-            let scales: &[usize] = match format {
-                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                Format::Q6K => &[208],
-                _ => &[0],
-            };
-            for block in data.chunks_exact_mut(size) {
-                for &at in scales {
-                    block[at..at + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
-                }
-            }
+            set_scales(format, &mut data, || 0.01);
             let row_bytes = cols / per_block * size;
             let by_rows = QMatrix { kind: Kind::Blocks { format, data: data.clone().into(), row_bytes }, rows, cols };
             let (bytes, start) = (data.len(), Instant::now());
