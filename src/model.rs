@@ -13,6 +13,11 @@ use crate::generator::{GenerateOptions, Generator, Prompt};
 use crate::gguf::Gguf;
 use crate::tokenizer::Tokenizer;
 
+/// The metadata a model's tokenizer is built from and then holds in its own form. A model does
+/// not keep them in its [`Model::gguf`] header: as metadata values they would be a second copy
+/// of the vocabulary, 8 MiB for SmolLM2's 49,152 tokens and 24 MiB for Qwen2.5's 151,936.
+pub const TOKENIZER_ARRAYS: [&str; 4] = ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.scores"];
+
 /// A model read from a GGUF file: header, tokenizer and weights. Cloning is cheap and shares
 /// everything; each generation has its own KV cache, so clones can generate concurrently.
 #[derive(Clone)]
@@ -54,6 +59,19 @@ pub struct ModelInfo {
     pub tensor_count: usize,
 }
 
+/// The tokenizer built from `gguf` (or from a tokenizer.json), and the header without the
+/// arrays the tokenizer now holds. Building a tokenizer leaves megabytes of small freed
+/// allocations behind; they go back to the system before the weights are read.
+fn header_and_tokenizer(mut gguf: Gguf, tokenizer_json: Option<&[u8]>) -> Result<(Gguf, Tokenizer)> {
+    let tokenizer = match tokenizer_json {
+        Some(json) => Tokenizer::from_json(json, &gguf)?,
+        None => Tokenizer::from_gguf(&gguf)?,
+    };
+    gguf.metadata.retain(|key, _| !TOKENIZER_ARRAYS.contains(&key.as_str()));
+    crate::platform::return_freed_memory();
+    Ok((gguf, tokenizer))
+}
+
 impl Model {
     /// Reads a whole model — header, tokenizer, weights — from any seekable byte source.
     ///
@@ -61,8 +79,7 @@ impl Model {
     /// Any [`Error`] from reading the GGUF header, building the tokenizer, or loading the
     /// weights (an unsupported architecture, a missing tensor, truncated data).
     pub fn read<R: Read + Seek>(reader: &mut R) -> Result<Model> {
-        let gguf = Gguf::read(reader)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(reader)?, None)?;
         let weights = Weights::load(&gguf, reader)?;
         Ok(Model::from_parts(gguf, tokenizer, Some(weights)))
     }
@@ -84,8 +101,7 @@ impl Model {
     /// As [`Model::read`].
     pub fn from_bytes_with_progress(file: impl Into<Bytes>, mut progress: impl FnMut(u64, u64)) -> Result<Model> {
         let file = file.into();
-        let gguf = Gguf::read(&mut Cursor::new(&file[..]))?;
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(&mut Cursor::new(&file[..]))?, None)?;
         let weights = Weights::load_from_bytes(&gguf, &file, &mut progress)?;
         Ok(Model::from_parts(gguf, tokenizer, Some(weights)))
     }
@@ -96,8 +112,7 @@ impl Model {
     /// # Errors
     /// Any [`Error`] from reading the GGUF header or building the tokenizer.
     pub fn read_without_weights<R: Read + Seek>(reader: &mut R) -> Result<Model> {
-        let gguf = Gguf::read(reader)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(reader)?, None)?;
         Ok(Model::from_parts(gguf, tokenizer, None))
     }
 
@@ -107,8 +122,7 @@ impl Model {
     /// # Errors
     /// Any [`Error`] from reading the GGUF header, building the tokenizer or loading weights.
     pub fn read_with_tokenizer_json<R: Read + Seek>(reader: &mut R, tokenizer_json: &[u8], with_weights: bool) -> Result<Model> {
-        let gguf = Gguf::read(reader)?;
-        let tokenizer = Tokenizer::from_json(tokenizer_json, &gguf)?;
+        let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(reader)?, Some(tokenizer_json))?;
         let weights = if with_weights { Some(Weights::load(&gguf, reader)?) } else { None };
         Ok(Model::from_parts(gguf, tokenizer, weights))
     }
@@ -117,7 +131,8 @@ impl Model {
         Model { inner: Arc::new(Inner { gguf, tokenizer, weights }) }
     }
 
-    /// The parsed GGUF header.
+    /// The parsed GGUF header, without the vocabulary's arrays ([`TOKENIZER_ARRAYS`]), which
+    /// [`Model::tokenizer`] holds in its own form (read the file with [`Gguf::read`] for them).
     pub fn gguf(&self) -> &Gguf {
         &self.inner.gguf
     }

@@ -12,15 +12,14 @@
 //! In both, special-token text is split off first, longest token first, as llama.cpp does:
 //! user-defined tokens always, control tokens only when the caller asks to parse specials.
 
+use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use aho_corasick::AhoCorasick;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{DecoderWrapper, SplitDelimiterBehavior};
+use tokenizers::{DecoderWrapper, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer as _, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -130,12 +129,12 @@ const END_OF_GENERATION_TEXTS: &[&str] =
 
 /// A tokenizer for one model.
 pub struct Tokenizer {
-    /// Token text by id.
-    texts: Vec<String>,
+    /// Token text by id (UTF-8).
+    texts: Table,
     /// Token type by id.
     types: Vec<TokenType>,
     /// The bytes a token stands for when decoded (control tokens: their text).
-    pieces: Vec<Box<[u8]>>,
+    pieces: Table,
     engine: Engine,
     specials: Specials,
     bos: Option<u32>,
@@ -158,8 +157,8 @@ enum Engine {
 
 /// What tokenizes the text between special tokens.
 enum Pieces {
-    /// gpt2 byte-level BPE: the `tokenizers` pipeline without any added tokens.
-    Bpe(Box<tokenizers::Tokenizer>),
+    /// gpt2 byte-level BPE.
+    Bpe(Box<Bpe>),
     /// llama / SentencePiece-style.
     Spm(Box<Spm>),
 }
@@ -195,10 +194,10 @@ impl Tokenizer {
     /// [`Error::UnsupportedTokenizer`] for a `tokenizer.ggml.model` other than `gpt2` or
     /// `llama`, [`Error::UnknownPreTokenizer`] for a missing or unknown `tokenizer.ggml.pre`,
     /// [`Error::TokenOutOfRange`] for special-token ids outside the vocabulary, and
-    /// [`Error::Tokenizer`] when the merges are inconsistent with the vocabulary.
+    /// [`Error::InvalidMetadata`] for a merge of tokens that are not in the vocabulary.
     pub fn from_gguf(gguf: &Gguf) -> Result<Tokenizer> {
         let model = gguf.str("tokenizer.ggml.model")?;
-        let texts: Vec<String> = gguf.str_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_owned).collect();
+        let texts = gguf.str_array("tokenizer.ggml.tokens")?;
         if texts.is_empty() {
             return Err(Error::InvalidMetadata { key: "tokenizer.ggml.tokens".into(), reason: "the vocabulary is empty".into() });
         }
@@ -233,18 +232,8 @@ impl Tokenizer {
                     known: PRE_TOKENIZERS.iter().flat_map(|(names, _)| names.iter().copied()).collect::<Vec<_>>().join(", "),
                 })?;
                 let rule = pre_tokenizer(pre)?;
-                let merges = gguf
-                    .str_array("tokenizer.ggml.merges")?
-                    .into_iter()
-                    .map(|m| {
-                        m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())).ok_or_else(|| Error::InvalidMetadata {
-                            key: "tokenizer.ggml.merges".into(),
-                            reason: format!("merge {m:?} is not two tokens separated by a space"),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let engine = Engine::Gguf(Pieces::Bpe(Box::new(build_bpe(&texts, merges, rule)?)));
-                let pieces = texts.iter().zip(&types).map(|(t, ty)| bpe_piece(t, *ty)).collect();
+                let engine = Engine::Gguf(Pieces::Bpe(Box::new(Bpe::new(&texts, &gguf.str_array("tokenizer.ggml.merges")?, rule)?)));
+                let pieces = Table::new(texts.iter().zip(&types).map(|(t, ty)| bpe_piece(t, *ty)));
                 (engine, rule.ignore_merges, pieces, false)
             }
             "llama" => {
@@ -257,7 +246,7 @@ impl Tokenizer {
                 }
                 let add_space_prefix = gguf.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
                 let spm = Spm::new(&texts, &types, scores, special_id(gguf, "tokenizer.ggml.unknown_token_id", n)?, add_space_prefix);
-                let pieces = texts.iter().zip(&types).map(|(t, ty)| spm_piece(t, *ty)).collect();
+                let pieces = Table::new(texts.iter().zip(&types).map(|(t, ty)| spm_piece(t, *ty)));
                 (Engine::Gguf(Pieces::Spm(Box::new(spm))), true, pieces, add_space_prefix)
             }
             other => {
@@ -271,7 +260,7 @@ impl Tokenizer {
             eos: special_id(gguf, "tokenizer.ggml.eos_token_id", n)?,
             add_bos: gguf.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default),
             add_eos: gguf.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
-            texts,
+            texts: Table::new(&texts),
             types,
             pieces,
             engine,
@@ -306,14 +295,14 @@ impl Tokenizer {
         }
         let byte_level = matches!(special.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
         let end_of_generation = end_of_generation_set(gguf, &texts, &mut types)?;
-        let pieces = texts.iter().zip(&types).map(|(t, ty)| if byte_level { bpe_piece(t, *ty) } else { spm_piece(t, *ty) }).collect();
+        let pieces = Table::new(texts.iter().zip(&types).map(|(t, ty)| if byte_level { bpe_piece(t, *ty) } else { spm_piece(t, *ty) }));
         Ok(Tokenizer {
             specials: Specials { ids: Vec::new(), matcher: None },
             bos: special_id(gguf, "tokenizer.ggml.bos_token_id", n)?,
             eos: special_id(gguf, "tokenizer.ggml.eos_token_id", n)?,
             add_bos: gguf.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
             add_eos: gguf.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
-            texts,
+            texts: Table::new(&texts),
             types,
             pieces,
             engine: Engine::Json { special: Box::new(special), plain: Box::new(plain) },
@@ -353,10 +342,7 @@ impl Tokenizer {
                 }
                 Fragment::Text(piece) => {
                     match pieces {
-                        Pieces::Bpe(bpe) => {
-                            let enc = bpe.encode_fast(piece, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
-                            out.extend_from_slice(enc.get_ids());
-                        }
+                        Pieces::Bpe(bpe) => bpe.encode(piece, &self.texts, &mut out)?,
                         Pieces::Spm(spm) => spm.encode(piece, after_special, &mut out)?,
                     }
                     after_special = false;
@@ -386,7 +372,7 @@ impl Tokenizer {
             if !parse_special && matches!(ty, TokenType::Control | TokenType::Unknown) {
                 continue;
             }
-            let needle = self.texts[id as usize].as_str();
+            let needle = self.token_text(id).unwrap_or_default();
             let mut next = Vec::with_capacity(fragments.len() + 2);
             for fragment in fragments {
                 let Fragment::Text(raw) = fragment else {
@@ -423,7 +409,7 @@ impl Tokenizer {
         })?;
         Ok(match ty {
             TokenType::Control | TokenType::Unknown if !special => &[],
-            _ => &self.pieces[id as usize],
+            _ => self.pieces.get(id as usize).unwrap_or_default(),
         })
     }
 
@@ -451,7 +437,7 @@ impl Tokenizer {
 
     /// The text of token `id` as stored in the vocabulary.
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize).map(String::as_str)
+        self.texts.get(id as usize).and_then(|text| std::str::from_utf8(text).ok())
     }
 
     /// The type of token `id`.
@@ -502,13 +488,13 @@ fn special_id(gguf: &Gguf, key: &str, vocab_size: usize) -> Result<Option<u32>> 
 
 /// The end-of-generation set: the file's EOS, EOT and EOM ids and the tokens found by their
 /// text (see [`END_OF_GENERATION_TEXTS`]).
-fn end_of_generation_set(gguf: &Gguf, texts: &[String], types: &mut [TokenType]) -> Result<Vec<u32>> {
+fn end_of_generation_set(gguf: &Gguf, texts: &[impl AsRef<str>], types: &mut [TokenType]) -> Result<Vec<u32>> {
     let mut set = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
         set.extend(special_id(gguf, key, texts.len())?);
     }
     for (id, text) in texts.iter().enumerate() {
-        if END_OF_GENERATION_TEXTS.contains(&text.as_str()) {
+        if END_OF_GENERATION_TEXTS.contains(&text.as_ref()) {
             set.push(id as u32);
             types[id] = TokenType::Control;
         }
@@ -518,44 +504,172 @@ fn end_of_generation_set(gguf: &Gguf, texts: &[String], types: &mut [TokenType])
     Ok(set)
 }
 
+/// Many short strings in one buffer. Kept as separate allocations, a vocabulary's 50,000 to
+/// 260,000 token texts cost about 50 bytes each beyond their text (a header and the allocator's
+/// rounding), and the tokenizer keeps two such lists: several megabytes for nothing.
+struct Table {
+    bytes: Vec<u8>,
+    /// Where each entry ends in `bytes`; it starts where the one before ends.
+    ends: Vec<usize>,
+}
+
+impl Table {
+    fn new<T: AsRef<[u8]>>(items: impl IntoIterator<Item = T>) -> Table {
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        for item in items {
+            bytes.extend_from_slice(item.as_ref());
+            ends.push(bytes.len());
+        }
+        bytes.shrink_to_fit();
+        ends.shrink_to_fit();
+        Table { bytes, ends }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, index: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(index)?;
+        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
+        Some(&self.bytes[start..end])
+    }
+}
+
 impl Specials {
-    fn new(texts: &[String], types: &[TokenType]) -> Result<Specials> {
+    fn new(texts: &[impl AsRef<str>], types: &[TokenType]) -> Result<Specials> {
         let mut ids: Vec<u32> = (0..texts.len() as u32)
             .filter(|&id| {
-                matches!(types[id as usize], TokenType::Control | TokenType::UserDefined | TokenType::Unknown) && !texts[id as usize].is_empty()
+                matches!(types[id as usize], TokenType::Control | TokenType::UserDefined | TokenType::Unknown) && !texts[id as usize].as_ref().is_empty()
             })
             .collect();
         // Longest text first; ties by id, so the order is the same on every run.
-        ids.sort_by(|&a, &b| texts[b as usize].len().cmp(&texts[a as usize].len()).then(a.cmp(&b)));
+        let len = |id: u32| texts[id as usize].as_ref().len();
+        ids.sort_by(|&a, &b| len(b).cmp(&len(a)).then(a.cmp(&b)));
         let matcher = if ids.is_empty() {
             None
         } else {
-            let patterns = ids.iter().map(|&id| texts[id as usize].as_str());
+            let patterns = ids.iter().map(|&id| texts[id as usize].as_ref());
             Some(AhoCorasick::new(patterns).map_err(|e| Error::Tokenizer(format!("special tokens: {e}")))?)
         };
         Ok(Specials { ids, matcher })
     }
 }
 
-/// The `tokenizers` pipeline for a gpt2-style BPE vocabulary: the pre-tokenizer's regexes,
-/// then the byte-to-alphabet mapping, then BPE merges.
-fn build_bpe(texts: &[String], merges: Vec<(String, String)>, rule: PreTokenizer) -> Result<tokenizers::Tokenizer> {
-    let vocab: tokenizers::models::bpe::Vocab = texts.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .ignore_merges(rule.ignore_merges)
-        .build()
-        .map_err(|e| Error::Tokenizer(format!("BPE vocabulary and merges: {e}")))?;
-    let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
-    for regex in rule.regexes {
-        let split = Split::new(SplitPattern::Regex((*regex).to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
-        steps.push(split.into());
+/// gpt2-style byte-level BPE, as llama.cpp runs it: the pre-tokenizer's regexes split the text
+/// into words (`tokenizers`' implementation), each word starts as one token per byte, and
+/// adjacent pairs merge, lowest merge rank first (leftmost on ties), while any pair has a merge.
+/// (`tokenizers`' own BPE model would hold the vocabulary twice more, in hash maps of `String`s:
+/// 9 MiB for SmolLM2's 49,152 tokens, 30 for Qwen2.5's 151,936.)
+struct Bpe {
+    split: Sequence,
+    /// Token ids ordered by text (ties: the last id first, as llama.cpp's text-to-token map
+    /// keeps the last of duplicates), to find a token by its text in `Tokenizer::texts`.
+    by_text: Vec<u32>,
+    /// The token of each byte, spelled in the byte-level alphabet.
+    byte_tokens: [Option<u32>; 256],
+    /// `(left, right)` → `(rank, merged)`: the merge's position in the file's list and the
+    /// token it makes.
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// Whether a word found whole in the vocabulary is that token, unmerged.
+    ignore_merges: bool,
+}
+
+impl Bpe {
+    fn new(texts: &[&str], merges: &[&str], rule: PreTokenizer) -> Result<Bpe> {
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+        for regex in rule.regexes {
+            let split = Split::new(SplitPattern::Regex((*regex).to_string()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
+            steps.push(split.into());
+        }
+        let mut by_text: Vec<u32> = (0..texts.len() as u32).collect();
+        by_text.sort_unstable_by(|&a, &b| texts[a as usize].cmp(texts[b as usize]).then(b.cmp(&a)));
+        let find = |text: &str| {
+            let at = by_text.partition_point(|&id| texts[id as usize] < text);
+            by_text.get(at).copied().filter(|&id| texts[id as usize] == text)
+        };
+        let mut byte_tokens = [None; 256];
+        for (byte, slot) in byte_tokens.iter_mut().enumerate() {
+            *slot = find(byte_level_char(byte as u8).encode_utf8(&mut [0; 4]));
+        }
+        let mut table = HashMap::with_capacity(merges.len());
+        for (rank, merge) in merges.iter().enumerate() {
+            let inconsistent = |reason: &str| Error::InvalidMetadata { key: "tokenizer.ggml.merges".into(), reason: format!("merge {rank} {merge:?}: {reason}") };
+            let (left, right) = merge.split_once(' ').ok_or_else(|| inconsistent("not two tokens separated by a space"))?;
+            let id = |text: &str| find(text).ok_or_else(|| inconsistent(&format!("{text:?} is not in the vocabulary")));
+            let pair = (id(left)?, id(right)?);
+            let merged = id(&[left, right].concat())?;
+            // The first of duplicate merges counts, as in llama.cpp.
+            table.entry(pair).or_insert((rank as u32, merged));
+        }
+        Ok(Bpe { split: Sequence::new(steps), by_text, byte_tokens, merges: table, ignore_merges: rule.ignore_merges })
     }
-    steps.push(ByteLevel::new(false, false, false).into());
-    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(Sequence::new(steps)));
-    Ok(tokenizer)
+
+    /// Encodes one fragment of raw text, appending to `out`; `texts` is the vocabulary.
+    fn encode(&self, raw: &str, texts: &Table, out: &mut Vec<u32>) -> Result<()> {
+        let mut words = PreTokenizedString::from(raw);
+        self.split.pre_tokenize(&mut words).map_err(|e| Error::Tokenizer(format!("pre-tokenizer: {e}")))?;
+        for (word, _, _) in words.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            if self.ignore_merges {
+                let spelled: String = word.bytes().map(byte_level_char).collect();
+                if let Some(id) = self.find(texts, spelled.as_bytes()) {
+                    out.push(id);
+                    continue;
+                }
+            }
+            self.merge(word.as_bytes(), out)?;
+        }
+        Ok(())
+    }
+
+    /// The token whose text is `text`.
+    fn find(&self, texts: &Table, text: &[u8]) -> Option<u32> {
+        let text_of = |id: u32| texts.get(id as usize).unwrap_or_default();
+        let at = self.by_text.partition_point(|&id| text_of(id) < text);
+        self.by_text.get(at).copied().filter(|&id| text_of(id) == text)
+    }
+
+    /// The tokens of one word: its bytes' tokens, merged.
+    fn merge(&self, word: &[u8], out: &mut Vec<u32>) -> Result<()> {
+        // Linked symbols: (token, previous, next); a merged-away symbol's token is `None`.
+        let mut symbols: Vec<(Option<u32>, Option<usize>, Option<usize>)> = Vec::with_capacity(word.len());
+        for (i, &byte) in word.iter().enumerate() {
+            let id = self.byte_tokens[byte as usize]
+                .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no token for byte 0x{byte:02X}")))?;
+            symbols.push((Some(id), i.checked_sub(1), (i + 1 < word.len()).then_some(i + 1)));
+        }
+        // Candidates: (rank, left symbol, left token, right token, merged token), lowest first.
+        let mut queue = BinaryHeap::new();
+        let candidate = |symbols: &[(Option<u32>, Option<usize>, Option<usize>)], left: usize| {
+            let (l, _, next) = symbols[left];
+            let (r, _, _) = symbols[next?];
+            let (rank, merged) = *self.merges.get(&(l?, r?))?;
+            Some(Reverse((rank, left, l?, r?, merged)))
+        };
+        for left in 0..symbols.len() {
+            queue.extend(candidate(&symbols, left));
+        }
+        while let Some(Reverse((_, left, l, r, merged))) = queue.pop() {
+            let (token, _, next) = symbols[left];
+            let Some(right) = next else { continue };
+            if token != Some(l) || symbols[right].0 != Some(r) {
+                continue; // one side was merged into something else since this was queued
+            }
+            let after = symbols[right].2;
+            symbols[left] = (Some(merged), symbols[left].1, after);
+            symbols[right].0 = None;
+            if let Some(after) = after {
+                symbols[after].1 = Some(left);
+            }
+            if let Some(before) = symbols[left].1 {
+                queue.extend(candidate(&symbols, before));
+            }
+            queue.extend(candidate(&symbols, left));
+        }
+        out.extend(symbols.iter().filter_map(|s| s.0));
+        Ok(())
+    }
 }
 
 /// GPT-2's byte alphabet: printable bytes stand for themselves, the other 68 bytes are mapped
@@ -568,6 +682,18 @@ fn byte_level_char_to_byte(c: char) -> Option<u8> {
     }
     let index = cp.checked_sub(256)?;
     (0u32..256).filter(|&b| !printable(b)).nth(index as usize).map(|b| b as u8)
+}
+
+/// The character GPT-2's byte alphabet spells `byte` with (the inverse of
+/// [`byte_level_char_to_byte`]).
+fn byte_level_char(byte: u8) -> char {
+    let code = match byte {
+        0..=32 => 256 + u32::from(byte),
+        127..=160 => 256 + 33 + u32::from(byte - 127),
+        173 => 256 + 33 + 34,
+        _ => u32::from(byte),
+    };
+    char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER)
 }
 
 /// The bytes a gpt2-style token stands for.
@@ -647,12 +773,12 @@ struct Symbol {
 }
 
 impl Spm {
-    fn new(texts: &[String], types: &[TokenType], scores: Vec<f64>, unknown: Option<u32>, add_space_prefix: bool) -> Spm {
+    fn new(texts: &[&str], types: &[TokenType], scores: Vec<f64>, unknown: Option<u32>, add_space_prefix: bool) -> Spm {
         let mut by_text = HashMap::with_capacity(texts.len());
         let mut byte_tokens = [None; 256];
         for (id, text) in texts.iter().enumerate() {
             // The first of duplicate texts wins, as in a vocabulary built front to back.
-            by_text.entry(text.clone()).or_insert(id as u32);
+            by_text.entry(text.to_string()).or_insert(id as u32);
             if types[id] == TokenType::Byte {
                 if let Some(b) = parse_byte_token(text) {
                     byte_tokens[b as usize].get_or_insert(id as u32);
@@ -753,6 +879,9 @@ mod tests {
         assert_eq!(byte_level_char_to_byte('Ġ'), Some(b' '));
         assert_eq!(byte_level_char_to_byte('Ċ'), Some(b'\n'));
         assert_eq!(byte_level_char_to_byte('漢'), None);
+        for b in 0..=255u8 {
+            assert_eq!(byte_level_char_to_byte(byte_level_char(b)), Some(b), "byte {b}");
+        }
     }
 
     #[test]

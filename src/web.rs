@@ -580,6 +580,9 @@ pub(crate) fn parallel_chunks<T>(data: &mut [T], chunk: usize, work: impl Fn(usi
     data.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| work(i, c));
 }
 
+/// Nothing to do: WebAssembly memory never shrinks.
+pub(crate) fn return_freed_memory() {}
+
 /// Runs `work` (the browser build has one thread, whatever is asked).
 pub(crate) fn with_threads<T>(_threads: Option<usize>, work: impl FnOnce() -> T) -> T {
     work()

@@ -589,16 +589,27 @@ fn gelu(x: f32) -> f32 {
     f16::from_f32(y).to_f32()
 }
 
+/// `activation(gate) · up` for one row, in place in `gate`. (SiLU's e^-x is the C library's,
+/// [`math::exp`]: ggml's vectorised exponential here made fewer greedy continuations match
+/// llama.cpp's — Qwen2.5-Coder 6 of 8 raw prompts instead of 8, SmolLM2 1 of 4 chats instead
+/// of 2.)
+fn gated(activation: Activation, gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = match activation {
+            Activation::Silu => *g / (1.0 + math::exp(-*g)) * u,
+            Activation::GeluTanh => gelu(*g) * u,
+        };
+    }
+}
+
 impl Mlp {
     fn forward(&self, x: &[f32], seq: usize, activation: Activation) -> Result<Vec<f32>> {
         let mut gate = self.gate.forward(x, seq)?;
         let up = self.up.forward(x, seq)?;
-        for (g, u) in gate.iter_mut().zip(&up) {
-            *g = match activation {
-                Activation::Silu => *g / (1.0 + math::exp(-*g)) * u,
-                Activation::GeluTanh => gelu(*g) * u,
-            };
-        }
+        // Row by row over the pool: a prompt's activations took as long as its products when
+        // one thread did them all.
+        let width = gate.len() / seq.max(1);
+        crate::platform::parallel_chunks(&mut gate, width, |row, gate| gated(activation, gate, &up[row * width..][..gate.len()]));
         self.down.forward(&gate, seq)
     }
 }

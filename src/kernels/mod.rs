@@ -180,7 +180,7 @@ impl QMatrix {
         let rows = avx512::prepare(format, acts);
         // Per task, `[m][its strips × ROWS]`.
         let mut by_task = vec![0f32; count * ROWS * m];
-        parallel_chunks(&mut by_task, per_task * ROWS * m, |task, out| {
+        crate::platform::parallel_chunks(&mut by_task, per_task * ROWS * m, |task, out| {
             let here = out.len() / (ROWS * m);
             let data = &data[task * per_task * strip_bytes..(task * per_task + here) * strip_bytes];
             if !avx512::matmul(format, data, k, &rows, out) {
@@ -307,22 +307,6 @@ impl QEmbedding {
     /// The table, for an output layer tied to the embedding (shared, not copied).
     pub fn table(&self) -> QMatrix {
         self.table.clone()
-    }
-}
-
-/// `crate::platform::parallel_chunks`, except that with a pool of one thread the chunks run on
-/// the calling thread. A forward pass run outside the pool (no thread count given) hands each
-/// product to the pool and waits: with one thread, two context switches per product, which took
-/// a third of one-thread decoding's time. (The place for this is the platform's
-/// `parallel_chunks` itself, where attention would gain too.)
-#[cfg(target_arch = "x86_64")]
-fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl Fn(usize, &mut [T]) + Sync + Send) {
-    if rayon::current_num_threads() == 1 {
-        for (i, chunk) in data.chunks_mut(chunk.max(1)).enumerate() {
-            work(i, chunk);
-        }
-    } else {
-        crate::platform::parallel_chunks(data, chunk, work);
     }
 }
 
