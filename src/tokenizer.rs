@@ -563,8 +563,9 @@ impl Specials {
 /// 9 MiB for SmolLM2's 49,152 tokens, 30 for Qwen2.5's 151,936.)
 struct Bpe {
     split: Sequence,
-    /// Token ids ordered by text (ties: the last id first, as llama.cpp's text-to-token map
-    /// keeps the last of duplicates), to find a token by its text in `Tokenizer::texts`.
+    /// With `ignore_merges`, token ids ordered by text (ties: the last id first, as llama.cpp's
+    /// text-to-token map keeps the last of duplicates), to find a word's token in
+    /// `Tokenizer::texts`; otherwise empty.
     by_text: Vec<u32>,
     /// The token of each byte, spelled in the byte-level alphabet.
     byte_tokens: [Option<u32>; 256],
@@ -583,12 +584,14 @@ impl Bpe {
                 .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
             steps.push(split.into());
         }
-        let mut by_text: Vec<u32> = (0..texts.len() as u32).collect();
-        by_text.sort_unstable_by(|&a, &b| texts[a as usize].cmp(texts[b as usize]).then(b.cmp(&a)));
-        let find = |text: &str| {
-            let at = by_text.partition_point(|&id| texts[id as usize] < text);
-            by_text.get(at).copied().filter(|&id| texts[id as usize] == text)
-        };
+        // While building, a map from text to id (the last of duplicates, as llama.cpp's).
+        let ids: HashMap<&str, u32> = texts.iter().enumerate().map(|(id, &text)| (text, id as u32)).collect();
+        let find = |text: &str| ids.get(text).copied();
+        let mut by_text = Vec::new();
+        if rule.ignore_merges {
+            by_text = (0..texts.len() as u32).collect();
+            by_text.sort_unstable_by(|&a, &b| texts[a as usize].cmp(texts[b as usize]).then(b.cmp(&a)));
+        }
         let mut byte_tokens = [None; 256];
         for (byte, slot) in byte_tokens.iter_mut().enumerate() {
             *slot = find(byte_level_char(byte as u8).encode_utf8(&mut [0; 4]));

@@ -3,7 +3,9 @@
 
 mod common;
 
+use candlewick::gguf::{Gguf, Value};
 use candlewick::Model;
+use common::gguf_writer::{GgufFile, Meta};
 use common::{corpus, llama_cpp, model, GEMMA3, QWEN25_CODER, SMOLLM2};
 use serde_json::json;
 
@@ -12,10 +14,14 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 fn check_parity(which: (&str, &str)) {
-    let path = model(which);
-    let model = Model::open(&path).unwrap();
+    check_file_parity(&model(which), which.1, &[]);
+}
+
+fn check_file_parity(path: &std::path::Path, label: &str, extra_texts: &[&str]) {
+    let model = Model::open_without_weights(path).unwrap();
     let tok = model.tokenizer();
-    let texts = corpus();
+    let mut texts = corpus();
+    texts.extend(extra_texts.iter().map(|t| t.to_string()));
     assert!(texts.len() >= 60);
     let reference = llama_cpp("tokenize.mjs", &[path.to_str().unwrap()], &json!({ "texts": texts }));
 
@@ -43,7 +49,7 @@ fn check_parity(which: (&str, &str)) {
             failures.push(format!("round trip with special tokens {text:?} gave {with_specials:?}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} corpus strings differ for {}:\n{}", failures.len(), texts.len(), which.1, failures.join("\n"));
+    assert!(failures.is_empty(), "{} of {} corpus strings differ for {label}:\n{}", failures.len(), texts.len(), failures.join("\n"));
 }
 
 #[test]
@@ -59,6 +65,52 @@ fn qwen25_coder_tokenizes_like_llama_cpp() {
 #[test]
 fn gemma3_tokenizes_like_llama_cpp() {
     check_parity(GEMMA3);
+}
+
+/// The metadata value `v` as the test writer writes it.
+fn meta_of(key: &str, v: &Value) -> Meta {
+    match v {
+        Value::U32(x) => Meta::U32(*x),
+        Value::I32(x) => Meta::I32(*x),
+        Value::U64(x) => Meta::U64(*x),
+        Value::F32(x) => Meta::F32(*x),
+        Value::Bool(x) => Meta::Bool(*x),
+        Value::String(x) => Meta::Str(x.clone()),
+        Value::Array(items) => match items.first() {
+            Some(Value::String(_)) => Meta::Strs(items.iter().map(|i| if let Value::String(s) = i { s.clone() } else { panic!("{key}: mixed array") }).collect()),
+            Some(Value::F32(_)) => Meta::F32s(items.iter().map(|i| i.as_f64().unwrap() as f32).collect()),
+            _ => Meta::I32s(items.iter().map(|i| i.as_i128().unwrap() as i32).collect()),
+        },
+        other => panic!("{key}: no writer for {other:?}"),
+    }
+}
+
+/// Byte-level BPE with llama3's pre-tokenizer, which takes a word found whole in the vocabulary
+/// as that token without merging (`ignore_merges`): SmolLM2's vocabulary and merges with
+/// `tokenizer.ggml.pre = llama-bpe`, plus two words no merge leads to, tokenized by llama.cpp
+/// and by us. None of the real models here use that rule.
+#[test]
+fn llama3_pre_tokenizer_matches_llama_cpp() {
+    let mut reader = std::io::BufReader::new(std::fs::File::open(model(SMOLLM2)).unwrap());
+    let header = Gguf::read(&mut reader).unwrap();
+    let mut keys: Vec<&String> = header.metadata.keys().collect();
+    keys.sort();
+    let mut file = GgufFile::new();
+    for key in keys {
+        file = file.meta(key, meta_of(key, &header.metadata[key]));
+    }
+    let Value::Array(tokens) = &header.metadata["tokenizer.ggml.tokens"] else { panic!("no vocabulary") };
+    let mut tokens: Vec<String> = tokens.iter().map(|t| if let Value::String(t) = t { t.clone() } else { String::new() }).collect();
+    tokens.extend(["Ġcandlewick".to_string(), "wickless".to_string()]);
+    let types = vec![1; tokens.len()];
+    let file = file
+        .meta("tokenizer.ggml.pre", Meta::Str("llama-bpe".into()))
+        .meta("tokenizer.ggml.token_type", Meta::I32s(types))
+        .meta("tokenizer.ggml.tokens", Meta::Strs(tokens));
+    let path = std::env::temp_dir().join(format!("candlewick-llama-bpe-{}.gguf", std::process::id()));
+    std::fs::write(&path, file.bytes()).unwrap();
+    check_file_parity(&path, "SmolLM2's vocabulary with llama-bpe", &["A candlewick burns.", "wickless candles, candlewick"]);
+    std::fs::remove_file(&path).unwrap();
 }
 
 /// The CLI prints the same ids as the library, as one JSON array.
