@@ -118,14 +118,52 @@ fn llama_cpp(path: &Path, threads: usize, prompt: &[u32]) -> Figures {
     )
 }
 
+/// Memory read bandwidth in GB/s with `threads` threads: a 1 GiB buffer, far beyond the caches,
+/// summed in 64-byte strides of eight u64 lanes (which the compiler turns into vector loads);
+/// the best of 5 passes.
+fn read_bandwidth(threads: usize) -> f64 {
+    let buffer = vec![1u64; 1 << 27];
+    let per_thread = buffer.len() / threads;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        let total: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = buffer
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut lanes = [0u64; 8];
+                        for line in part.chunks_exact(8) {
+                            for (lane, v) in lanes.iter_mut().zip(line) {
+                                *lane = lane.wrapping_add(*v);
+                            }
+                        }
+                        lanes.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).fold(0, u64::wrapping_add)
+        });
+        assert_eq!(total, buffer.len() as u64, "every word read once");
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (buffer.len() * 8) as f64 / best / 1e9
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         child(Path::new(&args[i + 1]));
         return;
     }
+    let bandwidth = [read_bandwidth(1), read_bandwidth(2)];
+    println!("memory read bandwidth: {:.1} GB/s on 1 thread, {:.1} GB/s on 2", bandwidth[0], bandwidth[1]);
     println!("prompt {PROMPT_TOKENS} tokens, decode {DECODE_TOKENS} tokens, greedy; medians of {RUNS} runs; tok/s and peak RSS (MiB)");
-    println!("{:<34} {:>3} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>7} {:>7} {:>7}", "model", "thr", "cw pre", "lc pre", "ratio", "cw dec", "lc dec", "ratio", "cw MiB", "lc MiB", "file");
+    println!("roofline: decode tok/s if each token read the whole file once at that bandwidth; cw % = candlewick's decode as a share of it");
+    println!(
+        "{:<34} {:>3} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>8} {:>5} | {:>7} {:>7} {:>7}",
+        "model", "thr", "cw pre", "lc pre", "ratio", "cw dec", "lc dec", "ratio", "roofline", "cw %", "cw MiB", "lc MiB", "file"
+    );
     for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"] {
         let path = models_dir().join(file);
         if !path.is_file() {
@@ -133,13 +171,26 @@ fn main() {
         }
         let model = Model::open_without_weights(&path).expect("open");
         let prompt = prompt_tokens(&model);
-        let file_mib = std::fs::metadata(&path).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+        let file_bytes = std::fs::metadata(&path).map(|m| m.len() as f64).unwrap_or(0.0);
         for threads in [1, 2] {
             let cw = candlewick(&path, threads);
             let lc = llama_cpp(&path, threads, &prompt);
+            let roofline = bandwidth[threads - 1] * 1e9 / file_bytes;
             println!(
-                "{:<34} {:>3} | {:>9.1} {:>9.1} {:>6.2} | {:>9.1} {:>9.1} {:>6.2} | {:>7.0} {:>7.0} {:>7.0}",
-                file, threads, cw.prefill, lc.prefill, cw.prefill / lc.prefill, cw.decode, lc.decode, cw.decode / lc.decode, cw.rss_mib, lc.rss_mib, file_mib
+                "{:<34} {:>3} | {:>9.1} {:>9.1} {:>6.2} | {:>9.1} {:>9.1} {:>6.2} | {:>8.1} {:>4.0}% | {:>7.0} {:>7.0} {:>7.0}",
+                file,
+                threads,
+                cw.prefill,
+                lc.prefill,
+                cw.prefill / lc.prefill,
+                cw.decode,
+                lc.decode,
+                cw.decode / lc.decode,
+                roofline,
+                100.0 * cw.decode / roofline,
+                cw.rss_mib,
+                lc.rss_mib,
+                file_bytes / 1048576.0
             );
         }
     }
