@@ -607,9 +607,10 @@ pub(crate) fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl 
 }
 
 /// Runs `work` (a forward pass) on the pool, whatever number is asked: there is one pool, sized
-/// when it was started. Inside the pool each product's tasks pass between its threads, which
-/// spin a while between products, where a forward pass run outside would hand every product
-/// to the pool and sleep until it is done. The single-thread build runs `work` as it is.
+/// when it was started. On a pool thread, the pass takes its own share of each product's tasks,
+/// and the calling worker sleeps once per pass; run on the calling worker, the pass would hand
+/// every product to the pool and sleep until it is done, hundreds of times a token. The
+/// single-thread build runs `work` as it is.
 pub(crate) fn with_threads<T: Send>(_threads: Option<usize>, work: impl FnOnce() -> T + Send) -> T {
     #[cfg(feature = "threads")]
     return rayon::scope(|_| work());

@@ -22,7 +22,7 @@
 // BENCH_JSON=path also writes every run's raw figures and texts there.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { homedir, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -72,6 +72,18 @@ function options(argv) {
   if (!(opts.runs >= 1) || !(opts.maxTokens >= 2)) throw new Error("--runs ≥ 1 and --max-tokens ≥ 2");
   if (!opts.threads.every((n) => Number.isInteger(n) && n >= 1)) throw new Error("--threads takes whole numbers ≥ 1");
   return opts;
+}
+
+/**
+ * The share of the last 10 s in which some runnable thread waited for a CPU (Linux's pressure
+ * stall information), in %: other work on the machine slows two threads far more than one.
+ */
+function cpuPressure() {
+  try {
+    return Number(readFileSync("/proc/pressure/cpu", "utf8").match(/^some avg10=([\d.]+)/)?.[1]);
+  } catch {
+    return undefined;
+  }
 }
 
 function median(values) {
@@ -165,6 +177,7 @@ function summary(result) {
     prefill: pick((r) => r.prefillTokensPerSecond),
     reportedDecode: pick((r) => r.reported?.decodeTokensPerSecond),
     reportedPrefill: pick((r) => r.reported?.prefillTokensPerSecond),
+    cpuPressure: result.cpuPressure,
     promptTokens: [...new Set(result.runs.map((r) => r.promptTokens))].join("/"),
     completionTokens: [...new Set(result.runs.map((r) => r.completionTokens))].join("/"),
     finish: [...new Set(result.runs.map((r) => r.finishReason))].join("/"),
@@ -216,14 +229,16 @@ Native columns are the CLI's own usage line (--threads N). n / cw / wl: native, 
   for (const row of rows.filter((r) => r.threads !== fewest)) {
     const base = rows.find((r) => r.model === row.model && r.threads === fewest);
     const gain = (engine) => `${ratio(row[engine]?.decode, base?.[engine]?.decode)} / ${ratio(row[engine]?.prefill, base?.[engine]?.prefill)}`;
-    console.log(`  ${row.model}, ${row.threads} threads: native ${gain("native")}, candlewick wasm ${gain("candlewick")}, wllama ${gain("wllama")}`);
+    console.log(`  ${row.model}, ${row.threads} threads: native ${gain("native")}, candlewick wasm ${gain("candlewick")}, wllama ${gain("wllama")}; ` +
+      `candlewick's text against ${fewest} thread(s): ${agreement(row.candlewick?.text, base?.candlewick?.text)}`);
   }
 
   console.log("\nEach engine's own figures (median), and agreement of the greedy text with native:");
   for (const { model, threads, candlewick: c, wllama: w, native: n } of rows) {
+    const stalled = (r) => (r?.cpuPressure ? `; CPU stalled ${r.cpuPressure.map((x) => fmt(x, 0)).join(" → ")} %` : "");
     console.log(`  ${model}, ${threads} threads`);
-    if (c) console.log(`    candlewick usage:   decode ${fmt(c.reportedDecode)}, prefill ${fmt(c.reportedPrefill)} tok/s; finish ${c.finish}; text vs native: ${agreement(c.text, n?.text)}`);
-    if (w) console.log(`    wllama timings:     decode ${fmt(w.reportedDecode)} (predicted_per_second), prefill ${fmt(w.reportedPrefill)} (prompt_per_second) tok/s; finish ${w.finish}; text vs native: ${agreement(w.text, n?.text)}`);
+    if (c) console.log(`    candlewick usage:   decode ${fmt(c.reportedDecode)}, prefill ${fmt(c.reportedPrefill)} tok/s; finish ${c.finish}; text vs native: ${agreement(c.text, n?.text)}${stalled(c)}`);
+    if (w) console.log(`    wllama timings:     decode ${fmt(w.reportedDecode)} (predicted_per_second), prefill ${fmt(w.reportedPrefill)} (prompt_per_second) tok/s; finish ${w.finish}; text vs native: ${agreement(w.text, n?.text)}${stalled(w)}`);
     if (n) console.log(`    native:             finish ${n.finish}`);
   }
 }
@@ -240,7 +255,7 @@ async function main() {
     ...(wantBrowser ? [CHROMIUM, wllamaDir, join(root, "www/serve.mjs")] : []),
   ].filter((p) => !existsSync(p));
   if (missing.length) throw new Error(`missing: ${missing.join(", ")}`);
-  console.error(`load average before the runs: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  console.error(`load average before the runs: ${loadavg().map((x) => x.toFixed(2)).join(" ")}; CPU stalled ${fmt(cpuPressure(), 0)} % of the last 10 s`);
 
   // raw[model][threads][engine]: one engine's runs
   const raw = Object.fromEntries(opts.models.map((m) => [m, Object.fromEntries(opts.threads.map((n) => [n, {}]))]));
@@ -264,7 +279,9 @@ async function main() {
           for (const engine of ["candlewick", "wllama"].filter((e) => opts.engines.includes(e))) {
             console.error(`${engine} ${model}, ${threads} threads:`);
             try {
+              const before = cpuPressure();
               raw[model][threads][engine] = await browserRun(browser.context, server.url, engine, model, threads, opts);
+              raw[model][threads][engine].cpuPressure = [before, cpuPressure()];
             } catch (error) {
               console.error(`  ${engine} failed on ${model}: ${error.message}`);
               raw[model][threads][engine] = { error: error.message };
