@@ -12,7 +12,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-browser run
+.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-browser run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -20,6 +20,7 @@ test: models reference python-deps pkg browser-deps
 	node --test tests/node/
 	tests/browser/node_modules/.bin/tsc -p tests/types
 	node tests/browser/demo.mjs
+	node tests/browser/threads.mjs
 
 models:
 	scripts/fetch-models.sh
@@ -37,12 +38,31 @@ python-deps:
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
+# The standard library's source, which the threaded build compiles.
+rust-src:
+	@rustup component list --installed | grep -qx rust-src || rustup component add rust-src
+
 # The npm package in pkg/: the library for wasm32 (+simd128) through wasm-pack, then the entry
 # points from js/. Installs wasm-pack and the wasm-bindgen-cli matching the locked wasm-bindgen
 # when missing (cargo install builds them from source, a few minutes once).
+#
+# Then the threaded build in pkg/threads/ (feature `threads`). Wasm threads need a standard
+# library compiled with atomics, so it is built again (-Z build-std from rust-src; stable rustc
+# allows -Z through RUSTC_BOOTSTRAP). +atomics no longer makes the memory shared (rust-lang/rust
+# #147225; without them the build succeeds, with a memory no other thread can share):
+# the link arguments ask for a shared, imported memory, of up to 4 GiB (the wasm32 limit), and
+# export the thread-local storage symbols wasm-bindgen's thread support uses. RUSTFLAGS replace
+# .cargo/config.toml's, so simd128 and getrandom's backend are repeated; its own target
+# directory, so neither build's flags make the other rebuild everything.
 WASM_BINDGEN_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
-pkg: wasm-target wasm-tools
+THREADS_RUSTFLAGS = -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 --cfg getrandom_backend="wasm_js" \
+	-C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+	-C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
+THREADS_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)/wasm-threads
+pkg: wasm-target rust-src wasm-tools
 	wasm-pack build --release --target web --out-dir pkg --out-name candlewick
+	RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' CARGO_TARGET_DIR='$(THREADS_TARGET_DIR)' \
+		wasm-pack build --release --target web --out-dir pkg/threads --out-name candlewick --no-pack -- --features threads -Z build-std=panic_abort,std
 	node js/finish-package.mjs
 
 # In Node.js through wasm-bindgen-test: the simd128 kernels against the scalar code, and the

@@ -249,6 +249,8 @@ export interface ModelInfo {
     endOfGenerationIds: number[];
     hasChatTemplate: boolean;
     tensorCount: number;
+    /** How many threads the forward passes run on: 1, or the threaded build's pool size. */
+    threads: number;
 }
 export interface TokenizeOptions { addSpecial?: boolean; parseSpecial?: boolean }
 "#;
@@ -381,10 +383,13 @@ impl WebModel {
     }
 
     /// Facts about the model: `{ architecture, name, contextLength, vocabSize, tokenizerModel,
-    /// tokenizerPre, bosTokenId, addBosToken, endOfGenerationIds, hasChatTemplate, tensorCount }`.
+    /// tokenizerPre, bosTokenId, addBosToken, endOfGenerationIds, hasChatTemplate, tensorCount,
+    /// threads }`, `threads` being how many threads its forward passes run on.
     #[wasm_bindgen(unchecked_return_type = "ModelInfo")]
     pub fn info(&self) -> Result<JsValue, JsValue> {
-        Ok(to_js(&self.model.info().map_err(js_error)?))
+        let info = to_js(&self.model.info().map_err(js_error)?);
+        let _ = Reflect::set(&info, &"threads".into(), &(threads() as f64).into());
+        Ok(info)
     }
 
     /// The token ids of `text`. Options: `addSpecial` (put BOS first if the model wants it;
@@ -574,16 +579,44 @@ fn range_error(message: &str) -> JsValue {
     js_sys::RangeError::new(message).into()
 }
 
-/// Runs `work(index, chunk)` on each `chunk`-long piece of `data`, one after the other (the
-/// browser build is single-threaded).
-pub(crate) fn parallel_chunks<T>(data: &mut [T], chunk: usize, work: impl Fn(usize, &mut [T])) {
+/// Starts the pool of `threads` Web Workers that the forward passes split their work over
+/// (`initThreadPool(n)` in JavaScript; a promise). The threaded build only: call it once, in a
+/// worker of a cross-origin isolated page, right after initialising the module and before
+/// loading a model. `index.js` does this itself.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// How many threads the forward passes run on: the pool's size in the threaded build.
+fn threads() -> usize {
+    #[cfg(feature = "threads")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "threads"))]
+    1
+}
+
+/// Runs `work(index, chunk)` on each `chunk`-long piece of `data`: in parallel on the pool of
+/// Web Workers in the threaded build, one after the other otherwise.
+pub(crate) fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl Fn(usize, &mut [T]) + Sync + Send) {
+    #[cfg(feature = "threads")]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+    }
+    #[cfg(not(feature = "threads"))]
     data.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| work(i, c));
 }
 
 /// Nothing to do: WebAssembly memory never shrinks.
 pub(crate) fn return_freed_memory() {}
 
-/// Runs `work` (the browser build has one thread, whatever is asked).
-pub(crate) fn with_threads<T>(_threads: Option<usize>, work: impl FnOnce() -> T) -> T {
+/// Runs `work` (a forward pass) on the pool, whatever number is asked: there is one pool, sized
+/// when it was started. On a pool thread, the pass takes its own share of each product's tasks,
+/// and the calling worker sleeps once per pass; run on the calling worker, the pass would hand
+/// every product to the pool and sleep until it is done, hundreds of times a token. The
+/// single-thread build runs `work` as it is.
+pub(crate) fn with_threads<T: Send>(_threads: Option<usize>, work: impl FnOnce() -> T + Send) -> T {
+    #[cfg(feature = "threads")]
+    return rayon::scope(|_| work());
+    #[cfg(not(feature = "threads"))]
     work()
 }

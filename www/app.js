@@ -58,7 +58,8 @@ const fromWorker = {
     modelInfo = info;
     ui.progress.value = 1;
     ui.progressText.textContent = modelBytes > 0 ? `${megabytes(modelBytes)} MB` : "";
-    const facts = [info.architecture, info.contextLength && `context ${info.contextLength}`].filter(Boolean);
+    const threads = info.threads === 1 ? "1 thread" : `${info.threads} threads`;
+    const facts = [info.architecture, info.contextLength && `context ${info.contextLength}`, threads].filter(Boolean);
     const invitation = info.hasChatTemplate
       ? "Say something."
       : "It has no chat template, so it continues what you write as plain text.";

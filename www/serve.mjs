@@ -13,8 +13,9 @@
 // before it gives a page SharedArrayBuffer and precise timers. Files are streamed: GGUF models
 // are hundreds of MB.
 //
-// Imported, it exports serve({ port, mounts }) → Promise<{ url, close }>, where mounts maps
-// more prefixes to directories on top of the defaults.
+// Imported, it exports serve({ port, mounts, isolate }) → Promise<{ url, close }>, where mounts
+// maps more prefixes to directories on top of the defaults, and isolate: false leaves out COOP
+// and COEP (a page that is not cross-origin isolated, for tests).
 
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
@@ -52,6 +53,8 @@ const types = {
 const isolation = {
   "Cross-Origin-Opener-Policy": "same-origin",
   "Cross-Origin-Embedder-Policy": "require-corp",
+};
+const common = {
   "Cross-Origin-Resource-Policy": "same-origin",
   "X-Content-Type-Options": "nosniff",
   "Cache-Control": "no-cache",
@@ -59,17 +62,19 @@ const isolation = {
 
 /**
  * Starts the server on 127.0.0.1.
- * @param {{ port?: number, mounts?: Record<string, string> }} options
- *   port: 0 (the default) picks a free one; mounts: prefix → directory, added to the defaults.
+ * @param {{ port?: number, mounts?: Record<string, string>, isolate?: boolean }} options
+ *   port: 0 (the default) picks a free one; mounts: prefix → directory, added to the defaults;
+ *   isolate (default true): send COOP and COEP.
  * @returns {Promise<{ url: string, close: () => Promise<void> }>}
  */
-export async function serve({ port = 0, mounts = {} } = {}) {
+export async function serve({ port = 0, mounts = {}, isolate = true } = {}) {
   // Longest prefix first, so /pkg/ wins over /.
   const table = Object.entries({ ...defaultMounts, ...mounts })
     .map(([prefix, dir]) => [prefix.endsWith("/") ? prefix : `${prefix}/`, resolve(dir)])
     .sort(([a], [b]) => b.length - a.length);
+  const headers = isolate ? { ...isolation, ...common } : common;
   const server = createServer((request, response) => {
-    respond(table, request, response).catch((error) => {
+    respond(table, headers, request, response).catch((error) => {
       // The client went away mid-file, or the disk failed: nothing useful can be sent any more.
       if (error.code !== "ERR_STREAM_PREMATURE_CLOSE") console.error(`serve: ${request.url}: ${error.message}`);
       response.destroy();
@@ -89,16 +94,16 @@ export async function serve({ port = 0, mounts = {} } = {}) {
   };
 }
 
-async function respond(table, request, response) {
+async function respond(table, always, request, response) {
   if (request.method !== "GET" && request.method !== "HEAD") {
-    return end(response, 405, "method not allowed", { Allow: "GET, HEAD" });
+    return end(response, always, 405, "method not allowed", { Allow: "GET, HEAD" });
   }
   const file = await locate(table, request.url);
-  if (!file) return end(response, 404, "not found");
+  if (!file) return end(response, always, 404, "not found");
   const { path, info } = file;
   const modified = info.mtime.toUTCString();
   const since = Date.parse(request.headers["if-modified-since"] ?? "");
-  const headers = { ...isolation, "Last-Modified": modified };
+  const headers = { ...always, "Last-Modified": modified };
   // HTTP dates have whole seconds; the file's mtime has milliseconds.
   if (since >= Math.floor(info.mtimeMs / 1000) * 1000) {
     response.writeHead(304, headers);
@@ -140,8 +145,8 @@ async function locate(table, url) {
   }
 }
 
-function end(response, status, text, extra = {}) {
-  response.writeHead(status, { ...isolation, ...extra, "Content-Type": "text/plain; charset=utf-8" });
+function end(response, always, status, text, extra = {}) {
+  response.writeHead(status, { ...always, ...extra, "Content-Type": "text/plain; charset=utf-8" });
   response.end(`${status} ${text}\n`);
 }
 

@@ -55,15 +55,16 @@ function workerChannel(worker) {
     });
 }
 
-async function candlewick({ modelUrl, prompt, maxTokens, runs, warmupTokens }) {
-  const worker = new Worker(new URL("./candlewick-worker.mjs", import.meta.url), { type: "module" });
+async function candlewick({ modelUrl, prompt, maxTokens, runs, warmupTokens, threads }) {
+  const worker = new Worker(new URL(`./candlewick-worker.mjs?threads=${threads}`, import.meta.url), { type: "module" });
   const call = workerChannel(worker);
   try {
-    log(`candlewick: loading ${modelUrl} in a worker`);
+    log(`candlewick: loading ${modelUrl} in a worker, ${threads} threads asked for`);
     const loadStarted = performance.now();
-    await call({ op: "load", url: modelUrl });
+    const running = await call({ op: "load", url: modelUrl });
     const loadMs = performance.now() - loadStarted;
-    log(`candlewick: loaded ${modelUrl} in ${loadMs.toFixed(0)} ms`);
+    log(`candlewick: loaded ${modelUrl} in ${loadMs.toFixed(0)} ms, running on ${running} threads`);
+    if (running !== threads) throw new Error(`candlewick runs on ${running} threads, not ${threads}`);
 
     const generate = async (tokens) => {
       const stamps = { requested: performance.now(), first: undefined, last: undefined };
@@ -96,8 +97,7 @@ async function candlewick({ modelUrl, prompt, maxTokens, runs, warmupTokens }) {
       log(`candlewick run ${i + 1}: decode ${r.decodeTokensPerSecond.toFixed(2)} tok/s, ${r.completionTokens} tokens`);
       results.push(r);
     }
-    // The package has no thread option: its wasm has no shared memory, so it runs on one thread.
-    return { engine: "candlewick", loadMs, runs: results };
+    return { engine: "candlewick", loadMs, threads: running, runs: results };
   } finally {
     await call({ op: "free" }).catch(() => {});
     worker.terminate();
@@ -108,17 +108,19 @@ async function candlewick({ modelUrl, prompt, maxTokens, runs, warmupTokens }) {
 
 const WLLAMA = "/vendor/wllama/esm/";
 
-async function wllama({ modelUrl, prompt, maxTokens, runs, warmupTokens }) {
+async function wllama({ modelUrl, prompt, maxTokens, runs, warmupTokens, threads }) {
   const { Wllama, LoggerWithoutDebug } = await import(`${WLLAMA}index.js`);
-  // 3.13 ships one wasm file; with n_threads 1 it starts no pthreads (see Wllama.loadModel).
+  // 3.13 ships one wasm file, built with pthreads; with n_threads 1 it starts none (see
+  // Wllama.loadModel), with more it needs the page cross-origin isolated, as this one is.
   const engine = new Wllama({ default: `${WLLAMA}wasm/wllama.wasm` }, { logger: LoggerWithoutDebug, suppressNativeLog: true });
   try {
     const loadStarted = performance.now();
     // n_gpu_layers 0: CPU only, as candlewick is (the browser runs with --disable-gpu anyway).
-    await engine.loadModelFromUrl(modelUrl, { n_threads: 1, n_gpu_layers: 0, useCache: false });
+    await engine.loadModelFromUrl(modelUrl, { n_threads: threads, n_gpu_layers: 0, useCache: false });
     const loadMs = performance.now() - loadStarted;
     log(`wllama ${Wllama.getLibllamaVersion()}: loaded ${modelUrl} in ${loadMs.toFixed(0)} ms, ` +
       `multithread ${engine.isMultithread()}, threads ${engine.getNumThreads()}`);
+    if (engine.getNumThreads() !== threads) throw new Error(`wllama runs on ${engine.getNumThreads()} threads, not ${threads}`);
 
     const generate = async (tokens) => {
       const stamps = { requested: performance.now(), first: undefined, last: undefined };

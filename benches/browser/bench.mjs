@@ -1,12 +1,15 @@
 #!/usr/bin/env node
-// Decode (and prefill) speed on ONE thread: candlewick's wasm package in headless Chromium,
-// beside wllama 3.13.0 (llama.cpp compiled to wasm) in the same browser and beside candlewick's
-// native CLI, on the same GGUF files, the same raw prompt text, greedy, 64 generated tokens.
+// Decode (and prefill) speed on 1 and 2 threads: candlewick's wasm package in headless Chromium
+// (its single-thread build on one thread, its threaded build on more), beside wllama 3.13.0
+// (llama.cpp compiled to wasm) in the same browser and beside candlewick's native CLI, on the
+// same GGUF files, the same raw prompt text, greedy, 64 generated tokens.
 //
 //   node benches/browser/bench.mjs [--runs 3] [--max-tokens 64] [--models a.gguf,b.gguf]
-//                                  [--engines native,candlewick,wllama] [--timeout-minutes 30]
+//                                  [--engines native,candlewick,wllama] [--threads 1,2]
+//                                  [--timeout-minutes 30]
 //
-// Needs pkg/ (wasm-pack build), target/release/candlewick, /usr/bin/chromium and
+// Needs pkg/ with pkg/threads/ (make pkg), target/release/candlewick (under $CARGO_TARGET_DIR
+// if set), /usr/bin/chromium and
 // `npm ci --prefix tests/browser` (playwright-core and @wllama/wllama; no browser is downloaded).
 // Models are read from ~/.cache/candlewick/models (or $CANDLEWICK_CACHE/models), served under
 // /models/ by www/serve.mjs, which this script starts in-process.
@@ -19,22 +22,16 @@
 // BENCH_JSON=path also writes every run's raw figures and texts there.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { createRequire } from "node:module";
-import { homedir, loadavg, tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
+import { homedir, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { CHROMIUM, launchChromium } from "../../tests/browser/chromium.mjs";
 
 const root = resolve(fileURLToPath(new URL("../..", import.meta.url)));
-const cli = join(root, "target/release/candlewick");
+const cli = join(process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(root, "target"), "release/candlewick");
 const modelsDir = join(process.env.CANDLEWICK_CACHE || join(homedir(), ".cache/candlewick"), "models");
 const wllamaDir = join(root, "tests/browser/node_modules/@wllama/wllama");
-const CHROMIUM = "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
 
 // Plain English prose, no chat template: 110 tokens for SmolLM2, 111 for Qwen2.5 (no BOS is
 // added for either: both files say add_bos_token = false).
@@ -54,6 +51,7 @@ function options(argv) {
     maxTokens: 64,
     models: ["SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"],
     engines: ["native", "candlewick", "wllama"],
+    threads: [1, 2],
     timeoutMinutes: 30,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -66,12 +64,26 @@ function options(argv) {
       case "--max-tokens": opts.maxTokens = Number(value()); break;
       case "--models": opts.models = value().split(","); break;
       case "--engines": opts.engines = value().split(","); break;
+      case "--threads": opts.threads = value().split(",").map(Number); break;
       case "--timeout-minutes": opts.timeoutMinutes = Number(value()); break;
       default: throw new Error(`unknown argument ${argv[i]}`);
     }
   }
   if (!(opts.runs >= 1) || !(opts.maxTokens >= 2)) throw new Error("--runs ≥ 1 and --max-tokens ≥ 2");
+  if (!opts.threads.every((n) => Number.isInteger(n) && n >= 1)) throw new Error("--threads takes whole numbers ≥ 1");
   return opts;
+}
+
+/**
+ * The share of the last 10 s in which some runnable thread waited for a CPU (Linux's pressure
+ * stall information), in %: other work on the machine slows two threads far more than one.
+ */
+function cpuPressure() {
+  try {
+    return Number(readFileSync("/proc/pressure/cpu", "utf8").match(/^some avg10=([\d.]+)/)?.[1]);
+  } catch {
+    return undefined;
+  }
 }
 
 function median(values) {
@@ -96,9 +108,9 @@ function runCli(args) {
 const USAGE_LINE =
   /\[(\d+) prompt tokens, (\d+) generated, finished: ([^;]+); first token after [\d.]+ ms; prefill ([\d.]+) tok\/s, decode ([\d.]+) tok\/s\]/;
 
-async function native(model, { runs, maxTokens }) {
+async function native(model, threads, { runs, maxTokens }) {
   const args = ["generate", "--model", join(modelsDir, model), "--prompt", PROMPT, "--raw",
-    "--max-tokens", String(maxTokens), "--temperature", "0", "--threads", "1"];
+    "--max-tokens", String(maxTokens), "--temperature", "0", "--threads", String(threads)];
   const results = [];
   for (let i = 0; i < runs; i++) {
     const { stdout, stderr } = await runCli(args);
@@ -112,14 +124,14 @@ async function native(model, { runs, maxTokens }) {
       decodeTokensPerSecond: Number(m[5]),
       text: stdout.replace(/\n$/, ""), // the CLI ends the answer with one newline
     });
-    console.error(`native ${model} run ${i + 1}: decode ${m[5]} tok/s, ${m[2]} tokens`);
+    console.error(`native ${model} ${threads} threads run ${i + 1}: decode ${m[5]} tok/s, ${m[2]} tokens`);
   }
-  return { engine: "native", threads: 1, runs: results };
+  return { engine: "native", threads, runs: results };
 }
 
 // ---- browser ----
 
-async function browserRun(context, baseUrl, engine, model, { runs, maxTokens, timeoutMinutes }) {
+async function browserRun(context, baseUrl, engine, model, threads, { runs, maxTokens, timeoutMinutes }) {
   const page = await context.newPage();
   let watchdog;
   page.on("console", (message) => {
@@ -145,7 +157,7 @@ async function browserRun(context, baseUrl, engine, model, { runs, maxTokens, ti
     }, timeoutMinutes * 60_000);
     return await page.evaluate(
       ([engine, opts]) => window.bench.run(engine, opts),
-      [engine, { modelUrl: `/models/${model}`, prompt: PROMPT, maxTokens, runs, warmupTokens: WARMUP_TOKENS }],
+      [engine, { modelUrl: `/models/${model}`, prompt: PROMPT, maxTokens, runs, warmupTokens: WARMUP_TOKENS, threads }],
     );
   } finally {
     clearTimeout(watchdog);
@@ -165,6 +177,7 @@ function summary(result) {
     prefill: pick((r) => r.prefillTokensPerSecond),
     reportedDecode: pick((r) => r.reported?.decodeTokensPerSecond),
     reportedPrefill: pick((r) => r.reported?.prefillTokensPerSecond),
+    cpuPressure: result.cpuPressure,
     promptTokens: [...new Set(result.runs.map((r) => r.promptTokens))].join("/"),
     completionTokens: [...new Set(result.runs.map((r) => r.completionTokens))].join("/"),
     finish: [...new Set(result.runs.map((r) => r.finishReason))].join("/"),
@@ -182,15 +195,16 @@ function agreement(a, b) {
 }
 
 function report(rows, opts) {
+  const ratio = (a, b) => (a && b ? `${(a / b).toFixed(2)}×` : "–");
   const table = [
-    ["model", "prompt tok n/cw/wl", "generated n/cw/wl",
-      "native 1 thr decode", "candlewick wasm decode", "wllama decode", "cw/wllama decode",
+    ["model", "threads", "prompt tok n/cw/wl", "generated n/cw/wl",
+      "native decode", "candlewick wasm decode", "wllama decode", "cw/wllama decode",
       "native prefill", "cw wasm prefill", "wllama prefill", "cw/wllama prefill"],
   ];
-  for (const { model, native: n, candlewick: c, wllama: w } of rows) {
-    const ratio = (a, b) => (a && b ? `${(a / b).toFixed(2)}×` : "–");
+  for (const { model, threads, native: n, candlewick: c, wllama: w } of rows) {
     table.push([
       model,
+      threads,
       [n?.promptTokens, c?.promptTokens, w?.promptTokens].map((x) => x ?? "–").join(" / "),
       [n?.completionTokens, c?.completionTokens, w?.completionTokens].map((x) => x ?? "–").join(" / "),
       fmt(n?.decode), fmt(c?.decode), fmt(w?.decode), ratio(c?.decode, w?.decode),
@@ -204,16 +218,27 @@ function report(rows, opts) {
   for (const row of table.slice(1)) console.log(line(row));
 
   console.log(`
-tok/s, median of ${opts.runs} runs, one thread, greedy, ${opts.maxTokens} tokens asked for, raw prompt (no template).
+tok/s, median of ${opts.runs} runs, greedy, ${opts.maxTokens} tokens asked for, raw prompt (no template).
 Browser columns are timed in the page from chunk arrival (see bench-page.mjs): decode = (completion
 tokens − 1) / (first text chunk → final chunk); prefill = prompt tokens / (request → first text chunk).
-Native columns are the CLI's own usage line (--threads 1). n / cw / wl: native, candlewick wasm, wllama.`);
+candlewick wasm runs its single-thread build on 1 thread, its threaded build on more.
+Native columns are the CLI's own usage line (--threads N). n / cw / wl: native, candlewick wasm, wllama.`);
+
+  const fewest = Math.min(...opts.threads);
+  console.log(`\nSpeed-up over ${fewest} thread(s), decode / prefill:`);
+  for (const row of rows.filter((r) => r.threads !== fewest)) {
+    const base = rows.find((r) => r.model === row.model && r.threads === fewest);
+    const gain = (engine) => `${ratio(row[engine]?.decode, base?.[engine]?.decode)} / ${ratio(row[engine]?.prefill, base?.[engine]?.prefill)}`;
+    console.log(`  ${row.model}, ${row.threads} threads: native ${gain("native")}, candlewick wasm ${gain("candlewick")}, wllama ${gain("wllama")}; ` +
+      `candlewick's text against ${fewest} thread(s): ${agreement(row.candlewick?.text, base?.candlewick?.text)}`);
+  }
 
   console.log("\nEach engine's own figures (median), and agreement of the greedy text with native:");
-  for (const { model, candlewick: c, wllama: w, native: n } of rows) {
-    console.log(`  ${model}`);
-    if (c) console.log(`    candlewick usage:   decode ${fmt(c.reportedDecode)}, prefill ${fmt(c.reportedPrefill)} tok/s; finish ${c.finish}; text vs native: ${agreement(c.text, n?.text)}`);
-    if (w) console.log(`    wllama timings:     decode ${fmt(w.reportedDecode)} (predicted_per_second), prefill ${fmt(w.reportedPrefill)} (prompt_per_second) tok/s; finish ${w.finish}; text vs native: ${agreement(w.text, n?.text)}`);
+  for (const { model, threads, candlewick: c, wllama: w, native: n } of rows) {
+    const stalled = (r) => (r?.cpuPressure ? `; CPU stalled ${r.cpuPressure.map((x) => fmt(x, 0)).join(" → ")} %` : "");
+    console.log(`  ${model}, ${threads} threads`);
+    if (c) console.log(`    candlewick usage:   decode ${fmt(c.reportedDecode)}, prefill ${fmt(c.reportedPrefill)} tok/s; finish ${c.finish}; text vs native: ${agreement(c.text, n?.text)}${stalled(c)}`);
+    if (w) console.log(`    wllama timings:     decode ${fmt(w.reportedDecode)} (predicted_per_second), prefill ${fmt(w.reportedPrefill)} (prompt_per_second) tok/s; finish ${w.finish}; text vs native: ${agreement(w.text, n?.text)}${stalled(w)}`);
     if (n) console.log(`    native:             finish ${n.finish}`);
   }
 }
@@ -226,62 +251,66 @@ async function main() {
   const missing = [
     ...opts.models.map((m) => join(modelsDir, m)),
     ...(opts.engines.includes("native") ? [cli] : []),
-    ...(opts.engines.includes("candlewick") ? [join(root, "pkg/index.js")] : []),
+    ...(opts.engines.includes("candlewick") ? [join(root, "pkg/index.js"), join(root, "pkg/threads/candlewick_bg.wasm")] : []),
     ...(wantBrowser ? [CHROMIUM, wllamaDir, join(root, "www/serve.mjs")] : []),
   ].filter((p) => !existsSync(p));
   if (missing.length) throw new Error(`missing: ${missing.join(", ")}`);
-  console.error(`load average before the runs: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  console.error(`load average before the runs: ${loadavg().map((x) => x.toFixed(2)).join(" ")}; CPU stalled ${fmt(cpuPressure(), 0)} % of the last 10 s`);
 
-  const raw = Object.fromEntries(opts.models.map((m) => [m, {}]));
+  // raw[model][threads][engine]: one engine's runs
+  const raw = Object.fromEntries(opts.models.map((m) => [m, Object.fromEntries(opts.threads.map((n) => [n, {}]))]));
   if (opts.engines.includes("native")) {
-    for (const model of opts.models) raw[model].native = await native(model, opts);
+    for (const model of opts.models) {
+      for (const threads of opts.threads) raw[model][threads].native = await native(model, threads, opts);
+    }
   }
 
   if (wantBrowser) {
     const { serve } = await import(join(root, "www/serve.mjs"));
-    const require = createRequire(join(root, "tests/browser/package.json"));
-    const { chromium } = require("playwright-core");
     const server = await serve({
       port: 0,
       mounts: { "/vendor/wllama/": wllamaDir, "/bench/": join(root, "benches/browser") },
     });
-    const profile = await mkdtemp(join(tmpdir(), "candlewick-bench-"));
-    let context;
+    let browser;
     try {
-      context = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: CHROMIUM_ARGS,
-      });
+      browser = await launchChromium();
       for (const model of opts.models) {
-        for (const engine of ["candlewick", "wllama"].filter((e) => opts.engines.includes(e))) {
-          console.error(`${engine} ${model}:`);
-          try {
-            raw[model][engine] = await browserRun(context, server.url, engine, model, opts);
-          } catch (error) {
-            console.error(`  ${engine} failed on ${model}: ${error.message}`);
-            raw[model][engine] = { error: error.message };
+        for (const threads of opts.threads) {
+          for (const engine of ["candlewick", "wllama"].filter((e) => opts.engines.includes(e))) {
+            console.error(`${engine} ${model}, ${threads} threads:`);
+            try {
+              const before = cpuPressure();
+              raw[model][threads][engine] = await browserRun(browser.context, server.url, engine, model, threads, opts);
+              raw[model][threads][engine].cpuPressure = [before, cpuPressure()];
+            } catch (error) {
+              console.error(`  ${engine} failed on ${model}: ${error.message}`);
+              raw[model][threads][engine] = { error: error.message };
+            }
           }
         }
       }
     } finally {
-      await context?.close();
+      await browser?.close();
       await server.close();
-      await rm(profile, { recursive: true, force: true });
     }
   }
 
-  const rows = opts.models.map((model) => ({
-    model,
-    native: summary(raw[model].native),
-    candlewick: summary(raw[model].candlewick),
-    wllama: summary(raw[model].wllama),
-  }));
+  const rows = opts.models.flatMap((model) =>
+    opts.threads.map((threads) => ({
+      model,
+      threads,
+      native: summary(raw[model][threads].native),
+      candlewick: summary(raw[model][threads].candlewick),
+      wllama: summary(raw[model][threads].wllama),
+    })),
+  );
   console.log();
   report(rows, opts);
   for (const model of opts.models) {
-    for (const [engine, result] of Object.entries(raw[model])) {
-      if (result.error) console.log(`\n${engine} on ${model} failed: ${result.error}`);
+    for (const threads of opts.threads) {
+      for (const [engine, result] of Object.entries(raw[model][threads])) {
+        if (result.error) console.log(`\n${engine} on ${model}, ${threads} threads, failed: ${result.error}`);
+      }
     }
   }
   if (process.env.BENCH_JSON) {

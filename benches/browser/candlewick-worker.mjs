@@ -3,8 +3,12 @@
 // README shows and posts every chunk to the page the moment the stream yields it; the page
 // stamps the arrival times.
 //
-// Messages in:  { id, op: "load", url } | { id, op: "generate", text, maxTokens } | { id, op: "free" }
+// Messages in:  { id, op: "load", url } (answers the thread count) | { id, op: "generate", text, maxTokens } | { id, op: "free" }
 // Messages out: { id, kind: "chunk", chunk } or { id, kind: "log", line } … then { id, kind: "done", value } or { id, kind: "error", message }
+
+// The number of threads comes in this module's URL (`?threads=N`), since the package reads it
+// when first imported: 1 is the single-thread build, more the threaded one.
+globalThis.candlewickThreads = Number(new URL(import.meta.url).searchParams.get("threads") ?? 1);
 
 // Imported dynamically so that onmessage is in place at once: pkg/index.js initialises the wasm
 // with a top-level await, and a static import would hold this module's evaluation (and the
@@ -24,6 +28,7 @@ const ops = {
     };
     const { Model } = await candlewick;
     model = await Model.load(url, { cache: false, onProgress });
+    return model.info().threads;
   },
   async generate({ id, text, maxTokens }) {
     if (!model) throw new Error("generate before load");

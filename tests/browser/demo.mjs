@@ -1,18 +1,19 @@
 // The demo page in a real headless Chromium (Debian's; playwright-core never downloads one):
-// load SmolLM2, ask for a long answer, see it stream in over several frames, press Stop and see
-// it stop. Fails, with what failed, on any uncaught error in the page or its worker.
+// load SmolLM2 (on one thread per core: the page is cross-origin isolated), ask for a long
+// answer, see it stream in over several frames, press Stop and see it stop. Fails, with what
+// failed, on any uncaught error in the page or its worker.
 //
 //   node tests/browser/demo.mjs        (needs pkg/ — make pkg — and the model — make models)
 //
 // Writes a screenshot to ${CI_OUTPUT_DIR:-ci-output}/demo.png, relative to the repository.
 
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
-import { homedir, tmpdir } from "node:os";
+import { mkdir } from "node:fs/promises";
+import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
 import { serve } from "../../www/serve.mjs";
+import { launchChromium } from "./chromium.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const outputDir = resolve(root, process.env.CI_OUTPUT_DIR || "ci-output");
@@ -115,6 +116,10 @@ async function run(page, url) {
   await page.click("#load");
   await waitForState(page, ["ready"], LOAD_TIMEOUT_MS, "loading SmolLM2");
   const loadSeconds = (Date.now() - loadStarted) / 1000;
+  // The page is isolated and the model is in a worker: the package runs on one thread per core.
+  const threads = Number((await page.textContent("#status")).match(/(\d+) threads?\b/)?.[1]);
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  check(threads === cores, `the status says ${threads} threads, not one per core (${cores}): ${await status(page)}`);
 
   // Ask for a long answer and watch it stream.
   await page.fill("#prompt", PROMPT);
@@ -150,7 +155,7 @@ async function run(page, url) {
 
   const chunks = await page.$eval("#messages .message.assistant:last-child", (m) => Number(m.dataset.chunks));
   const speed = await page.textContent("#speed");
-  return { loadSeconds, growth, stopMs, chunks, length: lengths[0], speed };
+  return { loadSeconds, threads, growth, stopMs, chunks, length: lengths[0], speed };
 }
 
 async function main() {
@@ -158,24 +163,10 @@ async function main() {
   if (!existsSync(modelFile)) throw new Failure(`${modelFile} is missing: run \`make models\``);
 
   const server = await serve({ port: 0 });
-  const profile = await mkdtemp(join(tmpdir(), "candlewick-demo-"));
-  let context;
+  let browser;
   try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: "/usr/bin/chromium",
-      headless: true,
-      viewport: { width: 1000, height: 900 },
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    });
+    browser = await launchChromium({ viewport: { width: 1000, height: 900 } });
+    const { context } = browser;
     const page = context.pages()[0] ?? (await context.newPage());
     page.on("pageerror", (error) => errors.push(`uncaught: ${error.message}`));
     page.on("crash", () => errors.push("the page crashed"));
@@ -192,16 +183,15 @@ async function main() {
       await page.screenshot({ path: join(outputDir, "demo.png"), fullPage: true }).catch(() => {});
     }
   } finally {
-    await context?.close();
+    await browser?.close();
     await server.close();
-    await rm(profile, { recursive: true, force: true });
   }
 }
 
 try {
   const r = await main();
   console.log(
-    `demo: ok — SmolLM2 loaded in ${r.loadSeconds.toFixed(1)} s; the answer grew on ${r.growth.grown} of ${r.growth.frames} frames; ` +
+    `demo: ok — SmolLM2 loaded in ${r.loadSeconds.toFixed(1)} s, on ${r.threads} threads; the answer grew on ${r.growth.grown} of ${r.growth.frames} frames; ` +
       `stopped ${r.stopMs} ms after Stop and stayed at ${r.length} characters (${r.chunks} chunks); speed: ${r.speed}`,
   );
 } catch (error) {

@@ -17,6 +17,8 @@ export async function example(bytes: Uint8Array): Promise<string> {
     }
     const ids: Uint32Array = model.tokenize(text);
     const info = model.info();
+    const threads: number = info.threads;
+    globalThis.candlewickThreads = 2;
     model.free();
-    return `${info.architecture}: ${ids.length} tokens, ${model.detokenize(ids)}`;
+    return `${info.architecture} on ${threads} threads: ${ids.length} tokens, ${model.detokenize(ids)}`;
 }
