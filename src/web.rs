@@ -597,13 +597,15 @@ fn threads() -> usize {
 /// Runs `work(index, chunk)` on each `chunk`-long piece of `data`: in parallel on the pool of
 /// Web Workers in the threaded build, one after the other otherwise.
 pub(crate) fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl Fn(usize, &mut [T]) + Sync + Send) {
+    let chunk = chunk.max(1);
+    // One piece, or a pool of one thread: on this thread (as natively).
     #[cfg(feature = "threads")]
-    {
+    if data.len() > chunk && rayon::current_num_threads() > 1 {
         use rayon::prelude::*;
-        data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| work(i, c));
+        return;
     }
-    #[cfg(not(feature = "threads"))]
-    data.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| work(i, c));
 }
 
 /// Nothing to do: WebAssembly memory never shrinks.
