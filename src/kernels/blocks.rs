@@ -12,6 +12,8 @@
 
 use half::f16;
 
+use crate::arch::math::{fma, fold_halves};
+
 /// A block format this module computes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -274,21 +276,32 @@ fn unpack_32(format: Format, b: &[u8], out: &mut [i8; 32]) {
     }
 }
 
+/// The 32-value formats, summed in the order of llama.cpp's x86 kernels (ggml's AVX2
+/// `ggml_vec_dot_q4_0_q8_0` and its siblings, and tinyBLAS's prefill): eight float lanes, lane
+/// `l` taking each block's exact integer sum over values `4l..4l + 4` in one fused multiply-add
+/// by the block's scale `d_w · d_a`; the lanes folded in halves at the end. A minimum (Q4_1,
+/// Q5_1) is met apart, `m_w · s_a` rounded and added to its own sum, which comes last.
 fn dot_32(format: Format, row: &[u8], act: &Activations) -> f32 {
     let (_, size) = format.block();
+    let with_min = matches!(format, Format::Q4_1 | Format::Q5_1);
     let mut w = [0i8; 32];
-    let mut sum = 0f32;
+    let mut lanes = [0f32; 8];
+    let mut mins = 0f32;
     for (i, b) in row.chunks_exact(size).enumerate() {
         unpack_32(format, b, &mut w);
-        let sumi = dot32(&w, &act.qs[i * 32..i * 32 + 32]);
+        let a = &act.qs[i * 32..i * 32 + 32];
         let d = half(b, 0) * act.d[i];
-        sum += match format {
-            // With a minimum: m · (d_a · Σa), the activation's f16-rounded scaled sum.
-            Format::Q4_1 | Format::Q5_1 => sumi as f32 * d + half(b, 2) * act.s[i],
-            _ => sumi as f32 * d,
-        };
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let sumi: i32 = (4 * l..4 * l + 4).map(|j| w[j] as i32 * a[j] as i32).sum();
+            *lane = fma(d, sumi as f32, *lane);
+        }
+        if with_min {
+            // m · (d_a · Σa), the activation's f16-rounded scaled sum.
+            mins += half(b, 2) * act.s[i];
+        }
     }
-    sum
+    let sum = fold_halves(&lanes);
+    if with_min { sum + mins } else { sum }
 }
 
 /// The 6-bit scale and minimum of sub-block `j` of a Q4_K/Q5_K block's 12 scale bytes.
