@@ -255,17 +255,26 @@ fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool
     let qs_at = qh_at + 64 * FIVE as usize;
     let low4 = _mm512_set1_epi8(0x0F);
     let bit4 = _mm512_set1_epi8(0x10);
+    // Each activation row's words and offsets eight to a block (one per vector of a tile), and
+    // its scales, cut to the strip's length (`matmul` has checked that they reach it), so that
+    // indexing them by block needs no checks.
+    let n = tiles.len();
+    let words = acts.map(|a| &a.words.as_chunks::<8>().0[..n]);
+    let extra = acts.map(|a| if OFFSET { &a.extra.as_chunks::<8>().0[..n] } else { &[] });
+    let d_act = acts.map(|a| &a.d[..n]);
+    let s_act = acts.map(|a| if MIN { &a.s[..n] } else { &[] });
     let mut acc = [[_mm512_setzero_ps(); 8]; C];
     let mut mins = [_mm512_setzero_ps(); C];
     for (b, t) in tiles.iter().enumerate() {
         let dw = f16x16(t, 0);
-        let d: [__m512; C] = std::array::from_fn(|c| _mm512_mul_ps(dw, _mm512_set1_ps(acts[c].d[b])));
+        let d: [__m512; C] = std::array::from_fn(|c| _mm512_mul_ps(dw, _mm512_set1_ps(d_act[c][b])));
         if MIN {
             let mw = f16x16(t, 32);
-            for (mins, a) in mins.iter_mut().zip(acts) {
-                *mins = _mm512_add_ps(*mins, _mm512_mul_ps(mw, _mm512_set1_ps(a.s[b])));
+            for (mins, s) in mins.iter_mut().zip(s_act) {
+                *mins = _mm512_add_ps(*mins, _mm512_mul_ps(mw, _mm512_set1_ps(s[b])));
             }
         }
+        let (words, extra) = (words.map(|w| &w[b]), extra.map(|e| if OFFSET { &e[b] } else { &[0; 8] }));
         // One vector of weights at a time, met by every activation row, keeps the registers
         // for the accumulators.
         for g in 0..8 {
@@ -278,11 +287,10 @@ fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool
                 // Plus 16 where the fifth bit is set (a nibble has no bit 4 to carry into).
                 if FIVE { _mm512_mask_add_epi8(w, mask(t, qh_at + 8 * g), w, bit4) } else { w }
             };
-            for ((acc, d), a) in acc.iter_mut().zip(&d).zip(acts) {
-                let word = 8 * b + g;
-                let start = if OFFSET { _mm512_set1_epi32(a.extra[word]) } else { _mm512_setzero_si512() };
-                let sumi = _mm512_dpbusd_epi32(start, w, broadcast(a.words[word]));
-                acc[g] = _mm512_fmadd_ps(*d, _mm512_cvtepi32_ps(sumi), acc[g]);
+            for c in 0..C {
+                let start = if OFFSET { _mm512_set1_epi32(extra[c][g]) } else { _mm512_setzero_si512() };
+                let sumi = _mm512_dpbusd_epi32(start, w, broadcast(words[c][g]));
+                acc[c][g] = _mm512_fmadd_ps(d[c], _mm512_cvtepi32_ps(sumi), acc[c][g]);
             }
         }
     }
