@@ -13,8 +13,8 @@
 //! row's lanes then do the scalar code's f32 arithmetic, one operation for one operation,
 //! block after block. For the 32-value formats that is llama.cpp's order: each four values' sum
 //! (one `vpdpbusd` lane) goes to one of eight f32 accumulators per row in a fused multiply-add,
-//! and the eight are folded in halves at the end; for the K-quants, one accumulator per row and
-//! no fused multiply-adds. Weights stored with an offset (Q4_0's 8, Q5_0's 16, Q6_K's 32, and
+//! and the eight are folded in halves at the end; for the K-quants (and Q5_0, see
+//! [`super::blocks::in_lanes`]), one accumulator per row and no fused multiply-adds. Weights stored with an offset (Q4_0's 8, Q5_0's 16, Q6_K's 32, and
 //! Q8_0 stored plus 128 to make its bytes unsigned) are summed unsigned and the offset taken
 //! off exactly through the activations' sums.
 
@@ -114,11 +114,11 @@ pub(super) fn matmul(format: Format, strips: &[u8], cols: usize, acts: &[ActRow]
     // SAFETY: these functions need AVX-512 F, BW and VNNI, which `available` has confirmed.
     unsafe {
         match format {
-            Format::Q4_0 => run(strips, blocks, acts, out, strip_32::<288, false, false, false, true, GROUP_32>, strip_32::<288, false, false, false, true, 1>),
-            Format::Q4_1 => run(strips, blocks, acts, out, strip_32::<320, true, false, false, false, GROUP_32>, strip_32::<320, true, false, false, false, 1>),
-            Format::Q5_0 => run(strips, blocks, acts, out, strip_32::<352, false, true, false, true, GROUP_32>, strip_32::<352, false, true, false, true, 1>),
-            Format::Q5_1 => run(strips, blocks, acts, out, strip_32::<384, true, true, false, false, GROUP_32>, strip_32::<384, true, true, false, false, 1>),
-            Format::Q8_0 => run(strips, blocks, acts, out, strip_32::<544, false, false, true, true, GROUP_32>, strip_32::<544, false, false, true, true, 1>),
+            Format::Q4_0 => run(strips, blocks, acts, out, strip_32::<288, false, false, false, true, true, GROUP_32>, strip_32::<288, false, false, false, true, true, 1>),
+            Format::Q4_1 => run(strips, blocks, acts, out, strip_32::<320, true, false, false, false, true, GROUP_32>, strip_32::<320, true, false, false, false, true, 1>),
+            Format::Q5_0 => run(strips, blocks, acts, out, strip_32::<352, false, true, false, true, false, GROUP>, strip_32::<352, false, true, false, true, false, 1>),
+            Format::Q5_1 => run(strips, blocks, acts, out, strip_32::<384, true, true, false, false, true, GROUP_32>, strip_32::<384, true, true, false, false, true, 1>),
+            Format::Q8_0 => run(strips, blocks, acts, out, strip_32::<544, false, false, true, true, true, GROUP_32>, strip_32::<544, false, false, true, true, true, 1>),
             Format::Q4K => run(strips, blocks, acts, out, strip_q45k::<2368, false, GROUP>, strip_q45k::<2368, false, 1>),
             Format::Q5K => run(strips, blocks, acts, out, strip_q45k::<2880, true, GROUP>, strip_q45k::<2880, true, 1>),
             Format::Q6K => run(strips, blocks, acts, out, strip_q6k::<GROUP>, strip_q6k::<1>),
@@ -244,9 +244,11 @@ fn lanes(v: __m512) -> [f32; ROWS] {
 /// `extra` takes off. In llama.cpp's order, as the scalar code: per block and row, vector `g`
 /// holds values `4g..4g + 4` of each row, so its `vpdpbusd` gives lane `g`'s integer sum, which
 /// joins accumulator `g` in a fused multiply-add by `d_w · d_a`; a minimum's rounded products
-/// `m_w · s_a` are added up apart and last.
+/// `m_w · s_a` are added up apart and last. `LANES` false (Q5_0, see
+/// [`super::blocks::in_lanes`]): the eight integer sums are added up, and each block's whole sum
+/// times `d_w · d_a` joins one accumulator per row instead, block after block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool, const OFFSET: bool, const C: usize>(
+fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool, const OFFSET: bool, const LANES: bool, const C: usize>(
     tiles: &[[u8; N]],
     acts: [&ActRow; C],
 ) -> [[f32; ROWS]; C] {
@@ -275,6 +277,8 @@ fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool
             }
         }
         let (words, extra) = (words.map(|w| &w[b]), extra.map(|e| if OFFSET { &e[b] } else { &[0; 8] }));
+        // Without lanes: each row's block sum, in two chains for a lone row as in `dot_words`.
+        let mut block: [[__m512i; 2]; C] = std::array::from_fn(|c| [_mm512_set1_epi32(extra[c].iter().sum()), _mm512_setzero_si512()]);
         // One vector of weights at a time, met by every activation row, keeps the registers
         // for the accumulators.
         for g in 0..8 {
@@ -288,16 +292,27 @@ fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool
                 if FIVE { _mm512_mask_add_epi8(w, mask(t, qh_at + 8 * g), w, bit4) } else { w }
             };
             for c in 0..C {
-                let start = if OFFSET { _mm512_set1_epi32(extra[c][g]) } else { _mm512_setzero_si512() };
-                let sumi = _mm512_dpbusd_epi32(start, w, broadcast(words[c][g]));
-                acc[c][g] = _mm512_fmadd_ps(d[c], _mm512_cvtepi32_ps(sumi), acc[c][g]);
+                if LANES {
+                    let start = if OFFSET { _mm512_set1_epi32(extra[c][g]) } else { _mm512_setzero_si512() };
+                    let sumi = _mm512_dpbusd_epi32(start, w, broadcast(words[c][g]));
+                    acc[c][g] = _mm512_fmadd_ps(d[c], _mm512_cvtepi32_ps(sumi), acc[c][g]);
+                } else {
+                    let sumi = &mut block[c][if C == 1 { g % 2 } else { 0 }];
+                    *sumi = _mm512_dpbusd_epi32(*sumi, w, broadcast(words[c][g]));
+                }
+            }
+        }
+        if !LANES {
+            for c in 0..C {
+                let sumi = _mm512_add_epi32(block[c][0], block[c][1]);
+                acc[c][0] = _mm512_add_ps(acc[c][0], _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), d[c]));
             }
         }
     }
     std::array::from_fn(|c| {
         // Folded in halves: accumulators g and g + 4, then g and g + 2, then the last two.
         let mut v = acc[c];
-        for width in [4, 2, 1] {
+        for &width in if LANES { [4, 2, 1].as_slice() } else { &[] } {
             for g in 0..width {
                 v[g] = _mm512_add_ps(v[g], v[g + width]);
             }

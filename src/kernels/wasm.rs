@@ -5,10 +5,12 @@
 //! is detected at run time and the intrinsics are ordinary safe functions here; the only
 //! `unsafe` is in the two helpers that move 16 bytes between memory and a vector.
 //!
-//! Every kernel keeps the scalar code's arithmetic, as the x86 ones do: each block's integer
-//! sum is exact in vector lanes (integer addition is associative, so lane order cannot change
-//! it), and the blocks are then combined in f32 with the scalar formula, one operation for one
-//! operation, in block order. The results are therefore bit-identical to
+//! Every kernel keeps the scalar code's arithmetic, as the x86 ones do: integer sums are exact
+//! in vector lanes (integer addition is associative, so lane order cannot change them), and
+//! they are then combined in f32 as the scalar code combines them, one operation for one
+//! operation: for the 32-value formats in llama.cpp's eight lanes with a fused multiply-add per
+//! block, which [`Lanes`] forms in f64 (WebAssembly has none); for the K-quants (and Q5_0, see
+//! [`super::blocks::in_lanes`]) block after block. The results are therefore bit-identical to
 //! [`super::blocks::dot_scalar`] (short of NaN payloads, should a scale be NaN).
 //!
 //! WebAssembly has no 8-bit multiply that sums pairs (x86's `maddubs`); its cheapest exact
@@ -42,16 +44,16 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         return None;
     }
     let sum = match format {
-        Format::Q4_1 => dot_32::<20, true>(row, act, |b, a| lane_sums(nibbles(load::<u8, 20, 4>(b)), a)),
-        Format::Q8_0 => dot_32::<34, false>(row, act, |b, a| {
+        Format::Q4_1 => dot_32::<20, true, true>(row, act, |b, a| lane_sums(nibbles(load::<u8, 20, 4>(b)), a)),
+        Format::Q8_0 => dot_32::<34, false, true>(row, act, |b, a| {
             let (lo, hi) = (load::<u8, 34, 2>(b), load::<u8, 34, 18>(b));
             lane_sums([i16x8_extend_low_i8x16(lo), i16x8_extend_high_i8x16(lo), i16x8_extend_low_i8x16(hi), i16x8_extend_high_i8x16(hi)], a)
         }),
-        Format::Q5_0 => dot_32::<22, false>(row, act, |b, a| lane_sums(less(five_bits::<22, 2, 6>(b), 16), a)),
+        Format::Q5_0 => dot_32::<22, false, false>(row, act, |b, a| lane_sums(less(five_bits::<22, 2, 6>(b), 16), a)),
         Format::Q4K => Some(dot_q45k::<144, 16, false>(row, act)),
         Format::Q6K => Some(dot_q6k(row, act)),
-        Format::Q4_0 => dot_32::<18, false>(row, act, |b, a| lane_sums(less(nibbles(load::<u8, 18, 2>(b)), 8), a)),
-        Format::Q5_1 => dot_32::<24, true>(row, act, |b, a| lane_sums(five_bits::<24, 4, 8>(b), a)),
+        Format::Q4_0 => dot_32::<18, false, true>(row, act, |b, a| lane_sums(less(nibbles(load::<u8, 18, 2>(b)), 8), a)),
+        Format::Q5_1 => dot_32::<24, true, true>(row, act, |b, a| lane_sums(five_bits::<24, 4, 8>(b), a)),
         Format::Q5K => Some(dot_q45k::<176, 48, true>(row, act)),
         Format::F32 | Format::F16 => return None,
     };
@@ -210,10 +212,11 @@ fn widen(q: v128) -> [v128; 2] {
 /// join eight f32 lanes in one fused multiply-add by the block's scale `d_w · d_a`
 /// ([`Lanes::fma`]); the lanes are folded in halves at the end. `MIN`: the block has an f16
 /// minimum at byte 2, met by the activation's scaled sum (Q4_1, Q5_1), whose rounded products
-/// are added up apart and last. `None` if a scale or minimum is infinite or NaN (see
-/// [`f16x4_to_f32`]).
+/// are added up apart and last. `LANES` false (Q5_0, see [`super::blocks::in_lanes`]): each
+/// block's whole sum times its scale is added to one sum instead, block after block. `None` if
+/// a scale or minimum is infinite or NaN (see [`f16x4_to_f32`]).
 #[inline(always)]
-fn dot_32<const N: usize, const MIN: bool>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], &[i16; 32]) -> [v128; 2]) -> Option<f32> {
+fn dot_32<const N: usize, const MIN: bool, const LANES: bool>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], &[i16; 32]) -> [v128; 2]) -> Option<f32> {
     let (blocks, _) = row.as_chunks::<N>();
     let (qs, _) = act.qs16.as_chunks::<32>();
     // `s` is read only with a minimum; otherwise `d` stands in for it to keep one loop shape.
@@ -223,6 +226,14 @@ fn dot_32<const N: usize, const MIN: bool>(row: &[u8], act: &Activations, block:
     let (blocks, qs, d, s) = (&blocks[..n], &qs[..n], &act.d[..n], &s[..n]);
 
     let mut acc = Lanes::default();
+    let mut sum = 0f32;
+    let mut add = |scale: f32, [lo, hi]: [v128; 2]| {
+        if LANES {
+            acc.fma(scale, [lo, hi]);
+        } else {
+            sum += hsum(i32x4_add(lo, hi)) as f32 * scale;
+        }
+    };
     let mut mins = 0f32;
     let mut not_finite_scales = u16x8_splat(0);
     // Four blocks at a time share the widening and products of their scales.
@@ -245,19 +256,21 @@ fn dot_32<const N: usize, const MIN: bool>(row: &[u8], act: &Activations, block:
         };
         let scales = lanes::<f32, 4>(f32x4_mul(scale, load::<f32, 4, 0>(d)));
         for k in 0..4 {
-            acc.fma(scales[k], block(&b[k], &q[k]));
+            add(scales[k], block(&b[k], &q[k]));
         }
     }
     if v128_any_true(not_finite_scales) {
         return None;
     }
     for (((b, q), &d), &s) in b_rest.iter().zip(q_rest).zip(d_rest).zip(s_rest) {
-        acc.fma(f16_at::<N, 0>(b) * d, block(b, q));
+        add(f16_at::<N, 0>(b) * d, block(b, q));
         if MIN {
             mins += f16_at::<N, 2>(b) * s;
         }
     }
-    let sum = fold_halves(&acc.to_f32());
+    if LANES {
+        sum = fold_halves(&acc.to_f32());
+    }
     Some(if MIN { sum + mins } else { sum })
 }
 

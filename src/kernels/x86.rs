@@ -6,8 +6,9 @@
 //! are exact in vector lanes (integer addition is associative, so the lane order cannot change
 //! them). The 32-value formats then sum as llama.cpp's AVX2 kernels, and as the scalar code:
 //! eight f32 lanes, each taking its four values' integer sum in one fused multiply-add per
-//! block, folded in halves at the end. The K-quants combine their blocks with the scalar
-//! formula, one operation for one operation (no fused multiply-adds), in block order.
+//! block, folded in halves at the end. The K-quants (and Q5_0, see
+//! [`super::blocks::in_lanes`]) combine their blocks with the scalar formula, one operation
+//! for one operation (no fused multiply-adds), in block order.
 //!
 //! The integer products use `maddubs` (unsigned bytes × signed bytes, adjacent pairs summed to
 //! i16), and a `madd` by ones sums each four bytes, which are the 32-value formats' lanes.
@@ -229,10 +230,12 @@ fn f32x8(v: __m256) -> [f32; 8] {
 /// `l` over values `4l..4l + 4`, any offset taken off), which join eight f32 lanes in one
 /// fused multiply-add by the block's scale `d_w · d_a`; the lanes are folded in halves at the
 /// end. `MIN`: the block has an f16 minimum at byte 2, met by the activation's scaled sum
-/// (Q4_1, Q5_1), whose rounded products are added up apart and last.
+/// (Q4_1, Q5_1), whose rounded products are added up apart and last. `LANES` false (Q5_0, see
+/// [`super::blocks::in_lanes`]): each block's whole sum times its scale is added to one sum
+/// instead, block after block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_32<const N: usize, const MIN: bool>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], __m256i) -> __m256i) -> f32 {
+fn dot_32<const N: usize, const MIN: bool, const LANES: bool>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], __m256i) -> __m256i) -> f32 {
     let (blocks, _) = row.as_chunks::<N>();
     let (qs, _) = act.qs.as_chunks::<32>();
     // `s` is read only with a minimum; otherwise `d` stands in for it to keep one loop shape.
@@ -242,9 +245,15 @@ fn dot_32<const N: usize, const MIN: bool>(row: &[u8], act: &Activations, block:
     let (blocks, qs, d, s) = (&blocks[..n], &qs[..n], &act.d[..n], &s[..n]);
 
     let mut acc = _mm256_setzero_ps();
+    let mut sum = 0f32;
     let mut mins = 0f32;
     let mut add = |b: &[u8; N], q: &[i8; 32], scale: f32| {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(block(b, load_i8(q))), acc);
+        let sums = block(b, load_i8(q));
+        if LANES {
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
+        } else {
+            sum += hsum(sums) as f32 * scale;
+        }
     };
     // Eight blocks at a time share the widening and products of their scales.
     let (b8, b_rest) = blocks.as_chunks::<8>();
@@ -268,26 +277,28 @@ fn dot_32<const N: usize, const MIN: bool>(row: &[u8], act: &Activations, block:
             mins += f16_at::<N, 2>(b) * s;
         }
     }
-    let sum = fold_halves(acc);
+    if LANES {
+        sum = fold_halves(acc);
+    }
     if MIN { sum + mins } else { sum }
 }
 
 /// Q8_0: f16 scale, 32 signed bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<34, false>(row, act, |b, a| mul_i8(load_u8(part::<u8, 34, 2, 32>(b)), a))
+    dot_32::<34, false, true>(row, act, |b, a| mul_i8(load_u8(part::<u8, 34, 2, 32>(b)), a))
 }
 
 /// Q4_0: f16 scale, 32 nibbles offset by 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_0(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<18, false>(row, act, |b, a| mul_i8(_mm256_sub_epi8(nibbles(load_u8x16(part::<u8, 18, 2, 16>(b))), _mm256_set1_epi8(8)), a))
+    dot_32::<18, false, true>(row, act, |b, a| mul_i8(_mm256_sub_epi8(nibbles(load_u8x16(part::<u8, 18, 2, 16>(b))), _mm256_set1_epi8(8)), a))
 }
 
 /// Q4_1: f16 scale and minimum, 32 nibbles.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_1(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<20, true>(row, act, |b, a| mul_u8(nibbles(load_u8x16(part::<u8, 20, 4, 16>(b))), a))
+    dot_32::<20, true, true>(row, act, |b, a| mul_u8(nibbles(load_u8x16(part::<u8, 20, 4, 16>(b))), a))
 }
 
 /// The 32 unsigned 5-bit values of a Q5_0/Q5_1 block: fifth bits at `QH`, nibbles at `QS`.
@@ -301,13 +312,13 @@ fn five_bits<const N: usize, const QH: usize, const QS: usize>(b: &[u8; N]) -> _
 /// Q5_0: f16 scale, 32 fifth bits, 32 nibbles; values offset by 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5_0(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<22, false>(row, act, |b, a| mul_i8(_mm256_sub_epi8(five_bits::<22, 2, 6>(b), _mm256_set1_epi8(16)), a))
+    dot_32::<22, false, false>(row, act, |b, a| mul_i8(_mm256_sub_epi8(five_bits::<22, 2, 6>(b), _mm256_set1_epi8(16)), a))
 }
 
 /// Q5_1: f16 scale and minimum, 32 fifth bits, 32 nibbles.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5_1(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<24, true>(row, act, |b, a| mul_u8(five_bits::<24, 4, 8>(b), a))
+    dot_32::<24, true, true>(row, act, |b, a| mul_u8(five_bits::<24, 4, 8>(b), a))
 }
 
 // ----------------------------------------------------------------------------------------
