@@ -19,8 +19,7 @@
 //! activations are widened to i16 once, when they are quantized ([`Activations::qs16`]),
 //! rather than once per weight row. An i16 pair sum cannot overflow an i32 lane, so no value
 //! range is assumed; the one reliance on [`Activations::quantize`] is that the sums it records
-//! (`s` of Q8_0 activations, `bsums` of Q8_K ones) match the values. (The exception, a block
-//! so small that its scale overflows, has a zero scale, so its sums do not change the result.)
+//! (`bsums` of Q8_K activations) match the values.
 //!
 //! The activation quantizers ([`quantize`]) are bit-identical to
 //! [`Activations::quantize_scalar`] for every input, down to NaNs, infinities and subnormal
