@@ -207,14 +207,14 @@ fn bsums_i16(bsums: &[i32; 16]) -> __m256i {
 // ----------------------------------------------------------------------------------------
 // 32-value formats.
 
-/// The sum of eight f32 lanes folded in halves, as ggml's `hsum_float_8`: lanes `l` and
-/// `l + 4`, then `l` and `l + 2`, then the last two.
+/// Eight f32 lanes reduced to one by `op` in halves: lanes `l` and `l + 4`, then `l` and
+/// `l + 2`, then the last two. With an addition, ggml's `hsum_float_8`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn fold_halves(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+fn fold_halves(v: __m256, op: impl Fn(__m128, __m128) -> __m128) -> f32 {
+    let s = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = op(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(op(s, _mm_movehdup_ps(s)))
 }
 
 /// Eight f32 lanes as an array.
@@ -278,7 +278,7 @@ fn dot_32<const N: usize, const MIN: bool, const LANES: bool>(row: &[u8], act: &
         }
     }
     if LANES {
-        sum = fold_halves(acc);
+        sum = fold_halves(acc, |a, b| _mm_add_ps(a, b));
     }
     if MIN { sum + mins } else { sum }
 }
@@ -491,9 +491,7 @@ fn abs_ps(v: __m256) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hmax(v: __m256) -> f32 {
-    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+    fold_halves(v, |a, b| _mm_max_ps(a, b))
 }
 
 /// The largest magnitude among the values, NaNs skipped as `f32::max` and the scalar
