@@ -662,3 +662,52 @@ fn quantize_q8k(act: &mut Activations, x: &[f32]) {
         act.d.push(1.0 / iscale);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::math::fma;
+
+    /// [`Lanes::fma`] of accumulators `acc` (eight lanes) and eight lane sums `s`, as f32s.
+    fn lanes_fma(acc: [f32; 8], d: f32, s: [i32; 8]) -> [f32; 8] {
+        let mut lanes = Lanes(std::array::from_fn(|k| f64x2(f64::from(acc[2 * k]), f64::from(acc[2 * k + 1]))));
+        lanes.fma(d, [i32x4(s[0], s[1], s[2], s[3]), i32x4(s[4], s[5], s[6], s[7])]);
+        lanes.to_f32()
+    }
+
+    /// The f64 path rounds once, as a fused multiply-add: random scales (products of two f16s,
+    /// as the kernels' are), sums and accumulators, and products that put the f64 sum exactly
+    /// halfway between two f32s, where rounding twice would go wrong.
+    #[wasm_bindgen_test::wasm_bindgen_test]
+    fn lanes_fma_rounds_once() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let r = next();
+            let d = f16::from_bits(r as u16 & 0x7BFF).to_f32() * f16::from_bits((r >> 16) as u16 & 0x7BFF).to_f32();
+            let s: [i32; 8] = std::array::from_fn(|_| (next() % 130_049) as i32 - 65_024);
+            let acc: [f32; 8] = std::array::from_fn(|l| if l == 0 { 0.0 } else { (next() >> 32) as i32 as f32 * 1e-6 });
+            let want: [u32; 8] = std::array::from_fn(|l| fma(d, s[l] as f32, acc[l]).to_bits());
+            assert_eq!(lanes_fma(acc, d, s).map(f32::to_bits), want, "d {d:e} sums {s:?} acc {acc:?}");
+        }
+        // 1 + d·s within 2^-53 of 1 + 2^-24, a midpoint of f32s: f64 rounds it onto the midpoint.
+        let mut ties = 0;
+        for s in 1..65_024 {
+            let d = (2f64.powi(-24) / f64::from(s)) as f32;
+            let off = f64::from(d) * f64::from(s) - 2f64.powi(-24);
+            if off != 0.0 && off.abs() < 2f64.powi(-53) {
+                for sign in [1, -1] {
+                    let got = lanes_fma([f32::from(sign as i8); 8], d * sign as f32, [s; 8]);
+                    assert_eq!(got[0].to_bits(), fma(d * sign as f32, s as f32, sign as f32).to_bits(), "tie at d {d:e}, s {s}");
+                }
+                ties += 1;
+            }
+        }
+        assert!(ties > 100, "{ties} ties");
+    }
+}
