@@ -680,13 +680,7 @@ mod tests {
     /// halfway between two f32s, where rounding twice would go wrong.
     #[wasm_bindgen_test::wasm_bindgen_test]
     fn lanes_fma_rounds_once() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = super::super::tests::xorshift(0x9E37_79B9_7F4A_7C15);
         for _ in 0..20_000 {
             let r = next();
             let d = f16::from_bits(r as u16 & 0x7BFF).to_f32() * f16::from_bits((r >> 16) as u16 & 0x7BFF).to_f32();
