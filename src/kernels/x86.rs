@@ -194,6 +194,17 @@ fn hsum(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// Lane `k` of the result is the sum of the eight lanes of `v[k]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_each(v: [__m256i; 8]) -> __m256i {
+    // Within each 128-bit half, two rounds of pairwise sums leave [v0 v1 v2 v3] and [v4 v5 v6
+    // v7] (each half's share); adding the halves finishes the sums.
+    let a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b))
+}
+
 /// A Q8_K block's sixteen 16-value sums as i16s, in order (they are at most 16 · 128 in
 /// magnitude, so the narrowing cannot saturate).
 #[inline]
@@ -247,23 +258,24 @@ fn dot_32<const N: usize, const MIN: bool, const LANES: bool>(row: &[u8], act: &
     let mut acc = _mm256_setzero_ps();
     let mut sum = 0f32;
     let mut mins = 0f32;
-    let mut add = |b: &[u8; N], q: &[i8; 32], scale: f32| {
-        let sums = block(b, load_i8(q));
-        if LANES {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
-        } else {
-            sum += hsum(sums) as f32 * scale;
-        }
-    };
     // Eight blocks at a time share the widening and products of their scales.
     let (b8, b_rest) = blocks.as_chunks::<8>();
     let (q8, q_rest) = qs.as_chunks::<8>();
     let (d8, d_rest) = d.as_chunks::<8>();
     let (s8, s_rest) = s.as_chunks::<8>();
     for (((b, q), d), s) in b8.iter().zip(q8).zip(d8).zip(s8) {
-        let scales = f32x8(_mm256_mul_ps(f16x8_at::<N, 0>(b), load_f32(d)));
-        for k in 0..8 {
-            add(&b[k], &q[k], scales[k]);
+        let scales = _mm256_mul_ps(f16x8_at::<N, 0>(b), load_f32(d));
+        if LANES {
+            for (k, scale) in f32x8(scales).into_iter().enumerate() {
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(block(&b[k], load_i8(&q[k]))), acc);
+            }
+        } else {
+            // The eight blocks' whole sums side by side, scaled together: only adding them up
+            // is in order.
+            let sums = hsum_each(std::array::from_fn(|k| block(&b[k], load_i8(&q[k]))));
+            for term in f32x8(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), scales)) {
+                sum += term;
+            }
         }
         if MIN {
             for m in f32x8(_mm256_mul_ps(f16x8_at::<N, 2>(b), load_f32(s))) {
@@ -272,7 +284,12 @@ fn dot_32<const N: usize, const MIN: bool, const LANES: bool>(row: &[u8], act: &
         }
     }
     for (((b, q), &d), &s) in b_rest.iter().zip(q_rest).zip(d_rest).zip(s_rest) {
-        add(b, q, f16_at::<N, 0>(b) * d);
+        let (sums, scale) = (block(b, load_i8(q)), f16_at::<N, 0>(b) * d);
+        if LANES {
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
+        } else {
+            sum += hsum(sums) as f32 * scale;
+        }
         if MIN {
             mins += f16_at::<N, 2>(b) * s;
         }
