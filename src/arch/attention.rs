@@ -277,7 +277,7 @@ fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spe
         let mut sum = 0f64;
         for block in probs.chunks_exact_mut(16) {
             block.iter_mut().for_each(|v| *v = math::exp_ggml(*v - max));
-            sum += f64::from(math::fold_halves(block));
+            sum += f64::from(fold_halves(block));
         }
         let inv = (1.0 / sum) as f32;
         probs.iter_mut().for_each(|p| *p = f16::from_f32(*p * inv).to_f32());
@@ -321,7 +321,7 @@ impl SumOrder {
                 *lane = math::fma(ca[l], cb[l], *lane);
             }
         }
-        math::fold_halves(&lanes)
+        fold_halves(&lanes)
     }
 
     /// The partial sums a term goes to by its index modulo this.
@@ -336,9 +336,24 @@ impl SumOrder {
     fn fold(self, partial: &[f32]) -> f32 {
         match self {
             SumOrder::Lanes => fold_steps(partial),
-            SumOrder::Tiled => math::fold_halves(partial),
+            SumOrder::Tiled => fold_halves(partial),
         }
     }
+}
+
+/// The sum of 16 lanes as a 512-bit horizontal add computes it: halves added pairwise down to
+/// one lane.
+fn fold_halves(lanes: &[f32]) -> f32 {
+    let mut v = [0f32; 16];
+    v.copy_from_slice(lanes);
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+    }
+    v[0]
 }
 
 /// The sum of four 16-lane accumulators (64 partial sums, accumulator j holding terms 16j..16j+15
@@ -350,7 +365,7 @@ fn fold_steps(partial: &[f32]) -> f32 {
         a0[l] = partial[l] + partial[32 + l];
         a0[l] += partial[16 + l] + partial[48 + l];
     }
-    math::fold_halves(&a0)
+    fold_halves(&a0)
 }
 
 /// Σ a·b summed as llama.cpp's 512-bit f16 kernel sums it: 64-wide steps into four 16-lane
@@ -488,7 +503,7 @@ mod tests {
             }
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let exps: Vec<f32> = scores.iter().map(|&v| math::exp_ggml(v - max)).collect();
-            let sum: f64 = exps.chunks_exact(16).map(|b| f64::from(math::fold_halves(b))).sum();
+            let sum: f64 = exps.chunks_exact(16).map(|b| f64::from(fold_halves(b))).sum();
             let inv = (1.0 / sum) as f32;
             let probs: Vec<f32> = exps.iter().map(|&e| f16::from_f32(e * inv).to_f32()).collect();
             for (d, o) in out.iter_mut().enumerate() {

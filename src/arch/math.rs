@@ -73,22 +73,6 @@ fn fma_via_f64(a: f32, b: f32, c: f32) -> f32 {
     f64::from_bits(toward) as f32
 }
 
-/// The sum of a power-of-two number of lanes, at most 16, as a SIMD horizontal add computes
-/// it: the upper half added to the lower half lane by lane, down to one lane (for 8 lanes,
-/// ggml's `hsum_float_8`).
-pub(crate) fn fold_halves(lanes: &[f32]) -> f32 {
-    let mut v = [0f32; 16];
-    let mut width = lanes.len().min(16);
-    v[..width].copy_from_slice(&lanes[..width]);
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            v[l] += v[l + width];
-        }
-    }
-    v[0]
-}
-
 /// e^x as ggml's vectorised CPU kernels compute it (its `ggml_v_expf`, used by its softmax and
 /// SiLU on x86-64 with AVX-512 or AVX2): a range reduction to x = n·ln 2 + b and a degree-5
 /// polynomial in b, every step a single f32 operation or fused multiply-add, so the result is

@@ -5,7 +5,7 @@
 //! tensors present say the rest (QKV bias, per-head Q/K norms, post-norms, experts).
 
 mod attention;
-pub(crate) mod math;
+mod math;
 mod decoder;
 
 pub use decoder::{State, Weights};

@@ -8,15 +8,13 @@
 //! once and multiplied against a group of activation rows, so prefill unpacks each weight once
 //! per group rather than once per row.
 //!
-//! Every result is bit-identical to [`super::blocks::dot_scalar`]: integer sums are exact
-//! (`vpdpbusd` neither saturates nor rounds, and integer addition is associative), and each
-//! row's lanes then do the scalar code's f32 arithmetic, one operation for one operation,
-//! block after block. For the 32-value formats that is llama.cpp's order: each four values' sum
-//! (one `vpdpbusd` lane) goes to one of eight f32 accumulators per row in a fused multiply-add,
-//! and the eight are folded in halves at the end; for the K-quants (and Q5_0, see
-//! [`super::blocks::in_lanes`]), one accumulator per row and no fused multiply-adds. Weights stored with an offset (Q4_0's 8, Q5_0's 16, Q6_K's 32, and
-//! Q8_0 stored plus 128 to make its bytes unsigned) are summed unsigned and the offset taken
-//! off exactly through the activations' sums.
+//! Every result is bit-identical to [`super::blocks::dot_scalar`]: each block's integer sum is
+//! exact (`vpdpbusd` neither saturates nor rounds, and integer addition is associative), and
+//! each row's lane then does the scalar code's f32 arithmetic, one operation for one operation
+//! (no fused multiply-adds), block after block. Weights stored with an offset (Q4_0's 8,
+//! Q5_0's 16, Q6_K's 32, and Q8_0 stored plus 128 to make its bytes unsigned) are summed
+//! unsigned and the offset taken off exactly through the activations' sums, as the AVX2
+//! kernels do ([`super::x86`]).
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -34,10 +32,6 @@ pub(super) fn available() -> bool {
 /// accumulators, the unpacked weights and the broadcasts within the 32 vector registers.
 const GROUP: usize = 4;
 
-/// [`GROUP`] for the 32-value formats, whose eight accumulators per activation row (nine with
-/// a minimum) leave room for two rows.
-const GROUP_32: usize = 2;
-
 /// One quantized activation row as the kernels read it.
 pub(super) struct ActRow<'a> {
     /// The 8-bit values, four at a time (the bytes one `vpdpbusd` broadcasts).
@@ -46,10 +40,9 @@ pub(super) struct ActRow<'a> {
     d: &'a [f32],
     /// Q8_1: the scaled sum of each block (met by Q4_1/Q5_1 minimums).
     s: &'a [f32],
-    /// Q4_0, Q5_0, Q8_0: per four values (a word), minus the offset times their sum
-    /// (`-offset · Σa`), where their lane's integer sum starts. Per block: Q4_K, Q5_K: the four
-    /// pairs of 32-value sums, two i16s per i32; Q6_K: the eight pairs of 16-value sums,
-    /// likewise.
+    /// Per block: Q4_0, Q5_0, Q8_0: the offset times the block's sum (`offset · Σa`); Q4_K,
+    /// Q5_K: the four pairs of 32-value sums, two i16s per i32; Q6_K: the eight pairs of
+    /// 16-value sums, likewise.
     extra: Vec<i32>,
 }
 
@@ -73,9 +66,9 @@ pub(super) fn prepare(format: Format, acts: &[Activations]) -> Vec<ActRow<'_>> {
     acts.iter()
         .map(|a| {
             let extra = match format {
-                Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => {
-                    a.qs.as_chunks::<4>().0.iter().map(|word| -offset(format) * word.iter().map(|&q| i32::from(q)).sum::<i32>()).collect()
-                }
+                // Wrapping, as the AVX2 kernels: only activations too small to quantize (whose
+                // scale is zero) can have sums that overflow.
+                Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => a.s.iter().map(|&s| (s as i32).wrapping_mul(offset(format))).collect(),
                 Format::Q4K | Format::Q5K => a
                     .bsums
                     .chunks_exact(4)
@@ -97,7 +90,7 @@ pub(super) fn matmul(format: Format, strips: &[u8], cols: usize, acts: &[ActRow]
     let blocks = cols / per_block;
     let strip_bytes = blocks * strips::tile_bytes(format);
     let per_block_extra = match format {
-        Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => 8,
+        Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => 1,
         Format::Q4K | Format::Q5K => 4,
         Format::Q6K => 8,
         _ => 0,
@@ -114,11 +107,11 @@ pub(super) fn matmul(format: Format, strips: &[u8], cols: usize, acts: &[ActRow]
     // SAFETY: these functions need AVX-512 F, BW and VNNI, which `available` has confirmed.
     unsafe {
         match format {
-            Format::Q4_0 => run(strips, blocks, acts, out, strip_32::<288, false, false, false, true, true, GROUP_32>, strip_32::<288, false, false, false, true, true, 1>),
-            Format::Q4_1 => run(strips, blocks, acts, out, strip_32::<320, true, false, false, false, true, GROUP_32>, strip_32::<320, true, false, false, false, true, 1>),
-            Format::Q5_0 => run(strips, blocks, acts, out, strip_32::<352, false, true, false, true, false, GROUP>, strip_32::<352, false, true, false, true, false, 1>),
-            Format::Q5_1 => run(strips, blocks, acts, out, strip_32::<384, true, true, false, false, true, GROUP_32>, strip_32::<384, true, true, false, false, true, 1>),
-            Format::Q8_0 => run(strips, blocks, acts, out, strip_32::<544, false, false, true, true, true, GROUP_32>, strip_32::<544, false, false, true, true, true, 1>),
+            Format::Q4_0 => run(strips, blocks, acts, out, strip_32::<288, false, false, false, 8, GROUP>, strip_32::<288, false, false, false, 8, 1>),
+            Format::Q4_1 => run(strips, blocks, acts, out, strip_32::<320, true, false, false, 0, GROUP>, strip_32::<320, true, false, false, 0, 1>),
+            Format::Q5_0 => run(strips, blocks, acts, out, strip_32::<352, false, true, false, 16, GROUP>, strip_32::<352, false, true, false, 16, 1>),
+            Format::Q5_1 => run(strips, blocks, acts, out, strip_32::<384, true, true, false, 0, GROUP>, strip_32::<384, true, true, false, 0, 1>),
+            Format::Q8_0 => run(strips, blocks, acts, out, strip_32::<544, false, false, true, 128, GROUP>, strip_32::<544, false, false, true, 128, 1>),
             Format::Q4K => run(strips, blocks, acts, out, strip_q45k::<2368, false, GROUP>, strip_q45k::<2368, false, 1>),
             Format::Q5K => run(strips, blocks, acts, out, strip_q45k::<2880, true, GROUP>, strip_q45k::<2880, true, 1>),
             Format::Q6K => run(strips, blocks, acts, out, strip_q6k::<GROUP>, strip_q6k::<1>),
@@ -132,11 +125,12 @@ pub(super) fn matmul(format: Format, strips: &[u8], cols: usize, acts: &[ActRow]
 /// per row.
 type Kernel<const N: usize, const C: usize> = unsafe fn(&[[u8; N]], [&ActRow; C]) -> [[f32; ROWS]; C];
 
-/// Runs `group` over every strip and each `G` activation rows, and `one` over the rows left.
+/// Runs `group` over every strip and each [`GROUP`] activation rows, and `one` over the rows
+/// left.
 ///
 /// # Safety
 /// The kernels must be callable on this CPU.
-unsafe fn run<const N: usize, const G: usize>(strips: &[u8], blocks: usize, acts: &[ActRow], out: &mut [f32], group: Kernel<N, G>, one: Kernel<N, 1>) {
+unsafe fn run<const N: usize>(strips: &[u8], blocks: usize, acts: &[ActRow], out: &mut [f32], group: Kernel<N, GROUP>, one: Kernel<N, 1>) {
     let (tiles, _) = strips.as_chunks::<N>();
     let width = tiles.len() / blocks * ROWS;
     for (s, strip) in tiles.chunks_exact(blocks).enumerate() {
@@ -145,18 +139,18 @@ unsafe fn run<const N: usize, const G: usize>(strips: &[u8], blocks: usize, acts
                 o.copy_from_slice(sums);
             }
         };
-        let (groups, rest) = acts.as_chunks::<G>();
+        let (groups, rest) = acts.as_chunks::<GROUP>();
         for (g, rows) in groups.iter().enumerate() {
             // SAFETY: the caller vouches for the CPU.
             let sums = unsafe { group(strip, std::array::from_fn(|c| &rows[c])) };
             for (c, sums) in sums.iter().enumerate() {
-                store(g * G + c, sums);
+                store(g * GROUP + c, sums);
             }
         }
         for (c, row) in rest.iter().enumerate() {
             // SAFETY: as above.
             let [sums] = unsafe { one(strip, [row]) };
-            store(groups.len() * G + c, &sums);
+            store(groups.len() * GROUP + c, &sums);
         }
     }
 }
@@ -240,15 +234,10 @@ fn lanes(v: __m512) -> [f32; ROWS] {
 
 /// The 32-value formats, tiles of `N` bytes: `MIN` (Q4_1, Q5_1) a minimum met by the
 /// activations' scaled sum; `FIVE` (Q5_0, Q5_1) fifth bits; `EIGHT` (Q8_0) bytes rather than
-/// nibbles; `OFFSET` (Q4_0, Q5_0, Q8_0) weights stored unsigned, whose offset the activations'
-/// `extra` takes off. In llama.cpp's order, as the scalar code: per block and row, vector `g`
-/// holds values `4g..4g + 4` of each row, so its `vpdpbusd` gives lane `g`'s integer sum, which
-/// joins accumulator `g` in a fused multiply-add by `d_w · d_a`; a minimum's rounded products
-/// `m_w · s_a` are added up apart and last. `LANES` false (Q5_0, see
-/// [`super::blocks::in_lanes`]): the eight integer sums are added up, and each block's whole sum
-/// times `d_w · d_a` joins one accumulator per row instead, block after block.
+/// nibbles; `OFFSET` taken off the unsigned weights. Per block and row, as the scalar code:
+/// `sum += sumi as f32 * (d_w * d_a)` (`+ m_w * s_a` with a minimum).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool, const OFFSET: bool, const LANES: bool, const C: usize>(
+fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool, const OFFSET: i32, const C: usize>(
     tiles: &[[u8; N]],
     acts: [&ActRow; C],
 ) -> [[f32; ROWS]; C] {
@@ -257,68 +246,34 @@ fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool
     let qs_at = qh_at + 64 * FIVE as usize;
     let low4 = _mm512_set1_epi8(0x0F);
     let bit4 = _mm512_set1_epi8(0x10);
-    // Each activation row's words and offsets eight to a block (one per vector of a tile), and
-    // its scales, cut to the strip's length (`matmul` has checked that they reach it), so that
-    // indexing them by block needs no checks.
-    let n = tiles.len();
-    let words = acts.map(|a| &a.words.as_chunks::<8>().0[..n]);
-    let extra = acts.map(|a| if OFFSET { &a.extra.as_chunks::<8>().0[..n] } else { &[] });
-    let d_act = acts.map(|a| &a.d[..n]);
-    let s_act = acts.map(|a| if MIN { &a.s[..n] } else { &[] });
-    let mut acc = [[_mm512_setzero_ps(); 8]; C];
-    let mut mins = [_mm512_setzero_ps(); C];
+    let mut acc = [_mm512_setzero_ps(); C];
     for (b, t) in tiles.iter().enumerate() {
-        let dw = f16x16(t, 0);
-        let d: [__m512; C] = std::array::from_fn(|c| _mm512_mul_ps(dw, _mm512_set1_ps(d_act[c][b])));
-        if MIN {
-            let mw = f16x16(t, 32);
-            for (mins, s) in mins.iter_mut().zip(s_act) {
-                *mins = _mm512_add_ps(*mins, _mm512_mul_ps(mw, _mm512_set1_ps(s[b])));
-            }
-        }
-        let (words, extra) = (words.map(|w| &w[b]), extra.map(|e| if OFFSET { &e[b] } else { &[0; 8] }));
-        // Without lanes: each row's block sum, in two chains for a lone row as in `dot_words`.
-        let mut block: [[__m512i; 2]; C] = std::array::from_fn(|c| [_mm512_set1_epi32(extra[c].iter().sum()), _mm512_setzero_si512()]);
-        // One vector of weights at a time, met by every activation row, keeps the registers
-        // for the accumulators.
-        for g in 0..8 {
-            let w = if EIGHT {
-                v64(t, qs_at + 64 * g)
-            } else {
-                // Vector h: values 4h.. in its low nibbles, 16 + 4h.. in its high ones.
-                let v = v64(t, qs_at + 64 * (g % 4));
-                let w = _mm512_and_si512(if g < 4 { v } else { _mm512_srli_epi16::<4>(v) }, low4);
+        let w: [__m512i; 8] = if EIGHT {
+            std::array::from_fn(|g| v64(t, qs_at + 64 * g))
+        } else {
+            // Vector h: values 4h.. in its low nibbles, 16 + 4h.. in its high ones.
+            let v: [__m512i; 4] = std::array::from_fn(|h| v64(t, qs_at + 64 * h));
+            std::array::from_fn(|g| {
+                let w = if g < 4 { _mm512_and_si512(v[g], low4) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(v[g - 4]), low4) };
                 // Plus 16 where the fifth bit is set (a nibble has no bit 4 to carry into).
                 if FIVE { _mm512_mask_add_epi8(w, mask(t, qh_at + 8 * g), w, bit4) } else { w }
-            };
-            for c in 0..C {
-                if LANES {
-                    let start = if OFFSET { _mm512_set1_epi32(extra[c][g]) } else { _mm512_setzero_si512() };
-                    let sumi = _mm512_dpbusd_epi32(start, w, broadcast(words[c][g]));
-                    acc[c][g] = _mm512_fmadd_ps(d[c], _mm512_cvtepi32_ps(sumi), acc[c][g]);
-                } else {
-                    let sumi = &mut block[c][if C == 1 { g % 2 } else { 0 }];
-                    *sumi = _mm512_dpbusd_epi32(*sumi, w, broadcast(words[c][g]));
-                }
+            })
+        };
+        let dw = f16x16(t, 0);
+        let mw = if MIN { f16x16(t, 32) } else { dw };
+        for (acc, a) in acc.iter_mut().zip(acts) {
+            let mut sumi = dot_words(&w, &a.words[8 * b..8 * b + 8], C == 1);
+            if OFFSET != 0 {
+                sumi = _mm512_sub_epi32(sumi, _mm512_set1_epi32(a.extra[b]));
             }
-        }
-        if !LANES {
-            for c in 0..C {
-                let sumi = _mm512_add_epi32(block[c][0], block[c][1]);
-                acc[c][0] = _mm512_add_ps(acc[c][0], _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), d[c]));
+            let mut term = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(dw, _mm512_set1_ps(a.d[b])));
+            if MIN {
+                term = _mm512_add_ps(term, _mm512_mul_ps(mw, _mm512_set1_ps(a.s[b])));
             }
+            *acc = _mm512_add_ps(*acc, term);
         }
     }
-    std::array::from_fn(|c| {
-        // Folded in halves: accumulators g and g + 4, then g and g + 2, then the last two.
-        let mut v = acc[c];
-        for &width in if LANES { [4, 2, 1].as_slice() } else { &[] } {
-            for g in 0..width {
-                v[g] = _mm512_add_ps(v[g], v[g + width]);
-            }
-        }
-        lanes(if MIN { _mm512_add_ps(v[0], mins[c]) } else { v[0] })
-    })
+    acc.map(|v| lanes(v))
 }
 
 /// Q4_K (`FIVE` false, tiles of 2368 bytes) and Q5_K (2880): eight sub-blocks of 32 with 6-bit

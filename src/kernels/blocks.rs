@@ -3,9 +3,7 @@
 //! The arithmetic is llama.cpp's: activations are quantized to 8 bits per block (Q8_0 for
 //! Q4_0/Q5_0/Q8_0 weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants) with the same scales and
 //! rounding, and each block's dot product is an exact integer sum scaled in f32. Two engines
-//! doing this agree to float rounding, so greedy decoding picks the same tokens; the 32-value
-//! formats also add their scaled sums up in the order of llama.cpp's x86 kernels (see
-//! `dot_32`), so that they agree to the last bit.
+//! doing this agree to float rounding, so greedy decoding picks the same tokens.
 //!
 //! The code here is portable scalar code. On x86_64, [`dot`] and [`Activations::quantize`]
 //! switch at run time to SIMD versions (AVX2), and on WebAssembly built with simd128 to SIMD
@@ -13,8 +11,6 @@
 //! [`Activations::quantize_scalar`] remain the reference.
 
 use half::f16;
-
-use crate::arch::math::{fma, fold_halves};
 
 /// A block format this module computes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,49 +274,21 @@ fn unpack_32(format: Format, b: &[u8], out: &mut [i8; 32]) {
     }
 }
 
-/// Whether dot products of `format` (a 32-value format) sum in lanes, as llama.cpp's x86
-/// kernels do (see `dot_32`). Q5_0 does not: in that order greedy decoding moved away from the
-/// node-llama-cpp reference on both models with Q5_0 weights (Qwen2.5-Coder 8 → 7 of 8 raw
-/// prompts, and one teacher-forced step each in it and in Gemma 3 beyond a near-tie), so its
-/// blocks are still added one after the other, `sum += Σw·a · (d_w · d_a)`.
-pub(super) fn in_lanes(format: Format) -> bool {
-    format != Format::Q5_0
-}
-
-/// The 32-value formats, summed in the order of llama.cpp's x86 kernels (ggml's AVX2
-/// `ggml_vec_dot_q4_0_q8_0` and its siblings, and tinyBLAS's prefill): eight float lanes, lane
-/// `l` taking each block's exact integer sum over values `4l..4l + 4` in one fused multiply-add
-/// by the block's scale `d_w · d_a`; the lanes folded in halves at the end. A minimum (Q4_1,
-/// Q5_1) is met apart, `m_w · s_a` rounded and added to its own sum, which comes last. (Q5_0:
-/// see [`in_lanes`].)
 fn dot_32(format: Format, row: &[u8], act: &Activations) -> f32 {
     let (_, size) = format.block();
-    let with_min = matches!(format, Format::Q4_1 | Format::Q5_1);
     let mut w = [0i8; 32];
-    let mut lanes = [0f32; 8];
     let mut sum = 0f32;
-    let mut mins = 0f32;
     for (i, b) in row.chunks_exact(size).enumerate() {
         unpack_32(format, b, &mut w);
-        let a = &act.qs[i * 32..i * 32 + 32];
+        let sumi = dot32(&w, &act.qs[i * 32..i * 32 + 32]);
         let d = half(b, 0) * act.d[i];
-        let sums: [i32; 8] = std::array::from_fn(|l| (4 * l..4 * l + 4).map(|j| w[j] as i32 * a[j] as i32).sum());
-        if in_lanes(format) {
-            for (lane, sumi) in lanes.iter_mut().zip(sums) {
-                *lane = fma(d, sumi as f32, *lane);
-            }
-        } else {
-            sum += sums.iter().sum::<i32>() as f32 * d;
-        }
-        if with_min {
-            // m · (d_a · Σa), the activation's f16-rounded scaled sum.
-            mins += half(b, 2) * act.s[i];
-        }
+        sum += match format {
+            // With a minimum: m · (d_a · Σa), the activation's f16-rounded scaled sum.
+            Format::Q4_1 | Format::Q5_1 => sumi as f32 * d + half(b, 2) * act.s[i],
+            _ => sumi as f32 * d,
+        };
     }
-    if in_lanes(format) {
-        sum = fold_halves(&lanes);
-    }
-    if with_min { sum + mins } else { sum }
+    sum
 }
 
 /// The 6-bit scale and minimum of sub-block `j` of a Q4_K/Q5_K block's 12 scale bytes.

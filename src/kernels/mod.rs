@@ -357,7 +357,7 @@ mod tests {
     use half::f16;
 
     /// A xorshift generator: the same test data on every run and every target.
-    pub(super) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
         move || {
             state ^= state << 13;
             state ^= state >> 7;

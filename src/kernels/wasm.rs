@@ -5,12 +5,10 @@
 //! is detected at run time and the intrinsics are ordinary safe functions here; the only
 //! `unsafe` is in the two helpers that move 16 bytes between memory and a vector.
 //!
-//! Every kernel keeps the scalar code's arithmetic, as the x86 ones do: integer sums are exact
-//! in vector lanes (integer addition is associative, so lane order cannot change them), and
-//! they are then combined in f32 as the scalar code combines them, one operation for one
-//! operation: for the 32-value formats in llama.cpp's eight lanes with a fused multiply-add per
-//! block, which [`Lanes`] forms in f64 (WebAssembly has none); for the K-quants (and Q5_0, see
-//! [`super::blocks::in_lanes`]) block after block. The results are therefore bit-identical to
+//! Every kernel keeps the scalar code's arithmetic, as the x86 ones do: each block's integer
+//! sum is exact in vector lanes (integer addition is associative, so lane order cannot change
+//! it), and the blocks are then combined in f32 with the scalar formula, one operation for one
+//! operation, in block order. The results are therefore bit-identical to
 //! [`super::blocks::dot_scalar`] (short of NaN payloads, should a scale be NaN).
 //!
 //! WebAssembly has no 8-bit multiply that sums pairs (x86's `maddubs`); its cheapest exact
@@ -19,7 +17,8 @@
 //! activations are widened to i16 once, when they are quantized ([`Activations::qs16`]),
 //! rather than once per weight row. An i16 pair sum cannot overflow an i32 lane, so no value
 //! range is assumed; the one reliance on [`Activations::quantize`] is that the sums it records
-//! (`bsums` of Q8_K activations) match the values.
+//! (`s` of Q8_0 activations, `bsums` of Q8_K ones) match the values. (The exception, a block
+//! so small that its scale overflows, has a zero scale, so its sums do not change the result.)
 //!
 //! The activation quantizers ([`quantize`]) are bit-identical to
 //! [`Activations::quantize_scalar`] for every input, down to NaNs, infinities and subnormal
@@ -31,7 +30,6 @@ use core::arch::wasm32::*;
 use half::f16;
 
 use super::blocks::{dot_scalar, ActFormat, Activations, Format};
-use crate::arch::math::fold_halves;
 
 /// The SIMD dot product of one weight row with quantized activations, or `None` when the
 /// format has no SIMD kernel (F32 and F16, used for small tensors only) or the activations
@@ -43,16 +41,16 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         return None;
     }
     let sum = match format {
-        Format::Q4_1 => dot_32::<20, true, true>(row, act, |b, a| lane_sums(nibbles(load::<u8, 20, 4>(b)), a)),
-        Format::Q8_0 => dot_32::<34, false, true>(row, act, |b, a| {
+        Format::Q4_1 => dot_32::<20, true, 0>(row, act, |b, a| mul4(nibbles(load::<u8, 20, 4>(b)), a)),
+        Format::Q8_0 => dot_32::<34, false, 0>(row, act, |b, a| {
             let (lo, hi) = (load::<u8, 34, 2>(b), load::<u8, 34, 18>(b));
-            lane_sums([i16x8_extend_low_i8x16(lo), i16x8_extend_high_i8x16(lo), i16x8_extend_low_i8x16(hi), i16x8_extend_high_i8x16(hi)], a)
+            mul4([i16x8_extend_low_i8x16(lo), i16x8_extend_high_i8x16(lo), i16x8_extend_low_i8x16(hi), i16x8_extend_high_i8x16(hi)], a)
         }),
-        Format::Q5_0 => dot_32::<22, false, false>(row, act, |b, a| lane_sums(less(five_bits::<22, 2, 6>(b), 16), a)),
+        Format::Q5_0 => dot_32::<22, false, 16>(row, act, |b, a| mul4(five_bits::<22, 2, 6>(b), a)),
         Format::Q4K => Some(dot_q45k::<144, 16, false>(row, act)),
         Format::Q6K => Some(dot_q6k(row, act)),
-        Format::Q4_0 => dot_32::<18, false, true>(row, act, |b, a| lane_sums(less(nibbles(load::<u8, 18, 2>(b)), 8), a)),
-        Format::Q5_1 => dot_32::<24, true, true>(row, act, |b, a| lane_sums(five_bits::<24, 4, 8>(b), a)),
+        Format::Q4_0 => dot_32::<18, false, 8>(row, act, |b, a| mul4(nibbles(load::<u8, 18, 2>(b)), a)),
+        Format::Q5_1 => dot_32::<24, true, 0>(row, act, |b, a| mul4(five_bits::<24, 4, 8>(b), a)),
         Format::Q5K => Some(dot_q45k::<176, 48, true>(row, act)),
         Format::F32 | Format::F16 => return None,
     };
@@ -78,8 +76,6 @@ trait Lane: Copy + Default {}
 impl Lane for i8 {}
 impl Lane for i16 {}
 impl Lane for i32 {}
-impl Lane for f32 {}
-impl Lane for f64 {}
 
 /// The lanes of `v`, in order.
 #[inline(always)]
@@ -155,24 +151,6 @@ fn mul4(w: [v128; 4], a: &[i16; 32]) -> v128 {
     i32x4_add(lo, hi)
 }
 
-/// Σ w·a over each four of 32 values: `w` four vectors of eight i16 weights, `a` the 32
-/// activations. Eight i32 lane sums, lane `l` over values `4l..4l + 4`, in two vectors.
-#[inline(always)]
-fn lane_sums(w: [v128; 4], a: &[i16; 32]) -> [v128; 2] {
-    // Each `dot` sums pairs; adding neighbouring pairs sums fours.
-    let fours = |x: v128, y: v128| i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(x, y), i32x4_shuffle::<1, 3, 5, 7>(x, y));
-    [
-        fours(i32x4_dot_i16x8(w[0], load::<i16, 32, 0>(a)), i32x4_dot_i16x8(w[1], load::<i16, 32, 8>(a))),
-        fours(i32x4_dot_i16x8(w[2], load::<i16, 32, 16>(a)), i32x4_dot_i16x8(w[3], load::<i16, 32, 24>(a))),
-    ]
-}
-
-/// Weights less an offset (Q4_0's 8, Q5_0's 16), in four vectors of eight i16s.
-#[inline(always)]
-fn less(w: [v128; 4], offset: i16) -> [v128; 4] {
-    w.map(|w| i16x8_sub(w, i16x8_splat(offset)))
-}
-
 /// Σ w·a over 16 values, as [`mul4`].
 #[inline(always)]
 fn mul2(w: [v128; 2], a: &[i16; 16]) -> v128 {
@@ -205,128 +183,69 @@ fn widen(q: v128) -> [v128; 2] {
 // ----------------------------------------------------------------------------------------
 // 32-value formats.
 
-/// The dot product over blocks of `N` bytes in llama.cpp's order (see `dot_32` in
-/// [`super::blocks`]): `block` gives one block's eight lane sums with its 32 activations (lane
-/// `l` over values `4l..4l + 4`, any offset taken off, in two vectors; see [`lane_sums`]), which
-/// join eight f32 lanes in one fused multiply-add by the block's scale `d_w · d_a`
-/// ([`Lanes::fma`]); the lanes are folded in halves at the end. `MIN`: the block has an f16
-/// minimum at byte 2, met by the activation's scaled sum (Q4_1, Q5_1), whose rounded products
-/// are added up apart and last. `LANES` false (Q5_0, see [`super::blocks::in_lanes`]): each
-/// block's whole sum times its scale is added to one sum instead, block after block. `None` if
-/// a scale or minimum is infinite or NaN (see [`f16x4_to_f32`]).
+/// The dot product over blocks of `N` bytes, `block` giving the four-lane integer sum of one
+/// block with its 32 activations.
+///
+/// `MIN`: the block has an f16 minimum at byte 2, met by the activation's scaled sum (Q4_1,
+/// Q5_1, Q8_1 activations). `OFFSET`: `block` sums the weights before their offset is taken off,
+/// so `OFFSET · Σa` is subtracted here, `Σa` being the plain sum Q8_0 activations carry (Q4_0,
+/// Q5_0).
+///
+/// Per block, exactly as the scalar code: `sum += sumi as f32 * (d_w * d_a)` (`+ m_w * s_a`
+/// with a minimum). `None` if a scale or minimum is infinite or NaN (see [`f16x4_to_f32`]).
 #[inline(always)]
-fn dot_32<const N: usize, const MIN: bool, const LANES: bool>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], &[i16; 32]) -> [v128; 2]) -> Option<f32> {
+fn dot_32<const N: usize, const MIN: bool, const OFFSET: i32>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], &[i16; 32]) -> v128) -> Option<f32> {
     let (blocks, _) = row.as_chunks::<N>();
     let (qs, _) = act.qs16.as_chunks::<32>();
-    // `s` is read only with a minimum; otherwise `d` stands in for it to keep one loop shape.
-    let s = if MIN { &act.s } else { &act.d };
+    // `s` is read only with a minimum or an offset; otherwise `d` stands in for it to keep one
+    // loop shape.
+    let s = if MIN || OFFSET != 0 { &act.s } else { &act.d };
     let n = blocks.len().min(qs.len()).min(act.d.len()).min(s.len());
     // `n` is at most each length, so these slices are in range.
     let (blocks, qs, d, s) = (&blocks[..n], &qs[..n], &act.d[..n], &s[..n]);
 
-    let mut acc = Lanes::default();
     let mut sum = 0f32;
-    let mut add = |scale: f32, [lo, hi]: [v128; 2]| {
-        if LANES {
-            acc.fma(scale, [lo, hi]);
-        } else {
-            sum += hsum(i32x4_add(lo, hi)) as f32 * scale;
-        }
-    };
-    let mut mins = 0f32;
     let mut not_finite_scales = u16x8_splat(0);
-    // Four blocks at a time share the widening and products of their scales.
+    // Four blocks at a time: their integer sums and scaling share vectors, and only the
+    // in-order f32 accumulation is scalar.
     let (b4, b_rest) = blocks.as_chunks::<4>();
     let (q4, q_rest) = qs.as_chunks::<4>();
     let (d4, d_rest) = d.as_chunks::<4>();
     let (s4, s_rest) = s.as_chunks::<4>();
     for (((b, q), d), s) in b4.iter().zip(q4).zip(d4).zip(s4) {
-        let scale = if MIN {
+        let mut sumi = f32x4_convert_i32x4(hsum_each([block(&b[0], &q[0]), block(&b[1], &q[1]), block(&b[2], &q[2]), block(&b[3], &q[3])]));
+        if OFFSET != 0 {
+            // In f32, which is exact and so the same as the scalar code's i32 arithmetic: the
+            // sums are below 2^16 and `s` is a whole number below 2^12 in magnitude. (Except
+            // in the one case noted in the module comment, where the scale is zero and any
+            // finite sum gives the same zero term, whose sign cannot matter: a sum that starts
+            // at +0 is never -0.)
+            sumi = f32x4_sub(sumi, f32x4_mul(load::<f32, 4, 0>(s), f32x4_splat(OFFSET as f32)));
+        }
+        let terms = if MIN {
             let scale_min = u32x4_at_0(b);
             not_finite_scales = v128_or(not_finite_scales, not_finite(scale_min));
-            for m in lanes::<f32, 4>(f32x4_mul(f16x4_to_f32(scale_min), load::<f32, 4, 0>(s))) {
-                mins += m;
-            }
-            f16x4_to_f32(i32x4_shl(scale_min, 16))
+            let (dw, mw) = (f16x4_to_f32(i32x4_shl(scale_min, 16)), f16x4_to_f32(scale_min));
+            f32x4_add(f32x4_mul(sumi, f32x4_mul(dw, load::<f32, 4, 0>(d))), f32x4_mul(mw, load::<f32, 4, 0>(s)))
         } else {
             let scale = f16x4_at::<N, 0>(b);
             not_finite_scales = v128_or(not_finite_scales, not_finite(scale));
-            f16x4_to_f32(scale)
+            f32x4_mul(sumi, f32x4_mul(f16x4_to_f32(scale), load::<f32, 4, 0>(d)))
         };
-        let scales = lanes::<f32, 4>(f32x4_mul(scale, load::<f32, 4, 0>(d)));
-        for k in 0..4 {
-            add(scales[k], block(&b[k], &q[k]));
-        }
+        sum += f32x4_extract_lane::<0>(terms);
+        sum += f32x4_extract_lane::<1>(terms);
+        sum += f32x4_extract_lane::<2>(terms);
+        sum += f32x4_extract_lane::<3>(terms);
     }
     if v128_any_true(not_finite_scales) {
         return None;
     }
     for (((b, q), &d), &s) in b_rest.iter().zip(q_rest).zip(d_rest).zip(s_rest) {
-        add(f16_at::<N, 0>(b) * d, block(b, q));
-        if MIN {
-            mins += f16_at::<N, 2>(b) * s;
-        }
+        let sumi = hsum(block(b, q)).wrapping_sub(if OFFSET != 0 { OFFSET.wrapping_mul(s as i32) } else { 0 }) as f32;
+        let d = f16_at::<N, 0>(b) * d;
+        sum += if MIN { sumi * d + f16_at::<N, 2>(b) * s } else { sumi * d };
     }
-    if LANES {
-        sum = fold_halves(&acc.to_f32());
-    }
-    Some(if MIN { sum + mins } else { sum })
-}
-
-/// Eight f32 accumulator lanes, held exactly as f64s, two to a vector: WebAssembly has no fused
-/// multiply-add, but in f64 a product of an f32 and an integer below 2^24 is exact, and the
-/// sum rounded to f64 and then to f32 is the fused result but where [`Lanes::doubtful`] says.
-#[derive(Clone, Copy)]
-struct Lanes([v128; 4]);
-
-impl Default for Lanes {
-    fn default() -> Lanes {
-        Lanes([f64x2_splat(0.0); 4])
-    }
-}
-
-impl Lanes {
-    /// Lane `l` ← `d · sums[l] + lane l`, rounded once to f32 (as [`crate::arch::math::fma`]),
-    /// `sums` eight i32s in two vectors.
-    #[inline(always)]
-    fn fma(&mut self, d: f32, sums: [v128; 2]) {
-        let [lo, hi] = sums;
-        let sums = [lo, i32x4_shuffle::<2, 3, 2, 3>(lo, lo), hi, i32x4_shuffle::<2, 3, 2, 3>(hi, hi)].map(|v| f64x2_convert_low_i32x4(v));
-        let scale = f64x2_splat(f64::from(d));
-        let exact: [v128; 4] = std::array::from_fn(|k| f64x2_add(f64x2_mul(scale, sums[k]), self.0[k]));
-        if Lanes::doubtful(exact) {
-            // Rare: each lane as the scalar code does it.
-            let (old, sums) = (self.to_f32(), [lo, hi].map(lanes::<i32, 4>));
-            let new: [f32; 8] = std::array::from_fn(|l| crate::arch::math::fma(d, sums[l / 4][l % 4] as f32, old[l]));
-            self.0 = std::array::from_fn(|k| f64x2(f64::from(new[2 * k]), f64::from(new[2 * k + 1])));
-        } else {
-            self.0 = exact.map(|e| f64x2_promote_low_f32x4(f32x4_demote_f64x2_zero(e)));
-        }
-    }
-
-    /// Whether a lane of `sums` may round to f32 otherwise than the fused multiply-add would:
-    /// an f64 exactly halfway between two f32s (the 29 bits below an f32 significand hold
-    /// exactly one half: rounding twice may then go the wrong way), or one below f32's normal
-    /// range, where f32 keeps fewer bits (zero included, which costs less to test and is rare
-    /// once a lane holds anything).
-    #[inline(always)]
-    fn doubtful(sums: [v128; 4]) -> bool {
-        // Per f64, as two u32s: its low word's 29 bits made zero at a half, and its high word
-        // without the sign, below 0x3810_0000 under 2^-126. The least of the four vectors
-        // tells for all.
-        let mask = u32x4(0x1FFF_FFFF, 0x7FFF_FFFF, 0x1FFF_FFFF, 0x7FFF_FFFF);
-        let half = u32x4(0x1000_0000, 0, 0x1000_0000, 0);
-        let [a, b, c, d] = sums.map(|s| v128_xor(v128_and(s, mask), half));
-        let least = u32x4_min(u32x4_min(a, b), u32x4_min(c, d));
-        v128_any_true(u32x4_lt(least, u32x4(1, 0x3810_0000, 1, 0x3810_0000)))
-    }
-
-    /// The eight lanes as f32s (exactly: each holds an f32).
-    #[inline(always)]
-    fn to_f32(self) -> [f32; 8] {
-        let [a, b, c, d] = self.0.map(lanes::<f64, 2>);
-        [a[0], a[1], b[0], b[1], c[0], c[1], d[0], d[1]].map(|v| v as f32)
-    }
+    Some(sum)
 }
 
 /// 16 packed 4-bit values → 32 i16s in four vectors: the low nibbles of bytes 0..8 and 8..16,
@@ -660,48 +579,5 @@ fn quantize_q8k(act: &mut Activations, x: &[f32]) {
             act.bsums.extend_from_slice(&lanes::<i32, 4>(hsum_each(sums)));
         }
         act.d.push(1.0 / iscale);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::arch::math::fma;
-
-    /// [`Lanes::fma`] of accumulators `acc` (eight lanes) and eight lane sums `s`, as f32s.
-    fn lanes_fma(acc: [f32; 8], d: f32, s: [i32; 8]) -> [f32; 8] {
-        let mut lanes = Lanes(std::array::from_fn(|k| f64x2(f64::from(acc[2 * k]), f64::from(acc[2 * k + 1]))));
-        lanes.fma(d, [i32x4(s[0], s[1], s[2], s[3]), i32x4(s[4], s[5], s[6], s[7])]);
-        lanes.to_f32()
-    }
-
-    /// The f64 path rounds once, as a fused multiply-add: random scales (products of two f16s,
-    /// as the kernels' are), sums and accumulators, and products that put the f64 sum exactly
-    /// halfway between two f32s, where rounding twice would go wrong.
-    #[wasm_bindgen_test::wasm_bindgen_test]
-    fn lanes_fma_rounds_once() {
-        let mut next = super::super::tests::xorshift(0x9E37_79B9_7F4A_7C15);
-        for _ in 0..20_000 {
-            let r = next();
-            let d = f16::from_bits(r as u16 & 0x7BFF).to_f32() * f16::from_bits((r >> 16) as u16 & 0x7BFF).to_f32();
-            let s: [i32; 8] = std::array::from_fn(|_| (next() % 130_049) as i32 - 65_024);
-            let acc: [f32; 8] = std::array::from_fn(|l| if l == 0 { 0.0 } else { (next() >> 32) as i32 as f32 * 1e-6 });
-            let want: [u32; 8] = std::array::from_fn(|l| fma(d, s[l] as f32, acc[l]).to_bits());
-            assert_eq!(lanes_fma(acc, d, s).map(f32::to_bits), want, "d {d:e} sums {s:?} acc {acc:?}");
-        }
-        // 1 + d·s within 2^-53 of 1 + 2^-24, a midpoint of f32s: f64 rounds it onto the midpoint.
-        let mut ties = 0;
-        for s in 1..65_024 {
-            let d = (2f64.powi(-24) / f64::from(s)) as f32;
-            let off = f64::from(d) * f64::from(s) - 2f64.powi(-24);
-            if off != 0.0 && off.abs() < 2f64.powi(-53) {
-                for sign in [1, -1] {
-                    let got = lanes_fma([f32::from(sign as i8); 8], d * sign as f32, [s; 8]);
-                    assert_eq!(got[0].to_bits(), fma(d * sign as f32, s as f32, sign as f32).to_bits(), "tie at d {d:e}, s {s}");
-                }
-                ties += 1;
-            }
-        }
-        assert!(ties > 100, "{ties} ties");
     }
 }

@@ -1,22 +1,19 @@
 //! x86_64 SIMD versions of the block dot products of [`super::blocks`], on AVX2 (+FMA, F16C),
 //! chosen at run time.
 //!
-//! Every kernel keeps the scalar code's arithmetic, so the results are bit-identical to
-//! [`super::blocks::dot_scalar`] (short of NaN payloads, should a scale be NaN). Integer sums
-//! are exact in vector lanes (integer addition is associative, so the lane order cannot change
-//! them). The 32-value formats then sum as llama.cpp's AVX2 kernels, and as the scalar code:
-//! eight f32 lanes, each taking its four values' integer sum in one fused multiply-add per
-//! block, folded in halves at the end. The K-quants (and Q5_0, see
-//! [`super::blocks::in_lanes`]) combine their blocks with the scalar formula, one operation
-//! for one operation (no fused multiply-adds), in block order.
+//! Every kernel keeps the scalar code's arithmetic: each block's integer sum is computed
+//! exactly in vector lanes (integer addition is associative, so the lane order cannot change
+//! it), and the blocks are then combined in f32 with the scalar formula, one operation for one
+//! operation (no fused multiply-adds), in block order. The results are therefore bit-identical
+//! to [`super::blocks::dot_scalar`] (short of NaN payloads, should a scale be NaN). The price
+//! is a serial chain of f32 additions, one per block; the 32-value kernels add up one group of
+//! eight blocks while the next group's integer work runs, which hides most of it.
 //!
 //! The integer products use `maddubs` (unsigned bytes × signed bytes, adjacent pairs summed to
-//! i16), and a `madd` by ones sums each four bytes, which are the 32-value formats' lanes.
-//! Unsigned weights go in as they are: Q4_1, Q5_1 and the K-quants, and Q6_K before its
-//! offset, which is taken off afterwards through the activations' sums (`32 · Σa`). Signed
-//! weights (Q8_0, and Q4_0 and Q5_0 once their offset is taken off) go in as their absolute
-//! value, their sign moved onto the activation. No i16 pair sum can saturate: the largest is
-//! 2 · 128 · 127 = 32512.
+//! i16). Unsigned weights go in as they are: Q4_1, Q5_1 and the K-quants; Q4_0, Q5_0 and Q6_K
+//! too, before their offset, which is taken off afterwards through the activations' sums
+//! (`offset · Σa`). Q8_0 weights go in as their absolute value, their sign moved onto the
+//! activation. No i16 pair sum can saturate: the largest is 2 · 128 · 127 = 32512.
 //!
 //! The activation quantizers ([`quantize`]) are here too, bit-identical to
 //! [`Activations::quantize_scalar`] for every input, down to NaNs, infinities and subnormal
@@ -25,7 +22,9 @@
 //! The kernels rely on activations as [`Activations::quantize`] makes them: values in
 //! -127..=127 (both of llama.cpp's 8-bit quantizers scale the largest magnitude to 127; with
 //! Q8_0 weights, a -128 would lose its sign against a negative weight), and the sums it
-//! records (`bsums` of Q8_K activations) matching the values.
+//! records (`s` of Q8_0 activations, `bsums` of Q8_K ones) matching the values. (The one
+//! exception, a block so small that its scale overflows, has a zero scale, so its sums do not
+//! change the result.)
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -218,104 +217,87 @@ fn bsums_i16(bsums: &[i32; 16]) -> __m256i {
 // ----------------------------------------------------------------------------------------
 // 32-value formats.
 
-/// Eight f32 lanes reduced to one by `op` in halves: lanes `l` and `l + 4`, then `l` and
-/// `l + 2`, then the last two. With an addition, ggml's `hsum_float_8`.
+/// The dot product over blocks of `N` bytes, `block` giving the eight-lane integer sum of one
+/// block with its 32 activations.
+///
+/// `MIN`: the block has an f16 minimum at byte 2, met by the activation's scaled sum (Q4_1,
+/// Q5_1, Q8_1 activations). `OFFSET`: `block` sums the weights before their offset is taken off
+/// (unsigned bytes are cheaper to multiply), so `OFFSET · Σa` is subtracted here, `Σa` being
+/// the plain sum Q8_0 activations carry (Q4_0, Q5_0).
+///
+/// Per block, exactly as the scalar code: `sum += sumi as f32 * (d_w * d_a)` (`+ m_w * s_a`
+/// with a minimum).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn fold_halves(v: __m256, op: impl Fn(__m128, __m128) -> __m128) -> f32 {
-    let s = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = op(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(op(s, _mm_movehdup_ps(s)))
-}
-
-/// Eight f32 lanes as an array.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn f32x8(v: __m256) -> [f32; 8] {
-    // SAFETY: eight f32 lanes are eight f32s; every bit pattern is a valid f32.
-    unsafe { std::mem::transmute::<__m256, [f32; 8]>(v) }
-}
-
-/// The dot product over blocks of `N` bytes in llama.cpp's order (see `dot_32` in
-/// [`super::blocks`]): `block` gives one block's eight lane sums with its 32 activations (lane
-/// `l` over values `4l..4l + 4`, any offset taken off), which join eight f32 lanes in one
-/// fused multiply-add by the block's scale `d_w · d_a`; the lanes are folded in halves at the
-/// end. `MIN`: the block has an f16 minimum at byte 2, met by the activation's scaled sum
-/// (Q4_1, Q5_1), whose rounded products are added up apart and last. `LANES` false (Q5_0, see
-/// [`super::blocks::in_lanes`]): each block's whole sum times its scale is added to one sum
-/// instead, block after block.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_32<const N: usize, const MIN: bool, const LANES: bool>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], __m256i) -> __m256i) -> f32 {
+fn dot_32<const N: usize, const MIN: bool, const OFFSET: i32>(row: &[u8], act: &Activations, block: impl Fn(&[u8; N], __m256i) -> __m256i) -> f32 {
     let (blocks, _) = row.as_chunks::<N>();
     let (qs, _) = act.qs.as_chunks::<32>();
-    // `s` is read only with a minimum; otherwise `d` stands in for it to keep one loop shape.
-    let s = if MIN { &act.s } else { &act.d };
+    // `s` is read only with a minimum or an offset; otherwise `d` stands in for it to keep one
+    // loop shape.
+    let s = if MIN || OFFSET != 0 { &act.s } else { &act.d };
     let n = blocks.len().min(qs.len()).min(act.d.len()).min(s.len());
     // `n` is at most each length, so these slices are in range.
     let (blocks, qs, d, s) = (&blocks[..n], &qs[..n], &act.d[..n], &s[..n]);
 
-    let mut acc = _mm256_setzero_ps();
     let mut sum = 0f32;
-    let mut mins = 0f32;
-    // Eight blocks at a time share the widening and products of their scales.
+    // Eight blocks at a time: the eight integer sums and their scaling share vectors, and
+    // only the in-order f32 accumulation is scalar.
     let (b8, b_rest) = blocks.as_chunks::<8>();
     let (q8, q_rest) = qs.as_chunks::<8>();
     let (d8, d_rest) = d.as_chunks::<8>();
     let (s8, s_rest) = s.as_chunks::<8>();
+    let mut pending: Option<[f32; 8]> = None;
     for (((b, q), d), s) in b8.iter().zip(q8).zip(d8).zip(s8) {
-        let scales = _mm256_mul_ps(f16x8_at::<N, 0>(b), load_f32(d));
-        if LANES {
-            for (k, scale) in f32x8(scales).into_iter().enumerate() {
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(block(&b[k], load_i8(&q[k]))), acc);
-            }
-        } else {
-            // The eight blocks' whole sums side by side, scaled together: only adding them up
-            // is in order.
-            let sums = hsum_each(std::array::from_fn(|k| block(&b[k], load_i8(&q[k]))));
-            for term in f32x8(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), scales)) {
-                sum += term;
+        let sums: [__m256i; 8] = std::array::from_fn(|k| block(&b[k], load_i8(&q[k])));
+        let mut sumi = hsum_each(sums);
+        if OFFSET != 0 {
+            // The sums are whole numbers far below 2^24, so the conversion is exact.
+            sumi = _mm256_sub_epi32(sumi, _mm256_mullo_epi32(_mm256_cvtps_epi32(load_f32(s)), _mm256_set1_epi32(OFFSET)));
+        }
+        let sumi = _mm256_cvtepi32_ps(sumi);
+        let mut terms = _mm256_mul_ps(sumi, _mm256_mul_ps(f16x8_at::<N, 0>(b), load_f32(d)));
+        if MIN {
+            terms = _mm256_add_ps(terms, _mm256_mul_ps(f16x8_at::<N, 2>(b), load_f32(s)));
+        }
+        // SAFETY: eight f32 lanes are eight f32s; every bit pattern is a valid f32.
+        let terms: [f32; 8] = unsafe { std::mem::transmute::<__m256, [f32; 8]>(terms) };
+        if let Some(p) = pending.replace(terms) {
+            for t in p {
+                sum += t;
             }
         }
-        if MIN {
-            for m in f32x8(_mm256_mul_ps(f16x8_at::<N, 2>(b), load_f32(s))) {
-                mins += m;
-            }
+    }
+    if let Some(p) = pending {
+        for t in p {
+            sum += t;
         }
     }
     for (((b, q), &d), &s) in b_rest.iter().zip(q_rest).zip(d_rest).zip(s_rest) {
-        let (sums, scale) = (block(b, load_i8(q)), f16_at::<N, 0>(b) * d);
-        if LANES {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(sums), acc);
-        } else {
-            sum += hsum(sums) as f32 * scale;
-        }
-        if MIN {
-            mins += f16_at::<N, 2>(b) * s;
-        }
+        // Wrapping, as the vector lanes do: only for activations too small to quantize (see
+        // `quantize_q8`) can `s` be out of range, and then their scale is zero.
+        let sumi = hsum(block(b, load_i8(q))).wrapping_sub(if OFFSET != 0 { OFFSET.wrapping_mul(s as i32) } else { 0 }) as f32;
+        let d = f16_at::<N, 0>(b) * d;
+        sum += if MIN { sumi * d + f16_at::<N, 2>(b) * s } else { sumi * d };
     }
-    if LANES {
-        sum = fold_halves(acc, |a, b| _mm_add_ps(a, b));
-    }
-    if MIN { sum + mins } else { sum }
+    sum
 }
 
 /// Q8_0: f16 scale, 32 signed bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<34, false, true>(row, act, |b, a| mul_i8(load_u8(part::<u8, 34, 2, 32>(b)), a))
+    dot_32::<34, false, 0>(row, act, |b, a| mul_i8(load_u8(part::<u8, 34, 2, 32>(b)), a))
 }
 
 /// Q4_0: f16 scale, 32 nibbles offset by 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_0(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<18, false, true>(row, act, |b, a| mul_i8(_mm256_sub_epi8(nibbles(load_u8x16(part::<u8, 18, 2, 16>(b))), _mm256_set1_epi8(8)), a))
+    dot_32::<18, false, 8>(row, act, |b, a| mul_u8(nibbles(load_u8x16(part::<u8, 18, 2, 16>(b))), a))
 }
 
 /// Q4_1: f16 scale and minimum, 32 nibbles.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_1(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<20, true, true>(row, act, |b, a| mul_u8(nibbles(load_u8x16(part::<u8, 20, 4, 16>(b))), a))
+    dot_32::<20, true, 0>(row, act, |b, a| mul_u8(nibbles(load_u8x16(part::<u8, 20, 4, 16>(b))), a))
 }
 
 /// The 32 unsigned 5-bit values of a Q5_0/Q5_1 block: fifth bits at `QH`, nibbles at `QS`.
@@ -329,13 +311,13 @@ fn five_bits<const N: usize, const QH: usize, const QS: usize>(b: &[u8; N]) -> _
 /// Q5_0: f16 scale, 32 fifth bits, 32 nibbles; values offset by 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5_0(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<22, false, false>(row, act, |b, a| mul_i8(_mm256_sub_epi8(five_bits::<22, 2, 6>(b), _mm256_set1_epi8(16)), a))
+    dot_32::<22, false, 16>(row, act, |b, a| mul_u8(five_bits::<22, 2, 6>(b), a))
 }
 
 /// Q5_1: f16 scale and minimum, 32 fifth bits, 32 nibbles.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5_1(row: &[u8], act: &Activations) -> f32 {
-    dot_32::<24, true, true>(row, act, |b, a| mul_u8(five_bits::<24, 4, 8>(b), a))
+    dot_32::<24, true, 0>(row, act, |b, a| mul_u8(five_bits::<24, 4, 8>(b), a))
 }
 
 // ----------------------------------------------------------------------------------------
@@ -508,7 +490,9 @@ fn abs_ps(v: __m256) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hmax(v: __m256) -> f32 {
-    fold_halves(v, |a, b| _mm_max_ps(a, b))
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
 }
 
 /// The largest magnitude among the values, NaNs skipped as `f32::max` and the scalar
