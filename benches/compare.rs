@@ -118,40 +118,40 @@ fn llama_cpp(path: &Path, threads: usize, prompt: &[u32]) -> Figures {
     )
 }
 
-/// Memory read bandwidth in GB/s with `threads` threads: a 1 GiB buffer, far beyond the caches,
-/// summed in 64-byte strides of eight u64 lanes (which the compiler turns into vector loads);
-/// the best of 5 passes.
-fn read_bandwidth(threads: usize) -> f64 {
+/// The child process: memory read bandwidth in GB/s with `threads` threads, printed. A 1 GiB
+/// buffer, far beyond the caches, summed (the compiler vectorises the sum into wide loads);
+/// the best of 5 passes. In a process of its own so that the buffer does not count in the peak
+/// RSS llama.cpp's processes report (Linux carries a parent's peak into a child's `maxRSS`).
+fn bandwidth_child(threads: usize) {
     let buffer = vec![1u64; 1 << 27];
-    let per_thread = buffer.len() / threads;
+    let per_thread = buffer.len().div_ceil(threads.max(1));
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let start = std::time::Instant::now();
         let total: u64 = std::thread::scope(|scope| {
-            let handles: Vec<_> = buffer
-                .chunks(per_thread)
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut lanes = [0u64; 8];
-                        for line in part.chunks_exact(8) {
-                            for (lane, v) in lanes.iter_mut().zip(line) {
-                                *lane = lane.wrapping_add(*v);
-                            }
-                        }
-                        lanes.iter().fold(0u64, |a, b| a.wrapping_add(*b))
-                    })
-                })
-                .collect();
+            let handles: Vec<_> =
+                buffer.chunks(per_thread).map(|part| scope.spawn(move || part.iter().fold(0u64, |a, b| a.wrapping_add(*b)))).collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).fold(0, u64::wrapping_add)
         });
         assert_eq!(total, buffer.len() as u64, "every word read once");
         best = best.min(start.elapsed().as_secs_f64());
     }
-    (buffer.len() * 8) as f64 / best / 1e9
+    println!("{}", (buffer.len() * 8) as f64 / best / 1e9);
+}
+
+fn read_bandwidth(threads: usize) -> f64 {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new(exe).arg("--bandwidth").arg(threads.to_string()).output().expect("run child");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("bandwidth")
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bandwidth") {
+        bandwidth_child(args[i + 1].parse().expect("thread count"));
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--child") {
         child(Path::new(&args[i + 1]));
         return;
