@@ -50,6 +50,12 @@ const TASK_WORK: usize = 1 << 16;
 #[cfg(target_arch = "x86_64")]
 const MIN_TASKS: usize = 8;
 
+/// Multiply-adds below which a product runs whole on the calling thread: waking another thread
+/// and waiting for it costs more than it saves. (SmolLM2's layers, 576 wide, decoded slower on
+/// two threads than on one.)
+#[cfg(target_arch = "x86_64")]
+const SERIAL_WORK: usize = 1 << 20;
+
 /// Parallel tasks a product is split into at most (rows in strips).
 #[cfg(target_arch = "x86_64")]
 const MAX_TASKS: usize = 64;
@@ -176,7 +182,11 @@ impl QMatrix {
         let strip_bytes = k / format.block().0 * strips::tile_bytes(format);
         let count = data.len() / strip_bytes;
         // Strips per task: TASK_WORK multiply-adds, between MIN_TASKS and MAX_TASKS tasks.
-        let per_task = TASK_WORK.div_ceil(ROWS * k * m).min(count.div_ceil(MIN_TASKS)).max(count.div_ceil(MAX_TASKS)).max(1);
+        let per_task = if count * ROWS * k * m < SERIAL_WORK {
+            count
+        } else {
+            TASK_WORK.div_ceil(ROWS * k * m).min(count.div_ceil(MIN_TASKS)).max(count.div_ceil(MAX_TASKS)).max(1)
+        };
         let rows = avx512::prepare(format, acts);
         // Per task, `[m][its strips × ROWS]`.
         let mut by_task = vec![0f32; count * ROWS * m];
