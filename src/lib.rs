@@ -42,6 +42,17 @@ use native as platform;
 #[cfg(target_arch = "wasm32")]
 use web as platform;
 
+/// A xorshift generator for tests: the same data on every run and every target.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 pub use catalog::Route;
 pub use error::{Error, Result};
 pub use generator::{GenerateOptions, Generator, Prompt};

@@ -636,7 +636,8 @@ impl Bpe {
     /// The tokens of one word: its bytes' tokens, merged.
     fn merge(&self, word: &[u8], out: &mut Vec<u32>) -> Result<()> {
         // Linked symbols: (token, previous, next); a merged-away symbol's token is `None`.
-        let mut symbols: Vec<(Option<u32>, Option<usize>, Option<usize>)> = Vec::with_capacity(word.len());
+        type Linked = (Option<u32>, Option<usize>, Option<usize>);
+        let mut symbols: Vec<Linked> = Vec::with_capacity(word.len());
         for (i, &byte) in word.iter().enumerate() {
             let id = self.byte_tokens[byte as usize]
                 .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no token for byte 0x{byte:02X}")))?;
@@ -644,7 +645,7 @@ impl Bpe {
         }
         // Candidates: (rank, left symbol, left token, right token, merged token), lowest first.
         let mut queue = BinaryHeap::new();
-        let candidate = |symbols: &[(Option<u32>, Option<usize>, Option<usize>)], left: usize| {
+        let candidate = |symbols: &[Linked], left: usize| {
             let (l, _, next) = symbols[left];
             let (r, _, _) = symbols[next?];
             let (rank, merged) = *self.merges.get(&(l?, r?))?;

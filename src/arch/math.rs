@@ -104,13 +104,7 @@ mod tests {
 
     #[test]
     fn fma_through_f64_rounds_once() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut checked = 0;
         for _ in 0..2_000_000 {
             let r = next();

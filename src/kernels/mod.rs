@@ -364,17 +364,8 @@ fn candle_dtype(id: u32) -> Option<GgmlDType> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xorshift;
     use half::f16;
-
-    /// A xorshift generator: the same test data on every run and every target.
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
-    }
 
     /// Writes `scale()` as a finite f16 wherever `format` keeps a block's scales (and
     /// minimums), block after block.

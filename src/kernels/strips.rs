@@ -358,13 +358,8 @@ mod tests {
     /// last strip is partial; the padding rows are zero.
     #[test]
     fn rows_come_back_from_their_strips() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        };
+        let mut random = crate::xorshift(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || random() as u8;
         for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K] {
             let (per_block, block) = format.block();
             let (rows, cols) = (21, 3 * per_block);
