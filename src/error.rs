@@ -165,7 +165,35 @@ pub enum Error {
         /// What is wrong with its value.
         reason: String,
     },
+
+    /// The model does not fit in the memory it would be read into, so loading it would end in
+    /// an out-of-memory kill (natively, a model read rather than memory-mapped) or a failed
+    /// allocation (WebAssembly's 4 GiB memory). Nothing was allocated.
+    #[error("the model is {:.2} GiB, more than the {:.2} GiB {where_} can hold{}", *.bytes as f64 / GIB, *.limit as f64 / GIB, .hint)]
+    ModelTooLarge {
+        /// The model's size in bytes.
+        bytes: u64,
+        /// The memory it would have to fit in, in bytes.
+        limit: u64,
+        /// Which memory: `"this machine's available memory"`, `"WebAssembly's memory"`.
+        where_: &'static str,
+        /// What to do instead, starting with "; " (or empty).
+        hint: &'static str,
+    },
+
+    /// Something is wrong in one shard of a split model.
+    #[error("shard {} of {count}: {error}", .shard + 1)]
+    InShard {
+        /// The shard (0-based).
+        shard: usize,
+        /// The shards of the model.
+        count: usize,
+        /// What is wrong in it.
+        error: Box<Error>,
+    },
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {

@@ -81,25 +81,47 @@ enum Kind {
 }
 
 impl QMatrix {
-    /// A matrix of ggml type `ggml_type` from its raw bytes, which it shares rather than copies.
+    /// A matrix of ggml type `ggml_type` from its raw bytes, repacked for this CPU's kernels
+    /// where they would repack it (see [`QMatrix::would_repack`]), else shared rather than
+    /// copied.
     ///
     /// # Errors
     /// [`Error::Compute`] when the type is unknown or the sizes do not fit the format.
     pub fn new(ggml_type: u32, data: impl Into<Bytes>, rows: usize, cols: usize) -> Result<QMatrix> {
+        QMatrix::load(ggml_type, data, rows, cols, QMatrix::would_repack(ggml_type, rows, cols))
+    }
+
+    /// Whether this CPU's kernels run faster on a matrix of this type and shape repacked (into
+    /// the AVX-512 VNNI strips of sixteen rows): where they exist, unless padding the last strip
+    /// would add more than an eighth of the rows.
+    pub fn would_repack(ggml_type: u32, rows: usize, cols: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(format) = Format::from_ggml(ggml_type) {
+            return strips::supported(format) && avx512::available() && cols > 0 && rows.next_multiple_of(strips::ROWS) - rows <= rows / 8;
+        }
+        let _ = (ggml_type, rows, cols);
+        false
+    }
+
+    /// A matrix of ggml type `ggml_type` from its raw bytes: a repacked copy when `repack` (and
+    /// [`QMatrix::would_repack`]), else the bytes in place, shared rather than copied.
+    ///
+    /// # Errors
+    /// [`Error::Compute`] when the type is unknown or the sizes do not fit the format.
+    pub fn load(ggml_type: u32, data: impl Into<Bytes>, rows: usize, cols: usize, repack: bool) -> Result<QMatrix> {
         let data = data.into();
         if let Some(format) = Format::from_ggml(ggml_type) {
             let (per_block, block_bytes) = format.block();
-            if !cols.is_multiple_of(per_block) || data.len() != rows * (cols / per_block) * block_bytes {
+            let expected = (cols / per_block).checked_mul(block_bytes).and_then(|row| row.checked_mul(rows));
+            if !cols.is_multiple_of(per_block) || expected != Some(data.len()) {
                 return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
             }
-            // Repacked where the AVX-512 VNNI kernels run, unless padding the last strip would
-            // add more than an eighth of the rows. The file's copy is dropped here, unless it is
-            // shared (a model read from bytes in memory keeps the whole file).
             #[cfg(target_arch = "x86_64")]
-            if strips::supported(format) && avx512::available() && cols > 0 && rows.next_multiple_of(strips::ROWS) - rows <= rows / 8 {
+            if repack && QMatrix::would_repack(ggml_type, rows, cols) {
                 let data = strips::repack(format, &data, rows, cols).into();
                 return Ok(QMatrix { kind: Kind::Strips { format, data }, rows, cols });
             }
+            let _ = repack;
             let row_bytes = cols / per_block * block_bytes;
             return Ok(QMatrix { kind: Kind::Blocks { format, data, row_bytes }, rows, cols });
         }
