@@ -167,8 +167,12 @@ impl Model {
     /// the file's own tokenizer.
     ///
     /// # Errors
-    /// Any [`Error`] from reading the GGUF header, building the tokenizer or loading weights.
+    /// Any [`Error`] from reading the GGUF header, building the tokenizer or loading weights;
+    /// [`Error::ModelTooLarge`] as [`Model::read`].
     pub fn read_with_tokenizer_json<R: Read + Seek>(reader: &mut R, tokenizer_json: &[u8], with_weights: bool) -> Result<Model> {
+        if with_weights {
+            check_fits(reader)?;
+        }
         let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(reader)?, Some(tokenizer_json))?;
         let weights = if with_weights { Some(Weights::load(&gguf, reader)?) } else { None };
         Ok(Model::from_parts(gguf, tokenizer, weights))

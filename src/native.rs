@@ -101,10 +101,25 @@ fn drive(generator: &mut Generator, sender: &ChunkSender) {
 }
 
 impl Route {
-    /// Where this route's model file is looked for by default:
-    /// `${CANDLEWICK_CACHE:-~/.cache/candlewick}/models/<file name>`.
+    /// Where this route's model file is looked for by default: the first of its
+    /// [`Route::known_files`] found in `${CANDLEWICK_CACHE:-~/.cache/candlewick}/models` (for a
+    /// split model, its first shard, `<name>-00001-of-000NN.gguf`), else where the first of them
+    /// would be.
     pub fn default_path(&self) -> PathBuf {
-        cache_dir().join("models").join(self.file_name())
+        let dir = cache_dir().join("models");
+        let names: Vec<String> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()).unwrap_or_default();
+        for known in self.known_files() {
+            let found = if known.split {
+                let prefix = format!("{}-00001-of-", known.name);
+                names.iter().find(|n| n.starts_with(&prefix) && n.ends_with(".gguf"))
+            } else {
+                names.iter().find(|n| *n == known.name)
+            };
+            if let Some(name) = found {
+                return dir.join(name);
+            }
+        }
+        dir.join(self.file_name())
     }
 
     /// Runs real inference on this route's model from the default path (see
