@@ -56,6 +56,11 @@ const MIN_TASKS: usize = 8;
 #[cfg(target_arch = "x86_64")]
 const SERIAL_WORK: usize = 1 << 20;
 
+/// The largest matrix (bytes) repacked into strips for a single product: the buffer it takes
+/// stays allocated on each thread that used it.
+#[cfg(target_arch = "x86_64")]
+const TRANSIENT_STRIPS_MAX: usize = 16 << 20;
+
 /// Parallel tasks a product is split into at most (rows in strips).
 #[cfg(target_arch = "x86_64")]
 const MAX_TASKS: usize = 64;
@@ -160,6 +165,10 @@ impl QMatrix {
         };
         let acts = quantize_rows(x, m, format);
         match &self.kind {
+            #[cfg(target_arch = "x86_64")]
+            Kind::Blocks { data, .. } if data.len() <= TRANSIENT_STRIPS_MAX && strips::pays_for_one_product(format, m) && avx512::available() => {
+                Ok(self.matmul_transient_strips(format, data, &acts))
+            }
             Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, &acts)),
             #[cfg(target_arch = "x86_64")]
             Kind::Strips { data, .. } => Ok(self.matmul_strips(format, data, &acts)),
@@ -193,6 +202,27 @@ impl QMatrix {
             }
         }
         out
+    }
+
+    /// [`QMatrix::matmul`] of rows in the file's layout, repacked into strips for this product
+    /// alone (a prompt's rows through an expert, which is not repacked at load): into a buffer
+    /// of the calling thread's, reused from product to product.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_transient_strips(&self, format: Format, data: &[u8], acts: &[Activations]) -> Vec<f32> {
+        use std::cell::RefCell;
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let run = |buffer: &mut Vec<u8>| {
+            strips::repack_into(format, data, self.rows, self.cols, buffer);
+            self.matmul_strips(format, buffer, acts)
+        };
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buffer) => run(&mut buffer),
+            // This thread is already inside such a product (the pool gave it another task while
+            // it waited): a buffer of this product's own.
+            Err(_) => run(&mut Vec::new()),
+        })
     }
 
     /// [`QMatrix::matmul`] of rows in strips: each task takes whole strips and every activation
@@ -407,7 +437,7 @@ mod tests {
     /// `matmul` gives, bit for bit, the scalar dot product of each weight row with the
     /// scalar-quantized activations, for every block format the kernels compute: 37 rows, so
     /// the last parallel task is a partial one (32 + 5), rows of 7 blocks, so the SIMD kernels
-    /// end on a partial group of blocks, and one or three activation rows (decoding, prefill).
+    /// end on a partial group of blocks, and one to nine activation rows (decoding, prefill).
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn matmul_is_bit_identical_to_scalar_dots() {
@@ -418,8 +448,12 @@ mod tests {
             let (rows, cols) = (37, 7 * per_block);
             let mut data: Vec<u8> = (0..rows * cols / per_block * size).map(|_| next() as u8).collect();
             set_scales(format, &mut data, || ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1);
-            let matrix = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
-            for m in [1, 3] {
+            // As loaded (repacked where the CPU has strips), and in place, in the file's layout
+            // (repacked for one product from a few rows on, where the CPU has strips).
+            let loaded = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
+            let in_place = QMatrix::load(ggml_type, data.clone(), rows, cols, false).expect("a well-formed matrix");
+            assert!(matches!(in_place.kind, Kind::Blocks { .. }));
+            for (matrix, m) in [(&loaded, 1), (&loaded, 3), (&in_place, 1), (&in_place, 2), (&in_place, 3), (&in_place, 9)] {
                 let x: Vec<f32> = (0..m * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
                 let got = matrix.matmul(&x, m).expect("matching shapes");
                 for (i, x) in x.chunks_exact(cols).enumerate() {
@@ -520,7 +554,7 @@ mod tests {
         use std::hint::black_box;
         use std::time::Instant;
         let mut next = xorshift(0x0DDB_1A5E_5BAD_5EED);
-        let shapes = [(3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896)];
+        let shapes = [(12, 768, 2048), (12, 2048, 768), (14, 2048, 768), (3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896)];
         let only = std::env::var("MATMUL_SPEED_ONLY").ok();
         for (ggml_type, rows, cols) in shapes {
             if only.as_ref().is_some_and(|only| !only.split(',').any(|t| t == ggml_type.to_string())) {
@@ -536,7 +570,7 @@ mod tests {
             let repacked = QMatrix::new(ggml_type, data, rows, cols).expect("a well-formed matrix");
             let load = start.elapsed().as_secs_f64();
             println!("{format:?} {rows}×{cols}: loaded in {:.1} ms ({:.2} GB/s)", load * 1e3, bytes as f64 / load / 1e9);
-            for m in [1, 128] {
+            for m in std::env::var("MATMUL_SPEED_M").ok().map_or(vec![1, 128], |v| v.split(',').filter_map(|m| m.parse().ok()).collect()) {
                 if rows * m > 20_000_000 || std::env::var_os("MATMUL_SPEED_LOAD").is_some() {
                     continue;
                 }
