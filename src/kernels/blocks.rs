@@ -35,6 +35,36 @@ pub enum Format {
     Q5K,
     /// 256 values: 16 sub-blocks with 8-bit scales, 6-bit values offset by 32.
     Q6K,
+    /// Brain floats: the top 16 bits of an f32.
+    BF16,
+    /// 256 values: 16 sub-blocks with 4-bit scales and minimums, 2-bit values.
+    Q2K,
+    /// 256 values: 16 sub-blocks with 6-bit scales, 3-bit values offset by 4.
+    Q3K,
+    /// 256 values: 8-value groups from a 256-entry grid with sign codes, 4-bit scales.
+    IQ2XXS,
+    /// 256 values: 8-value groups from a 512-entry grid with sign codes, 4-bit scales.
+    IQ2XS,
+    /// 256 values: 4-value groups from a 256-entry grid with sign codes, 4-bit scales.
+    IQ3XXS,
+    /// 256 values: ternary 8-value groups from a 2048-entry grid, 3-bit scales and a shift.
+    IQ1S,
+    /// 32 values: f16 scale, 4-bit indices into 16 non-linear values.
+    IQ4NL,
+    /// 256 values: 4-value groups from a 512-entry grid with sign bits, 4-bit scales.
+    IQ3S,
+    /// 256 values: 8-value groups from a 1024-entry grid with sign bits, 4-bit scales.
+    IQ2S,
+    /// 256 values: IQ4_NL's values with 6-bit scales per 32.
+    IQ4XS,
+    /// 256 values: as IQ1_S with the shift per 8 values and the scale spread over the scales.
+    IQ1M,
+    /// 256 values: ternary, five values per byte (base 3).
+    TQ1_0,
+    /// 256 values: ternary, 2 bits each.
+    TQ2_0,
+    /// 32 values: a power-of-two scale (E8M0), 4-bit E2M1 values.
+    MXFP4,
 }
 
 /// How activations are quantized to meet a weight format.
@@ -48,6 +78,9 @@ pub enum ActFormat {
     Q8_1,
     /// 256-value blocks, f32 scale and sums of each 16 values.
     Q8K,
+    /// Brain floats (for BF16 weights, as llama.cpp converts their activations), kept in
+    /// [`Activations::f32s`] as the f32s they stand for.
+    BF16,
 }
 
 impl Format {
@@ -64,6 +97,21 @@ impl Format {
             12 => Format::Q4K,
             13 => Format::Q5K,
             14 => Format::Q6K,
+            30 => Format::BF16,
+            10 => Format::Q2K,
+            11 => Format::Q3K,
+            16 => Format::IQ2XXS,
+            17 => Format::IQ2XS,
+            18 => Format::IQ3XXS,
+            19 => Format::IQ1S,
+            20 => Format::IQ4NL,
+            21 => Format::IQ3S,
+            22 => Format::IQ2S,
+            23 => Format::IQ4XS,
+            29 => Format::IQ1M,
+            34 => Format::TQ1_0,
+            35 => Format::TQ2_0,
+            39 => Format::MXFP4,
             _ => return None,
         })
     }
@@ -81,21 +129,52 @@ impl Format {
             Format::Q4K => (256, 144),
             Format::Q5K => (256, 176),
             Format::Q6K => (256, 210),
+            Format::BF16 => (1, 2),
+            Format::Q2K => (256, 84),
+            Format::Q3K => (256, 110),
+            Format::IQ2XXS => (256, 66),
+            Format::IQ2XS => (256, 74),
+            Format::IQ3XXS => (256, 98),
+            Format::IQ1S => (256, 50),
+            Format::IQ4NL => (32, 18),
+            Format::IQ3S => (256, 110),
+            Format::IQ2S => (256, 82),
+            Format::IQ4XS => (256, 136),
+            Format::IQ1M => (256, 56),
+            Format::TQ1_0 => (256, 54),
+            Format::TQ2_0 => (256, 66),
+            Format::MXFP4 => (32, 17),
         }
     }
 
-    /// The activation format its dot product takes.
+    /// The activation format its dot product takes: llama.cpp's `vec_dot_type` (except F16,
+    /// whose activations stay f32 here).
     pub fn act(self) -> ActFormat {
         match self {
             Format::F32 | Format::F16 => ActFormat::F32,
-            Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => ActFormat::Q8_0,
+            Format::BF16 => ActFormat::BF16,
+            Format::Q4_0 | Format::Q5_0 | Format::Q8_0 | Format::IQ4NL | Format::MXFP4 => ActFormat::Q8_0,
             Format::Q4_1 | Format::Q5_1 => ActFormat::Q8_1,
-            Format::Q4K | Format::Q5K | Format::Q6K => ActFormat::Q8K,
+            Format::Q4K
+            | Format::Q5K
+            | Format::Q6K
+            | Format::Q2K
+            | Format::Q3K
+            | Format::IQ2XXS
+            | Format::IQ2XS
+            | Format::IQ3XXS
+            | Format::IQ1S
+            | Format::IQ3S
+            | Format::IQ2S
+            | Format::IQ4XS
+            | Format::IQ1M
+            | Format::TQ1_0
+            | Format::TQ2_0 => ActFormat::Q8K,
         }
     }
 }
 
-fn half(b: &[u8], at: usize) -> f32 {
+pub(super) fn half(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
@@ -150,6 +229,7 @@ impl Activations {
         self.bsums.clear();
         match format {
             ActFormat::F32 => self.f32s.extend_from_slice(x),
+            ActFormat::BF16 => self.f32s.extend(x.iter().map(|&v| super::lowbit::round_bf16(v))),
             ActFormat::Q8_0 | ActFormat::Q8_1 => {
                 for block in x.chunks_exact(32) {
                     // llama.cpp's x86 quantizer: scale 127/amax, round half to even.
@@ -242,6 +322,7 @@ pub fn dot_scalar(format: Format, row: &[u8], act: &Activations) -> f32 {
         Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => dot_32(format, row, act),
         Format::Q4K | Format::Q5K => dot_q45k(format, row, act),
         Format::Q6K => dot_q6k(row, act),
+        _ => super::lowbit::dot(format, row, act),
     }
 }
 
@@ -424,6 +505,7 @@ pub fn dequantize(format: Format, row: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        _ => super::lowbit::dequantize(format, row, out),
     }
 }
 

@@ -60,7 +60,8 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
             Format::Q4_0 => dot_q4_0(row, act),
             Format::Q5_1 => dot_q5_1(row, act),
             Format::Q5K => dot_q45k::<176, 48, true>(row, act),
-            Format::F32 | Format::F16 => return None,
+            // Formats without an AVX2 kernel (the float ones, used for small tensors only).
+            _ => return None,
         })
     }
 }
@@ -460,7 +461,7 @@ fn dot_q6k(row: &[u8], act: &Activations) -> f32 {
 /// `false` (with `act` untouched) when this CPU lacks AVX2/FMA/F16C or the format is plain f32
 /// (a copy), in which case the caller takes the scalar path.
 pub(super) fn quantize(act: &mut Activations, x: &[f32], format: ActFormat) -> bool {
-    if !available() || format == ActFormat::F32 {
+    if !available() || matches!(format, ActFormat::F32 | ActFormat::BF16) {
         return false;
     }
     act.f32s.clear();
