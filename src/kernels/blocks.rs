@@ -526,25 +526,82 @@ mod tests {
         }
     }
 
+    /// Every format.
+    const ALL: [Format; 25] = [
+        Format::F32,
+        Format::F16,
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q8_0,
+        Format::Q4K,
+        Format::Q5K,
+        Format::Q6K,
+        Format::BF16,
+        Format::Q2K,
+        Format::Q3K,
+        Format::IQ2XXS,
+        Format::IQ2XS,
+        Format::IQ3XXS,
+        Format::IQ1S,
+        Format::IQ4NL,
+        Format::IQ3S,
+        Format::IQ2S,
+        Format::IQ4XS,
+        Format::IQ1M,
+        Format::TQ1_0,
+        Format::TQ2_0,
+        Format::MXFP4,
+    ];
+
+    /// Where a block of `format` keeps its f16 scales (and minimums).
+    fn scale_offsets(format: Format) -> &'static [usize] {
+        match format {
+            Format::F32 | Format::F16 | Format::BF16 | Format::MXFP4 | Format::IQ1M => &[],
+            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+            Format::Q6K => &[208],
+            Format::Q2K => &[80, 82],
+            Format::Q3K => &[108],
+            Format::TQ1_0 => &[52],
+            Format::TQ2_0 => &[64],
+            _ => &[0],
+        }
+    }
+
+    /// Writes the finite f16 `scale` into block `b` of `format`, wherever it keeps its scales.
+    fn set_scale(format: Format, b: &mut [u8], scale: f16) {
+        for &at in scale_offsets(format) {
+            b[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+        }
+        if format == Format::IQ1M {
+            // Its f16 scale is spread over the top nibbles of the four 16-bit scale words.
+            let bits = scale.to_bits();
+            for k in 0..4 {
+                b[49 + 2 * k] = (b[49 + 2 * k] & 0x0F) | ((((bits >> (4 * k)) & 0x0F) as u8) << 4);
+            }
+        }
+    }
+
     /// Random but well-formed blocks: finite f16 scales, any bits elsewhere.
     fn random_row(format: Format, blocks: usize, rng: &mut Rng) -> Vec<u8> {
         let (_, size) = format.block();
         let mut row: Vec<u8> = (0..blocks * size).map(|_| rng.next() as u8).collect();
         for b in row.chunks_exact_mut(size) {
-            let scale_at: &[usize] = match format {
-                Format::F32 | Format::F16 => &[],
-                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                Format::Q6K => &[208],
-                _ => &[0],
-            };
-            for &at in scale_at {
+            for &at in scale_offsets(format) {
                 b[at..at + 2].copy_from_slice(&f16::from_f32(rng.f() * 0.1).to_le_bytes());
+            }
+            if format == Format::IQ1M {
+                set_scale(format, b, f16::from_f32(rng.f() * 0.1));
             }
             if format == Format::F32 {
                 b.copy_from_slice(&rng.f().to_le_bytes());
             }
             if format == Format::F16 {
                 b.copy_from_slice(&f16::from_f32(rng.f()).to_le_bytes());
+            }
+            if format == Format::BF16 {
+                b.copy_from_slice(&((rng.f().to_bits() >> 16) as u16).to_le_bytes());
             }
         }
         row
@@ -556,7 +613,7 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn dot_matches_dequantized_reference() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        for format in [Format::F32, Format::F16, Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K] {
+        for format in ALL {
             let (per_block, _) = format.block();
             let unit = if per_block == 1 { 32 } else { per_block };
             for units in [1, 3, 7] {
@@ -568,6 +625,7 @@ mod tests {
                 // The activations as the kernel sees them.
                 let xa: Vec<f32> = match format.act() {
                     ActFormat::F32 => x.clone(),
+                    ActFormat::BF16 => act.f32s.clone(),
                     ActFormat::Q8K => act.qs.iter().enumerate().map(|(i, &q)| q as f32 * act.d[i / 256]).collect(),
                     _ => act.qs.iter().enumerate().map(|(i, &q)| q as f32 * act.d[i / 32]).collect(),
                 };
@@ -690,13 +748,11 @@ mod tests {
                         // Keep finite f16 scales: copy them from a well-formed row.
                         let size = format.block().1;
                         for (b, s) in row.chunks_exact_mut(size).zip(scales.chunks_exact(size)) {
-                            let at: &[usize] = match format {
-                                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                                Format::Q6K => &[208],
-                                _ => &[0],
-                            };
-                            for &at in at {
+                            for &at in scale_offsets(format) {
                                 b[at..at + 2].copy_from_slice(&s[at..at + 2]);
+                            }
+                            if format == Format::IQ1M {
+                                set_scale(format, b, f16::from_f32(0.01 * sign));
                             }
                         }
                         let x: Vec<f32> = (0..blocks * per_block).map(|i| if i % 3 == 0 { -sign } else { sign }).collect();

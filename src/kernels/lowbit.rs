@@ -508,3 +508,43 @@ pub(super) fn dequantize(format: Format, row: &[u8], out: &mut [f32]) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brain-float rounding is to nearest, ties to even, NaNs kept NaN, as llama.cpp's.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn bf16_rounds_to_nearest_even() {
+        let ulp = 2f32.powi(-7);
+        assert_eq!(round_bf16(1.0 + ulp / 2.0), 1.0);
+        assert_eq!(round_bf16(1.0 + ulp * 1.5), 1.0 + 2.0 * ulp);
+        assert_eq!(round_bf16(1.0 + ulp * 0.75), 1.0 + ulp);
+        assert_eq!(round_bf16(-3.0), -3.0);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert!(round_bf16(f32::from_bits(0x7F80_0001)).is_nan());
+        assert_eq!(round_bf16(f32::MAX), f32::INFINITY);
+    }
+
+    /// MXFP4's halved E8M0 scale: 2^(e − 128), subnormal for e < 2.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn e8m0_scales_are_halved_powers_of_two() {
+        assert_eq!(e8m0_half(127), 0.5);
+        assert_eq!(e8m0_half(128), 1.0);
+        assert_eq!(e8m0_half(1), 2f32.powi(-127));
+        assert_eq!(e8m0_half(0), 2f32.powi(-128));
+        assert_eq!(e8m0_half(254), 2f32.powi(126));
+    }
+
+    /// The sign bytes: the seven coded signs, and an eighth that makes the count even.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn ksigns_have_even_parity() {
+        for (code, &signs) in KSIGNS_IQ2XS.iter().enumerate() {
+            assert_eq!(usize::from(signs & 127), code);
+            assert_eq!(signs.count_ones() % 2, 0, "code {code}");
+        }
+    }
+}
