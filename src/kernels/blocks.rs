@@ -672,8 +672,58 @@ mod tests {
     mod simd {
         use super::*;
 
-        /// Every format except the float ones, which have no SIMD kernel.
+        /// Every format with a SIMD kernel on this target: on x86_64 every format except the
+        /// float ones; on WebAssembly the first eight quantized ones (the later ones run scalar
+        /// there).
+        #[cfg(target_arch = "x86_64")]
+        const QUANTIZED: [Format; 22] = [
+            Format::Q8_0,
+            Format::Q5_0,
+            Format::Q4K,
+            Format::Q6K,
+            Format::Q4_1,
+            Format::Q4_0,
+            Format::Q5_1,
+            Format::Q5K,
+            Format::Q2K,
+            Format::Q3K,
+            Format::IQ2XXS,
+            Format::IQ2XS,
+            Format::IQ3XXS,
+            Format::IQ1S,
+            Format::IQ4NL,
+            Format::IQ3S,
+            Format::IQ2S,
+            Format::IQ4XS,
+            Format::IQ1M,
+            Format::TQ1_0,
+            Format::TQ2_0,
+            Format::MXFP4,
+        ];
+        #[cfg(target_arch = "wasm32")]
         const QUANTIZED: [Format; 8] = [Format::Q8_0, Format::Q5_0, Format::Q4K, Format::Q6K, Format::Q4_1, Format::Q4_0, Format::Q5_1, Format::Q5K];
+
+        /// Formats without a SIMD kernel get `None` from the target's `dot`, so `dot` takes the
+        /// scalar path (and still gives the scalar result).
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        fn formats_without_kernels_fall_back_to_scalar() {
+            let mut rng = Rng(0x3C6E_F372_FE94_F82B);
+            for format in ALL.into_iter().filter(|f| !QUANTIZED.contains(f)) {
+                let (per_block, _) = format.block();
+                let blocks = 512 / per_block;
+                let row = random_row(format, blocks, &mut rng);
+                let x: Vec<f32> = (0..blocks * per_block).map(|_| rng.f()).collect();
+                let mut act = Activations::default();
+                act.quantize(&x, format.act());
+                #[cfg(target_arch = "x86_64")]
+                let got = crate::kernels::x86::dot(format, &row, &act);
+                #[cfg(target_arch = "wasm32")]
+                let got = crate::kernels::wasm::dot(format, &row, &act);
+                assert!(got.is_none(), "{format:?} has a kernel: add it to QUANTIZED");
+                assert_eq!(dot(format, &row, &act).to_bits(), dot_scalar(format, &row, &act).to_bits(), "{format:?}");
+            }
+        }
 
         /// The SIMD kernel's result. On x86_64 a CPU without AVX2/FMA/F16C has none, which
         /// fails the test only when `CANDLEWICK_REQUIRE_SIMD` is set (elsewhere such a CPU just

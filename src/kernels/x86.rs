@@ -33,6 +33,8 @@ use half::f16;
 
 use super::blocks::{ActFormat, Activations, Format};
 
+mod iq;
+
 /// Whether this CPU has everything the kernels here are compiled for (AVX2, FMA, F16C).
 /// Detected once: `dot` runs for every weight row, so it must cost one load and one branch.
 fn available() -> bool {
@@ -60,8 +62,9 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
             Format::Q4_0 => dot_q4_0(row, act),
             Format::Q5_1 => dot_q5_1(row, act),
             Format::Q5K => dot_q45k::<176, 48, true>(row, act),
-            // Formats without an AVX2 kernel (the float ones, used for small tensors only).
-            _ => return None,
+            // The later low-bit formats, in their own file; the float ones (small tensors only)
+            // have no kernel.
+            _ => return iq::dot(format, row, act),
         })
     }
 }
