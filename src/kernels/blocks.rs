@@ -933,7 +933,29 @@ mod tests {
                 (Format::Q4_0, 896, 4864),
                 (Format::Q5_1, 896, 4864),
                 (Format::Q5K, 896, 4864),
+                // Kimi K2's expert matrices (gate/up 2048×7168, down 7168×2048), in the
+                // formats of its files.
+                (Format::IQ1S, 2048, 7168),
+                (Format::IQ1M, 2048, 7168),
+                (Format::IQ2XXS, 2048, 7168),
+                (Format::IQ2XS, 2048, 7168),
+                (Format::IQ2S, 2048, 7168),
+                (Format::IQ3XXS, 2048, 7168),
+                (Format::IQ3S, 2048, 7168),
+                (Format::IQ4XS, 2048, 7168),
+                (Format::IQ4NL, 2048, 7168),
+                (Format::MXFP4, 2048, 7168),
+                (Format::Q2K, 2048, 7168),
+                (Format::Q3K, 2048, 7168),
+                (Format::TQ1_0, 2048, 7168),
+                (Format::TQ2_0, 2048, 7168),
+                (Format::IQ2XXS, 7168, 2048),
+                (Format::IQ1S, 7168, 2048),
+                (Format::Q4K, 2048, 7168),
             ];
+            // `CANDLEWICK_SPEED_FORMATS=IQ1S,Q2K` times only those formats.
+            let only = std::env::var("CANDLEWICK_SPEED_FORMATS").ok();
+            let shapes = shapes.into_iter().filter(|(f, _, _)| only.as_ref().is_none_or(|o| o.split(',').any(|n| n == format!("{f:?}"))));
             for (format, rows, cols) in shapes {
                 let (per_block, size) = format.block();
                 let data = random_row(format, rows * cols / per_block, &mut rng);
