@@ -31,9 +31,11 @@ reference:
 		npm ci --prefix tests/reference --no-audit --no-fund; \
 	fi
 
-# Python's Jinja2, which the chat-template tests compare against.
+# Python's Jinja2, which the chat-template tests compare against, and the gguf package, whose
+# dequantizers the block formats' tests compare against (tests/formats.rs).
 python-deps:
 	@python3 -c 'import jinja2' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check jinja2
+	@python3 -c 'import gguf' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check gguf
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown

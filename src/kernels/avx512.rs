@@ -115,7 +115,8 @@ pub(super) fn matmul(format: Format, strips: &[u8], cols: usize, acts: &[ActRow]
             Format::Q4K => run(strips, blocks, acts, out, strip_q45k::<2368, false, GROUP>, strip_q45k::<2368, false, 1>),
             Format::Q5K => run(strips, blocks, acts, out, strip_q45k::<2880, true, GROUP>, strip_q45k::<2880, true, 1>),
             Format::Q6K => run(strips, blocks, acts, out, strip_q6k::<GROUP>, strip_q6k::<1>),
-            Format::F32 | Format::F16 => return false,
+            // Formats never repacked (`strips::supported`).
+            _ => return false,
         }
     }
     true

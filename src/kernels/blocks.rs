@@ -35,6 +35,36 @@ pub enum Format {
     Q5K,
     /// 256 values: 16 sub-blocks with 8-bit scales, 6-bit values offset by 32.
     Q6K,
+    /// Brain floats: the top 16 bits of an f32.
+    BF16,
+    /// 256 values: 16 sub-blocks with 4-bit scales and minimums, 2-bit values.
+    Q2K,
+    /// 256 values: 16 sub-blocks with 6-bit scales, 3-bit values offset by 4.
+    Q3K,
+    /// 256 values: 8-value groups from a 256-entry grid with sign codes, 4-bit scales.
+    IQ2XXS,
+    /// 256 values: 8-value groups from a 512-entry grid with sign codes, 4-bit scales.
+    IQ2XS,
+    /// 256 values: 4-value groups from a 256-entry grid with sign codes, 4-bit scales.
+    IQ3XXS,
+    /// 256 values: ternary 8-value groups from a 2048-entry grid, 3-bit scales and a shift.
+    IQ1S,
+    /// 32 values: f16 scale, 4-bit indices into 16 non-linear values.
+    IQ4NL,
+    /// 256 values: 4-value groups from a 512-entry grid with sign bits, 4-bit scales.
+    IQ3S,
+    /// 256 values: 8-value groups from a 1024-entry grid with sign bits, 4-bit scales.
+    IQ2S,
+    /// 256 values: IQ4_NL's values with 6-bit scales per 32.
+    IQ4XS,
+    /// 256 values: as IQ1_S with the shift per 8 values and the scale spread over the scales.
+    IQ1M,
+    /// 256 values: ternary, five values per byte (base 3).
+    TQ1_0,
+    /// 256 values: ternary, 2 bits each.
+    TQ2_0,
+    /// 32 values: a power-of-two scale (E8M0), 4-bit E2M1 values.
+    MXFP4,
 }
 
 /// How activations are quantized to meet a weight format.
@@ -48,6 +78,9 @@ pub enum ActFormat {
     Q8_1,
     /// 256-value blocks, f32 scale and sums of each 16 values.
     Q8K,
+    /// Brain floats (for BF16 weights, as llama.cpp converts their activations), kept in
+    /// [`Activations::f32s`] as the f32s they stand for.
+    BF16,
 }
 
 impl Format {
@@ -64,6 +97,21 @@ impl Format {
             12 => Format::Q4K,
             13 => Format::Q5K,
             14 => Format::Q6K,
+            30 => Format::BF16,
+            10 => Format::Q2K,
+            11 => Format::Q3K,
+            16 => Format::IQ2XXS,
+            17 => Format::IQ2XS,
+            18 => Format::IQ3XXS,
+            19 => Format::IQ1S,
+            20 => Format::IQ4NL,
+            21 => Format::IQ3S,
+            22 => Format::IQ2S,
+            23 => Format::IQ4XS,
+            29 => Format::IQ1M,
+            34 => Format::TQ1_0,
+            35 => Format::TQ2_0,
+            39 => Format::MXFP4,
             _ => return None,
         })
     }
@@ -81,21 +129,52 @@ impl Format {
             Format::Q4K => (256, 144),
             Format::Q5K => (256, 176),
             Format::Q6K => (256, 210),
+            Format::BF16 => (1, 2),
+            Format::Q2K => (256, 84),
+            Format::Q3K => (256, 110),
+            Format::IQ2XXS => (256, 66),
+            Format::IQ2XS => (256, 74),
+            Format::IQ3XXS => (256, 98),
+            Format::IQ1S => (256, 50),
+            Format::IQ4NL => (32, 18),
+            Format::IQ3S => (256, 110),
+            Format::IQ2S => (256, 82),
+            Format::IQ4XS => (256, 136),
+            Format::IQ1M => (256, 56),
+            Format::TQ1_0 => (256, 54),
+            Format::TQ2_0 => (256, 66),
+            Format::MXFP4 => (32, 17),
         }
     }
 
-    /// The activation format its dot product takes.
+    /// The activation format its dot product takes: llama.cpp's `vec_dot_type` (except F16,
+    /// whose activations stay f32 here).
     pub fn act(self) -> ActFormat {
         match self {
             Format::F32 | Format::F16 => ActFormat::F32,
-            Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => ActFormat::Q8_0,
+            Format::BF16 => ActFormat::BF16,
+            Format::Q4_0 | Format::Q5_0 | Format::Q8_0 | Format::IQ4NL | Format::MXFP4 => ActFormat::Q8_0,
             Format::Q4_1 | Format::Q5_1 => ActFormat::Q8_1,
-            Format::Q4K | Format::Q5K | Format::Q6K => ActFormat::Q8K,
+            Format::Q4K
+            | Format::Q5K
+            | Format::Q6K
+            | Format::Q2K
+            | Format::Q3K
+            | Format::IQ2XXS
+            | Format::IQ2XS
+            | Format::IQ3XXS
+            | Format::IQ1S
+            | Format::IQ3S
+            | Format::IQ2S
+            | Format::IQ4XS
+            | Format::IQ1M
+            | Format::TQ1_0
+            | Format::TQ2_0 => ActFormat::Q8K,
         }
     }
 }
 
-fn half(b: &[u8], at: usize) -> f32 {
+pub(super) fn half(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
@@ -150,6 +229,7 @@ impl Activations {
         self.bsums.clear();
         match format {
             ActFormat::F32 => self.f32s.extend_from_slice(x),
+            ActFormat::BF16 => self.f32s.extend(x.iter().map(|&v| super::lowbit::round_bf16(v))),
             ActFormat::Q8_0 | ActFormat::Q8_1 => {
                 for block in x.chunks_exact(32) {
                     // llama.cpp's x86 quantizer: scale 127/amax, round half to even.
@@ -242,6 +322,7 @@ pub fn dot_scalar(format: Format, row: &[u8], act: &Activations) -> f32 {
         Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => dot_32(format, row, act),
         Format::Q4K | Format::Q5K => dot_q45k(format, row, act),
         Format::Q6K => dot_q6k(row, act),
+        _ => super::lowbit::dot(format, row, act),
     }
 }
 
@@ -424,6 +505,7 @@ pub fn dequantize(format: Format, row: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        _ => super::lowbit::dequantize(format, row, out),
     }
 }
 
@@ -444,25 +526,82 @@ mod tests {
         }
     }
 
+    /// Every format.
+    const ALL: [Format; 25] = [
+        Format::F32,
+        Format::F16,
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q8_0,
+        Format::Q4K,
+        Format::Q5K,
+        Format::Q6K,
+        Format::BF16,
+        Format::Q2K,
+        Format::Q3K,
+        Format::IQ2XXS,
+        Format::IQ2XS,
+        Format::IQ3XXS,
+        Format::IQ1S,
+        Format::IQ4NL,
+        Format::IQ3S,
+        Format::IQ2S,
+        Format::IQ4XS,
+        Format::IQ1M,
+        Format::TQ1_0,
+        Format::TQ2_0,
+        Format::MXFP4,
+    ];
+
+    /// Where a block of `format` keeps its f16 scales (and minimums).
+    fn scale_offsets(format: Format) -> &'static [usize] {
+        match format {
+            Format::F32 | Format::F16 | Format::BF16 | Format::MXFP4 | Format::IQ1M => &[],
+            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+            Format::Q6K => &[208],
+            Format::Q2K => &[80, 82],
+            Format::Q3K => &[108],
+            Format::TQ1_0 => &[52],
+            Format::TQ2_0 => &[64],
+            _ => &[0],
+        }
+    }
+
+    /// Writes the finite f16 `scale` into block `b` of `format`, wherever it keeps its scales.
+    fn set_scale(format: Format, b: &mut [u8], scale: f16) {
+        for &at in scale_offsets(format) {
+            b[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+        }
+        if format == Format::IQ1M {
+            // Its f16 scale is spread over the top nibbles of the four 16-bit scale words.
+            let bits = scale.to_bits();
+            for k in 0..4 {
+                b[49 + 2 * k] = (b[49 + 2 * k] & 0x0F) | ((((bits >> (4 * k)) & 0x0F) as u8) << 4);
+            }
+        }
+    }
+
     /// Random but well-formed blocks: finite f16 scales, any bits elsewhere.
     fn random_row(format: Format, blocks: usize, rng: &mut Rng) -> Vec<u8> {
         let (_, size) = format.block();
         let mut row: Vec<u8> = (0..blocks * size).map(|_| rng.next() as u8).collect();
         for b in row.chunks_exact_mut(size) {
-            let scale_at: &[usize] = match format {
-                Format::F32 | Format::F16 => &[],
-                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                Format::Q6K => &[208],
-                _ => &[0],
-            };
-            for &at in scale_at {
+            for &at in scale_offsets(format) {
                 b[at..at + 2].copy_from_slice(&f16::from_f32(rng.f() * 0.1).to_le_bytes());
+            }
+            if format == Format::IQ1M {
+                set_scale(format, b, f16::from_f32(rng.f() * 0.1));
             }
             if format == Format::F32 {
                 b.copy_from_slice(&rng.f().to_le_bytes());
             }
             if format == Format::F16 {
                 b.copy_from_slice(&f16::from_f32(rng.f()).to_le_bytes());
+            }
+            if format == Format::BF16 {
+                b.copy_from_slice(&((rng.f().to_bits() >> 16) as u16).to_le_bytes());
             }
         }
         row
@@ -474,7 +613,7 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn dot_matches_dequantized_reference() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        for format in [Format::F32, Format::F16, Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K] {
+        for format in ALL {
             let (per_block, _) = format.block();
             let unit = if per_block == 1 { 32 } else { per_block };
             for units in [1, 3, 7] {
@@ -486,6 +625,7 @@ mod tests {
                 // The activations as the kernel sees them.
                 let xa: Vec<f32> = match format.act() {
                     ActFormat::F32 => x.clone(),
+                    ActFormat::BF16 => act.f32s.clone(),
                     ActFormat::Q8K => act.qs.iter().enumerate().map(|(i, &q)| q as f32 * act.d[i / 256]).collect(),
                     _ => act.qs.iter().enumerate().map(|(i, &q)| q as f32 * act.d[i / 32]).collect(),
                 };
@@ -532,8 +672,58 @@ mod tests {
     mod simd {
         use super::*;
 
-        /// Every format except the float ones, which have no SIMD kernel.
+        /// Every format with a SIMD kernel on this target: on x86_64 every format except the
+        /// float ones; on WebAssembly the first eight quantized ones (the later ones run scalar
+        /// there).
+        #[cfg(target_arch = "x86_64")]
+        const QUANTIZED: [Format; 22] = [
+            Format::Q8_0,
+            Format::Q5_0,
+            Format::Q4K,
+            Format::Q6K,
+            Format::Q4_1,
+            Format::Q4_0,
+            Format::Q5_1,
+            Format::Q5K,
+            Format::Q2K,
+            Format::Q3K,
+            Format::IQ2XXS,
+            Format::IQ2XS,
+            Format::IQ3XXS,
+            Format::IQ1S,
+            Format::IQ4NL,
+            Format::IQ3S,
+            Format::IQ2S,
+            Format::IQ4XS,
+            Format::IQ1M,
+            Format::TQ1_0,
+            Format::TQ2_0,
+            Format::MXFP4,
+        ];
+        #[cfg(target_arch = "wasm32")]
         const QUANTIZED: [Format; 8] = [Format::Q8_0, Format::Q5_0, Format::Q4K, Format::Q6K, Format::Q4_1, Format::Q4_0, Format::Q5_1, Format::Q5K];
+
+        /// Formats without a SIMD kernel get `None` from the target's `dot`, so `dot` takes the
+        /// scalar path (and still gives the scalar result).
+        #[cfg_attr(not(target_arch = "wasm32"), test)]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        fn formats_without_kernels_fall_back_to_scalar() {
+            let mut rng = Rng(0x3C6E_F372_FE94_F82B);
+            for format in ALL.into_iter().filter(|f| !QUANTIZED.contains(f)) {
+                let (per_block, _) = format.block();
+                let blocks = 512 / per_block;
+                let row = random_row(format, blocks, &mut rng);
+                let x: Vec<f32> = (0..blocks * per_block).map(|_| rng.f()).collect();
+                let mut act = Activations::default();
+                act.quantize(&x, format.act());
+                #[cfg(target_arch = "x86_64")]
+                let got = crate::kernels::x86::dot(format, &row, &act);
+                #[cfg(target_arch = "wasm32")]
+                let got = crate::kernels::wasm::dot(format, &row, &act);
+                assert!(got.is_none(), "{format:?} has a kernel: add it to QUANTIZED");
+                assert_eq!(dot(format, &row, &act).to_bits(), dot_scalar(format, &row, &act).to_bits(), "{format:?}");
+            }
+        }
 
         /// The SIMD kernel's result. On x86_64 a CPU without AVX2/FMA/F16C has none, which
         /// fails the test only when `CANDLEWICK_REQUIRE_SIMD` is set (elsewhere such a CPU just
@@ -608,13 +798,11 @@ mod tests {
                         // Keep finite f16 scales: copy them from a well-formed row.
                         let size = format.block().1;
                         for (b, s) in row.chunks_exact_mut(size).zip(scales.chunks_exact(size)) {
-                            let at: &[usize] = match format {
-                                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-                                Format::Q6K => &[208],
-                                _ => &[0],
-                            };
-                            for &at in at {
+                            for &at in scale_offsets(format) {
                                 b[at..at + 2].copy_from_slice(&s[at..at + 2]);
+                            }
+                            if format == Format::IQ1M {
+                                set_scale(format, b, f16::from_f32(0.01 * sign));
                             }
                         }
                         let x: Vec<f32> = (0..blocks * per_block).map(|i| if i % 3 == 0 { -sign } else { sign }).collect();
@@ -745,7 +933,29 @@ mod tests {
                 (Format::Q4_0, 896, 4864),
                 (Format::Q5_1, 896, 4864),
                 (Format::Q5K, 896, 4864),
+                // Kimi K2's expert matrices (gate/up 2048×7168, down 7168×2048), in the
+                // formats of its files.
+                (Format::IQ1S, 2048, 7168),
+                (Format::IQ1M, 2048, 7168),
+                (Format::IQ2XXS, 2048, 7168),
+                (Format::IQ2XS, 2048, 7168),
+                (Format::IQ2S, 2048, 7168),
+                (Format::IQ3XXS, 2048, 7168),
+                (Format::IQ3S, 2048, 7168),
+                (Format::IQ4XS, 2048, 7168),
+                (Format::IQ4NL, 2048, 7168),
+                (Format::MXFP4, 2048, 7168),
+                (Format::Q2K, 2048, 7168),
+                (Format::Q3K, 2048, 7168),
+                (Format::TQ1_0, 2048, 7168),
+                (Format::TQ2_0, 2048, 7168),
+                (Format::IQ2XXS, 7168, 2048),
+                (Format::IQ1S, 7168, 2048),
+                (Format::Q4K, 2048, 7168),
             ];
+            // `CANDLEWICK_SPEED_FORMATS=IQ1S,Q2K` times only those formats.
+            let only = std::env::var("CANDLEWICK_SPEED_FORMATS").ok();
+            let shapes = shapes.into_iter().filter(|(f, _, _)| only.as_ref().is_none_or(|o| o.split(',').any(|n| n == format!("{f:?}"))));
             for (format, rows, cols) in shapes {
                 let (per_block, size) = format.block();
                 let data = random_row(format, rows * cols / per_block, &mut rng);

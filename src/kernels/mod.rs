@@ -11,6 +11,11 @@
 //! rows at a time (prefill) or by one (decoding); the results are the scalar code's to the bit.
 
 pub mod blocks;
+// The lookup tables of the IQ formats (generated data) and the scalar reference of the formats
+// added after the first ten.
+#[rustfmt::skip]
+mod grids;
+mod lowbit;
 // SIMD is written per architecture: the x86_64 kernels (AVX2, detected at run time) and the
 // WebAssembly ones (simd128, a compile-time feature) exist only where their intrinsics do, and
 // `blocks::dot` falls back to its scalar code on every other target. On x86_64 CPUs with

@@ -47,7 +47,7 @@ pub const ROWS: usize = 16;
 
 /// Whether rows of `format` can be repacked into strips.
 pub fn supported(format: Format) -> bool {
-    !matches!(format, Format::F32 | Format::F16)
+    matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 | Format::Q4K | Format::Q5K | Format::Q6K)
 }
 
 /// Bytes of one tile (`ROWS` rows' blocks at one position).

@@ -52,7 +52,8 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::Q4_0 => dot_32::<18, false, 8>(row, act, |b, a| mul4(nibbles(load::<u8, 18, 2>(b)), a)),
         Format::Q5_1 => dot_32::<24, true, 0>(row, act, |b, a| mul4(five_bits::<24, 4, 8>(b), a)),
         Format::Q5K => Some(dot_q45k::<176, 48, true>(row, act)),
-        Format::F32 | Format::F16 => return None,
+        // Formats without a simd128 kernel: the float ones and the later low-bit ones.
+        _ => return None,
     };
     // A row with an infinite or NaN scale (no real model has one) is left to the scalar code.
     Some(sum.unwrap_or_else(|| dot_scalar(format, row, act)))
@@ -450,7 +451,7 @@ fn q6k_sixteens<'a>(q: [v128; 3], subs: impl Iterator<Item = (&'a [i16; 16], i8)
 /// [`Activations::qs16`]; returns `false` (with `act` untouched) when the format is plain f32
 /// (a copy), in which case the caller takes the scalar path.
 pub(super) fn quantize(act: &mut Activations, x: &[f32], format: ActFormat) -> bool {
-    if format == ActFormat::F32 {
+    if matches!(format, ActFormat::F32 | ActFormat::BF16) {
         return false;
     }
     act.f32s.clear();

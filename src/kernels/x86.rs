@@ -33,6 +33,8 @@ use half::f16;
 
 use super::blocks::{ActFormat, Activations, Format};
 
+mod iq;
+
 /// Whether this CPU has everything the kernels here are compiled for (AVX2, FMA, F16C).
 /// Detected once: `dot` runs for every weight row, so it must cost one load and one branch.
 fn available() -> bool {
@@ -60,7 +62,9 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
             Format::Q4_0 => dot_q4_0(row, act),
             Format::Q5_1 => dot_q5_1(row, act),
             Format::Q5K => dot_q45k::<176, 48, true>(row, act),
-            Format::F32 | Format::F16 => return None,
+            // The later low-bit formats, in their own file; the float ones (small tensors only)
+            // have no kernel.
+            _ => return iq::dot(format, row, act),
         })
     }
 }
@@ -460,7 +464,7 @@ fn dot_q6k(row: &[u8], act: &Activations) -> f32 {
 /// `false` (with `act` untouched) when this CPU lacks AVX2/FMA/F16C or the format is plain f32
 /// (a copy), in which case the caller takes the scalar path.
 pub(super) fn quantize(act: &mut Activations, x: &[f32], format: ActFormat) -> bool {
-    if !available() || format == ActFormat::F32 {
+    if !available() || matches!(format, ActFormat::F32 | ActFormat::BF16) {
         return false;
     }
     act.f32s.clear();

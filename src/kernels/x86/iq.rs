@@ -1,0 +1,429 @@
+//! AVX2 kernels of the formats of [`super::super::lowbit`]: Q2_K, Q3_K, the IQ family, the
+//! ternary TQ1_0/TQ2_0, IQ4_NL and MXFP4.
+//!
+//! As in the parent module, each block's integer sums are exact in vector lanes and the f32
+//! arithmetic per block is the scalar code's, operation for operation, so the results are
+//! bit-identical to [`super::super::lowbit`]'s.
+//!
+//! The grid formats gather their codebook entries (8 bytes or 4 bytes each) into vectors,
+//! move the weights' signs onto the activations (`sign_epi8`), multiply the unsigned grid
+//! magnitudes with `maddubs` (pair sums at most 2 · 62 · 127, no saturation) and apply their
+//! scales with `madd` into i32 lanes. IQ1_S/IQ1_M's grid values are -1, 0 or 1: `sign_epi8`
+//! multiplies by them exactly. The 4-bit non-linear formats look their values up with a byte
+//! shuffle (`shuffle_epi8` of the 16-entry table) and multiply as signed bytes (pair sums at
+//! most 2 · 127 · 127).
+
+use super::*;
+use crate::kernels::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS, KVALUES_IQ4NL, KVALUES_MXFP4};
+use crate::kernels::lowbit::{e8m0_half, iq1m_scale, q3k_scales, IQ1_DELTA};
+
+/// The kernel of `format`, if it has one here.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> {
+    Some(match format {
+        Format::Q2K => dot_q2k(row, act),
+        Format::Q3K => dot_q3k(row, act),
+        Format::IQ2XXS => dot_iq2xxs(row, act),
+        Format::IQ2XS => dot_iq2xs(row, act),
+        Format::IQ2S => dot_iq2s(row, act),
+        Format::IQ3XXS => dot_iq3xxs(row, act),
+        Format::IQ3S => dot_iq3s(row, act),
+        Format::IQ1S => dot_iq1s(row, act),
+        Format::IQ1M => dot_iq1m(row, act),
+        Format::IQ4XS => dot_iq4xs(row, act),
+        Format::IQ4NL => dot_nl::<18, 2>(row, act, &KVALUES_IQ4NL, |b| half(b, 0)),
+        Format::MXFP4 => dot_nl::<17, 1>(row, act, &KVALUES_MXFP4, |b| e8m0_half(b[0])),
+        Format::TQ2_0 => dot_tq2(row, act),
+        Format::TQ1_0 => dot_tq1(row, act),
+        _ => return None,
+    })
+}
+
+use super::super::blocks::half;
+
+/// The Q8_K activations of each block: 256 values, 16 sums, scale.
+#[inline(always)]
+fn q8k(act: &Activations) -> impl Iterator<Item = ((&[i8; 256], &[i32; 16]), &f32)> {
+    let (qs, _) = act.qs.as_chunks::<256>();
+    let (bsums, _) = act.bsums.as_chunks::<16>();
+    qs.iter().zip(bsums).zip(&act.d)
+}
+
+/// The 32 activations of sub-block `ib` (0..8) of a Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn a32(a: &[i8; 256], ib: usize) -> __m256i {
+    let (chunks, _) = a.as_chunks::<32>();
+    // `ib` is below 8 wherever this is called; `get` keeps a slip from panicking.
+    chunks.get(ib).map_or(_mm256_setzero_si256(), |c| load_i8(c))
+}
+
+/// `a` with the sign of each bit of `signs` (bit `k` set: byte `k` negated).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn signed(a: __m256i, signs: u32) -> __m256i {
+    _mm256_sign_epi8(a, _mm256_or_si256(bits_to_bytes(signs), _mm256_set1_epi8(1)))
+}
+
+/// The four sign bytes of IQ2_XXS / IQ3_XXS from the four 7-bit codes in `aux`'s low 28 bits.
+#[inline(always)]
+fn ksigns4(aux: u32) -> u32 {
+    let code = |l: u32| u32::from(KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize]) << (8 * l);
+    code(0) | code(1) | code(2) | code(3)
+}
+
+/// Sixteen i16 lanes: `lo` in the low eight, `hi` in the high eight (the scales of the first
+/// and second 16 values of a 32-value run, as `maddubs` lays out their pair sums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale2(lo: i32, hi: i32) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+}
+
+/// Four 8-byte grid entries.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn grid8<T: Copy>(g: [&[T; 8]; 4], to_u64: impl Fn(&[T; 8]) -> u64) -> __m256i {
+    _mm256_set_epi64x(to_u64(g[3]) as i64, to_u64(g[2]) as i64, to_u64(g[1]) as i64, to_u64(g[0]) as i64)
+}
+
+#[inline(always)]
+fn u64_of(g: &[u8; 8]) -> u64 {
+    u64::from_le_bytes(*g)
+}
+
+#[inline(always)]
+fn u64_of_i8(g: &[i8; 8]) -> u64 {
+    u64::from_le_bytes(g.map(|v| v as u8))
+}
+
+/// Eight 4-byte grid entries.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn grid4(g: [&[u8; 4]; 8]) -> __m256i {
+    let e = |k: usize| i32::from_le_bytes(*g[k]);
+    _mm256_set_epi32(e(7), e(6), e(5), e(4), e(3), e(2), e(1), e(0))
+}
+
+#[inline(always)]
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+#[inline(always)]
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The IQ2/IQ3 grid formats, given a block's 32-value run `ib` as (grid magnitudes, sign
+/// bits, scale of the first 16 values, scale of the second 16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_grid<const N: usize>(row: &[u8], act: &Activations, run: impl Fn(&[u8; N], usize) -> (__m256i, u32, i32, i32)) -> f32 {
+    let (blocks, _) = row.as_chunks::<N>();
+    let mut sum = 0f32;
+    for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
+        let mut acc = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let (grid, signs, lo, hi) = run(b, ib);
+            let pairs = _mm256_maddubs_epi16(grid, signed(a32(a, ib), signs));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(lo, hi)));
+        }
+        sum += half(b, 0) * da * hsum(acc) as f32;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq2xxs(row: &[u8], act: &Activations) -> f32 {
+    0.125
+        * dot_grid::<66>(row, act, |b, ib| {
+            let at = 2 + 8 * ib;
+            let aux = u32_at(b, at + 4);
+            let g = |l: usize| &IQ2XXS_GRID[usize::from(b[at + l])];
+            let ls = 2 * (aux >> 28) as i32 + 1;
+            (grid8([g(0), g(1), g(2), g(3)], u64_of), ksigns4(aux), ls, ls)
+        })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq2xs(row: &[u8], act: &Activations) -> f32 {
+    0.125
+        * dot_grid::<74>(row, act, |b, ib| {
+            let q = |l: usize| u16_at(b, 2 + 8 * ib + 2 * l);
+            let g = |l: usize| &IQ2XS_GRID[usize::from(q(l) & 511)];
+            let s = |l: usize| u32::from(KSIGNS_IQ2XS[usize::from(q(l) >> 9)]) << (8 * l);
+            let sc = b[66 + ib];
+            (grid8([g(0), g(1), g(2), g(3)], u64_of), s(0) | s(1) | s(2) | s(3), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
+        })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq2s(row: &[u8], act: &Activations) -> f32 {
+    0.125
+        * dot_grid::<82>(row, act, |b, ib| {
+            let qh = usize::from(b[66 + ib]);
+            let g = |l: usize| &IQ2S_GRID[usize::from(b[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)];
+            let sc = b[74 + ib];
+            (grid8([g(0), g(1), g(2), g(3)], u64_of), u32_at(b, 34 + 4 * ib), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
+        })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq3xxs(row: &[u8], act: &Activations) -> f32 {
+    0.25 * dot_grid::<98>(row, act, |b, ib| {
+        let aux = u32_at(b, 66 + 4 * ib);
+        let g = |k: usize| &IQ3XXS_GRID[usize::from(b[2 + 8 * ib + k])];
+        let ls = 2 * (aux >> 28) as i32 + 1;
+        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), ksigns4(aux), ls, ls)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq3s(row: &[u8], act: &Activations) -> f32 {
+    dot_grid::<110>(row, act, |b, ib| {
+        let qh = usize::from(b[66 + ib]);
+        // Entry k's ninth index bit is bit k of qh.
+        let g = |k: usize| &IQ3S_GRID[usize::from(b[2 + 8 * ib + k]) | ((qh << (8 - k)) & 256)];
+        let ls = 2 * i32::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1;
+        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), u32_at(b, 74 + 4 * ib), ls, ls)
+    })
+}
+
+/// Σ g·a over 32 values whose grid values `g` are -1, 0 or 1, as sixteen i16 pair sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ternary_pairs(g: __m256i, a: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_sign_epi8(a, g))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq1s(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<50>();
+    let mut sum = 0f32;
+    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let mut acc = _mm256_setzero_si256();
+        let mut sumi1 = 0i32;
+        for ib in 0..8 {
+            let qh = usize::from(u16_at(b, 34 + 2 * ib));
+            let g = |l: usize| &IQ1S_GRID[usize::from(b[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)];
+            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+            let pairs = ternary_pairs(grid8([g(0), g(1), g(2), g(3)], u64_of_i8), a32(a, ib));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls as i16)));
+            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+            sumi1 += ls * delta * (bsums[2 * ib] + bsums[2 * ib + 1]);
+        }
+        sum += half(b, 0) * da * (hsum(acc) as f32 + IQ1_DELTA * sumi1 as f32);
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq1m(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<56>();
+    let mut sum = 0f32;
+    for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
+        let (mut acc, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for ib in 0..8 {
+            let qh = [u16::from(b[32 + 2 * ib]), u16::from(b[33 + 2 * ib])];
+            let g = |l: usize| &IQ1S_GRID[usize::from(b[4 * ib + l]) | usize::from((qh[l / 2] << (8 - 4 * (l % 2))) & 0x700)];
+            let sc = u16_at(b, 48 + 2 * (ib / 2));
+            let ls = |k: u16| 2 * i32::from((sc >> (6 * (ib as u16 % 2) + 3 * k)) & 7) + 1;
+            let scales = scale2(ls(0), ls(1));
+            let av = a32(a, ib);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(ternary_pairs(grid8([g(0), g(1), g(2), g(3)], u64_of_i8), av), scales));
+            // The shift's sign per 8 values: bit 3 of each qh nibble; all eight sign bits of
+            // a group's byte set when it is negative.
+            let neg = |l: usize| if qh[l / 2] & (0x08 << (4 * (l % 2))) != 0 { 0xFFu32 << (8 * l) } else { 0 };
+            let shifted = _mm256_maddubs_epi16(_mm256_set1_epi8(1), signed(av, neg(0) | neg(1) | neg(2) | neg(3)));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(shifted, scales));
+        }
+        sum += iq1m_scale(b) * da * (hsum(acc) as f32 + IQ1_DELTA * hsum(acc1) as f32);
+    }
+    sum
+}
+
+/// A 16-entry signed byte table in both 128-bit halves, for `shuffle_epi8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn table(values: &[i8; 16]) -> __m256i {
+    // SAFETY: the array is 16 readable bytes; the load has no alignment requirement.
+    _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(values.as_ptr().cast()) })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq4xs(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<136>();
+    let values = table(&KVALUES_IQ4NL);
+    let mut sum = 0f32;
+    for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
+        let mut acc = _mm256_setzero_si256();
+        let (qs, _) = part::<u8, 136, 8, 128>(b).as_chunks::<16>();
+        let h = u16_at(b, 2);
+        for (ib, q) in qs.iter().enumerate() {
+            let w = _mm256_shuffle_epi8(values, nibbles(load_u8x16(q)));
+            let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a32(a, ib), w));
+            let ls = i32::from((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | (i32::from((h >> (2 * ib)) & 3) << 4);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16((ls - 32) as i16)));
+        }
+        sum += half(b, 0) * da * hsum(acc) as f32;
+    }
+    sum
+}
+
+/// IQ4_NL and MXFP4: 32-value blocks of `N` bytes, 16 bytes of nibbles from `QS`, Q8_0
+/// activations; per block, as the scalar code: `sum += (d_a · d_w) · Σ w·a`. Eight blocks'
+/// integer sums are reduced together.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_nl<const N: usize, const QS: usize>(row: &[u8], act: &Activations, values: &[i8; 16], scale: impl Fn(&[u8; N]) -> f32) -> f32 {
+    let (blocks, _) = row.as_chunks::<N>();
+    let (qs, _) = act.qs.as_chunks::<32>();
+    let values = table(values);
+    let block = |b: &[u8; N], a: &[i8; 32]| {
+        let w = _mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, N, QS, 16>(b))));
+        mul_i8(w, load_i8(a))
+    };
+    let mut sum = 0f32;
+    let (b8, b_rest) = blocks.as_chunks::<8>();
+    let (q8, q_rest) = qs.as_chunks::<8>();
+    let (d8, d_rest) = act.d.as_chunks::<8>();
+    for ((b, a), d) in b8.iter().zip(q8).zip(d8) {
+        let sums = hsum_each([block(&b[0], &a[0]), block(&b[1], &a[1]), block(&b[2], &a[2]), block(&b[3], &a[3]), block(&b[4], &a[4]), block(&b[5], &a[5]), block(&b[6], &a[6]), block(&b[7], &a[7])]);
+        let mut s = [0i32; 8];
+        // SAFETY: `s` is 32 writable bytes; the store has no alignment requirement.
+        unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), sums) };
+        for k in 0..8 {
+            sum += d[k] * scale(&b[k]) * s[k] as f32;
+        }
+    }
+    for ((b, a), &d) in b_rest.iter().zip(q_rest).zip(d_rest) {
+        sum += d * scale(b) * hsum(block(b, a)) as f32;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<84>();
+    let three = _mm256_set1_epi8(3);
+    let mut sum = 0f32;
+    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let mut acc = _mm256_setzero_si256();
+        for half_block in 0..2 {
+            let q = load_u8(if half_block == 0 { part::<u8, 84, 16, 32>(b) } else { part::<u8, 84, 48, 32>(b) });
+            let shifted = [q, _mm256_srli_epi16::<2>(q), _mm256_srli_epi16::<4>(q), _mm256_srli_epi16::<6>(q)];
+            for (s, q) in shifted.into_iter().enumerate() {
+                let ib = 4 * half_block + s;
+                let pairs = _mm256_maddubs_epi16(_mm256_and_si256(q, three), a32(a, ib));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(i32::from(b[2 * ib] & 0x0F), i32::from(b[2 * ib + 1] & 0x0F))));
+            }
+        }
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(load_u8x16(part::<u8, 84, 0, 16>(b))), _mm_set1_epi8(0x0F)));
+        let summs = hsum(_mm256_madd_epi16(mins, bsums_i16(bsums)));
+        let dall = da * half(b, 80);
+        let dmin = da * half(b, 82);
+        sum += dall * hsum(acc) as f32 - dmin * summs as f32;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q3k(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<110>();
+    let three = _mm256_set1_epi8(3);
+    let four = _mm256_set1_epi8(4);
+    let mut sum = 0f32;
+    for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
+        let scales = q3k_scales(part::<u8, 110, 96, 12>(b));
+        let hm = load_u8(part::<u8, 110, 0, 32>(b));
+        let mut acc = _mm256_setzero_si256();
+        for half_block in 0..2 {
+            let q = load_u8(if half_block == 0 { part::<u8, 110, 32, 32>(b) } else { part::<u8, 110, 64, 32>(b) });
+            let shifted = [q, _mm256_srli_epi16::<2>(q), _mm256_srli_epi16::<4>(q), _mm256_srli_epi16::<6>(q)];
+            for (s, q) in shifted.into_iter().enumerate() {
+                let ib = 4 * half_block + s;
+                let av = a32(a, ib);
+                let bit = _mm256_set1_epi8((1u8 << ib) as i8);
+                // 4 where the high bit is clear: the value is low − 4.
+                let missing = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256()), four);
+                let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q, three), av), _mm256_maddubs_epi16(missing, av));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(i32::from(scales[2 * ib]), i32::from(scales[2 * ib + 1]))));
+            }
+        }
+        sum += half(b, 108) * da * hsum(acc) as f32;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_tq2(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<66>();
+    let three = _mm256_set1_epi8(3);
+    let mut sum = 0f32;
+    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let mut acc = _mm256_setzero_si256();
+        for half_block in 0..2 {
+            let q = load_u8(if half_block == 0 { part::<u8, 66, 0, 32>(b) } else { part::<u8, 66, 32, 32>(b) });
+            let shifted = [q, _mm256_srli_epi16::<2>(q), _mm256_srli_epi16::<4>(q), _mm256_srli_epi16::<6>(q)];
+            for (s, q) in shifted.into_iter().enumerate() {
+                acc = _mm256_add_epi32(acc, mul_u8(_mm256_and_si256(q, three), a32(a, 4 * half_block + s)));
+            }
+        }
+        // The values are stored plus one: Σ (v − 1)·a = Σ v·a − Σ a.
+        let sumi = hsum(acc) - bsums.iter().sum::<i32>();
+        sum += sumi as f32 * (half(b, 64) * da);
+    }
+    sum
+}
+
+/// The base-3 digits (0..2) of bytes `x` selected by the multipliers `m` (3^n per byte):
+/// ⌊3 · (x·m mod 256) / 256⌋, as llama.cpp reads TQ1_0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn trits(x: __m256i, m: __m256i) -> __m256i {
+    let low = _mm256_set1_epi16(0x00FF);
+    // x·m mod 256 per byte: even bytes in the low half of each 16-bit word, odd bytes in the
+    // high half (whose product's low 16 bits keep exactly (x·m mod 256) · 256).
+    let even = _mm256_and_si256(_mm256_mullo_epi16(_mm256_and_si256(x, low), _mm256_and_si256(m, low)), low);
+    let odd = _mm256_mullo_epi16(_mm256_andnot_si256(low, x), _mm256_srli_epi16::<8>(m));
+    // (q · 3) >> 8: for even bytes from the 16-bit product; for odd ones, q · 256 · 3 >> 16.
+    let three = _mm256_set1_epi16(3);
+    let d_even = _mm256_srli_epi16::<8>(_mm256_mullo_epi16(even, three));
+    let d_odd = _mm256_slli_epi16::<8>(_mm256_mulhi_epu16(odd, three));
+    _mm256_or_si256(d_even, d_odd)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_tq1(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<54>();
+    let pow = |lo: i8, hi: i8| _mm256_set_m128i(_mm_set1_epi8(hi), _mm_set1_epi8(lo));
+    let mut sum = 0f32;
+    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let head = load_u8(part::<u8, 54, 0, 32>(b));
+        let tail = load_u8x16(part::<u8, 54, 32, 16>(b));
+        let tail2 = _mm256_set_m128i(tail, tail);
+        let qh = _mm256_set1_epi32(u32_at(b, 48) as i32);
+        // Values 0..160: digit n of the first 32 bytes; 160..240: digit n of the next 16;
+        // 240..256: digit n of the four qh bytes, n = 0..4.
+        let runs = [
+            trits(head, _mm256_set1_epi8(1)),
+            trits(head, _mm256_set1_epi8(3)),
+            trits(head, _mm256_set1_epi8(9)),
+            trits(head, _mm256_set1_epi8(27)),
+            trits(head, _mm256_set1_epi8(81)),
+            trits(tail2, pow(1, 3)),
+            trits(tail2, pow(9, 27)),
+            trits(_mm256_set_m128i(_mm256_castsi256_si128(qh), tail), _mm256_set_epi32(0x1B1B_1B1B, 0x0909_0909, 0x0303_0303, 0x0101_0101, 0x5151_5151, 0x5151_5151, 0x5151_5151, 0x5151_5151)),
+        ];
+        let mut acc = _mm256_setzero_si256();
+        for (ib, w) in runs.into_iter().enumerate() {
+            acc = _mm256_add_epi32(acc, mul_u8(w, a32(a, ib)));
+        }
+        // The digits are the values plus one: Σ (v − 1)·a = Σ v·a − Σ a.
+        let sumi = hsum(acc) - bsums.iter().sum::<i32>();
+        sum += sumi as f32 * (half(b, 52) * da);
+    }
+    sum
+}
