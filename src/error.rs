@@ -140,7 +140,7 @@ pub enum Error {
         reason: String,
     },
 
-    /// A tensor computation failed (reported by Candle).
+    /// A tensor computation failed: a type without a kernel, or shapes that do not fit.
     #[error("tensor computation failed: {0}")]
     Compute(String),
 
@@ -194,12 +194,6 @@ pub enum Error {
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
-
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Compute(e.to_string())
-    }
-}
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

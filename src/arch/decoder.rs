@@ -332,7 +332,7 @@ impl Weights {
     ///
     /// # Errors
     /// [`Error::TokenOutOfRange`] for an id outside the vocabulary, [`Error::PromptTooLong`]
-    /// when the tokens do not fit in the cache, [`Error::Compute`] if Candle fails.
+    /// when the tokens do not fit in the cache, [`Error::Compute`] if a product fails.
     pub fn forward(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {

@@ -4,7 +4,8 @@
 //!
 //! The block formats real GGUF files use are computed here with llama.cpp's arithmetic
 //! ([`blocks`]): activations quantized per block exactly as llama.cpp quantizes them, exact
-//! integer block sums, f32 scaling. Other formats fall back to Candle's kernels.
+//! integer block sums, f32 scaling. Every type llama.cpp's CPU backend runs is one of them; any
+//! other type is an error.
 //!
 //! On x86_64 CPUs with AVX-512 VNNI, matrices are repacked at load time into strips of sixteen
 //! rows (`strips`), which the kernels of `avx512` multiply by a whole group of activation
@@ -30,17 +31,17 @@ mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::borrow::Cow;
-use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
 
 pub use blocks::Format;
 use blocks::Activations;
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
+
+/// The ggml types [`QMatrix`] runs: every type llama.cpp's CPU backend runs weights in.
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4";
 
 /// Weight rows handed to one parallel task (rows in the file's layout).
 const ROWS_PER_TASK: usize = 32;
@@ -86,8 +87,6 @@ enum Kind {
     /// VNNI kernels; `data` holds `⌈rows / ROWS⌉` strips.
     #[cfg(target_arch = "x86_64")]
     Strips { format: Format, data: Bytes },
-    /// Any other format, computed by Candle.
-    Candle(Arc<QTensor>),
 }
 
 impl QMatrix {
@@ -120,24 +119,22 @@ impl QMatrix {
     /// [`Error::Compute`] when the type is unknown or the sizes do not fit the format.
     pub fn load(ggml_type: u32, data: impl Into<Bytes>, rows: usize, cols: usize, repack: bool) -> Result<QMatrix> {
         let data = data.into();
-        if let Some(format) = Format::from_ggml(ggml_type) {
-            let (per_block, block_bytes) = format.block();
-            let expected = (cols / per_block).checked_mul(block_bytes).and_then(|row| row.checked_mul(rows));
-            if !cols.is_multiple_of(per_block) || expected != Some(data.len()) {
-                return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
-            }
-            #[cfg(target_arch = "x86_64")]
-            if repack && QMatrix::would_repack(ggml_type, rows, cols) {
-                let data = strips::repack(format, &data, rows, cols).into();
-                return Ok(QMatrix { kind: Kind::Strips { format, data }, rows, cols });
-            }
-            let _ = repack;
-            let row_bytes = cols / per_block * block_bytes;
-            return Ok(QMatrix { kind: Kind::Blocks { format, data, row_bytes }, rows, cols });
+        let Some(format) = Format::from_ggml(ggml_type) else {
+            return Err(Error::Compute(format!("ggml type {ggml_type} is not supported (candlewick runs every type llama.cpp's CPU backend runs: {})", SUPPORTED_TYPES)));
+        };
+        let (per_block, block_bytes) = format.block();
+        let expected = (cols / per_block).checked_mul(block_bytes).and_then(|row| row.checked_mul(rows));
+        if !cols.is_multiple_of(per_block) || expected != Some(data.len()) {
+            return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
         }
-        let dtype = candle_dtype(ggml_type).ok_or_else(|| Error::Compute(format!("ggml type {ggml_type} is not supported")))?;
-        let storage = QStorage::from_data(Cow::Borrowed(&data[..]), &Device::Cpu, dtype)?;
-        Ok(QMatrix { kind: Kind::Candle(Arc::new(QTensor::new(storage, (rows, cols))?)), rows, cols })
+        #[cfg(target_arch = "x86_64")]
+        if repack && QMatrix::would_repack(ggml_type, rows, cols) {
+            let data = strips::repack(format, &data, rows, cols).into();
+            return Ok(QMatrix { kind: Kind::Strips { format, data }, rows, cols });
+        }
+        let _ = repack;
+        let row_bytes = cols / per_block * block_bytes;
+        Ok(QMatrix { kind: Kind::Blocks { format, data, row_bytes }, rows, cols })
     }
 
     /// Rows (outputs).
@@ -160,10 +157,6 @@ impl QMatrix {
             return Err(Error::Compute(format!("{} values are not {m} rows of {k}", x.len())));
         }
         let format = match &self.kind {
-            Kind::Candle(t) => {
-                let x = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
-                return Ok(QMatMul::from_arc(t.clone())?.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
-            }
             Kind::Blocks { format, .. } => *format,
             #[cfg(target_arch = "x86_64")]
             Kind::Strips { format, .. } => *format,
@@ -177,7 +170,6 @@ impl QMatrix {
             Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, &acts)),
             #[cfg(target_arch = "x86_64")]
             Kind::Strips { data, .. } => Ok(self.matmul_strips(format, data, &acts)),
-            Kind::Candle(_) => Err(Error::Compute("a Candle matrix reached the block kernels".into())),
         }
     }
 
@@ -285,7 +277,6 @@ impl QMatrix {
             return Err(Error::TokenOutOfRange { id: bad.into(), vocab_size: self.rows, what: "embedding lookup".into() });
         }
         match &self.kind {
-            Kind::Candle(t) => Ok(t.embedding(&Tensor::new(ids, &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?),
             Kind::Blocks { format, data, row_bytes } => {
                 let mut out = vec![0f32; ids.len() * self.cols];
                 for (&id, o) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
@@ -308,12 +299,9 @@ impl QMatrix {
     /// Every value, dequantized, row after row (for small tensors such as norms and biases).
     ///
     /// # Errors
-    /// [`Error::Compute`] if Candle fails.
+    /// None in practice: every row is in range.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        match &self.kind {
-            Kind::Candle(t) => Ok(t.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            _ => self.gather(&(0..self.rows as u32).collect::<Vec<_>>()),
-        }
+        self.gather(&(0..self.rows as u32).collect::<Vec<_>>())
     }
 }
 
@@ -394,28 +382,6 @@ fn quantize_rows(x: &[f32], m: usize, format: Format) -> Vec<Activations> {
         crate::platform::parallel_chunks(&mut acts, ROWS_PER_TASK, |task, acts| quantize(task * ROWS_PER_TASK, acts));
     }
     acts
-}
-
-/// The Candle type of a ggml type id.
-fn candle_dtype(id: u32) -> Option<GgmlDType> {
-    Some(match id {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        3 => GgmlDType::Q4_1,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        9 => GgmlDType::Q8_1,
-        10 => GgmlDType::Q2K,
-        11 => GgmlDType::Q3K,
-        12 => GgmlDType::Q4K,
-        13 => GgmlDType::Q5K,
-        14 => GgmlDType::Q6K,
-        15 => GgmlDType::Q8K,
-        30 => GgmlDType::BF16,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -541,7 +507,6 @@ mod tests {
                 Kind::Blocks { format, data, row_bytes } => Kind::Blocks { format, data: data.to_vec().into(), row_bytes },
                 #[cfg(target_arch = "x86_64")]
                 Kind::Strips { format, data } => Kind::Strips { format, data: data.to_vec().into() },
-                candle => candle,
             };
             QMatrix { kind, ..self }
         }
