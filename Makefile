@@ -33,7 +33,7 @@ reference:
 
 # Python's Jinja2, which the chat-template tests compare against.
 python-deps:
-	@python3 -c 'import jinja2' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check jinja2
+	@python3 -c 'import jinja2, gguf' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check jinja2 gguf
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
