@@ -7,12 +7,13 @@
 #   make pkg                the npm package in pkg/
 #   make models             fetch the three real models into ~/.cache/candlewick/models
 #   make bench              candlewick beside llama.cpp natively: speed and memory
+#   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-browser run
+.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-scale bench-browser run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -98,6 +99,10 @@ fuzz:
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference
 	$(CARGO) bench --bench compare
+
+bench-scale: models reference
+	$(CARGO) build --release
+	$(CARGO) bench --bench scale
 
 bench-browser: models pkg browser-deps
 	$(CARGO) build --release

@@ -4,6 +4,7 @@
 
 pub mod gguf_writer;
 pub mod quants;
+pub mod scale;
 pub mod synthetic;
 
 use std::io::Write;
