@@ -33,6 +33,7 @@ use half::f16;
 
 use super::blocks::{ActFormat, Activations, Format};
 
+pub(super) mod floats;
 mod iq;
 
 /// Whether this CPU has everything the kernels here are compiled for (AVX2, FMA, F16C).
