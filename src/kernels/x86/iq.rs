@@ -15,7 +15,9 @@
 
 use super::*;
 use crate::kernels::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS, KVALUES_IQ4NL, KVALUES_MXFP4};
-use crate::kernels::lowbit::{e8m0_half, iq1m_scale, q3k_scales, IQ1_DELTA};
+use crate::kernels::lowbit::{e8m0_half, iq1m_scale, IQ1_DELTA};
+#[cfg(doc)]
+use crate::kernels::lowbit::q3k_scales;
 
 /// The kernel of `format`, if it has one here.
 #[inline]
@@ -32,7 +34,11 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::IQ1S => dot_iq1s(row, act),
         Format::IQ1M => dot_iq1m(row, act),
         Format::IQ4XS => dot_iq4xs(row, act),
-        Format::IQ4NL => dot_nl::<18, 2>(row, act, &KVALUES_IQ4NL, |b| half(b, 0)),
+        Format::IQ4NL => {
+            // As Q4_0 with a table: the parent's 32-value driver, f16 scale at byte 0.
+            let values = table(&KVALUES_IQ4NL);
+            dot_32::<18, false, 0>(row, act, |b, a| mul_i8(_mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, 18, 2, 16>(b)))), a))
+        }
         Format::MXFP4 => dot_nl::<17, 1>(row, act, &KVALUES_MXFP4, |b| e8m0_half(b[0])),
         Format::TQ2_0 => dot_tq2(row, act),
         Format::TQ1_0 => dot_tq1(row, act),
@@ -79,6 +85,22 @@ fn ksigns4(aux: u32) -> u32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scale2(lo: i32, hi: i32) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+}
+
+/// The scale vectors ([`scale2`]) of the eight 32-value runs of a block with sixteen i8
+/// scales (the bytes of `scales`), one per 16 values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_pairs(scales: __m128i) -> [__m256i; 8] {
+    let s16 = _mm256_cvtepi8_epi16(scales);
+    // Each half block's eight i16s in both 128-bit halves; then run k's two scales (i16s 2k,
+    // 2k + 1 of its half: bytes 4k..4k + 4) broadcast over the low and the high half.
+    let halves = [_mm256_permute4x64_epi64::<0b01_00_01_00>(s16), _mm256_permute4x64_epi64::<0b11_10_11_10>(s16)];
+    let i16_at = |j: i64| (((j + 1) << 8) | j) * 0x0001_0001_0001_0001;
+    std::array::from_fn(|ib| {
+        let k = (ib % 4) as i64;
+        _mm256_shuffle_epi8(halves[ib / 4], _mm256_set_epi64x(i16_at(4 * k + 2), i16_at(4 * k + 2), i16_at(4 * k), i16_at(4 * k)))
+    })
 }
 
 /// Four 8-byte grid entries.
@@ -272,9 +294,9 @@ fn dot_iq4xs(row: &[u8], act: &Activations) -> f32 {
     sum
 }
 
-/// IQ4_NL and MXFP4: 32-value blocks of `N` bytes, 16 bytes of nibbles from `QS`, Q8_0
-/// activations; per block, as the scalar code: `sum += (d_a · d_w) · Σ w·a`. Eight blocks'
-/// integer sums are reduced together.
+/// MXFP4: 32-value blocks of `N` bytes, 16 bytes of nibbles from `QS`, Q8_0 activations;
+/// per block, as the scalar code: `sum += (d_a · d_w) · Σ w·a`. Eight blocks' integer sums
+/// and scales are reduced and multiplied together.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_nl<const N: usize, const QS: usize>(row: &[u8], act: &Activations, values: &[i8; 16], scale: impl Fn(&[u8; N]) -> f32) -> f32 {
@@ -290,12 +312,14 @@ fn dot_nl<const N: usize, const QS: usize>(row: &[u8], act: &Activations, values
     let (q8, q_rest) = qs.as_chunks::<8>();
     let (d8, d_rest) = act.d.as_chunks::<8>();
     for ((b, a), d) in b8.iter().zip(q8).zip(d8) {
-        let sums = hsum_each([block(&b[0], &a[0]), block(&b[1], &a[1]), block(&b[2], &a[2]), block(&b[3], &a[3]), block(&b[4], &a[4]), block(&b[5], &a[5]), block(&b[6], &a[6]), block(&b[7], &a[7])]);
-        let mut s = [0i32; 8];
-        // SAFETY: `s` is 32 writable bytes; the store has no alignment requirement.
-        unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), sums) };
-        for k in 0..8 {
-            sum += d[k] * scale(&b[k]) * s[k] as f32;
+        let sums = hsum_each(std::array::from_fn(|k| block(&b[k], &a[k])));
+        let scales: [f32; 8] = std::array::from_fn(|k| scale(&b[k]));
+        // (d_a · d_w) · Σ, lane by lane, then added in block order.
+        let terms = _mm256_mul_ps(_mm256_mul_ps(load_f32(d), load_f32(&scales)), _mm256_cvtepi32_ps(sums));
+        // SAFETY: eight f32 lanes are eight f32s; every bit pattern is a valid f32.
+        let terms: [f32; 8] = unsafe { std::mem::transmute::<__m256, [f32; 8]>(terms) };
+        for t in terms {
+            sum += t;
         }
     }
     for ((b, a), &d) in b_rest.iter().zip(q_rest).zip(d_rest) {
@@ -310,6 +334,8 @@ fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
     let three = _mm256_set1_epi8(3);
     let mut sum = 0f32;
     for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let scale_bytes = load_u8x16(part::<u8, 84, 0, 16>(b));
+        let pairs_of = scale_pairs(_mm_and_si128(scale_bytes, _mm_set1_epi8(0x0F)));
         let mut acc = _mm256_setzero_si256();
         for half_block in 0..2 {
             let q = load_u8(if half_block == 0 { part::<u8, 84, 16, 32>(b) } else { part::<u8, 84, 48, 32>(b) });
@@ -317,10 +343,10 @@ fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
             for (s, q) in shifted.into_iter().enumerate() {
                 let ib = 4 * half_block + s;
                 let pairs = _mm256_maddubs_epi16(_mm256_and_si256(q, three), a32(a, ib));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(i32::from(b[2 * ib] & 0x0F), i32::from(b[2 * ib + 1] & 0x0F))));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, pairs_of[ib]));
             }
         }
-        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(load_u8x16(part::<u8, 84, 0, 16>(b))), _mm_set1_epi8(0x0F)));
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(scale_bytes), _mm_set1_epi8(0x0F)));
         let summs = hsum(_mm256_madd_epi16(mins, bsums_i16(bsums)));
         let dall = da * half(b, 80);
         let dmin = da * half(b, 82);
@@ -329,14 +355,28 @@ fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
     sum
 }
 
+/// Q3_K's sixteen 6-bit scales less 32 ([`q3k_scales`]) as the bytes of a vector: low
+/// nibbles from bytes 0..8 (scales 0..8) and their high nibbles (8..16), the top two bits
+/// from bytes 8..12, two bits per scale, shifted by 0, 2, 4, 6 for each run of four scales.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q3k_scales_x(s: &[u8; 12]) -> __m128i {
+    let low = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+    let h = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let nibbles = _mm_and_si128(_mm_set_epi64x((low >> 4) as i64, low as i64), _mm_set1_epi8(0x0F));
+    let tops = _mm_and_si128(_mm_set_epi32((h >> 6) as i32, (h >> 4) as i32, (h >> 2) as i32, h as i32), _mm_set1_epi8(3));
+    _mm_sub_epi8(_mm_or_si128(nibbles, _mm_slli_epi16::<4>(tops)), _mm_set1_epi8(32))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q3k(row: &[u8], act: &Activations) -> f32 {
     let (blocks, _) = row.as_chunks::<110>();
     let three = _mm256_set1_epi8(3);
     let four = _mm256_set1_epi8(4);
     let mut sum = 0f32;
-    for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
-        let scales = q3k_scales(part::<u8, 110, 96, 12>(b));
+    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let scales = q3k_scales_x(part::<u8, 110, 96, 12>(b));
+        let pairs_of = scale_pairs(scales);
         let hm = load_u8(part::<u8, 110, 0, 32>(b));
         let mut acc = _mm256_setzero_si256();
         for half_block in 0..2 {
@@ -344,15 +384,18 @@ fn dot_q3k(row: &[u8], act: &Activations) -> f32 {
             let shifted = [q, _mm256_srli_epi16::<2>(q), _mm256_srli_epi16::<4>(q), _mm256_srli_epi16::<6>(q)];
             for (s, q) in shifted.into_iter().enumerate() {
                 let ib = 4 * half_block + s;
-                let av = a32(a, ib);
                 let bit = _mm256_set1_epi8((1u8 << ib) as i8);
-                // 4 where the high bit is clear: the value is low − 4.
-                let missing = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256()), four);
-                let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q, three), av), _mm256_maddubs_epi16(missing, av));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(i32::from(scales[2 * ib]), i32::from(scales[2 * ib + 1]))));
+                // The value plus 4: the two low bits, and 4 where the high bit is set.
+                let high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+                let w = _mm256_or_si256(_mm256_and_si256(q, three), high);
+                let pairs = _mm256_maddubs_epi16(w, a32(a, ib));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, pairs_of[ib]));
             }
         }
-        sum += half(b, 108) * da * hsum(acc) as f32;
+        // Σ sc·((w + 4)·a) − 4 · Σ sc·(Σa over each 16) = Σ sc·(w·a), exactly.
+        let s16 = _mm256_cvtepi8_epi16(scales);
+        let offset = _mm256_madd_epi16(s16, bsums_i16(bsums));
+        sum += half(b, 108) * da * hsum(_mm256_sub_epi32(acc, _mm256_slli_epi32::<2>(offset))) as f32;
     }
     sum
 }
