@@ -14,7 +14,7 @@
 //! most 2 · 127 · 127).
 
 use super::*;
-use crate::kernels::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS, KVALUES_IQ4NL, KVALUES_MXFP4};
+use crate::kernels::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KVALUES_IQ4NL, KVALUES_MXFP4};
 use crate::kernels::lowbit::{e8m0_half, iq1m_scale, IQ1_DELTA};
 #[cfg(doc)]
 use crate::kernels::lowbit::q3k_scales;
@@ -65,18 +65,45 @@ fn a32(a: &[i8; 256], ib: usize) -> __m256i {
     chunks.get(ib).map_or(_mm256_setzero_si256(), |c| load_i8(c))
 }
 
-/// `a` with the sign of each bit of `signs` (bit `k` set: byte `k` negated).
+
+/// The eight signs of each 7-bit sign code (`KSIGNS_IQ2XS`: the eighth makes the count of
+/// minus signs even) as bytes, 1 or -1, for `sign_epi8`. Derived from the codes' definition;
+/// `signs_follow_ksigns` checks it against the table.
+static SIGN_BYTES: [u64; 128] = {
+    let mut table = [0u64; 128];
+    let mut code = 0;
+    while code < 128 {
+        let bits = code as u32 | ((code as u32).count_ones() & 1) << 7;
+        let mut j = 0;
+        while j < 8 {
+            table[code] |= if bits >> j & 1 != 0 { 0xFF } else { 0x01 } << (8 * j);
+            j += 1;
+        }
+        code += 1;
+    }
+    table
+};
+
+/// The ±1 bytes of four 7-bit sign codes, for 32 values.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn signed(a: __m256i, signs: u32) -> __m256i {
-    _mm256_sign_epi8(a, _mm256_or_si256(bits_to_bytes(signs), _mm256_set1_epi8(1)))
+fn sign_codes(codes: [u16; 4]) -> __m256i {
+    let s = |l: usize| SIGN_BYTES[usize::from(codes[l] & 127)] as i64;
+    _mm256_set_epi64x(s(3), s(2), s(1), s(0))
 }
 
-/// The four sign bytes of IQ2_XXS / IQ3_XXS from the four 7-bit codes in `aux`'s low 28 bits.
-#[inline(always)]
-fn ksigns4(aux: u32) -> u32 {
-    let code = |l: u32| u32::from(KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize]) << (8 * l);
-    code(0) | code(1) | code(2) | code(3)
+/// The ±1 bytes of four 7-bit sign codes in `aux`'s low 28 bits (IQ2_XXS, IQ3_XXS).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ksigns4(aux: u32) -> __m256i {
+    sign_codes([aux as u16, (aux >> 7) as u16, (aux >> 14) as u16, (aux >> 21) as u16])
+}
+
+/// The ±1 bytes of 32 sign bits (bit `k` set: byte `k` is -1).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sign_bits(bits: u32) -> __m256i {
+    _mm256_or_si256(bits_to_bytes(bits), _mm256_set1_epi8(1))
 }
 
 /// Sixteen i16 lanes: `lo` in the low eight, `hi` in the high eight (the scales of the first
@@ -138,18 +165,18 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The IQ2/IQ3 grid formats, given a block's 32-value run `ib` as (grid magnitudes, sign
-/// bits, scale of the first 16 values, scale of the second 16).
+/// The IQ2/IQ3 grid formats, given a block's 32-value run `ib` as (grid magnitudes, ±1
+/// signs, scale of the first 16 values, scale of the second 16).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_grid<const N: usize>(row: &[u8], act: &Activations, run: impl Fn(&[u8; N], usize) -> (__m256i, u32, i32, i32)) -> f32 {
+fn dot_grid<const N: usize>(row: &[u8], act: &Activations, run: impl Fn(&[u8; N], usize) -> (__m256i, __m256i, i32, i32)) -> f32 {
     let (blocks, _) = row.as_chunks::<N>();
     let mut sum = 0f32;
     for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
         let mut acc = _mm256_setzero_si256();
         for ib in 0..8 {
             let (grid, signs, lo, hi) = run(b, ib);
-            let pairs = _mm256_maddubs_epi16(grid, signed(a32(a, ib), signs));
+            let pairs = _mm256_maddubs_epi16(grid, _mm256_sign_epi8(a32(a, ib), signs));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(lo, hi)));
         }
         sum += half(b, 0) * da * hsum(acc) as f32;
@@ -175,9 +202,8 @@ fn dot_iq2xs(row: &[u8], act: &Activations) -> f32 {
         * dot_grid::<74>(row, act, |b, ib| {
             let q = |l: usize| u16_at(b, 2 + 8 * ib + 2 * l);
             let g = |l: usize| &IQ2XS_GRID[usize::from(q(l) & 511)];
-            let s = |l: usize| u32::from(KSIGNS_IQ2XS[usize::from(q(l) >> 9)]) << (8 * l);
             let sc = b[66 + ib];
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), s(0) | s(1) | s(2) | s(3), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
+            (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_codes([q(0) >> 9, q(1) >> 9, q(2) >> 9, q(3) >> 9]), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
         })
 }
 
@@ -188,7 +214,7 @@ fn dot_iq2s(row: &[u8], act: &Activations) -> f32 {
             let qh = usize::from(b[66 + ib]);
             let g = |l: usize| &IQ2S_GRID[usize::from(b[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)];
             let sc = b[74 + ib];
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), u32_at(b, 34 + 4 * ib), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
+            (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_bits(u32_at(b, 34 + 4 * ib)), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
         })
 }
 
@@ -209,7 +235,7 @@ fn dot_iq3s(row: &[u8], act: &Activations) -> f32 {
         // Entry k's ninth index bit is bit k of qh.
         let g = |k: usize| &IQ3S_GRID[usize::from(b[2 + 8 * ib + k]) | ((qh << (8 - k)) & 256)];
         let ls = 2 * i32::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1;
-        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), u32_at(b, 74 + 4 * ib), ls, ls)
+        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), sign_bits(u32_at(b, 74 + 4 * ib)), ls, ls)
     })
 }
 
@@ -258,7 +284,7 @@ fn dot_iq1m(row: &[u8], act: &Activations) -> f32 {
             // The shift's sign per 8 values: bit 3 of each qh nibble; all eight sign bits of
             // a group's byte set when it is negative.
             let neg = |l: usize| if qh[l / 2] & (0x08 << (4 * (l % 2))) != 0 { 0xFFu32 << (8 * l) } else { 0 };
-            let shifted = _mm256_maddubs_epi16(_mm256_set1_epi8(1), signed(av, neg(0) | neg(1) | neg(2) | neg(3)));
+            let shifted = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_sign_epi8(av, sign_bits(neg(0) | neg(1) | neg(2) | neg(3))));
             acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(shifted, scales));
         }
         sum += iq1m_scale(b) * da * (hsum(acc) as f32 + IQ1_DELTA * hsum(acc1) as f32);
@@ -469,4 +495,21 @@ fn dot_tq1(row: &[u8], act: &Activations) -> f32 {
         sum += sumi as f32 * (half(b, 52) * da);
     }
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::grids::KSIGNS_IQ2XS;
+
+    /// The derived ±1 sign bytes are the sign table's bits.
+    #[test]
+    fn signs_follow_ksigns() {
+        for (code, &signs) in KSIGNS_IQ2XS.iter().enumerate() {
+            for j in 0..8 {
+                let byte = (SIGN_BYTES[code] >> (8 * j)) as u8;
+                assert_eq!(byte, if signs >> j & 1 != 0 { 0xFF } else { 0x01 }, "code {code} sign {j}");
+            }
+        }
+    }
 }
