@@ -91,7 +91,7 @@ fn transcoded(path: &Path, format: Format, ggml_type: u32, name: &str) -> PathBu
         reader.read_exact(&mut bytes).unwrap();
         let cols = t.dims[0] as usize;
         let rows = (t.elements() / t.dims[0]) as usize;
-        if t.ggml_type == 8 && cols % format.block().0 == 0 {
+        if t.ggml_type == 8 && cols.is_multiple_of(format.block().0) {
             let values = QMatrix::new(t.ggml_type, bytes, rows, cols).unwrap().to_f32().unwrap();
             let rms = (values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() / values.len() as f64).sqrt() as f32;
             f = f.tensor(&t.name, &t.dims, ggml_type, random_matrix(format, rows, cols, rms, &mut rng));

@@ -1,9 +1,12 @@
 //! GGUF block formats: dequantization, quantizing activations, and block dot products.
 //!
 //! The arithmetic is llama.cpp's: activations are quantized to 8 bits per block (Q8_0 for
-//! Q4_0/Q5_0/Q8_0 weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants) with the same scales and
-//! rounding, and each block's dot product is an exact integer sum scaled in f32. Two engines
-//! doing this agree to float rounding, so greedy decoding picks the same tokens.
+//! Q4_0/Q5_0/Q8_0/IQ4_NL/MXFP4 weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants, the IQ
+//! formats but IQ4_NL, and TQ1_0/TQ2_0; BF16 weights meet activations rounded to BF16) with
+//! the same scales and rounding, and each block's dot product is an exact integer sum scaled in
+//! f32. Two engines doing this agree to float rounding, so greedy decoding picks the same
+//! tokens. The formats after the first ten have their scalar code in `lowbit` and their lookup
+//! grids, generated from the Python `gguf` package, in `grids`.
 //!
 //! The code here is portable scalar code. On x86_64, [`dot`] and [`Activations::quantize`]
 //! switch at run time to SIMD versions (AVX2), and on WebAssembly built with simd128 to SIMD
