@@ -676,8 +676,8 @@ mod tests {
         use super::*;
 
         /// Every format with a SIMD kernel on this target: on x86_64 every format except the
-        /// float ones; on WebAssembly the first eight quantized ones (the later ones run scalar
-        /// there).
+        /// float ones; on WebAssembly the first eight quantized ones and the 4-bit table ones
+        /// (the other later ones run scalar there).
         #[cfg(target_arch = "x86_64")]
         const QUANTIZED: [Format; 22] = [
             Format::Q8_0,
@@ -704,7 +704,19 @@ mod tests {
             Format::MXFP4,
         ];
         #[cfg(target_arch = "wasm32")]
-        const QUANTIZED: [Format; 8] = [Format::Q8_0, Format::Q5_0, Format::Q4K, Format::Q6K, Format::Q4_1, Format::Q4_0, Format::Q5_1, Format::Q5K];
+        const QUANTIZED: [Format; 11] = [
+            Format::Q8_0,
+            Format::Q5_0,
+            Format::Q4K,
+            Format::Q6K,
+            Format::Q4_1,
+            Format::Q4_0,
+            Format::Q5_1,
+            Format::Q5K,
+            Format::IQ4NL,
+            Format::IQ4XS,
+            Format::MXFP4,
+        ];
 
         /// Formats without a SIMD kernel get `None` from the target's `dot`, so `dot` takes the
         /// scalar path (and still gives the scalar result).

@@ -30,6 +30,8 @@ use core::arch::wasm32::*;
 use half::f16;
 
 use super::blocks::{dot_scalar, ActFormat, Activations, Format};
+use super::grids::{KVALUES_IQ4NL, KVALUES_MXFP4};
+use super::lowbit::e8m0_half;
 
 /// The SIMD dot product of one weight row with quantized activations, or `None` when the
 /// format has no SIMD kernel (F32 and F16, used for small tensors only) or the activations
@@ -52,6 +54,9 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::Q4_0 => dot_32::<18, false, 8>(row, act, |b, a| mul4(nibbles(load::<u8, 18, 2>(b)), a)),
         Format::Q5_1 => dot_32::<24, true, 0>(row, act, |b, a| mul4(five_bits::<24, 4, 8>(b), a)),
         Format::Q5K => Some(dot_q45k::<176, 48, true>(row, act)),
+        Format::IQ4NL => dot_32::<18, false, 0>(row, act, |b, a| mul4(table_nibbles(&KVALUES_IQ4NL, load::<u8, 18, 2>(b)), a)),
+        Format::IQ4XS => Some(dot_iq4xs(row, act)),
+        Format::MXFP4 => Some(dot_mxfp4(row, act)),
         // Formats without a simd128 kernel: the float ones and the later low-bit ones.
         _ => return None,
     };
@@ -372,6 +377,50 @@ fn dot_q45k<const N: usize, const QS: usize, const FIVE: bool>(row: &[u8], act: 
         let d = f16_at::<N, 0>(b) * da;
         let dmin = f16_at::<N, 2>(b) * da;
         sum += d * sumi as f32 - dmin * summ as f32;
+    }
+    sum
+}
+
+/// 16 bytes of 4-bit indices into the 16 signed values of `table` → 32 values as i16s: the
+/// low nibbles' values first, then the high nibbles' (IQ4_NL, IQ4_XS, MXFP4 order).
+#[inline(always)]
+fn table_nibbles(table: &[i8; 16], q: v128) -> [v128; 4] {
+    let table = load::<i8, 16, 0>(table);
+    let lo = i8x16_swizzle(table, v128_and(q, u8x16_splat(0x0F)));
+    let hi = i8x16_swizzle(table, u8x16_shr(q, 4));
+    [i16x8_extend_low_i8x16(lo), i16x8_extend_high_i8x16(lo), i16x8_extend_low_i8x16(hi), i16x8_extend_high_i8x16(hi)]
+}
+
+/// IQ4_XS: f16 scale, eight 6-bit sub-block scales (less 32), 128 bytes of indices into
+/// IQ4_NL's values. Per block, as the scalar code: `sum += d_w · d_a · Σ ls·(w·a)`.
+fn dot_iq4xs(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<136>();
+    let (qs, _) = act.qs16.as_chunks::<256>();
+    let mut sum = 0f32;
+    for ((b, a), &da) in blocks.iter().zip(qs).zip(&act.d) {
+        let mut acc = i32x4_splat(0);
+        let (q, _) = part::<u8, 136, 8, 128>(b).as_chunks::<16>();
+        let (a, _) = a.as_chunks::<32>();
+        let h = u16::from_le_bytes(*part::<u8, 136, 2, 2>(b));
+        let low = part::<u8, 136, 4, 4>(b);
+        for (ib, (q, a)) in q.iter().zip(a).enumerate() {
+            let ls = i32::from((low[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (i32::from((h >> (2 * ib)) & 3) << 4);
+            acc = i32x4_add(acc, i32x4_mul(mul4(table_nibbles(&KVALUES_IQ4NL, load::<u8, 16, 0>(q)), a), i32x4_splat(ls - 32)));
+        }
+        sum += f16_at::<136, 0>(b) * da * hsum(acc) as f32;
+    }
+    sum
+}
+
+/// MXFP4: an E8M0 scale, 16 bytes of indices into its doubled E2M1 values; Q8_0 activations.
+/// Per block, as the scalar code: `sum += (d_a · scale) · Σ w·a`.
+fn dot_mxfp4(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<17>();
+    let (qs, _) = act.qs16.as_chunks::<32>();
+    let mut sum = 0f32;
+    for ((b, a), &da) in blocks.iter().zip(qs).zip(&act.d) {
+        let sumi = hsum(mul4(table_nibbles(&KVALUES_MXFP4, load::<u8, 17, 1>(b)), a));
+        sum += da * e8m0_half(b[0]) * sumi as f32;
     }
     sum
 }
