@@ -676,8 +676,8 @@ mod tests {
         use super::*;
 
         /// Every format with a SIMD kernel on this target: on x86_64 every format except the
-        /// float ones; on WebAssembly the first eight quantized ones and the 4-bit table ones
-        /// (the other later ones run scalar there).
+        /// float ones; on WebAssembly the first eight quantized ones, the 4-bit table ones,
+        /// Q2_K, Q3_K and TQ2_0 (the grid ones and TQ1_0 run scalar there).
         #[cfg(target_arch = "x86_64")]
         const QUANTIZED: [Format; 22] = [
             Format::Q8_0,
@@ -704,7 +704,7 @@ mod tests {
             Format::MXFP4,
         ];
         #[cfg(target_arch = "wasm32")]
-        const QUANTIZED: [Format; 11] = [
+        const QUANTIZED: [Format; 14] = [
             Format::Q8_0,
             Format::Q5_0,
             Format::Q4K,
@@ -716,6 +716,9 @@ mod tests {
             Format::IQ4NL,
             Format::IQ4XS,
             Format::MXFP4,
+            Format::Q2K,
+            Format::Q3K,
+            Format::TQ2_0,
         ];
 
         /// Formats without a SIMD kernel get `None` from the target's `dot`, so `dot` takes the
