@@ -106,16 +106,9 @@ fn sign_bits(bits: u32) -> __m256i {
     _mm256_or_si256(bits_to_bytes(bits), _mm256_set1_epi8(1))
 }
 
-/// Sixteen i16 lanes: `lo` in the low eight, `hi` in the high eight (the scales of the first
-/// and second 16 values of a 32-value run, as `maddubs` lays out their pair sums).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn scale2(lo: i32, hi: i32) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
-}
-
-/// The scale vectors ([`scale2`]) of the eight 32-value runs of a block with sixteen i8
-/// scales (the bytes of `scales`), one per 16 values.
+/// The scale vectors of the eight 32-value runs of a block with sixteen i8 scales (the bytes
+/// of `scales`), one per 16 values: run `k`'s first scale in the low eight i16 lanes, its
+/// second in the high eight (the order of `maddubs`'s pair sums of 32 values).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scale_pairs(scales: __m128i) -> [__m256i; 8] {
@@ -165,78 +158,113 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The IQ2/IQ3 grid formats, given a block's 32-value run `ib` as (grid magnitudes, ±1
-/// signs, scale of the first 16 values, scale of the second 16).
+/// The IQ2/IQ3 grid formats: `prep` reads what a block's runs share (their scales), and
+/// `run` gives a block's 32-value run `ib` as (grid magnitudes, ±1 signs, the i16 scale
+/// vector of its scales, as [`scale_pairs`] makes them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_grid<const N: usize>(row: &[u8], act: &Activations, run: impl Fn(&[u8; N], usize) -> (__m256i, __m256i, i32, i32)) -> f32 {
+fn dot_grid<const N: usize, P>(row: &[u8], act: &Activations, prep: impl Fn(&[u8; N]) -> P, run: impl Fn(&[u8; N], &P, usize) -> (__m256i, __m256i, __m256i)) -> f32 {
     let (blocks, _) = row.as_chunks::<N>();
     let mut sum = 0f32;
     for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
+        let shared = prep(b);
         let mut acc = _mm256_setzero_si256();
         for ib in 0..8 {
-            let (grid, signs, lo, hi) = run(b, ib);
+            let (grid, signs, scales) = run(b, &shared, ib);
             let pairs = _mm256_maddubs_epi16(grid, _mm256_sign_epi8(a32(a, ib), signs));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(lo, hi)));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scales));
         }
         sum += half(b, 0) * da * hsum(acc) as f32;
     }
     sum
 }
 
+/// IQ2_XS / IQ2_S: the eight scale bytes (two 4-bit scales each, for the first and second 16
+/// values of a run) as the runs' scale vectors ([`scale_pairs`]) of `2·s + 1`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_scales(bytes: &[u8]) -> [__m256i; 8] {
+    let v = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let low = _mm_and_si128(_mm_set_epi64x(0, v as i64), _mm_set1_epi8(0x0F));
+    let high = _mm_and_si128(_mm_set_epi64x(0, (v >> 4) as i64), _mm_set1_epi8(0x0F));
+    let s = _mm_unpacklo_epi8(low, high);
+    scale_pairs(_mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1)))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq2xxs(row: &[u8], act: &Activations) -> f32 {
     0.125
-        * dot_grid::<66>(row, act, |b, ib| {
-            let at = 2 + 8 * ib;
-            let aux = u32_at(b, at + 4);
-            let g = |l: usize| &IQ2XXS_GRID[usize::from(b[at + l])];
-            let ls = 2 * (aux >> 28) as i32 + 1;
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), ksigns4(aux), ls, ls)
-        })
+        * dot_grid::<66, ()>(
+            row,
+            act,
+            |_| (),
+            |b, _, ib| {
+                let at = 2 + 8 * ib;
+                let aux = u32_at(b, at + 4);
+                let g = |l: usize| &IQ2XXS_GRID[usize::from(b[at + l])];
+                (grid8([g(0), g(1), g(2), g(3)], u64_of), ksigns4(aux), _mm256_set1_epi16(2 * (aux >> 28) as i16 + 1))
+            },
+        )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq2xs(row: &[u8], act: &Activations) -> f32 {
     0.125
-        * dot_grid::<74>(row, act, |b, ib| {
-            let q = |l: usize| u16_at(b, 2 + 8 * ib + 2 * l);
-            let g = |l: usize| &IQ2XS_GRID[usize::from(q(l) & 511)];
-            let sc = b[66 + ib];
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_codes([q(0) >> 9, q(1) >> 9, q(2) >> 9, q(3) >> 9]), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
-        })
+        * dot_grid::<74, [__m256i; 8]>(
+            row,
+            act,
+            |b| nibble_scales(part::<u8, 74, 66, 8>(b)),
+            |b, scales, ib| {
+                let q = |l: usize| u16_at(b, 2 + 8 * ib + 2 * l);
+                let g = |l: usize| &IQ2XS_GRID[usize::from(q(l) & 511)];
+                (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_codes([q(0) >> 9, q(1) >> 9, q(2) >> 9, q(3) >> 9]), scales[ib])
+            },
+        )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq2s(row: &[u8], act: &Activations) -> f32 {
     0.125
-        * dot_grid::<82>(row, act, |b, ib| {
-            let qh = usize::from(b[66 + ib]);
-            let g = |l: usize| &IQ2S_GRID[usize::from(b[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)];
-            let sc = b[74 + ib];
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_bits(u32_at(b, 34 + 4 * ib)), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
-        })
+        * dot_grid::<82, [__m256i; 8]>(
+            row,
+            act,
+            |b| nibble_scales(part::<u8, 82, 74, 8>(b)),
+            |b, scales, ib| {
+                let qh = usize::from(b[66 + ib]);
+                let g = |l: usize| &IQ2S_GRID[usize::from(b[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)];
+                (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_bits(u32_at(b, 34 + 4 * ib)), scales[ib])
+            },
+        )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq3xxs(row: &[u8], act: &Activations) -> f32 {
-    0.25 * dot_grid::<98>(row, act, |b, ib| {
-        let aux = u32_at(b, 66 + 4 * ib);
-        let g = |k: usize| &IQ3XXS_GRID[usize::from(b[2 + 8 * ib + k])];
-        let ls = 2 * (aux >> 28) as i32 + 1;
-        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), ksigns4(aux), ls, ls)
-    })
+    0.25 * dot_grid::<98, ()>(
+        row,
+        act,
+        |_| (),
+        |b, _, ib| {
+            let aux = u32_at(b, 66 + 4 * ib);
+            let g = |k: usize| &IQ3XXS_GRID[usize::from(b[2 + 8 * ib + k])];
+            (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), ksigns4(aux), _mm256_set1_epi16(2 * (aux >> 28) as i16 + 1))
+        },
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq3s(row: &[u8], act: &Activations) -> f32 {
-    dot_grid::<110>(row, act, |b, ib| {
-        let qh = usize::from(b[66 + ib]);
-        // Entry k's ninth index bit is bit k of qh.
-        let g = |k: usize| &IQ3S_GRID[usize::from(b[2 + 8 * ib + k]) | ((qh << (8 - k)) & 256)];
-        let ls = 2 * i32::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1;
-        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), sign_bits(u32_at(b, 74 + 4 * ib)), ls, ls)
-    })
+    dot_grid::<110, ()>(
+        row,
+        act,
+        |_| (),
+        |b, _, ib| {
+            let qh = usize::from(b[66 + ib]);
+            // Entry k's ninth index bit is bit k of qh.
+            let g = |k: usize| &IQ3S_GRID[usize::from(b[2 + 8 * ib + k]) | ((qh << (8 - k)) & 256)];
+            let ls = 2 * i16::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1;
+            (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), sign_bits(u32_at(b, 74 + 4 * ib)), _mm256_set1_epi16(ls))
+        },
+    )
 }
 
 /// Σ g·a over 32 values whose grid values `g` are -1, 0 or 1, as sixteen i16 pair sums.
@@ -273,12 +301,16 @@ fn dot_iq1m(row: &[u8], act: &Activations) -> f32 {
     let mut sum = 0f32;
     for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
         let (mut acc, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for ib in 0..8 {
+        // The sixteen 3-bit scales (four per 16-bit word, at bits 0, 3, 6, 9) as bytes.
+        let word = |w: usize| {
+            let sc = u64::from(u16_at(b, 48 + 2 * w));
+            (sc & 7) | ((sc >> 3) & 7) << 8 | ((sc >> 6) & 7) << 16 | ((sc >> 9) & 7) << 24
+        };
+        let s = _mm_set_epi64x((word(2) | word(3) << 32) as i64, (word(0) | word(1) << 32) as i64);
+        let pairs_of = scale_pairs(_mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1)));
+        for (ib, &scales) in pairs_of.iter().enumerate() {
             let qh = [u16::from(b[32 + 2 * ib]), u16::from(b[33 + 2 * ib])];
             let g = |l: usize| &IQ1S_GRID[usize::from(b[4 * ib + l]) | usize::from((qh[l / 2] << (8 - 4 * (l % 2))) & 0x700)];
-            let sc = u16_at(b, 48 + 2 * (ib / 2));
-            let ls = |k: u16| 2 * i32::from((sc >> (6 * (ib as u16 % 2) + 3 * k)) & 7) + 1;
-            let scales = scale2(ls(0), ls(1));
             let av = a32(a, ib);
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(ternary_pairs(grid8([g(0), g(1), g(2), g(3)], u64_of_i8), av), scales));
             // The shift's sign per 8 values: bit 3 of each qh nibble; all eight sign bits of
