@@ -39,7 +39,7 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
             let values = table(&KVALUES_IQ4NL);
             dot_32::<18, false, 0>(row, act, |b, a| mul_i8(_mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, 18, 2, 16>(b)))), a))
         }
-        Format::MXFP4 => dot_nl::<17, 1>(row, act, &KVALUES_MXFP4, |b| e8m0_half(b[0])),
+        Format::MXFP4 => dot_mxfp4(row, act),
         Format::TQ2_0 => dot_tq2(row, act),
         Format::TQ1_0 => dot_tq1(row, act),
         _ => return None,
@@ -352,36 +352,51 @@ fn dot_iq4xs(row: &[u8], act: &Activations) -> f32 {
     sum
 }
 
-/// MXFP4: 32-value blocks of `N` bytes, 16 bytes of nibbles from `QS`, Q8_0 activations;
-/// per block, as the scalar code: `sum += (d_a · d_w) · Σ w·a`. Eight blocks' integer sums
+/// MXFP4: 32-value blocks of 17 bytes (an E8M0 scale, 16 bytes of nibbles), Q8_0
+/// activations; per block, as the scalar code: `sum += (d_a · d_w) · Σ w·a`. Eight blocks' integer sums
 /// and scales are reduced and multiplied together.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_nl<const N: usize, const QS: usize>(row: &[u8], act: &Activations, values: &[i8; 16], scale: impl Fn(&[u8; N]) -> f32) -> f32 {
-    let (blocks, _) = row.as_chunks::<N>();
+fn dot_mxfp4(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<17>();
     let (qs, _) = act.qs.as_chunks::<32>();
-    let values = table(values);
-    let block = |b: &[u8; N], a: &[i8; 32]| {
-        let w = _mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, N, QS, 16>(b))));
+    let values = table(&KVALUES_MXFP4);
+    let block = |b: &[u8; 17], a: &[i8; 32]| {
+        let w = _mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, 17, 1, 16>(b))));
         mul_i8(w, load_i8(a))
     };
     let mut sum = 0f32;
     let (b8, b_rest) = blocks.as_chunks::<8>();
     let (q8, q_rest) = qs.as_chunks::<8>();
     let (d8, d_rest) = act.d.as_chunks::<8>();
+    let mut pending: Option<[f32; 8]> = None;
     for ((b, a), d) in b8.iter().zip(q8).zip(d8) {
         let sums = hsum_each(std::array::from_fn(|k| block(&b[k], &a[k])));
-        let scales: [f32; 8] = std::array::from_fn(|k| scale(&b[k]));
+        // The eight E8M0 scales halved, 2^(e − 128), built in lanes (eight scalar results
+        // stored and reloaded as a vector would stall the load): (e − 1) << 23, or for e < 2
+        // the subnormal 2^21 << e.
+        // Gathered in a general-purpose register, then widened in one go.
+        let bytes = b.iter().enumerate().fold(0u64, |e, (k, b)| e | u64::from(b[0]) << (8 * k));
+        let e = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes as i64));
+        let normal = _mm256_slli_epi32::<23>(_mm256_sub_epi32(e, _mm256_set1_epi32(1)));
+        let subnormal = _mm256_sllv_epi32(_mm256_set1_epi32(0x0020_0000), e);
+        let scales = _mm256_castsi256_ps(_mm256_blendv_epi8(subnormal, normal, _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1))));
         // (d_a · d_w) · Σ, lane by lane, then added in block order.
-        let terms = _mm256_mul_ps(_mm256_mul_ps(load_f32(d), load_f32(&scales)), _mm256_cvtepi32_ps(sums));
+        let terms = _mm256_mul_ps(_mm256_mul_ps(load_f32(d), scales), _mm256_cvtepi32_ps(sums));
         // SAFETY: eight f32 lanes are eight f32s; every bit pattern is a valid f32.
         let terms: [f32; 8] = unsafe { std::mem::transmute::<__m256, [f32; 8]>(terms) };
-        for t in terms {
-            sum += t;
+        // Added one group late, so the serial additions overlap the next group's integer work.
+        if let Some(p) = pending.replace(terms) {
+            for t in p {
+                sum += t;
+            }
         }
     }
+    for t in pending.into_iter().flatten() {
+        sum += t;
+    }
     for ((b, a), &d) in b_rest.iter().zip(q_rest).zip(d_rest) {
-        sum += d * scale(b) * hsum(block(b, a)) as f32;
+        sum += d * e8m0_half(b[0]) * hsum(block(b, a)) as f32;
     }
     sum
 }
