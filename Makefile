@@ -7,12 +7,13 @@
 #   make pkg                the npm package in pkg/
 #   make models             fetch the three real models into ~/.cache/candlewick/models
 #   make bench              candlewick beside llama.cpp natively: speed and memory
+#   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-browser run
+.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-scale bench-browser run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -34,8 +35,7 @@ reference:
 # Python's Jinja2, which the chat-template tests compare against, and the gguf package, whose
 # dequantizers the block formats' tests compare against (tests/formats.rs).
 python-deps:
-	@python3 -c 'import jinja2' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check jinja2
-	@python3 -c 'import gguf' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check gguf
+	@python3 -c 'import jinja2, gguf' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check jinja2 gguf
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
@@ -100,6 +100,10 @@ fuzz:
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference
 	$(CARGO) bench --bench compare
+
+bench-scale: models reference
+	$(CARGO) build --release
+	$(CARGO) bench --bench scale
 
 bench-browser: models pkg browser-deps
 	$(CARGO) build --release

@@ -140,7 +140,7 @@ pub enum Error {
         reason: String,
     },
 
-    /// A tensor computation failed (reported by Candle).
+    /// A tensor computation failed: a type without a kernel, or shapes that do not fit.
     #[error("tensor computation failed: {0}")]
     Compute(String),
 
@@ -165,13 +165,35 @@ pub enum Error {
         /// What is wrong with its value.
         reason: String,
     },
+
+    /// The model does not fit in the memory it would be read into, so loading it would end in
+    /// an out-of-memory kill (natively, a model read rather than memory-mapped) or a failed
+    /// allocation (WebAssembly's 4 GiB memory). Nothing was allocated.
+    #[error("the model is {:.2} GiB, more than the {:.2} GiB {where_} can hold{}", *.bytes as f64 / GIB, *.limit as f64 / GIB, .hint)]
+    ModelTooLarge {
+        /// The model's size in bytes.
+        bytes: u64,
+        /// The memory it would have to fit in, in bytes.
+        limit: u64,
+        /// Which memory: `"this machine's available memory"`, `"WebAssembly's memory"`.
+        where_: &'static str,
+        /// What to do instead, starting with "; " (or empty).
+        hint: &'static str,
+    },
+
+    /// Something is wrong in one shard of a split model.
+    #[error("shard {} of {count}: {error}", .shard + 1)]
+    InShard {
+        /// The shard (0-based).
+        shard: usize,
+        /// The shards of the model.
+        count: usize,
+        /// What is wrong in it.
+        error: Box<Error>,
+    },
 }
 
-impl From<candle_core::Error> for Error {
-    fn from(e: candle_core::Error) -> Self {
-        Error::Compute(e.to_string())
-    }
-}
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -104,8 +104,10 @@ pub struct TensorInfo {
     pub dims: Vec<u64>,
     /// The ggml type id (0 = F32, 1 = F16, 2 = Q4_0, 12 = Q4_K, …).
     pub ggml_type: u32,
-    /// Offset of the data from the start of the tensor-data section.
+    /// Offset of the data from the start of the tensor-data section of its file.
     pub offset: u64,
+    /// Which file of a split model holds the data (0 for the first, or only, file).
+    pub shard: usize,
 }
 
 impl TensorInfo {
@@ -155,6 +157,9 @@ pub fn ggml_type_block(ggml_type: u32) -> Option<(u64, u64)> {
         _ => return None,
     })
 }
+
+/// The most shards a split model may have (gguf-split numbers them with five digits).
+pub const MAX_SHARDS: u64 = 99_999;
 
 /// A parsed GGUF header.
 #[derive(Debug, Clone)]
@@ -339,7 +344,7 @@ impl Gguf {
             }
             let ggml_type = h.u32(&|| format!("the type of tensor `{name}`"))?;
             let offset = h.u64(&|| format!("the offset of tensor `{name}`"))?;
-            tensors.push(TensorInfo { name, dims, ggml_type, offset });
+            tensors.push(TensorInfo { name, dims, ggml_type, offset, shard: 0 });
         }
 
         let alignment = match metadata.get("general.alignment") {
@@ -361,6 +366,67 @@ impl Gguf {
         }
 
         Ok(Gguf { version, metadata, tensors, data_offset })
+    }
+
+    /// The `split.*` keys of a file written by gguf-split: `(split.no, split.count,
+    /// split.tensors.count)`, or `None` for a file that is not one of several.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMetadata`] when the keys are inconsistent.
+    pub fn split(&self) -> Result<Option<(usize, usize, u64)>> {
+        let Some(count) = self.opt_u64("split.count")? else { return Ok(None) };
+        let no = self.opt_u64("split.no")?.unwrap_or(0);
+        let tensors = self.opt_u64("split.tensors.count")?.unwrap_or(self.tensors.len() as u64);
+        if count == 0 || count > MAX_SHARDS || no >= count {
+            return Err(Error::InvalidMetadata { key: "split.no".into(), reason: format!("shard {no} of {count} (at most {MAX_SHARDS} shards)") });
+        }
+        Ok((count > 1).then_some((no as usize, count as usize, tensors)))
+    }
+
+    /// The header of a split model: the first shard's header (which holds the metadata) with
+    /// the tensors of every shard, each marked with the shard that holds its data.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMetadata`] when a shard's `split.no` is out of order, the shards
+    /// disagree on `split.count`, or the tensors do not add up to `split.tensors.count`;
+    /// [`Error::Corrupt`] when a tensor name appears in two shards.
+    pub fn join_split(shards: Vec<Gguf>) -> Result<Gguf> {
+        let mut shards = shards.into_iter();
+        let Some(mut joined) = shards.next() else { return Err(Error::Corrupt { reason: "a split model without shards".into() }) };
+        let Some((0, count, total)) = joined.split()? else {
+            return Err(Error::InvalidMetadata { key: "split.no".into(), reason: "the first file is not the first shard of a split model".into() });
+        };
+        let mut names: std::collections::HashSet<String> = joined.tensors.iter().map(|t| t.name.clone()).collect();
+        let mut seen = 1;
+        for (i, shard) in shards.enumerate().map(|(i, s)| (i + 1, s)) {
+            match shard.split()? {
+                Some((no, c, _)) if no == i && c == count => {}
+                found => {
+                    return Err(Error::InvalidMetadata {
+                        key: "split.no".into(),
+                        reason: format!("shard {} of {count} says it is {:?} (split.no, split.count)", i + 1, found.map(|(no, c, _)| (no + 1, c))),
+                    })
+                }
+            }
+            for mut t in shard.tensors {
+                if !names.insert(t.name.clone()) {
+                    return Err(Error::Corrupt { reason: format!("tensor `{}` appears in two shards", t.name) });
+                }
+                t.shard = i;
+                joined.tensors.push(t);
+            }
+            seen += 1;
+        }
+        if seen != count {
+            return Err(Error::InvalidMetadata { key: "split.count".into(), reason: format!("{count} shards declared, {seen} given") });
+        }
+        if joined.tensors.len() as u64 != total {
+            return Err(Error::InvalidMetadata {
+                key: "split.tensors.count".into(),
+                reason: format!("{total} tensors declared, the {count} shards hold {}", joined.tensors.len()),
+            });
+        }
+        Ok(joined)
     }
 
     /// The value of `key`, if present.

@@ -72,13 +72,33 @@ fn header_and_tokenizer(mut gguf: Gguf, tokenizer_json: Option<&[u8]>) -> Result
     Ok((gguf, tokenizer))
 }
 
+/// Refuses a source larger than the memory available to read it into.
+fn check_fits<R: Seek>(reader: &mut R) -> Result<()> {
+    let start = reader.stream_position()?;
+    let len = reader.seek(std::io::SeekFrom::End(0))?;
+    reader.seek(std::io::SeekFrom::Start(start))?;
+    match crate::platform::available_memory() {
+        Some(free) if len.saturating_sub(start) > free => Err(Error::ModelTooLarge {
+            bytes: len - start,
+            limit: free,
+            where_: "this machine's available memory",
+            hint: "; open the file with `Model::open`, which memory-maps it instead of reading it",
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Model {
     /// Reads a whole model — header, tokenizer, weights — from any seekable byte source.
+    /// The weights are read into memory (unlike [`Model::open`], which maps the file), so a
+    /// source larger than the memory available is refused before anything is read.
     ///
     /// # Errors
     /// Any [`Error`] from reading the GGUF header, building the tokenizer, or loading the
-    /// weights (an unsupported architecture, a missing tensor, truncated data).
+    /// weights (an unsupported architecture, a missing tensor, truncated data);
+    /// [`Error::ModelTooLarge`] when the source is larger than the available memory.
     pub fn read<R: Read + Seek>(reader: &mut R) -> Result<Model> {
+        check_fits(reader)?;
         let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(reader)?, None)?;
         let weights = Weights::load(&gguf, reader)?;
         Ok(Model::from_parts(gguf, tokenizer, Some(weights)))
@@ -99,10 +119,37 @@ impl Model {
     ///
     /// # Errors
     /// As [`Model::read`].
-    pub fn from_bytes_with_progress(file: impl Into<Bytes>, mut progress: impl FnMut(u64, u64)) -> Result<Model> {
+    pub fn from_bytes_with_progress(file: impl Into<Bytes>, progress: impl FnMut(u64, u64)) -> Result<Model> {
         let file = file.into();
-        let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(&mut Cursor::new(&file[..]))?, None)?;
-        let weights = Weights::load_from_bytes(&gguf, &file, &mut progress)?;
+        let header = Gguf::read(&mut Cursor::new(&file[..]))?;
+        Model::from_files_with_progress(header, vec![file], progress)
+    }
+
+    /// Reads a whole model from the bytes of its GGUF files in memory (or memory-mapped): the
+    /// one file of most models, or every shard of a split model in order (`split.no` 0 first).
+    /// `first` is the header of `files[0]`, already read. The weights share the files'
+    /// buffers rather than copy them (see [`Weights::load_from_files`]).
+    ///
+    /// # Errors
+    /// As [`Model::read`]; [`Error::InShard`] for a later shard that is not a well-formed GGUF
+    /// file, and [`Error::InvalidMetadata`] when the shards do not belong together.
+    pub fn from_files_with_progress(first: Gguf, files: Vec<Bytes>, mut progress: impl FnMut(u64, u64)) -> Result<Model> {
+        let mut offsets = vec![first.data_offset];
+        let header = match first.split()? {
+            None => first,
+            Some((_, count, _)) => {
+                let mut shards = vec![first];
+                for (shard, file) in files.iter().enumerate().skip(1) {
+                    let header = Gguf::read(&mut Cursor::new(&file[..])).map_err(|e| Error::InShard { shard, count, error: Box::new(e) })?;
+                    offsets.push(header.data_offset);
+                    shards.push(header);
+                }
+                Gguf::join_split(shards)?
+            }
+        };
+        let (gguf, tokenizer) = header_and_tokenizer(header, None)?;
+        let files: Vec<(Bytes, u64)> = files.into_iter().zip(offsets).collect();
+        let weights = Weights::load_from_files(&gguf, &files, &mut progress)?;
         Ok(Model::from_parts(gguf, tokenizer, Some(weights)))
     }
 
@@ -120,8 +167,12 @@ impl Model {
     /// the file's own tokenizer.
     ///
     /// # Errors
-    /// Any [`Error`] from reading the GGUF header, building the tokenizer or loading weights.
+    /// Any [`Error`] from reading the GGUF header, building the tokenizer or loading weights;
+    /// [`Error::ModelTooLarge`] as [`Model::read`].
     pub fn read_with_tokenizer_json<R: Read + Seek>(reader: &mut R, tokenizer_json: &[u8], with_weights: bool) -> Result<Model> {
+        if with_weights {
+            check_fits(reader)?;
+        }
         let (gguf, tokenizer) = header_and_tokenizer(Gguf::read(reader)?, Some(tokenizer_json))?;
         let weights = if with_weights { Some(Weights::load(&gguf, reader)?) } else { None };
         Ok(Model::from_parts(gguf, tokenizer, weights))

@@ -1,33 +1,55 @@
 //! Native shell: models read from files on disk, generations driven on worker threads.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Cursor};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::bytes::{Backing, Bytes};
 use crate::catalog::Route;
 use crate::error::{Error, Result};
+use crate::gguf::Gguf;
 use crate::generator::{GenerateOptions, Generator, Prompt};
 use crate::model::Model;
 use crate::stream::{ChunkSender, ChunkStream};
 
 impl Model {
-    /// Opens the GGUF file at `path`: header, tokenizer and weights.
+    /// Opens the GGUF file at `path`: header, tokenizer and weights. The file is memory-mapped
+    /// read-only and its weights are used where they lie (a few matrices are repacked for this
+    /// CPU's kernels, within [`crate::arch::REPACK_BUDGET`]), so opening costs little beyond
+    /// the header, and a file larger than memory runs from the page cache. The first file of a
+    /// split model (`<name>-00001-of-000NN.gguf`, as gguf-split writes them) opens every shard.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the path when it cannot be opened, and any error of
-    /// [`Model::read`].
+    /// [`Error::Io`] naming the path when it (or a shard) cannot be opened or mapped, and any
+    /// error of [`Model::from_bytes`]; [`Error::InvalidMetadata`] when `path` is a later shard
+    /// or the shards do not belong together.
     pub fn open(path: impl AsRef<Path>) -> Result<Model> {
-        Model::read(&mut open(path.as_ref())?)
+        Model::open_with_progress(path, |_, _| {})
     }
 
-    /// As [`Model::open`], calling `progress(bytes_read, file_size)` as the file is read.
+    /// As [`Model::open`], calling `progress(bytes, total)` as the weights are placed.
     ///
     /// # Errors
     /// As [`Model::open`].
     pub fn open_with_progress(path: impl AsRef<Path>, progress: impl FnMut(u64, u64)) -> Result<Model> {
-        let file = open(path.as_ref())?;
-        let total = file.get_ref().metadata()?.len();
-        Model::read(&mut Progress { inner: file, done: 0, total, report: progress })
+        let path = path.as_ref();
+        let first = map(path)?;
+        let header = Gguf::read(&mut Cursor::new(&first[..]))?;
+        let mut files = vec![first];
+        if let Some((no, count, _)) = header.split()? {
+            for (i, shard) in shard_paths(path, no, count)?.into_iter().enumerate().skip(1) {
+                if !shard.is_file() {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("shard {} of {count} of the split model {} is missing: expected {}", i + 1, path.display(), shard.display()),
+                    )));
+                }
+                files.push(map(&shard)?);
+            }
+        }
+        Model::from_files_with_progress(header, files, progress)
     }
 
     /// Opens the header and tokenizer of the GGUF file at `path`, without the weights: for
@@ -79,10 +101,25 @@ fn drive(generator: &mut Generator, sender: &ChunkSender) {
 }
 
 impl Route {
-    /// Where this route's model file is looked for by default:
-    /// `${CANDLEWICK_CACHE:-~/.cache/candlewick}/models/<file name>`.
+    /// Where this route's model file is looked for by default: the first of its
+    /// [`Route::known_files`] found in `${CANDLEWICK_CACHE:-~/.cache/candlewick}/models` (for a
+    /// split model, its first shard, `<name>-00001-of-000NN.gguf`), else where the first of them
+    /// would be.
     pub fn default_path(&self) -> PathBuf {
-        cache_dir().join("models").join(self.file_name())
+        let dir = cache_dir().join("models");
+        let names: Vec<String> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()).unwrap_or_default();
+        for known in self.known_files() {
+            let found = if known.split {
+                let prefix = format!("{}-00001-of-", known.name);
+                names.iter().find(|n| n.starts_with(&prefix) && n.ends_with(".gguf"))
+            } else {
+                names.iter().find(|n| *n == known.name)
+            };
+            if let Some(name) = found {
+                return dir.join(name);
+            }
+        }
+        dir.join(self.file_name())
     }
 
     /// Runs real inference on this route's model from the default path (see
@@ -184,6 +221,78 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("candlewick")
 }
 
+/// The name of shard `no` (0-based) of `count` of a split model, as gguf-split names them.
+fn shard_name(prefix: &str, no: usize, count: usize) -> String {
+    format!("{prefix}-{:05}-of-{count:05}.gguf", no + 1)
+}
+
+/// The paths of the `count` shards of the split model whose shard `no` (0-based) is at `path`.
+///
+/// # Errors
+/// [`Error::InvalidMetadata`] when `path` is not named as shard `no` is, or is not the first.
+fn shard_paths(path: &Path, no: usize, count: usize) -> Result<Vec<PathBuf>> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let this = shard_name("", no, count);
+    let Some(prefix) = name.strip_suffix(&this) else {
+        return Err(Error::InvalidMetadata {
+            key: "split.no".into(),
+            reason: format!("{} is shard {} of {count} of a split model, but its name does not end in {this}", path.display(), no + 1),
+        });
+    };
+    if no != 0 {
+        return Err(Error::InvalidMetadata {
+            key: "split.no".into(),
+            reason: format!("{} is shard {} of {count} of a split model: open the first shard, {}", path.display(), no + 1, path.with_file_name(shard_name(prefix, 0, count)).display()),
+        });
+    }
+    Ok((0..count).map(|i| path.with_file_name(shard_name(prefix, i, count))).collect())
+}
+
+/// A file memory-mapped read-only.
+struct Mapped(memmap2::Mmap);
+
+impl Backing for Mapped {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn release(&self, range: Range<usize>) {
+        // Only the whole pages inside the range, so that no neighbour is dropped; a failure
+        // leaves the pages resident, which costs memory, not correctness.
+        let page = 4096;
+        let (start, end) = (range.start.next_multiple_of(page), range.end / page * page);
+        if start < end {
+            // SAFETY: the map is private and read-only, so no page holds a change of ours:
+            // MADV_DONTNEED only drops this mapping's pages, and a later read faults them back
+            // in from the file, unchanged. Nothing can have written through the map.
+            let _ = unsafe { self.0.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+}
+
+/// The file at `path`, memory-mapped read-only, as shared bytes.
+fn map(path: &Path) -> Result<Bytes> {
+    let file = File::open(path).map_err(|e| with_path(e, path))?;
+    // SAFETY: the map is read-only and private. Its contents change only if another process
+    // truncates or rewrites the file while the model is open, which every memory-mapping
+    // engine (llama.cpp among them) leaves to the user not to do.
+    let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| with_path(e, path))?;
+    // Read ahead in the background when the file fits in memory; a larger file is read as its
+    // pages are needed.
+    if available_memory().is_some_and(|free| map.len() as u64 <= free) {
+        let _ = map.advise(memmap2::Advice::WillNeed);
+    }
+    Ok(Bytes::from_backing(Arc::new(Mapped(map))))
+}
+
+/// The memory the system could give this process now without swapping (`MemAvailable`), or
+/// `None` where it cannot be read.
+pub(crate) fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 fn open(path: &Path) -> Result<BufReader<File>> {
     let file = File::open(path).map_err(|e| with_path(e, path))?;
     Ok(BufReader::with_capacity(1 << 20, file))
@@ -191,29 +300,4 @@ fn open(path: &Path) -> Result<BufReader<File>> {
 
 fn with_path(e: std::io::Error, path: &Path) -> Error {
     Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-}
-
-/// A reader that reports how far it has read.
-struct Progress<R, F> {
-    inner: R,
-    done: u64,
-    total: u64,
-    report: F,
-}
-
-impl<R: Read, F: FnMut(u64, u64)> Read for Progress<R, F> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        (self.report)(self.done.min(self.total), self.total);
-        Ok(n)
-    }
-}
-
-impl<R: Seek, F> Seek for Progress<R, F> {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        let at = self.inner.seek(pos)?;
-        self.done = at;
-        Ok(at)
-    }
 }

@@ -299,21 +299,27 @@ impl WebModel {
         let use_cache = options.bool("cache")?.unwrap_or(true);
 
         let file = Rc::new(RefCell::new(Vec::<u8>::new()));
+        // A file too large for wasm32's memory is refused before it is allocated (or, with no
+        // size known in advance, as soon as it grows past the limit).
         let reserve = {
             let file = file.clone();
-            Closure::<dyn FnMut(f64)>::new(move |bytes: f64| {
+            Closure::<dyn FnMut(f64) -> Result<(), JsValue>>::new(move |bytes: f64| {
+                check_model_size(bytes as u64).map_err(js_error)?;
                 let mut file = file.borrow_mut();
                 let extra = (bytes as usize).saturating_sub(file.len());
                 file.reserve_exact(extra);
+                Ok(())
             })
         };
         let push = {
             let file = file.clone();
-            Closure::<dyn FnMut(Uint8Array)>::new(move |chunk: Uint8Array| {
+            Closure::<dyn FnMut(Uint8Array) -> Result<(), JsValue>>::new(move |chunk: Uint8Array| {
                 let mut file = file.borrow_mut();
                 let start = file.len();
+                check_model_size(start as u64 + u64::from(chunk.length())).map_err(js_error)?;
                 file.resize(start + chunk.length() as usize, 0);
                 chunk.copy_to(&mut file[start..]);
+                Ok(())
             })
         };
         let progress_js = progress.clone().map_or(JsValue::UNDEFINED, JsValue::from);
@@ -610,6 +616,29 @@ pub(crate) fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl 
 
 /// Nothing to do: WebAssembly memory never shrinks.
 pub(crate) fn return_freed_memory() {}
+
+/// Unknown in the browser: a model is bounded by WebAssembly's memory instead
+/// ([`check_model_size`]).
+pub(crate) fn available_memory() -> Option<u64> {
+    None
+}
+
+/// The largest model file wasm32 can hold: its 4 GiB memory, less room for the tokenizer, the
+/// KV cache and the working buffers.
+const MODEL_LIMIT: u64 = (4 << 30) - (512 << 20);
+
+/// Refuses a model file of `bytes` that wasm32's memory cannot hold.
+fn check_model_size(bytes: u64) -> Result<(), Error> {
+    if bytes > MODEL_LIMIT {
+        return Err(Error::ModelTooLarge {
+            bytes,
+            limit: MODEL_LIMIT,
+            where_: "WebAssembly's 4 GiB memory (wasm32) can hold beside the model's working memory",
+            hint: "; run it natively, where the file is memory-mapped",
+        });
+    }
+    Ok(())
+}
 
 /// Runs `work` (a forward pass) on the pool, whatever number is asked: there is one pool, sized
 /// when it was started. On a pool thread, the pass takes its own share of each product's tasks,

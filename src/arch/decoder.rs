@@ -140,15 +140,19 @@ impl State {
 }
 
 impl Weights {
-    /// Loads the weights the header describes from `reader`.
+    /// Loads the weights the header describes from `reader`, each tensor read into a buffer of
+    /// its own.
     ///
     /// # Errors
-    /// [`Error::MissingTensor`] / [`Error::InvalidTensor`] for an absent or misshapen tensor,
-    /// [`Error::Truncated`] / [`Error::Io`] when the data cannot be read, and the metadata
-    /// errors of [`Config::from_gguf`].
+    /// [`Error::MissingTensor`] / [`Error::InvalidTensor`] for an absent or misshapen tensor (or
+    /// one in another shard of a split model), [`Error::Truncated`] / [`Error::Io`] when the
+    /// data cannot be read, and the metadata errors of [`Config::from_gguf`].
     pub fn load<R: Read + Seek>(gguf: &Gguf, reader: &mut R) -> Result<Weights> {
         let base = gguf.data_offset;
-        Weights::load_from(gguf, &mut |offset, len| {
+        Weights::load_from(gguf, &mut |shard, offset, len| {
+            if shard != 0 {
+                return Err(std::io::Error::other(format!("the data is in shard {} of a split model: open the model from its files", shard + 1)));
+            }
             reader.seek(SeekFrom::Start(base + offset))?;
             let mut bytes = vec![0u8; len];
             reader.read_exact(&mut bytes)?;
@@ -163,13 +167,27 @@ impl Weights {
     /// # Errors
     /// As [`Weights::load`].
     pub fn load_from_bytes(gguf: &Gguf, file: &Bytes, progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
-        let total = file.len() as u64;
+        Weights::load_from_files(gguf, &[(file.clone(), gguf.data_offset)], progress)
+    }
+
+    /// Loads the weights the header describes from the files of a model in memory (or memory
+    /// mapped): `files[i]` is shard `i` of a split model (the one file of others) with the
+    /// offset of its tensor-data section. Tensors share the files' buffers rather than copy
+    /// them, except those repacked for this CPU's kernels, at most [`REPACK_BUDGET`] bytes of
+    /// them, whose file bytes are then released (see [`Bytes::release`]). `progress(bytes,
+    /// total)` reports the bytes placed so far.
+    ///
+    /// # Errors
+    /// As [`Weights::load`].
+    pub fn load_from_files(gguf: &Gguf, files: &[(Bytes, u64)], progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
+        let total = files.iter().map(|(f, _)| f.len() as u64).sum();
         let truncated = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         // Tensors are placed in the order the model needs them, not in file order: report the
         // header and the bytes placed so far, which only grows.
         let mut placed = gguf.data_offset;
-        Weights::load_from(gguf, &mut |offset, len| {
-            let start = gguf.data_offset.checked_add(offset).and_then(|at| usize::try_from(at).ok()).ok_or_else(truncated)?;
+        Weights::load_from(gguf, &mut |shard, offset, len| {
+            let (file, data_offset) = files.get(shard).ok_or_else(|| std::io::Error::other(format!("shard {} of the model was not given", shard + 1)))?;
+            let start = data_offset.checked_add(offset).and_then(|at| usize::try_from(at).ok()).ok_or_else(truncated)?;
             let tensor = file.slice(start..start.checked_add(len).ok_or_else(truncated)?).ok_or_else(truncated)?;
             placed += len as u64;
             progress(placed.min(total), total);
@@ -179,10 +197,13 @@ impl Weights {
 
     fn load_from(gguf: &Gguf, source: &mut TensorSource<'_>) -> Result<Weights> {
         let config = Config::from_gguf(gguf)?;
-        let mut loader = Loader { source, index: gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect() };
+        let mut loader = Loader { source, index: gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect(), budget: REPACK_BUDGET };
         let c = &config;
 
-        let table = loader.matrix("token_embd.weight")?;
+        // The embedding table is only looked up, row by row, unless the output layer is tied to
+        // it: then it is a matrix of products like any other.
+        let tied = !loader.index.contains_key("output.weight");
+        let table = loader.matrix_placed("token_embd.weight", tied)?;
         let vocab_size = table.rows();
         if table.cols() != c.hidden {
             return Err(Error::InvalidTensor { name: "token_embd.weight".into(), reason: format!("rows of {}, expected the hidden width {}", table.cols(), c.hidden) });
@@ -311,7 +332,7 @@ impl Weights {
     ///
     /// # Errors
     /// [`Error::TokenOutOfRange`] for an id outside the vocabulary, [`Error::PromptTooLong`]
-    /// when the tokens do not fit in the cache, [`Error::Compute`] if Candle fails.
+    /// when the tokens do not fit in the cache, [`Error::Compute`] if a product fails.
     pub fn forward(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
@@ -349,7 +370,10 @@ impl Weights {
             let h = norm(&x, &layer.ffn_norm);
             let mut f = match &layer.ffn {
                 FeedForward::Dense(mlp) => mlp.forward(&h, seq, c.activation)?,
-                FeedForward::Experts(moe) => self.experts(moe, &h, seq)?,
+                FeedForward::Experts(moe) => {
+                    let Some(spec) = &c.experts else { return Err(Error::Compute("experts without an expert count".into())) };
+                    moe.forward(spec, self.config.activation, &h, seq)?
+                }
             };
             if let Some(n) = &layer.post_ffn_norm {
                 rms_norm(&mut f, n, eps);
@@ -480,61 +504,104 @@ impl Weights {
         };
         o.forward(&out, seq)
     }
+}
 
+impl Moe {
     /// Mixture of experts for `x` (`[seq][hidden]`): each token's router scores (softmax or
     /// sigmoid) pick its top experts — among the best groups when routing is group-limited,
     /// with the selection bias added when there is one — whose outputs are summed with the
     /// (renormalised, scaled) scores; shared experts are added for every token.
-    fn experts(&self, moe: &Moe, x: &[f32], seq: usize) -> Result<Vec<f32>> {
-        let Some(spec) = self.config.experts else { return Err(Error::Compute("experts without an expert count".into())) };
-        let hidden = self.config.hidden;
+    ///
+    /// The (token, expert) pairs are grouped by expert, and each chosen expert runs once over
+    /// all its tokens' rows, as llama.cpp's `MUL_MAT_ID` does: a prompt reads each expert's
+    /// matrices once rather than once per token, and decoding touches only the chosen experts'
+    /// weights. The experts run side by side on the thread pool. Every row's products are the
+    /// same as one token's alone, and each token's expert outputs are summed in its routing
+    /// order, so the result does not depend on the batch.
+    fn forward(&self, spec: &super::Experts, activation: Activation, x: &[f32], seq: usize) -> Result<Vec<f32>> {
+        let moe = self;
+        let hidden = x.len() / seq.max(1);
         let logits = moe.router.forward(x, seq)?;
         let mut out = match &moe.shared {
-            Some(mlp) => mlp.forward(x, seq, self.config.activation)?,
+            Some(mlp) => mlp.forward(x, seq, activation)?,
             None => vec![0f32; seq * hidden],
         };
+        // routes[token] = its (expert, weight) pairs, best first.
+        let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(spec.count).map(|logits| route(spec, moe.bias.as_deref(), logits)).collect();
+        // by_expert[e] = the tokens routed to expert e, in order.
+        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); spec.count];
+        for (token, chosen) in routes.iter().enumerate() {
+            for &(e, _) in chosen {
+                by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push(token);
+            }
+        }
+        let active: Vec<usize> = (0..spec.count).filter(|&e| !by_expert[e].is_empty()).collect();
+        // outputs[i] = `[rows][hidden]`: expert active[i] over its tokens' rows.
+        let mut outputs: Vec<Result<Vec<f32>>> = (0..active.len()).map(|_| Ok(Vec::new())).collect();
+        crate::platform::parallel_chunks(&mut outputs, 1, |i, slot| {
+            let e = active[i];
+            let tokens = &by_expert[e];
+            let rows: Vec<f32> = tokens.iter().flat_map(|&t| x[t * hidden..(t + 1) * hidden].iter().copied()).collect();
+            slot[0] = moe.experts[e].forward(&rows, tokens.len(), activation);
+        });
+        // output_of[e] = the index into `outputs` of expert e; cursor[e] = its next row.
+        let mut output_of: Vec<Option<usize>> = vec![None; spec.count];
+        let mut cursor = vec![0usize; spec.count];
+        for (i, &e) in active.iter().enumerate() {
+            output_of[e] = Some(i);
+        }
+        let outputs: Vec<Vec<f32>> = outputs.into_iter().collect::<Result<_>>()?;
         let mut routed = vec![0f32; hidden];
-        for (token, logits) in logits.chunks_exact(spec.count).enumerate() {
-            let probs = match spec.gating {
-                Gating::Softmax => softmax(logits),
-                Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
-            };
-            let mut selection = probs.clone();
-            if let Some(bias) = &moe.bias {
-                selection.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
-            }
-            if let Some((groups, used_groups)) = spec.groups {
-                // A group's score is the sum of its two best selection scores.
-                let per = spec.count / groups;
-                let score = |g: usize| {
-                    let best = top(&selection[g * per..(g + 1) * per], 2.min(per));
-                    best.iter().map(|&e| selection[g * per + e]).sum::<f32>()
-                };
-                let scores: Vec<f32> = (0..groups).map(score).collect();
-                let keep = top(&scores, used_groups);
-                for g in (0..groups).filter(|g| !keep.contains(g)) {
-                    selection[g * per..(g + 1) * per].iter_mut().for_each(|s| *s = f32::NEG_INFINITY);
-                }
-            }
-            let chosen = top(&selection, spec.used);
-            let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
-            if spec.normalize {
-                let sum = weights.iter().sum::<f32>().max(6.103_515_6e-5);
-                weights.iter_mut().for_each(|w| *w /= sum);
-            }
-            if spec.scale != 0.0 && spec.scale != 1.0 {
-                weights.iter_mut().for_each(|w| *w *= spec.scale);
-            }
-            let row = &x[token * hidden..(token + 1) * hidden];
+        for (token, chosen) in routes.iter().enumerate() {
             routed.iter_mut().for_each(|v| *v = 0.0);
-            for (&e, w) in chosen.iter().zip(&weights) {
-                let y = moe.experts[e].forward(row, 1, self.config.activation)?;
-                routed.iter_mut().zip(&y).for_each(|(o, y)| *o += y * w);
+            for &(e, w) in chosen {
+                let Some(i) = output_of[e] else { return Err(Error::Compute(format!("expert {e} did not run"))) };
+                let y = &outputs[i][cursor[e] * hidden..(cursor[e] + 1) * hidden];
+                cursor[e] += 1;
+                routed.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
             }
             add(&mut out[token * hidden..(token + 1) * hidden], &routed);
         }
         Ok(out)
     }
+}
+
+/// The experts one token is routed to and their weights, best first, from its router
+/// `logits`: softmax or sigmoid scores; the selection bias added for choosing (not for the
+/// weights); group-limited routing keeping the groups whose two best scores sum highest; the
+/// chosen weights renormalised and scaled as the file says.
+fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
+    let probs = match spec.gating {
+        Gating::Softmax => softmax(logits),
+        Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
+    };
+    let mut selection = probs.clone();
+    if let Some(bias) = bias {
+        selection.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
+    }
+    if let Some((groups, used_groups)) = spec.groups {
+        // A group's score is the sum of its two best selection scores.
+        let per = spec.count / groups;
+        let score = |g: usize| {
+            let best = top(&selection[g * per..(g + 1) * per], 2.min(per));
+            best.iter().map(|&e| selection[g * per + e]).sum::<f32>()
+        };
+        let scores: Vec<f32> = (0..groups).map(score).collect();
+        let keep = top(&scores, used_groups);
+        for g in (0..groups).filter(|g| !keep.contains(g)) {
+            selection[g * per..(g + 1) * per].iter_mut().for_each(|s| *s = f32::NEG_INFINITY);
+        }
+    }
+    let chosen = top(&selection, spec.used);
+    let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
+    if spec.normalize {
+        let sum = weights.iter().sum::<f32>().max(6.103_515_6e-5);
+        weights.iter_mut().for_each(|w| *w /= sum);
+    }
+    if spec.scale != 0.0 && spec.scale != 1.0 {
+        weights.iter_mut().for_each(|w| *w *= spec.scale);
+    }
+    chosen.into_iter().zip(weights).collect()
 }
 
 /// The indices of the `k` largest values, largest first (lower index first among equals).
@@ -617,13 +684,23 @@ impl Mlp {
 
 
 
-/// The data of a tensor: `(offset into the data section, length)` to its bytes.
-type TensorSource<'a> = dyn FnMut(u64, usize) -> std::io::Result<Bytes> + 'a;
+/// Bytes of weights a model may repack for this CPU's kernels (the AVX-512 VNNI strips), beyond
+/// which matrices are used in place, in the file's layout. A repacked matrix is a copy: its file
+/// bytes are released, but a copy of more than this would crowd out the page cache that a
+/// memory-mapped file larger than memory runs from. Matrices are repacked in the order the
+/// model loads them (output first, then block by block), experts never: they are most of a
+/// mixture-of-experts model's bytes, and decoding reads only the chosen few.
+pub const REPACK_BUDGET: usize = 1 << 30;
+
+/// The data of a tensor: `(shard, offset into its data section, length)` to its bytes.
+type TensorSource<'a> = dyn FnMut(usize, u64, usize) -> std::io::Result<Bytes> + 'a;
 
 /// Reads tensors by name from the file.
 struct Loader<'a> {
     source: &'a mut TensorSource<'a>,
     index: HashMap<&'a str, &'a TensorInfo>,
+    /// Bytes that may still be repacked (see [`REPACK_BUDGET`]).
+    budget: usize,
 }
 
 impl Loader<'_> {
@@ -638,7 +715,7 @@ impl Loader<'_> {
             .ok_or_else(|| Error::InvalidTensor { name: name.to_string(), reason: format!("ggml type {} is not supported", info.ggml_type) })?;
         // The header reader checked that these sizes fit in the file.
         let size = (info.elements() / block_elems * block_bytes) as usize;
-        let bytes = (self.source)(info.offset, size).map_err(|e| match e.kind() {
+        let bytes = (self.source)(info.shard, info.offset, size).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => Error::Truncated { what: format!("the data of tensor `{name}`") },
             _ => Error::Io(e),
         })?;
@@ -647,13 +724,31 @@ impl Loader<'_> {
         Ok((bytes, info.ggml_type, shape))
     }
 
-    /// A 2-D tensor as a matrix `(rows, cols)`.
+    /// A 2-D tensor as a matrix `(rows, cols)`, repacked when the budget allows.
     fn matrix(&mut self, name: &str) -> Result<QMatrix> {
+        self.matrix_placed(name, true)
+    }
+
+    /// A 2-D tensor as a matrix `(rows, cols)`; repacked for this CPU's kernels only when
+    /// `may_repack` and the budget allows.
+    fn matrix_placed(&mut self, name: &str, may_repack: bool) -> Result<QMatrix> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         let [rows, cols] = shape[..] else {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?} is not 2-D") });
         };
-        QMatrix::new(ggml_type, bytes, rows, cols).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })
+        self.place(name, ggml_type, bytes, rows, cols, may_repack)
+    }
+
+    /// The matrix over `bytes`, repacked when `may_repack`, the kernels would and the budget
+    /// holds it; the file bytes of a repacked matrix are released.
+    fn place(&mut self, name: &str, ggml_type: u32, bytes: Bytes, rows: usize, cols: usize, may_repack: bool) -> Result<QMatrix> {
+        let repack = may_repack && bytes.len() <= self.budget && QMatrix::would_repack(ggml_type, rows, cols);
+        let matrix = QMatrix::load(ggml_type, bytes.clone(), rows, cols, repack).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
+        if repack {
+            self.budget -= bytes.len();
+            bytes.release();
+        }
+        Ok(matrix)
     }
 
     /// A 1-D tensor of `len` floats (norm weights, biases), dequantized if stored quantized.
@@ -662,7 +757,7 @@ impl Loader<'_> {
         if shape != [len] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{len}]") });
         }
-        let m = QMatrix::new(ggml_type, bytes, 1, len).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
+        let m = QMatrix::load(ggml_type, bytes, 1, len, false).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
         m.to_f32()
     }
 
@@ -693,9 +788,9 @@ impl Loader<'_> {
     /// The experts of layer `layer`: `ffn_{gate,up,down}_exps` hold every expert's matrix in
     /// one 3-D tensor; each expert's slice becomes its own matrix.
     fn experts(&mut self, layer: usize, count: usize, ffn: usize, hidden: usize) -> Result<Vec<Mlp>> {
-        let gates = self.split(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden)?;
-        let ups = self.split(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden)?;
-        let downs = self.split(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn)?;
+        let gates = self.split_placed(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden, false)?;
+        let ups = self.split_placed(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden, false)?;
+        let downs = self.split_placed(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn, false)?;
         Ok(gates
             .into_iter()
             .zip(ups)
@@ -704,8 +799,14 @@ impl Loader<'_> {
             .collect())
     }
 
-    /// A 3-D tensor `(count, rows, cols)` as `count` matrices.
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices (repacked when the budget allows).
     fn split(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<QMatrix>> {
+        self.split_placed(name, count, rows, cols, true)
+    }
+
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices, repacked only when `may_repack`
+    /// and the budget allows.
+    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, may_repack: bool) -> Result<Vec<QMatrix>> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         if shape != [count, rows, cols] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {rows}, {cols}]") });
@@ -713,10 +814,59 @@ impl Loader<'_> {
         let per = bytes.len() / count;
         (0..count)
             .map(|i| {
-                let expert = bytes.slice(i * per..(i + 1) * per).ok_or_else(|| Error::InvalidTensor { name: name.into(), reason: "data does not split into experts".into() })?;
-                QMatrix::new(ggml_type, expert, rows, cols).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })
+                let part = bytes.slice(i * per..(i + 1) * per).ok_or_else(|| Error::InvalidTensor { name: name.into(), reason: "data does not split into equal parts".into() })?;
+                self.place(name, ggml_type, part, rows, cols, may_repack)
             })
             .collect()
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xorshift;
+
+    /// A `(rows, cols)` matrix of random Q8_0 blocks with scales near 0.02.
+    fn q8_0(rows: usize, cols: usize, next: &mut impl FnMut() -> u64) -> QMatrix {
+        let mut data = Vec::new();
+        for _ in 0..rows * cols / 32 {
+            data.extend(f16::from_f32(0.02 / 64.0 * (1 + next() % 4) as f32).to_le_bytes());
+            data.extend((0..32).map(|_| next() as u8));
+        }
+        QMatrix::new(8, data, rows, cols).expect("a well-formed matrix")
+    }
+
+    fn mlp(ffn: usize, hidden: usize, next: &mut impl FnMut() -> u64) -> Mlp {
+        Mlp { gate: QLinear::new(q8_0(ffn, hidden, next), None), up: QLinear::new(q8_0(ffn, hidden, next), None), down: QLinear::new(q8_0(hidden, ffn, next), None) }
+    }
+
+    /// Experts grouped over a batch give every token exactly (to the bit) what it gets alone,
+    /// token by token, for softmax and sigmoid gating, with and without the selection bias,
+    /// groups and a shared expert.
+    #[test]
+    fn grouped_experts_equal_token_by_token() {
+        let mut next = xorshift(0xE4_9E27_5A11_D00D);
+        let (hidden, count, ffn, seq) = (64, 8, 32, 11);
+        let unit = |next: &mut dyn FnMut() -> u64| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        for (gating, bias, groups, shared, normalize, scale) in
+            [(Gating::Softmax, false, None, 0, true, 1.0), (Gating::Sigmoid, true, Some((4, 2)), 1, true, 2.5), (Gating::Sigmoid, false, None, 1, false, 1.0)]
+        {
+            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared, leading_dense: 0 };
+            let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
+            let moe = Moe {
+                router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
+                bias: bias.then(|| (0..count).map(|_| unit(&mut next) * 0.1).collect()),
+                experts: (0..count).map(|_| mlp(ffn, hidden, &mut next)).collect(),
+                shared: (shared > 0).then(|| mlp(ffn, hidden, &mut next)),
+            };
+            let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
+            let batched = moe.forward(&spec, Activation::Silu, &x, seq).expect("a forward pass");
+            for (t, row) in x.chunks_exact(hidden).enumerate() {
+                let alone = moe.forward(&spec, Activation::Silu, row, 1).expect("a forward pass");
+                let got = &batched[t * hidden..(t + 1) * hidden];
+                assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{gating:?} token {t}: {:?} vs {:?}", &got[..4], &alone[..4]);
+                assert!(alone.iter().any(|&v| v != 0.0));
+            }
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //!
 //! The block formats real GGUF files use are computed here with llama.cpp's arithmetic
 //! ([`blocks`]): activations quantized per block exactly as llama.cpp quantizes them, exact
-//! integer block sums, f32 scaling. Other formats fall back to Candle's kernels.
+//! integer block sums, f32 scaling. Every type llama.cpp's CPU backend runs is one of them; any
+//! other type is an error.
 //!
 //! On x86_64 CPUs with AVX-512 VNNI, matrices are repacked at load time into strips of sixteen
 //! rows (`strips`), which the kernels of `avx512` multiply by a whole group of activation
@@ -30,17 +31,17 @@ mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::borrow::Cow;
-use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
 
 pub use blocks::Format;
 use blocks::Activations;
 
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
+
+/// The ggml types [`QMatrix`] runs: every type llama.cpp's CPU backend runs weights in.
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4";
 
 /// Weight rows handed to one parallel task (rows in the file's layout).
 const ROWS_PER_TASK: usize = 32;
@@ -60,6 +61,11 @@ const MIN_TASKS: usize = 8;
 /// two threads than on one.)
 #[cfg(target_arch = "x86_64")]
 const SERIAL_WORK: usize = 1 << 20;
+
+/// The largest matrix (bytes) repacked into strips for a single product: the buffer it takes
+/// stays allocated on each thread that used it.
+#[cfg(target_arch = "x86_64")]
+const TRANSIENT_STRIPS_MAX: usize = 16 << 20;
 
 /// Parallel tasks a product is split into at most (rows in strips).
 #[cfg(target_arch = "x86_64")]
@@ -81,36 +87,54 @@ enum Kind {
     /// VNNI kernels; `data` holds `⌈rows / ROWS⌉` strips.
     #[cfg(target_arch = "x86_64")]
     Strips { format: Format, data: Bytes },
-    /// Any other format, computed by Candle.
-    Candle(Arc<QTensor>),
 }
 
 impl QMatrix {
-    /// A matrix of ggml type `ggml_type` from its raw bytes, which it shares rather than copies.
+    /// A matrix of ggml type `ggml_type` from its raw bytes, repacked for this CPU's kernels
+    /// where they would repack it (see [`QMatrix::would_repack`]), else shared rather than
+    /// copied.
     ///
     /// # Errors
     /// [`Error::Compute`] when the type is unknown or the sizes do not fit the format.
     pub fn new(ggml_type: u32, data: impl Into<Bytes>, rows: usize, cols: usize) -> Result<QMatrix> {
-        let data = data.into();
+        QMatrix::load(ggml_type, data, rows, cols, QMatrix::would_repack(ggml_type, rows, cols))
+    }
+
+    /// Whether this CPU's kernels run faster on a matrix of this type and shape repacked (into
+    /// the AVX-512 VNNI strips of sixteen rows): where they exist, unless padding the last strip
+    /// would add more than an eighth of the rows.
+    pub fn would_repack(ggml_type: u32, rows: usize, cols: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
         if let Some(format) = Format::from_ggml(ggml_type) {
-            let (per_block, block_bytes) = format.block();
-            if !cols.is_multiple_of(per_block) || data.len() != rows * (cols / per_block) * block_bytes {
-                return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
-            }
-            // Repacked where the AVX-512 VNNI kernels run, unless padding the last strip would
-            // add more than an eighth of the rows. The file's copy is dropped here, unless it is
-            // shared (a model read from bytes in memory keeps the whole file).
-            #[cfg(target_arch = "x86_64")]
-            if strips::supported(format) && avx512::available() && cols > 0 && rows.next_multiple_of(strips::ROWS) - rows <= rows / 8 {
-                let data = strips::repack(format, &data, rows, cols).into();
-                return Ok(QMatrix { kind: Kind::Strips { format, data }, rows, cols });
-            }
-            let row_bytes = cols / per_block * block_bytes;
-            return Ok(QMatrix { kind: Kind::Blocks { format, data, row_bytes }, rows, cols });
+            return strips::supported(format) && avx512::available() && cols > 0 && rows.next_multiple_of(strips::ROWS) - rows <= rows / 8;
         }
-        let dtype = candle_dtype(ggml_type).ok_or_else(|| Error::Compute(format!("ggml type {ggml_type} is not supported")))?;
-        let storage = QStorage::from_data(Cow::Borrowed(&data[..]), &Device::Cpu, dtype)?;
-        Ok(QMatrix { kind: Kind::Candle(Arc::new(QTensor::new(storage, (rows, cols))?)), rows, cols })
+        let _ = (ggml_type, rows, cols);
+        false
+    }
+
+    /// A matrix of ggml type `ggml_type` from its raw bytes: a repacked copy when `repack` (and
+    /// [`QMatrix::would_repack`]), else the bytes in place, shared rather than copied.
+    ///
+    /// # Errors
+    /// [`Error::Compute`] when the type is unknown or the sizes do not fit the format.
+    pub fn load(ggml_type: u32, data: impl Into<Bytes>, rows: usize, cols: usize, repack: bool) -> Result<QMatrix> {
+        let data = data.into();
+        let Some(format) = Format::from_ggml(ggml_type) else {
+            return Err(Error::Compute(format!("ggml type {ggml_type} is not supported (candlewick runs every type llama.cpp's CPU backend runs: {})", SUPPORTED_TYPES)));
+        };
+        let (per_block, block_bytes) = format.block();
+        let expected = (cols / per_block).checked_mul(block_bytes).and_then(|row| row.checked_mul(rows));
+        if !cols.is_multiple_of(per_block) || expected != Some(data.len()) {
+            return Err(Error::Compute(format!("{rows}×{cols} does not fit {format:?} blocks of {per_block} values in {} bytes", data.len())));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if repack && QMatrix::would_repack(ggml_type, rows, cols) {
+            let data = strips::repack(format, &data, rows, cols).into();
+            return Ok(QMatrix { kind: Kind::Strips { format, data }, rows, cols });
+        }
+        let _ = repack;
+        let row_bytes = cols / per_block * block_bytes;
+        Ok(QMatrix { kind: Kind::Blocks { format, data, row_bytes }, rows, cols })
     }
 
     /// Rows (outputs).
@@ -133,20 +157,19 @@ impl QMatrix {
             return Err(Error::Compute(format!("{} values are not {m} rows of {k}", x.len())));
         }
         let format = match &self.kind {
-            Kind::Candle(t) => {
-                let x = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
-                return Ok(QMatMul::from_arc(t.clone())?.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
-            }
             Kind::Blocks { format, .. } => *format,
             #[cfg(target_arch = "x86_64")]
             Kind::Strips { format, .. } => *format,
         };
         let acts = quantize_rows(x, m, format);
         match &self.kind {
+            #[cfg(target_arch = "x86_64")]
+            Kind::Blocks { data, .. } if data.len() <= TRANSIENT_STRIPS_MAX && strips::pays_for_one_product(format, m) && avx512::available() => {
+                Ok(self.matmul_transient_strips(format, data, &acts))
+            }
             Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, &acts)),
             #[cfg(target_arch = "x86_64")]
             Kind::Strips { data, .. } => Ok(self.matmul_strips(format, data, &acts)),
-            Kind::Candle(_) => Err(Error::Compute("a Candle matrix reached the block kernels".into())),
         }
     }
 
@@ -176,6 +199,27 @@ impl QMatrix {
             }
         }
         out
+    }
+
+    /// [`QMatrix::matmul`] of rows in the file's layout, repacked into strips for this product
+    /// alone (a prompt's rows through an expert, which is not repacked at load): into a buffer
+    /// of the calling thread's, reused from product to product.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_transient_strips(&self, format: Format, data: &[u8], acts: &[Activations]) -> Vec<f32> {
+        use std::cell::RefCell;
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let run = |buffer: &mut Vec<u8>| {
+            strips::repack_into(format, data, self.rows, self.cols, buffer);
+            self.matmul_strips(format, buffer, acts)
+        };
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buffer) => run(&mut buffer),
+            // This thread is already inside such a product (the pool gave it another task while
+            // it waited): a buffer of this product's own.
+            Err(_) => run(&mut Vec::new()),
+        })
     }
 
     /// [`QMatrix::matmul`] of rows in strips: each task takes whole strips and every activation
@@ -233,7 +277,6 @@ impl QMatrix {
             return Err(Error::TokenOutOfRange { id: bad.into(), vocab_size: self.rows, what: "embedding lookup".into() });
         }
         match &self.kind {
-            Kind::Candle(t) => Ok(t.embedding(&Tensor::new(ids, &Device::Cpu)?)?.flatten_all()?.to_vec1::<f32>()?),
             Kind::Blocks { format, data, row_bytes } => {
                 let mut out = vec![0f32; ids.len() * self.cols];
                 for (&id, o) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
@@ -256,12 +299,9 @@ impl QMatrix {
     /// Every value, dequantized, row after row (for small tensors such as norms and biases).
     ///
     /// # Errors
-    /// [`Error::Compute`] if Candle fails.
+    /// None in practice: every row is in range.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        match &self.kind {
-            Kind::Candle(t) => Ok(t.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            _ => self.gather(&(0..self.rows as u32).collect::<Vec<_>>()),
-        }
+        self.gather(&(0..self.rows as u32).collect::<Vec<_>>())
     }
 }
 
@@ -344,28 +384,6 @@ fn quantize_rows(x: &[f32], m: usize, format: Format) -> Vec<Activations> {
     acts
 }
 
-/// The Candle type of a ggml type id.
-fn candle_dtype(id: u32) -> Option<GgmlDType> {
-    Some(match id {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        3 => GgmlDType::Q4_1,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        9 => GgmlDType::Q8_1,
-        10 => GgmlDType::Q2K,
-        11 => GgmlDType::Q3K,
-        12 => GgmlDType::Q4K,
-        13 => GgmlDType::Q5K,
-        14 => GgmlDType::Q6K,
-        15 => GgmlDType::Q8K,
-        30 => GgmlDType::BF16,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,7 +408,7 @@ mod tests {
     /// `matmul` gives, bit for bit, the scalar dot product of each weight row with the
     /// scalar-quantized activations, for every block format the kernels compute: 37 rows, so
     /// the last parallel task is a partial one (32 + 5), rows of 7 blocks, so the SIMD kernels
-    /// end on a partial group of blocks, and one or three activation rows (decoding, prefill).
+    /// end on a partial group of blocks, and one to nine activation rows (decoding, prefill).
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn matmul_is_bit_identical_to_scalar_dots() {
@@ -401,8 +419,12 @@ mod tests {
             let (rows, cols) = (37, 7 * per_block);
             let mut data: Vec<u8> = (0..rows * cols / per_block * size).map(|_| next() as u8).collect();
             set_scales(format, &mut data, || ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1);
-            let matrix = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
-            for m in [1, 3] {
+            // As loaded (repacked where the CPU has strips), and in place, in the file's layout
+            // (repacked for one product from a few rows on, where the CPU has strips).
+            let loaded = QMatrix::new(ggml_type, data.clone(), rows, cols).expect("a well-formed matrix");
+            let in_place = QMatrix::load(ggml_type, data.clone(), rows, cols, false).expect("a well-formed matrix");
+            assert!(matches!(in_place.kind, Kind::Blocks { .. }));
+            for (matrix, m) in [(&loaded, 1), (&loaded, 3), (&in_place, 1), (&in_place, 2), (&in_place, 3), (&in_place, 9)] {
                 let x: Vec<f32> = (0..m * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
                 let got = matrix.matmul(&x, m).expect("matching shapes");
                 for (i, x) in x.chunks_exact(cols).enumerate() {
@@ -485,7 +507,6 @@ mod tests {
                 Kind::Blocks { format, data, row_bytes } => Kind::Blocks { format, data: data.to_vec().into(), row_bytes },
                 #[cfg(target_arch = "x86_64")]
                 Kind::Strips { format, data } => Kind::Strips { format, data: data.to_vec().into() },
-                candle => candle,
             };
             QMatrix { kind, ..self }
         }
@@ -503,7 +524,7 @@ mod tests {
         use std::hint::black_box;
         use std::time::Instant;
         let mut next = xorshift(0x0DDB_1A5E_5BAD_5EED);
-        let shapes = [(3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896)];
+        let shapes = [(12, 768, 2048), (12, 2048, 768), (14, 2048, 768), (3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896)];
         let only = std::env::var("MATMUL_SPEED_ONLY").ok();
         for (ggml_type, rows, cols) in shapes {
             if only.as_ref().is_some_and(|only| !only.split(',').any(|t| t == ggml_type.to_string())) {
@@ -519,7 +540,7 @@ mod tests {
             let repacked = QMatrix::new(ggml_type, data, rows, cols).expect("a well-formed matrix");
             let load = start.elapsed().as_secs_f64();
             println!("{format:?} {rows}×{cols}: loaded in {:.1} ms ({:.2} GB/s)", load * 1e3, bytes as f64 / load / 1e9);
-            for m in [1, 128] {
+            for m in std::env::var("MATMUL_SPEED_M").ok().map_or(vec![1, 128], |v| v.split(',').filter_map(|m| m.parse().ok()).collect()) {
                 if rows * m > 20_000_000 || std::env::var_os("MATMUL_SPEED_LOAD").is_some() {
                     continue;
                 }

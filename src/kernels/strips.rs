@@ -62,31 +62,64 @@ pub fn tile_bytes(format: Format) -> usize {
 /// The `rows` rows of `data` (`cols` values each, in `format`'s blocks) as strips, the last one
 /// padded with zero rows. `data` must hold exactly `rows` rows.
 pub fn repack(format: Format, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let (per_block, _) = format.block();
+    let blocks = cols / per_block;
+    let tile = tile_bytes(format);
+    let mut out = vec![0u8; rows.div_ceil(ROWS) * blocks * tile];
+    if blocks == 0 {
+        return out;
+    }
+    // Strips in parallel, a few at a time: loading a model waits on this.
+    const STRIPS_PER_TASK: usize = 8;
+    crate::platform::parallel_chunks(&mut out, STRIPS_PER_TASK * blocks * tile, |task, strips| pack_strips(format, data, cols, task * STRIPS_PER_TASK, strips));
+    out
+}
+
+/// [`repack`] on the calling thread into `out`, whose allocation is reused (for matrices
+/// repacked for one product only).
+pub fn repack_into(format: Format, data: &[u8], rows: usize, cols: usize, out: &mut Vec<u8>) {
+    let (per_block, _) = format.block();
+    let blocks = cols / per_block;
+    out.clear();
+    out.resize(rows.div_ceil(ROWS) * blocks * tile_bytes(format), 0);
+    if blocks > 0 {
+        pack_strips(format, data, cols, 0, out);
+    }
+}
+
+/// Fills `strips` (zeroed, whole strips) with the strips from number `first` on of the rows of
+/// `data`. Each row is read in order and scattered over its strip's tiles, which stay in the
+/// cache.
+fn pack_strips(format: Format, data: &[u8], cols: usize, first: usize, strips: &mut [u8]) {
     let (per_block, block) = format.block();
     let blocks = cols / per_block;
-    let row_bytes = blocks * block;
-    let tile = tile_bytes(format);
+    let (row_bytes, tile) = (blocks * block, tile_bytes(format));
     let zero = vec![0u8; row_bytes];
-    if blocks == 0 {
-        return Vec::new();
-    }
-    let mut out = vec![0u8; rows.div_ceil(ROWS) * blocks * tile];
-    // Strips in parallel, a few at a time: loading a model waits on this. Each row is read in
-    // order and scattered over its strip's tiles, which stay in the cache.
-    const STRIPS_PER_TASK: usize = 8;
-    crate::platform::parallel_chunks(&mut out, STRIPS_PER_TASK * blocks * tile, |task, strips| {
-        for (s, strip) in strips.chunks_exact_mut(blocks * tile).enumerate() {
-            let first = (task * STRIPS_PER_TASK + s) * ROWS;
-            for r in 0..ROWS {
-                // Padding rows are zero blocks (whose scales are zero).
-                let row = data.get((first + r) * row_bytes..(first + r + 1) * row_bytes).unwrap_or(&zero);
-                for (b, t) in row.chunks_exact(block).zip(strip.chunks_exact_mut(tile)) {
-                    pack(format, b, r, t);
-                }
+    for (s, strip) in strips.chunks_exact_mut(blocks * tile).enumerate() {
+        let first_row = (first + s) * ROWS;
+        for r in 0..ROWS {
+            // Padding rows are zero blocks (whose scales are zero).
+            let row = data.get((first_row + r) * row_bytes..(first_row + r + 1) * row_bytes).unwrap_or(&zero);
+            for (b, t) in row.chunks_exact(block).zip(strip.chunks_exact_mut(tile)) {
+                pack(format, b, r, t);
             }
         }
-    });
-    out
+    }
+}
+
+/// Whether repacking a matrix of `format` for one product of `m` activation rows costs less
+/// than it saves. The strips kernels run four to five times faster than the row kernels from a
+/// few rows on; repacking costs about one pass of the row kernels for the formats whose tiles
+/// are mostly copied words (Q4_K 768×2048 on one thread: 0.10 ms to repack; 8 rows: 0.45 ms
+/// in rows, 0.09 ms in strips), two to four for the others (Q6_K 2048×768: 0.37 ms; Q5_K and
+/// Q8_0: 0.7-0.9 ms, whose blocks are small or carry bit masks).
+pub fn pays_for_one_product(format: Format, m: usize) -> bool {
+    match format {
+        Format::Q4_0 | Format::Q4_1 | Format::Q4K => m >= 3,
+        Format::Q6K => m >= 12,
+        Format::Q5_0 | Format::Q5_1 | Format::Q5K | Format::Q8_0 => m >= 16,
+        _ => false,
+    }
 }
 
 /// The bytes row `row` had in the file, rebuilt from the strips of a matrix of `cols` columns.
@@ -112,22 +145,6 @@ fn parts_32(format: Format) -> (bool, Option<usize>, usize) {
         Format::Q5_1 => (true, Some(4), 8),
         _ => (false, None, 2), // Q8_0
     }
-}
-
-/// The unsigned 6-bit values of a Q6_K block, in order.
-fn q6k_values(b: &[u8]) -> [u8; 256] {
-    let mut u = [0u8; 256];
-    for h in 0..2 {
-        let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
-        for l in 0..32 {
-            let v = &mut u[128 * h..128 * h + 128];
-            v[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
-            v[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
-            v[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-            v[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-        }
-    }
-    u
 }
 
 /// Where Q4_K/Q5_K (`five`) tile vector `8c + g` of nibbles starts: after the scales, the 8
@@ -199,18 +216,28 @@ fn pack(format: Format, b: &[u8], r: usize, t: &mut [u8]) {
             for s in 0..16 {
                 t[32 + 32 * (s / 2) + 2 * r + s % 2] = b[192 + s];
             }
-            let u = q6k_values(b);
+            // Four consecutive values at a time (`k` a multiple of 4), as the bytes of a word.
+            // Value `128h + 32q + l` has its low four bits in nibble `q / 2` of byte
+            // `64h + 32(q % 2) + l` and its top two bits at bit `2q` of byte `128 + 32h + l`.
+            let place = |k: usize| (k / 128, k % 128 / 32, k % 32);
+            let low = |k: usize| {
+                let (h, q, l) = place(k);
+                let w = word(b, 64 * h + 32 * (q % 2) + l);
+                if q < 2 { w & 0x0F0F_0F0F } else { (w >> 4) & 0x0F0F_0F0F }
+            };
+            let top = |k: usize| {
+                let (h, q, l) = place(k);
+                (word(b, 128 + 32 * h + l) >> (2 * q)) & 0x0303_0303
+            };
             for v in 0..32 {
-                for j in 0..4 {
-                    let (lo, hi) = (u[q6k_nibble_value(v, 0, j)], u[q6k_nibble_value(v, 1, j)]);
-                    t[q6k_low_at(v) + 4 * r + j] = (lo & 0x0F) | (hi << 4);
-                }
+                let k = 16 * (v / 2) + 4 * (v % 2);
+                let at = q6k_low_at(v) + 4 * r;
+                t[at..at + 4].copy_from_slice(&(low(k) | (low(k + 8) << 4)).to_le_bytes());
             }
             for s in 0..16 {
-                for j in 0..4 {
-                    let top = |i: usize| (u[16 * s + 4 * i + j] >> 4) << (2 * i);
-                    t[q6k_high_at(s) + 4 * r + j] = top(0) | top(1) | top(2) | top(3);
-                }
+                let at = q6k_high_at(s) + 4 * r;
+                let w = top(16 * s) | (top(16 * s + 4) << 2) | (top(16 * s + 8) << 4) | (top(16 * s + 12) << 6);
+                t[at..at + 4].copy_from_slice(&w.to_le_bytes());
             }
         }
         _ => {
@@ -372,6 +399,27 @@ mod tests {
             for r in rows..2 * ROWS {
                 assert!(row(format, &strips, cols, r).iter().all(|&b| b == 0), "{format:?} padding row {r}");
             }
+        }
+    }
+
+    /// Times repacking on one thread into a reused buffer (as a product repacks an expert):
+    /// `cargo test --release --lib repack_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark"]
+    fn repack_speed() {
+        let mut next = crate::xorshift(7);
+        for (format, rows, cols) in [(Format::Q4K, 768, 2048), (Format::Q6K, 2048, 768), (Format::Q8_0, 768, 2048), (Format::Q5K, 768, 2048)] {
+            let (per_block, block) = format.block();
+            let data: Vec<u8> = (0..rows * cols / per_block * block).map(|_| next() as u8).collect();
+            let mut out = Vec::new();
+            let mut best = f64::INFINITY;
+            for _ in 0..20 {
+                let start = std::time::Instant::now();
+                repack_into(format, &data, rows, cols, &mut out);
+                best = best.min(start.elapsed().as_secs_f64());
+                std::hint::black_box(&out);
+            }
+            println!("{format:?} {rows}×{cols}: repacked in {:.3} ms, {:.2} GB/s", best * 1e3, data.len() as f64 / best / 1e9);
         }
     }
 }

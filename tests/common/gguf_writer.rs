@@ -88,30 +88,47 @@ impl GgufFile {
 
     /// The file's bytes, with tensor data aligned to 32 bytes.
     pub fn bytes(&self) -> Vec<u8> {
-        let mut out = b"GGUF".to_vec();
-        out.extend(self.version.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend((self.metadata.len() as u64).to_le_bytes());
-        for (k, v) in &self.metadata {
-            put_str(&mut out, k);
-            put_value(&mut out, v);
-        }
-        let mut offset = 0u64;
-        for t in &self.tensors {
-            put_str(&mut out, &t.name);
-            out.extend((t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims { out.extend(d.to_le_bytes()); }
-            out.extend(t.ggml_type.to_le_bytes());
-            out.extend(offset.to_le_bytes());
-            offset += (t.data.len() as u64).div_ceil(32) * 32;
-        }
-        while !out.len().is_multiple_of(32) { out.push(0); }
+        let infos: Vec<(&str, &[u64], u32, u64)> = self.tensors.iter().map(|t| (t.name.as_str(), t.dims.as_slice(), t.ggml_type, t.data.len() as u64)).collect();
+        let mut out = header(self.version, &self.metadata, &infos);
         for t in &self.tensors {
             out.extend(&t.data);
-            while !out.len().is_multiple_of(32) { out.push(0); }
+            while !out.len().is_multiple_of(ALIGNMENT as usize) { out.push(0); }
         }
         out
     }
+}
+
+/// GGUF's default alignment of tensor data (`general.alignment` unset).
+pub const ALIGNMENT: u64 = 32;
+
+/// Everything before the tensor data: magic, version, counts, metadata, and each tensor's
+/// (name, dims innermost first, ggml type, data bytes) with its offset, padded to [`ALIGNMENT`].
+/// Each tensor's data then starts at the next multiple of [`ALIGNMENT`] (see [`data_len`]).
+pub fn header(version: u32, metadata: &[(String, Meta)], tensors: &[(&str, &[u64], u32, u64)]) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(version.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut out, k);
+        put_value(&mut out, v);
+    }
+    let mut offset = 0u64;
+    for (name, dims, ggml_type, bytes) in tensors {
+        put_str(&mut out, name);
+        out.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims { out.extend(d.to_le_bytes()); }
+        out.extend(ggml_type.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset += bytes.div_ceil(ALIGNMENT) * ALIGNMENT;
+    }
+    while !(out.len() as u64).is_multiple_of(ALIGNMENT) { out.push(0); }
+    out
+}
+
+/// The length of the tensor-data section for tensors of these byte sizes.
+pub fn data_len(sizes: impl IntoIterator<Item = u64>) -> u64 {
+    sizes.into_iter().map(|b| b.div_ceil(ALIGNMENT) * ALIGNMENT).sum()
 }
 
 /// A tiny but complete gpt2-style tokenizer's metadata: bytes 'a'..'e', space, and merges.

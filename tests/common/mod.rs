@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod gguf_writer;
+pub mod quants;
+pub mod scale;
 pub mod synthetic;
 
 use std::io::Write;
@@ -99,4 +101,11 @@ pub fn corpus() -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join("tests/data/tokenizer-corpus.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+/// Runs a Python script of tests/reference (which needs the package `gguf` or `jinja2`).
+pub fn python(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    let mut command = Command::new("python3");
+    command.arg(repo_root().join("tests/reference").join(script));
+    run_json(command, input, "needs python3 with the packages gguf and jinja2: `make python-deps`")
 }
