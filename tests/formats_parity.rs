@@ -4,8 +4,8 @@
 //! decoded greedily by both engines.
 //!
 //! The blocks are random bits with their scales set so each matrix keeps the spread of the
-//! Q8_0 weights it replaces (these formats have no quantizer here, and none is needed: any
-//! blocks with finite scales are a valid file). With quantized weights, activations are
+//! Q8_0 weights it replaces (`common::quants`; these formats have no quantizer here, and none
+//! is needed: any blocks with finite scales are a valid file). With quantized weights, activations are
 //! rounded to 8 bits before every product, so a last-bit difference may flip a rounded value
 //! and, rarely, a token: as DESIGN.md's decision 4 says, every step where llama.cpp's token is
 //! not our argmax must be a near-tie (its logit within 1 % of our best one).
@@ -16,63 +16,14 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candlewick::gguf::{ggml_type_block, Gguf};
-use candlewick::kernels::blocks::{dequantize, Format};
+use candlewick::kernels::blocks::Format;
 use candlewick::kernels::QMatrix;
 use candlewick::{Chunk, GenerateOptions, Model, Prompt, SamplingConfig};
 use common::gguf_writer::GgufFile;
+use common::quants::random_blocks;
 use common::synthetic::{all_metadata, qwen3_file, Rng, Shape};
 use common::{llama_cpp, model, QWEN25_CODER, RAW_PROMPTS as PROMPTS};
-use half::f16;
 use serde_json::json;
-
-/// Block `b` of `format` with every f16 scale (and minimum) set to `scale` (MXFP4: the power
-/// of two nearest `scale`).
-fn set_scales(format: Format, b: &mut [u8], scale: f32) {
-    let at: &[usize] = match format {
-        Format::Q2K => &[80, 82],
-        Format::Q3K => &[108],
-        Format::TQ1_0 => &[52],
-        Format::TQ2_0 => &[64],
-        Format::MXFP4 | Format::IQ1M | Format::BF16 => &[],
-        _ => &[0],
-    };
-    let h = f16::from_f32(scale);
-    for &at in at {
-        b[at..at + 2].copy_from_slice(&h.to_le_bytes());
-    }
-    match format {
-        Format::IQ1M => {
-            // The f16 is spread over the top nibbles of the four 16-bit scale words.
-            let bits = h.to_bits();
-            for k in 0..4 {
-                b[49 + 2 * k] = (b[49 + 2 * k] & 0x0F) | ((((bits >> (4 * k)) & 0x0F) as u8) << 4);
-            }
-        }
-        // E8M0, halved: 2^(e − 128).
-        Format::MXFP4 => b[0] = (128.0 + scale.log2().round()).clamp(2.0, 254.0) as u8,
-        _ => {}
-    }
-}
-
-/// `rows × cols` random values in `format` whose root mean square is `rms`.
-fn random_matrix(format: Format, rows: usize, cols: usize, rms: f32, rng: &mut Rng) -> Vec<u8> {
-    let (per_block, size) = format.block();
-    let blocks = rows * cols / per_block;
-    if format == Format::BF16 {
-        return (0..rows * cols).flat_map(|_| ((((rng.uniform() * rms * 3f32.sqrt()).to_bits()) >> 16) as u16).to_le_bytes()).collect();
-    }
-    let mut data: Vec<u8> = (0..blocks * size).map(|_| rng.next_u64() as u8).collect();
-    for b in data.chunks_exact_mut(size) {
-        set_scales(format, b, 1.0);
-    }
-    let mut values = vec![0f32; rows * cols];
-    dequantize(format, &data, &mut values);
-    let unit = (values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() / values.len() as f64).sqrt() as f32;
-    for b in data.chunks_exact_mut(size) {
-        set_scales(format, b, rms / unit);
-    }
-    data
-}
 
 /// A copy of `path` with every Q8_0 matrix (rows a whole number of `format`'s blocks) replaced
 /// by random blocks of `format` with the same root mean square.
@@ -94,7 +45,7 @@ fn transcoded(path: &Path, format: Format, ggml_type: u32, name: &str) -> PathBu
         if t.ggml_type == 8 && cols.is_multiple_of(format.block().0) {
             let values = QMatrix::new(t.ggml_type, bytes, rows, cols).unwrap().to_f32().unwrap();
             let rms = (values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() / values.len() as f64).sqrt() as f32;
-            f = f.tensor(&t.name, &t.dims, ggml_type, random_matrix(format, rows, cols, rms, &mut rng));
+            f = f.tensor(&t.name, &t.dims, ggml_type, random_blocks(ggml_type, rows * cols, rms, &mut rng));
         } else {
             f = f.tensor(&t.name, &t.dims, t.ggml_type, bytes);
         }
