@@ -91,3 +91,38 @@ fn dequantize_matches_python_gguf() {
         assert!(got.iter().any(|v| *v != 0.0), "{format:?}: all zero");
     }
 }
+
+/// Matrices of every format load as block matrices (not Candle's, which cannot run the new
+/// ones), read back as their dequantized values, and multiply, bit for bit, as the scalar dot product of each row with the scalar-quantized
+/// activations: 37 rows (a partial last parallel task), rows of 7 blocks, one and three
+/// activation rows.
+#[test]
+fn matmul_runs_every_format() {
+    use candlewick::kernels::blocks::{dot_scalar, Activations};
+    use candlewick::kernels::QMatrix;
+    let mut next = xorshift(0xBB67_AE85_84CA_A73B);
+    for ggml_type in TYPES {
+        let format = Format::from_ggml(ggml_type).expect("a block format");
+        let (per_block, size) = format.block();
+        let (rows, cols) = (37, 7 * per_block.max(32));
+        let data = random_blocks(format, rows * cols / per_block, &mut next);
+        let matrix = QMatrix::new(ggml_type, data.clone(), rows, cols).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        // Its values (embedding lookups read them) are the dequantized blocks.
+        let mut values = vec![0f32; rows * cols];
+        dequantize(format, &data, &mut values);
+        let read = matrix.to_f32().expect("a block matrix");
+        assert!(read.iter().zip(&values).all(|(a, b)| a.to_bits() == b.to_bits()), "{format:?}: to_f32");
+        for m in [1, 3] {
+            let x: Vec<f32> = (0..m * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+            let got = matrix.matmul(&x, m).expect("matching shapes");
+            for (i, x) in x.chunks_exact(cols).enumerate() {
+                let mut act = Activations::default();
+                act.quantize_scalar(x, format.act());
+                for (r, row) in data.chunks_exact(cols / per_block * size).enumerate() {
+                    let want = dot_scalar(format, row, &act);
+                    assert_eq!(got[i * rows + r].to_bits(), want.to_bits(), "{format:?} m={m} row {r} of activation row {i}");
+                }
+            }
+        }
+    }
+}

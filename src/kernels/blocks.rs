@@ -1,9 +1,12 @@
 //! GGUF block formats: dequantization, quantizing activations, and block dot products.
 //!
 //! The arithmetic is llama.cpp's: activations are quantized to 8 bits per block (Q8_0 for
-//! Q4_0/Q5_0/Q8_0 weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants) with the same scales and
-//! rounding, and each block's dot product is an exact integer sum scaled in f32. Two engines
-//! doing this agree to float rounding, so greedy decoding picks the same tokens.
+//! Q4_0/Q5_0/Q8_0/IQ4_NL/MXFP4 weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants, the IQ
+//! formats but IQ4_NL, and TQ1_0/TQ2_0; BF16 weights meet activations rounded to BF16) with
+//! the same scales and rounding, and each block's dot product is an exact integer sum scaled in
+//! f32. Two engines doing this agree to float rounding, so greedy decoding picks the same
+//! tokens. The formats after the first ten have their scalar code in `lowbit` and their lookup
+//! grids, generated from the Python `gguf` package, in `grids`.
 //!
 //! The code here is portable scalar code. On x86_64, [`dot`] and [`Activations::quantize`]
 //! switch at run time to SIMD versions (AVX2), and on WebAssembly built with simd128 to SIMD
@@ -673,8 +676,8 @@ mod tests {
         use super::*;
 
         /// Every format with a SIMD kernel on this target: on x86_64 every format except the
-        /// float ones; on WebAssembly the first eight quantized ones (the later ones run scalar
-        /// there).
+        /// float ones; on WebAssembly the first eight quantized ones, the 4-bit table ones,
+        /// Q2_K, Q3_K and TQ2_0 (the grid ones and TQ1_0 run scalar there).
         #[cfg(target_arch = "x86_64")]
         const QUANTIZED: [Format; 22] = [
             Format::Q8_0,
@@ -701,7 +704,22 @@ mod tests {
             Format::MXFP4,
         ];
         #[cfg(target_arch = "wasm32")]
-        const QUANTIZED: [Format; 8] = [Format::Q8_0, Format::Q5_0, Format::Q4K, Format::Q6K, Format::Q4_1, Format::Q4_0, Format::Q5_1, Format::Q5K];
+        const QUANTIZED: [Format; 14] = [
+            Format::Q8_0,
+            Format::Q5_0,
+            Format::Q4K,
+            Format::Q6K,
+            Format::Q4_1,
+            Format::Q4_0,
+            Format::Q5_1,
+            Format::Q5K,
+            Format::IQ4NL,
+            Format::IQ4XS,
+            Format::MXFP4,
+            Format::Q2K,
+            Format::Q3K,
+            Format::TQ2_0,
+        ];
 
         /// Formats without a SIMD kernel get `None` from the target's `dot`, so `dot` takes the
         /// scalar path (and still gives the scalar result).

@@ -354,7 +354,7 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> f32 {
                 let (a, ad, bsums) = q8k(act, i);
                 let indices = iq1_indices(format, b);
                 let (mut sumi, mut sumi1) = (0i32, 0i32);
-                for k in 0..16 {
+                for (k, &bsum) in bsums.iter().enumerate() {
                     let mut lsum = 0;
                     let mut shift = 0;
                     for l in 0..2 {
@@ -367,7 +367,7 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> f32 {
                     }
                     let ls = if format == Format::IQ1S { iq1s_scale(b, k / 2).0 } else { iq1m_sub_scale(b, k) };
                     if format == Format::IQ1S {
-                        shift = iq1s_scale(b, k / 2).1 * bsums[k];
+                        shift = iq1s_scale(b, k / 2).1 * bsum;
                     }
                     sumi += ls * lsum;
                     sumi1 += ls * shift;

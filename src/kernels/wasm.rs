@@ -30,6 +30,8 @@ use core::arch::wasm32::*;
 use half::f16;
 
 use super::blocks::{dot_scalar, ActFormat, Activations, Format};
+use super::grids::{KVALUES_IQ4NL, KVALUES_MXFP4};
+use super::lowbit::{e8m0_half, q3k_scales};
 
 /// The SIMD dot product of one weight row with quantized activations, or `None` when the
 /// format has no SIMD kernel (F32 and F16, used for small tensors only) or the activations
@@ -52,6 +54,12 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::Q4_0 => dot_32::<18, false, 8>(row, act, |b, a| mul4(nibbles(load::<u8, 18, 2>(b)), a)),
         Format::Q5_1 => dot_32::<24, true, 0>(row, act, |b, a| mul4(five_bits::<24, 4, 8>(b), a)),
         Format::Q5K => Some(dot_q45k::<176, 48, true>(row, act)),
+        Format::IQ4NL => dot_32::<18, false, 0>(row, act, |b, a| mul4(table_nibbles(&KVALUES_IQ4NL, load::<u8, 18, 2>(b)), a)),
+        Format::IQ4XS => Some(dot_iq4xs(row, act)),
+        Format::MXFP4 => Some(dot_mxfp4(row, act)),
+        Format::Q2K => Some(dot_q2k(row, act)),
+        Format::Q3K => Some(dot_q3k(row, act)),
+        Format::TQ2_0 => Some(dot_tq2(row, act)),
         // Formats without a simd128 kernel: the float ones and the later low-bit ones.
         _ => return None,
     };
@@ -372,6 +380,143 @@ fn dot_q45k<const N: usize, const QS: usize, const FIVE: bool>(row: &[u8], act: 
         let d = f16_at::<N, 0>(b) * da;
         let dmin = f16_at::<N, 2>(b) * da;
         sum += d * sumi as f32 - dmin * summ as f32;
+    }
+    sum
+}
+
+/// 16 bytes of 4-bit indices into the 16 signed values of `table` → 32 values as i16s: the
+/// low nibbles' values first, then the high nibbles' (IQ4_NL, IQ4_XS, MXFP4 order).
+#[inline(always)]
+fn table_nibbles(table: &[i8; 16], q: v128) -> [v128; 4] {
+    let table = load::<i8, 16, 0>(table);
+    let lo = i8x16_swizzle(table, v128_and(q, u8x16_splat(0x0F)));
+    let hi = i8x16_swizzle(table, u8x16_shr(q, 4));
+    [i16x8_extend_low_i8x16(lo), i16x8_extend_high_i8x16(lo), i16x8_extend_low_i8x16(hi), i16x8_extend_high_i8x16(hi)]
+}
+
+/// IQ4_XS: f16 scale, eight 6-bit sub-block scales (less 32), 128 bytes of indices into
+/// IQ4_NL's values. Per block, as the scalar code: `sum += d_w · d_a · Σ ls·(w·a)`.
+fn dot_iq4xs(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<136>();
+    let (qs, _) = act.qs16.as_chunks::<256>();
+    let mut sum = 0f32;
+    for ((b, a), &da) in blocks.iter().zip(qs).zip(&act.d) {
+        let mut acc = i32x4_splat(0);
+        let (q, _) = part::<u8, 136, 8, 128>(b).as_chunks::<16>();
+        let (a, _) = a.as_chunks::<32>();
+        let h = u16::from_le_bytes(*part::<u8, 136, 2, 2>(b));
+        let low = part::<u8, 136, 4, 4>(b);
+        for (ib, (q, a)) in q.iter().zip(a).enumerate() {
+            let ls = i32::from((low[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (i32::from((h >> (2 * ib)) & 3) << 4);
+            acc = i32x4_add(acc, i32x4_mul(mul4(table_nibbles(&KVALUES_IQ4NL, load::<u8, 16, 0>(q)), a), i32x4_splat(ls - 32)));
+        }
+        sum += f16_at::<136, 0>(b) * da * hsum(acc) as f32;
+    }
+    sum
+}
+
+/// The 2-bit fields at bit `2·s` of 32 bytes (two vectors), as i16s: the first 16 values,
+/// then the next 16.
+#[inline(always)]
+fn two_bits(q: [v128; 2], s: u32) -> ([v128; 2], [v128; 2]) {
+    let three = u8x16_splat(3);
+    (widen(v128_and(u8x16_shr(q[0], 2 * s), three)), widen(v128_and(u8x16_shr(q[1], 2 * s), three)))
+}
+
+/// The 2-bit-packed K formats and TQ2_0: per 32-value run `ib` (0..8) of a block, the integer
+/// sum of its two 16-value halves, each times its scale from `scales` (`None`: no scale).
+/// `q_at(ib)` gives the 32 packed bytes of the run's half block and `high(ib)` what to add to
+/// the fields (Q3_K's high bit, as 4, on i16 lanes).
+#[inline(always)]
+fn runs_2bit(q: [[v128; 2]; 2], a: &[i16; 256], scales: Option<&[i8; 16]>, high: impl Fn(usize) -> ([v128; 2], [v128; 2])) -> v128 {
+    let (a, _) = a.as_chunks::<16>();
+    let mut acc = i32x4_splat(0);
+    for ib in 0..8 {
+        let (mut lo, mut hi) = two_bits(q[ib / 4], (ib % 4) as u32);
+        let (h_lo, h_hi) = high(ib);
+        lo = [i16x8_add(lo[0], h_lo[0]), i16x8_add(lo[1], h_lo[1])];
+        hi = [i16x8_add(hi[0], h_hi[0]), i16x8_add(hi[1], h_hi[1])];
+        let (p_lo, p_hi) = (mul2(lo, &a[2 * ib]), mul2(hi, &a[2 * ib + 1]));
+        acc = match scales {
+            Some(sc) => i32x4_add(acc, i32x4_add(i32x4_mul(p_lo, i32x4_splat(i32::from(sc[2 * ib]))), i32x4_mul(p_hi, i32x4_splat(i32::from(sc[2 * ib + 1]))))),
+            None => i32x4_add(acc, i32x4_add(p_lo, p_hi)),
+        };
+    }
+    acc
+}
+
+/// Q2_K: sixteen 4-bit scales and minimums, 64 bytes of 2-bit values, f16 scale and minimum.
+/// Per block, as the scalar code: `sum += (d_a·d)·Σ sc·(w·a) − (d_a·dmin)·Σ m·Σa`.
+fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<84>();
+    let (qs, _) = act.qs16.as_chunks::<256>();
+    let (bsums, _) = act.bsums.as_chunks::<16>();
+    let zero = [i16x8_splat(0); 2];
+    let mut sum = 0f32;
+    for (((b, a), bsums), &da) in blocks.iter().zip(qs).zip(bsums).zip(&act.d) {
+        let sc = part::<u8, 84, 0, 16>(b);
+        let scales: [i8; 16] = std::array::from_fn(|j| (sc[j] & 0x0F) as i8);
+        let q = [[load::<u8, 84, 16>(b), load::<u8, 84, 32>(b)], [load::<u8, 84, 48>(b), load::<u8, 84, 64>(b)]];
+        let isum = hsum(runs_2bit(q, a, Some(&scales), |_| (zero, zero)));
+        let summs: i32 = bsums.iter().zip(sc).map(|(&s, &m)| s * i32::from(m >> 4)).sum();
+        let dall = da * f16_at::<84, 80>(b);
+        let dmin = da * f16_at::<84, 82>(b);
+        sum += dall * isum as f32 - dmin * summs as f32;
+    }
+    sum
+}
+
+/// Q3_K: 32 bytes of high bits, 64 of 2-bit values, twelve bytes of 6-bit scales, f16 scale;
+/// values offset by 4. Per block, as the scalar code: `sum += d_w · d_a · Σ sc·(w·a)`.
+fn dot_q3k(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<110>();
+    let (qs, _) = act.qs16.as_chunks::<256>();
+    let (bsums, _) = act.bsums.as_chunks::<16>();
+    let mut sum = 0f32;
+    for (((b, a), bsums), &da) in blocks.iter().zip(qs).zip(bsums).zip(&act.d) {
+        let scales = q3k_scales(part::<u8, 110, 96, 12>(b));
+        let hm = [load::<u8, 110, 0>(b), load::<u8, 110, 16>(b)];
+        // 4 where bit `ib` of the high-bit byte is set: the value plus 4.
+        let high = |ib: usize| {
+            let bit = u8x16_splat(1 << ib);
+            let four = |h: v128| v128_and(i8x16_eq(v128_and(h, bit), bit), u8x16_splat(4));
+            (widen(four(hm[0])), widen(four(hm[1])))
+        };
+        let q = [[load::<u8, 110, 32>(b), load::<u8, 110, 48>(b)], [load::<u8, 110, 64>(b), load::<u8, 110, 80>(b)]];
+        let acc = runs_2bit(q, a, Some(&scales), high);
+        // Σ sc·((w + 4)·a) − 4 · Σ sc·(Σa over each 16) = Σ sc·(w·a), exactly.
+        let offset: i32 = bsums.iter().zip(&scales).map(|(&s, &sc)| s * i32::from(sc)).sum();
+        sum += f16_at::<110, 108>(b) * da * hsum(acc).wrapping_sub(4 * offset) as f32;
+    }
+    sum
+}
+
+/// TQ2_0: 64 bytes of 2-bit values stored plus one, f16 scale. Per block, as the scalar code:
+/// `sum += Σ w·a · (d_w · d_a)`.
+fn dot_tq2(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<66>();
+    let (qs, _) = act.qs16.as_chunks::<256>();
+    let (bsums, _) = act.bsums.as_chunks::<16>();
+    let zero = [i16x8_splat(0); 2];
+    let mut sum = 0f32;
+    for (((b, a), bsums), &da) in blocks.iter().zip(qs).zip(bsums).zip(&act.d) {
+        let q = [[load::<u8, 66, 0>(b), load::<u8, 66, 16>(b)], [load::<u8, 66, 32>(b), load::<u8, 66, 48>(b)]];
+        // Σ (v − 1)·a = Σ v·a − Σ a.
+        let sumi = hsum(runs_2bit(q, a, None, |_| (zero, zero))).wrapping_sub(bsums.iter().sum::<i32>());
+        sum += sumi as f32 * (f16_at::<66, 64>(b) * da);
+    }
+    sum
+}
+
+/// MXFP4: an E8M0 scale, 16 bytes of indices into its doubled E2M1 values; Q8_0 activations.
+/// Per block, as the scalar code: `sum += (d_a · scale) · Σ w·a`.
+fn dot_mxfp4(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<17>();
+    let (qs, _) = act.qs16.as_chunks::<32>();
+    let mut sum = 0f32;
+    for ((b, a), &da) in blocks.iter().zip(qs).zip(&act.d) {
+        let sumi = hsum(mul4(table_nibbles(&KVALUES_MXFP4, load::<u8, 17, 1>(b)), a));
+        sum += da * e8m0_half(b[0]) * sumi as f32;
     }
     sum
 }

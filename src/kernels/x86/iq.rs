@@ -14,8 +14,10 @@
 //! most 2 · 127 · 127).
 
 use super::*;
-use crate::kernels::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS, KVALUES_IQ4NL, KVALUES_MXFP4};
-use crate::kernels::lowbit::{e8m0_half, iq1m_scale, q3k_scales, IQ1_DELTA};
+use crate::kernels::grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KVALUES_IQ4NL, KVALUES_MXFP4};
+use crate::kernels::lowbit::{e8m0_half, iq1m_scale, IQ1_DELTA};
+#[cfg(doc)]
+use crate::kernels::lowbit::q3k_scales;
 
 /// The kernel of `format`, if it has one here.
 #[inline]
@@ -32,8 +34,12 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::IQ1S => dot_iq1s(row, act),
         Format::IQ1M => dot_iq1m(row, act),
         Format::IQ4XS => dot_iq4xs(row, act),
-        Format::IQ4NL => dot_nl::<18, 2>(row, act, &KVALUES_IQ4NL, |b| half(b, 0)),
-        Format::MXFP4 => dot_nl::<17, 1>(row, act, &KVALUES_MXFP4, |b| e8m0_half(b[0])),
+        Format::IQ4NL => {
+            // As Q4_0 with a table: the parent's 32-value driver, f16 scale at byte 0.
+            let values = table(&KVALUES_IQ4NL);
+            dot_32::<18, false, 0>(row, act, |b, a| mul_i8(_mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, 18, 2, 16>(b)))), a))
+        }
+        Format::MXFP4 => dot_mxfp4(row, act),
         Format::TQ2_0 => dot_tq2(row, act),
         Format::TQ1_0 => dot_tq1(row, act),
         _ => return None,
@@ -59,26 +65,62 @@ fn a32(a: &[i8; 256], ib: usize) -> __m256i {
     chunks.get(ib).map_or(_mm256_setzero_si256(), |c| load_i8(c))
 }
 
-/// `a` with the sign of each bit of `signs` (bit `k` set: byte `k` negated).
+
+/// The eight signs of each 7-bit sign code (`KSIGNS_IQ2XS`: the eighth makes the count of
+/// minus signs even) as bytes, 1 or -1, for `sign_epi8`. Derived from the codes' definition;
+/// `signs_follow_ksigns` checks it against the table.
+static SIGN_BYTES: [u64; 128] = {
+    let mut table = [0u64; 128];
+    let mut code = 0;
+    while code < 128 {
+        let bits = code as u32 | ((code as u32).count_ones() & 1) << 7;
+        let mut j = 0;
+        while j < 8 {
+            table[code] |= if bits >> j & 1 != 0 { 0xFF } else { 0x01 } << (8 * j);
+            j += 1;
+        }
+        code += 1;
+    }
+    table
+};
+
+/// The ±1 bytes of four 7-bit sign codes, for 32 values.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn signed(a: __m256i, signs: u32) -> __m256i {
-    _mm256_sign_epi8(a, _mm256_or_si256(bits_to_bytes(signs), _mm256_set1_epi8(1)))
+fn sign_codes(codes: [u16; 4]) -> __m256i {
+    let s = |l: usize| SIGN_BYTES[usize::from(codes[l] & 127)] as i64;
+    _mm256_set_epi64x(s(3), s(2), s(1), s(0))
 }
 
-/// The four sign bytes of IQ2_XXS / IQ3_XXS from the four 7-bit codes in `aux`'s low 28 bits.
-#[inline(always)]
-fn ksigns4(aux: u32) -> u32 {
-    let code = |l: u32| u32::from(KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize]) << (8 * l);
-    code(0) | code(1) | code(2) | code(3)
-}
-
-/// Sixteen i16 lanes: `lo` in the low eight, `hi` in the high eight (the scales of the first
-/// and second 16 values of a 32-value run, as `maddubs` lays out their pair sums).
+/// The ±1 bytes of four 7-bit sign codes in `aux`'s low 28 bits (IQ2_XXS, IQ3_XXS).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scale2(lo: i32, hi: i32) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+fn ksigns4(aux: u32) -> __m256i {
+    sign_codes([aux as u16, (aux >> 7) as u16, (aux >> 14) as u16, (aux >> 21) as u16])
+}
+
+/// The ±1 bytes of 32 sign bits (bit `k` set: byte `k` is -1).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sign_bits(bits: u32) -> __m256i {
+    _mm256_or_si256(bits_to_bytes(bits), _mm256_set1_epi8(1))
+}
+
+/// The scale vectors of the eight 32-value runs of a block with sixteen i8 scales (the bytes
+/// of `scales`), one per 16 values: run `k`'s first scale in the low eight i16 lanes, its
+/// second in the high eight (the order of `maddubs`'s pair sums of 32 values).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_pairs(scales: __m128i) -> [__m256i; 8] {
+    let s16 = _mm256_cvtepi8_epi16(scales);
+    // Each half block's eight i16s in both 128-bit halves; then run k's two scales (i16s 2k,
+    // 2k + 1 of its half: bytes 4k..4k + 4) broadcast over the low and the high half.
+    let halves = [_mm256_permute4x64_epi64::<0b01_00_01_00>(s16), _mm256_permute4x64_epi64::<0b11_10_11_10>(s16)];
+    let i16_at = |j: i64| (((j + 1) << 8) | j) * 0x0001_0001_0001_0001;
+    std::array::from_fn(|ib| {
+        let k = (ib % 4) as i64;
+        _mm256_shuffle_epi8(halves[ib / 4], _mm256_set_epi64x(i16_at(4 * k + 2), i16_at(4 * k + 2), i16_at(4 * k), i16_at(4 * k)))
+    })
 }
 
 /// Four 8-byte grid entries.
@@ -116,79 +158,113 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The IQ2/IQ3 grid formats, given a block's 32-value run `ib` as (grid magnitudes, sign
-/// bits, scale of the first 16 values, scale of the second 16).
+/// The IQ2/IQ3 grid formats: `prep` reads what a block's runs share (their scales), and
+/// `run` gives a block's 32-value run `ib` as (grid magnitudes, ±1 signs, the i16 scale
+/// vector of its scales, as [`scale_pairs`] makes them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_grid<const N: usize>(row: &[u8], act: &Activations, run: impl Fn(&[u8; N], usize) -> (__m256i, u32, i32, i32)) -> f32 {
+fn dot_grid<const N: usize, P>(row: &[u8], act: &Activations, prep: impl Fn(&[u8; N]) -> P, run: impl Fn(&[u8; N], &P, usize) -> (__m256i, __m256i, __m256i)) -> f32 {
     let (blocks, _) = row.as_chunks::<N>();
     let mut sum = 0f32;
     for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
+        let shared = prep(b);
         let mut acc = _mm256_setzero_si256();
         for ib in 0..8 {
-            let (grid, signs, lo, hi) = run(b, ib);
-            let pairs = _mm256_maddubs_epi16(grid, signed(a32(a, ib), signs));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(lo, hi)));
+            let (grid, signs, scales) = run(b, &shared, ib);
+            let pairs = _mm256_maddubs_epi16(grid, _mm256_sign_epi8(a32(a, ib), signs));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scales));
         }
         sum += half(b, 0) * da * hsum(acc) as f32;
     }
     sum
 }
 
+/// IQ2_XS / IQ2_S: the eight scale bytes (two 4-bit scales each, for the first and second 16
+/// values of a run) as the runs' scale vectors ([`scale_pairs`]) of `2·s + 1`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_scales(bytes: &[u8]) -> [__m256i; 8] {
+    let v = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let low = _mm_and_si128(_mm_set_epi64x(0, v as i64), _mm_set1_epi8(0x0F));
+    let high = _mm_and_si128(_mm_set_epi64x(0, (v >> 4) as i64), _mm_set1_epi8(0x0F));
+    let s = _mm_unpacklo_epi8(low, high);
+    scale_pairs(_mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1)))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq2xxs(row: &[u8], act: &Activations) -> f32 {
     0.125
-        * dot_grid::<66>(row, act, |b, ib| {
-            let at = 2 + 8 * ib;
-            let aux = u32_at(b, at + 4);
-            let g = |l: usize| &IQ2XXS_GRID[usize::from(b[at + l])];
-            let ls = 2 * (aux >> 28) as i32 + 1;
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), ksigns4(aux), ls, ls)
-        })
+        * dot_grid::<66, ()>(
+            row,
+            act,
+            |_| (),
+            |b, _, ib| {
+                let at = 2 + 8 * ib;
+                let aux = u32_at(b, at + 4);
+                let g = |l: usize| &IQ2XXS_GRID[usize::from(b[at + l])];
+                (grid8([g(0), g(1), g(2), g(3)], u64_of), ksigns4(aux), _mm256_set1_epi16(2 * (aux >> 28) as i16 + 1))
+            },
+        )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq2xs(row: &[u8], act: &Activations) -> f32 {
     0.125
-        * dot_grid::<74>(row, act, |b, ib| {
-            let q = |l: usize| u16_at(b, 2 + 8 * ib + 2 * l);
-            let g = |l: usize| &IQ2XS_GRID[usize::from(q(l) & 511)];
-            let s = |l: usize| u32::from(KSIGNS_IQ2XS[usize::from(q(l) >> 9)]) << (8 * l);
-            let sc = b[66 + ib];
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), s(0) | s(1) | s(2) | s(3), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
-        })
+        * dot_grid::<74, [__m256i; 8]>(
+            row,
+            act,
+            |b| nibble_scales(part::<u8, 74, 66, 8>(b)),
+            |b, scales, ib| {
+                let q = |l: usize| u16_at(b, 2 + 8 * ib + 2 * l);
+                let g = |l: usize| &IQ2XS_GRID[usize::from(q(l) & 511)];
+                (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_codes([q(0) >> 9, q(1) >> 9, q(2) >> 9, q(3) >> 9]), scales[ib])
+            },
+        )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq2s(row: &[u8], act: &Activations) -> f32 {
     0.125
-        * dot_grid::<82>(row, act, |b, ib| {
-            let qh = usize::from(b[66 + ib]);
-            let g = |l: usize| &IQ2S_GRID[usize::from(b[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)];
-            let sc = b[74 + ib];
-            (grid8([g(0), g(1), g(2), g(3)], u64_of), u32_at(b, 34 + 4 * ib), 2 * i32::from(sc & 0x0F) + 1, 2 * i32::from(sc >> 4) + 1)
-        })
+        * dot_grid::<82, [__m256i; 8]>(
+            row,
+            act,
+            |b| nibble_scales(part::<u8, 82, 74, 8>(b)),
+            |b, scales, ib| {
+                let qh = usize::from(b[66 + ib]);
+                let g = |l: usize| &IQ2S_GRID[usize::from(b[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)];
+                (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_bits(u32_at(b, 34 + 4 * ib)), scales[ib])
+            },
+        )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq3xxs(row: &[u8], act: &Activations) -> f32 {
-    0.25 * dot_grid::<98>(row, act, |b, ib| {
-        let aux = u32_at(b, 66 + 4 * ib);
-        let g = |k: usize| &IQ3XXS_GRID[usize::from(b[2 + 8 * ib + k])];
-        let ls = 2 * (aux >> 28) as i32 + 1;
-        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), ksigns4(aux), ls, ls)
-    })
+    0.25 * dot_grid::<98, ()>(
+        row,
+        act,
+        |_| (),
+        |b, _, ib| {
+            let aux = u32_at(b, 66 + 4 * ib);
+            let g = |k: usize| &IQ3XXS_GRID[usize::from(b[2 + 8 * ib + k])];
+            (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), ksigns4(aux), _mm256_set1_epi16(2 * (aux >> 28) as i16 + 1))
+        },
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq3s(row: &[u8], act: &Activations) -> f32 {
-    dot_grid::<110>(row, act, |b, ib| {
-        let qh = usize::from(b[66 + ib]);
-        // Entry k's ninth index bit is bit k of qh.
-        let g = |k: usize| &IQ3S_GRID[usize::from(b[2 + 8 * ib + k]) | ((qh << (8 - k)) & 256)];
-        let ls = 2 * i32::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1;
-        (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), u32_at(b, 74 + 4 * ib), ls, ls)
-    })
+    dot_grid::<110, ()>(
+        row,
+        act,
+        |_| (),
+        |b, _, ib| {
+            let qh = usize::from(b[66 + ib]);
+            // Entry k's ninth index bit is bit k of qh.
+            let g = |k: usize| &IQ3S_GRID[usize::from(b[2 + 8 * ib + k]) | ((qh << (8 - k)) & 256)];
+            let ls = 2 * i16::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1;
+            (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), sign_bits(u32_at(b, 74 + 4 * ib)), _mm256_set1_epi16(ls))
+        },
+    )
 }
 
 /// Σ g·a over 32 values whose grid values `g` are -1, 0 or 1, as sixteen i16 pair sums.
@@ -225,18 +301,22 @@ fn dot_iq1m(row: &[u8], act: &Activations) -> f32 {
     let mut sum = 0f32;
     for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
         let (mut acc, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for ib in 0..8 {
+        // The sixteen 3-bit scales (four per 16-bit word, at bits 0, 3, 6, 9) as bytes.
+        let word = |w: usize| {
+            let sc = u64::from(u16_at(b, 48 + 2 * w));
+            (sc & 7) | ((sc >> 3) & 7) << 8 | ((sc >> 6) & 7) << 16 | ((sc >> 9) & 7) << 24
+        };
+        let s = _mm_set_epi64x((word(2) | word(3) << 32) as i64, (word(0) | word(1) << 32) as i64);
+        let pairs_of = scale_pairs(_mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1)));
+        for (ib, &scales) in pairs_of.iter().enumerate() {
             let qh = [u16::from(b[32 + 2 * ib]), u16::from(b[33 + 2 * ib])];
             let g = |l: usize| &IQ1S_GRID[usize::from(b[4 * ib + l]) | usize::from((qh[l / 2] << (8 - 4 * (l % 2))) & 0x700)];
-            let sc = u16_at(b, 48 + 2 * (ib / 2));
-            let ls = |k: u16| 2 * i32::from((sc >> (6 * (ib as u16 % 2) + 3 * k)) & 7) + 1;
-            let scales = scale2(ls(0), ls(1));
             let av = a32(a, ib);
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(ternary_pairs(grid8([g(0), g(1), g(2), g(3)], u64_of_i8), av), scales));
             // The shift's sign per 8 values: bit 3 of each qh nibble; all eight sign bits of
             // a group's byte set when it is negative.
             let neg = |l: usize| if qh[l / 2] & (0x08 << (4 * (l % 2))) != 0 { 0xFFu32 << (8 * l) } else { 0 };
-            let shifted = _mm256_maddubs_epi16(_mm256_set1_epi8(1), signed(av, neg(0) | neg(1) | neg(2) | neg(3)));
+            let shifted = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_sign_epi8(av, sign_bits(neg(0) | neg(1) | neg(2) | neg(3))));
             acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(shifted, scales));
         }
         sum += iq1m_scale(b) * da * (hsum(acc) as f32 + IQ1_DELTA * hsum(acc1) as f32);
@@ -272,34 +352,51 @@ fn dot_iq4xs(row: &[u8], act: &Activations) -> f32 {
     sum
 }
 
-/// IQ4_NL and MXFP4: 32-value blocks of `N` bytes, 16 bytes of nibbles from `QS`, Q8_0
-/// activations; per block, as the scalar code: `sum += (d_a · d_w) · Σ w·a`. Eight blocks'
-/// integer sums are reduced together.
+/// MXFP4: 32-value blocks of 17 bytes (an E8M0 scale, 16 bytes of nibbles), Q8_0
+/// activations; per block, as the scalar code: `sum += (d_a · d_w) · Σ w·a`. Eight blocks' integer sums
+/// and scales are reduced and multiplied together.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_nl<const N: usize, const QS: usize>(row: &[u8], act: &Activations, values: &[i8; 16], scale: impl Fn(&[u8; N]) -> f32) -> f32 {
-    let (blocks, _) = row.as_chunks::<N>();
+fn dot_mxfp4(row: &[u8], act: &Activations) -> f32 {
+    let (blocks, _) = row.as_chunks::<17>();
     let (qs, _) = act.qs.as_chunks::<32>();
-    let values = table(values);
-    let block = |b: &[u8; N], a: &[i8; 32]| {
-        let w = _mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, N, QS, 16>(b))));
+    let values = table(&KVALUES_MXFP4);
+    let block = |b: &[u8; 17], a: &[i8; 32]| {
+        let w = _mm256_shuffle_epi8(values, nibbles(load_u8x16(part::<u8, 17, 1, 16>(b))));
         mul_i8(w, load_i8(a))
     };
     let mut sum = 0f32;
     let (b8, b_rest) = blocks.as_chunks::<8>();
     let (q8, q_rest) = qs.as_chunks::<8>();
     let (d8, d_rest) = act.d.as_chunks::<8>();
+    let mut pending: Option<[f32; 8]> = None;
     for ((b, a), d) in b8.iter().zip(q8).zip(d8) {
-        let sums = hsum_each([block(&b[0], &a[0]), block(&b[1], &a[1]), block(&b[2], &a[2]), block(&b[3], &a[3]), block(&b[4], &a[4]), block(&b[5], &a[5]), block(&b[6], &a[6]), block(&b[7], &a[7])]);
-        let mut s = [0i32; 8];
-        // SAFETY: `s` is 32 writable bytes; the store has no alignment requirement.
-        unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast(), sums) };
-        for k in 0..8 {
-            sum += d[k] * scale(&b[k]) * s[k] as f32;
+        let sums = hsum_each(std::array::from_fn(|k| block(&b[k], &a[k])));
+        // The eight E8M0 scales halved, 2^(e − 128), built in lanes (eight scalar results
+        // stored and reloaded as a vector would stall the load): (e − 1) << 23, or for e < 2
+        // the subnormal 2^21 << e.
+        // Gathered in a general-purpose register, then widened in one go.
+        let bytes = b.iter().enumerate().fold(0u64, |e, (k, b)| e | u64::from(b[0]) << (8 * k));
+        let e = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes as i64));
+        let normal = _mm256_slli_epi32::<23>(_mm256_sub_epi32(e, _mm256_set1_epi32(1)));
+        let subnormal = _mm256_sllv_epi32(_mm256_set1_epi32(0x0020_0000), e);
+        let scales = _mm256_castsi256_ps(_mm256_blendv_epi8(subnormal, normal, _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1))));
+        // (d_a · d_w) · Σ, lane by lane, then added in block order.
+        let terms = _mm256_mul_ps(_mm256_mul_ps(load_f32(d), scales), _mm256_cvtepi32_ps(sums));
+        // SAFETY: eight f32 lanes are eight f32s; every bit pattern is a valid f32.
+        let terms: [f32; 8] = unsafe { std::mem::transmute::<__m256, [f32; 8]>(terms) };
+        // Added one group late, so the serial additions overlap the next group's integer work.
+        if let Some(p) = pending.replace(terms) {
+            for t in p {
+                sum += t;
+            }
         }
     }
+    for t in pending.into_iter().flatten() {
+        sum += t;
+    }
     for ((b, a), &d) in b_rest.iter().zip(q_rest).zip(d_rest) {
-        sum += d * scale(b) * hsum(block(b, a)) as f32;
+        sum += d * e8m0_half(b[0]) * hsum(block(b, a)) as f32;
     }
     sum
 }
@@ -310,6 +407,8 @@ fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
     let three = _mm256_set1_epi8(3);
     let mut sum = 0f32;
     for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let scale_bytes = load_u8x16(part::<u8, 84, 0, 16>(b));
+        let pairs_of = scale_pairs(_mm_and_si128(scale_bytes, _mm_set1_epi8(0x0F)));
         let mut acc = _mm256_setzero_si256();
         for half_block in 0..2 {
             let q = load_u8(if half_block == 0 { part::<u8, 84, 16, 32>(b) } else { part::<u8, 84, 48, 32>(b) });
@@ -317,10 +416,10 @@ fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
             for (s, q) in shifted.into_iter().enumerate() {
                 let ib = 4 * half_block + s;
                 let pairs = _mm256_maddubs_epi16(_mm256_and_si256(q, three), a32(a, ib));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(i32::from(b[2 * ib] & 0x0F), i32::from(b[2 * ib + 1] & 0x0F))));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, pairs_of[ib]));
             }
         }
-        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(load_u8x16(part::<u8, 84, 0, 16>(b))), _mm_set1_epi8(0x0F)));
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(scale_bytes), _mm_set1_epi8(0x0F)));
         let summs = hsum(_mm256_madd_epi16(mins, bsums_i16(bsums)));
         let dall = da * half(b, 80);
         let dmin = da * half(b, 82);
@@ -329,14 +428,28 @@ fn dot_q2k(row: &[u8], act: &Activations) -> f32 {
     sum
 }
 
+/// Q3_K's sixteen 6-bit scales less 32 ([`q3k_scales`]) as the bytes of a vector: low
+/// nibbles from bytes 0..8 (scales 0..8) and their high nibbles (8..16), the top two bits
+/// from bytes 8..12, two bits per scale, shifted by 0, 2, 4, 6 for each run of four scales.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q3k_scales_x(s: &[u8; 12]) -> __m128i {
+    let low = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+    let h = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let nibbles = _mm_and_si128(_mm_set_epi64x((low >> 4) as i64, low as i64), _mm_set1_epi8(0x0F));
+    let tops = _mm_and_si128(_mm_set_epi32((h >> 6) as i32, (h >> 4) as i32, (h >> 2) as i32, h as i32), _mm_set1_epi8(3));
+    _mm_sub_epi8(_mm_or_si128(nibbles, _mm_slli_epi16::<4>(tops)), _mm_set1_epi8(32))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q3k(row: &[u8], act: &Activations) -> f32 {
     let (blocks, _) = row.as_chunks::<110>();
     let three = _mm256_set1_epi8(3);
     let four = _mm256_set1_epi8(4);
     let mut sum = 0f32;
-    for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
-        let scales = q3k_scales(part::<u8, 110, 96, 12>(b));
+    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        let scales = q3k_scales_x(part::<u8, 110, 96, 12>(b));
+        let pairs_of = scale_pairs(scales);
         let hm = load_u8(part::<u8, 110, 0, 32>(b));
         let mut acc = _mm256_setzero_si256();
         for half_block in 0..2 {
@@ -344,15 +457,18 @@ fn dot_q3k(row: &[u8], act: &Activations) -> f32 {
             let shifted = [q, _mm256_srli_epi16::<2>(q), _mm256_srli_epi16::<4>(q), _mm256_srli_epi16::<6>(q)];
             for (s, q) in shifted.into_iter().enumerate() {
                 let ib = 4 * half_block + s;
-                let av = a32(a, ib);
                 let bit = _mm256_set1_epi8((1u8 << ib) as i8);
-                // 4 where the high bit is clear: the value is low − 4.
-                let missing = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256()), four);
-                let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q, three), av), _mm256_maddubs_epi16(missing, av));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale2(i32::from(scales[2 * ib]), i32::from(scales[2 * ib + 1]))));
+                // The value plus 4: the two low bits, and 4 where the high bit is set.
+                let high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+                let w = _mm256_or_si256(_mm256_and_si256(q, three), high);
+                let pairs = _mm256_maddubs_epi16(w, a32(a, ib));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, pairs_of[ib]));
             }
         }
-        sum += half(b, 108) * da * hsum(acc) as f32;
+        // Σ sc·((w + 4)·a) − 4 · Σ sc·(Σa over each 16) = Σ sc·(w·a), exactly.
+        let s16 = _mm256_cvtepi8_epi16(scales);
+        let offset = _mm256_madd_epi16(s16, bsums_i16(bsums));
+        sum += half(b, 108) * da * hsum(_mm256_sub_epi32(acc, _mm256_slli_epi32::<2>(offset))) as f32;
     }
     sum
 }
@@ -426,4 +542,21 @@ fn dot_tq1(row: &[u8], act: &Activations) -> f32 {
         sum += sumi as f32 * (half(b, 52) * da);
     }
     sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::grids::KSIGNS_IQ2XS;
+
+    /// The derived ±1 sign bytes are the sign table's bits.
+    #[test]
+    fn signs_follow_ksigns() {
+        for (code, &signs) in KSIGNS_IQ2XS.iter().enumerate() {
+            for j in 0..8 {
+                let byte = (SIGN_BYTES[code] >> (8 * j)) as u8;
+                assert_eq!(byte, if signs >> j & 1 != 0 { 0xFF } else { 0x01 }, "code {code} sign {j}");
+            }
+        }
+    }
 }
