@@ -15,7 +15,6 @@
 //! Arguments: `qwen3`, `kimi` (only those files), `--write-only`, `--llama-only`.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -202,7 +201,8 @@ fn median(runs: &[Run]) -> Option<Run> {
     let mid = |get: fn(&Run) -> f64| {
         let mut v: Vec<f64> = ok.iter().map(|r| get(r)).collect();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        // Of an even count, the mean of the middle two.
+        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
     };
     Some(Run {
         load_s: mid(|r| r.load_s),
