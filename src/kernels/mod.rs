@@ -62,10 +62,11 @@ const MIN_TASKS: usize = 8;
 #[cfg(target_arch = "x86_64")]
 const SERIAL_WORK: usize = 1 << 20;
 
-/// The largest matrix (bytes) repacked into strips for a single product: the buffer it takes
-/// stays allocated on each thread that used it.
+/// The largest matrix (bytes) repacked for a single product into a buffer kept on each thread
+/// for the next one; a larger matrix (a dense layer beyond the repacking budget) is repacked into
+/// a buffer of its own, freed after the product.
 #[cfg(target_arch = "x86_64")]
-const TRANSIENT_STRIPS_MAX: usize = 16 << 20;
+const TRANSIENT_STRIPS_KEPT: usize = 16 << 20;
 
 /// Parallel tasks a product is split into at most (rows in strips).
 #[cfg(target_arch = "x86_64")]
@@ -164,7 +165,7 @@ impl QMatrix {
         let acts = quantize_rows(x, m, format);
         match &self.kind {
             #[cfg(target_arch = "x86_64")]
-            Kind::Blocks { data, .. } if data.len() <= TRANSIENT_STRIPS_MAX && strips::pays_for_one_product(format, m) && avx512::available() => {
+            Kind::Blocks { data, .. } if strips::pays_for_one_product(format, m) && avx512::available() => {
                 Ok(self.matmul_transient_strips(format, data, &acts))
             }
             Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, &acts)),
@@ -239,6 +240,9 @@ impl QMatrix {
             strips::repack_into(format, data, self.rows, self.cols, buffer);
             self.matmul_strips(format, buffer, acts)
         };
+        if data.len() > TRANSIENT_STRIPS_KEPT {
+            return run(&mut Vec::new());
+        }
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut buffer) => run(&mut buffer),
             // This thread is already inside such a product (the pool gave it another task while
