@@ -157,10 +157,9 @@ fn small_kimi_shaped_file_runs_in_llama_cpp() {
     assert!(!tokens.is_empty() && tokens.len() <= 4, "llama.cpp generated {tokens:?}");
 }
 
-/// Once the IQ kernels exist: candlewick opens the small Kimi-shaped file, generates, and
+/// candlewick opens the small Kimi-shaped file (IQ1_S, IQ2_XXS, IQ4_XS, Q8_0, Q4_K, Q6_K), generates, and
 /// matches llama.cpp greedily (or at near-ties).
 #[test]
-#[ignore = "needs the IQ1_S/IQ2_XXS/IQ4_XS kernels (branch formats)"]
 fn small_kimi_shaped_file_matches_llama_cpp() {
     let source = source();
     let plan = kimi(&source, &Kimi::k2(Size::Small), "small Kimi shape");
