@@ -210,6 +210,10 @@ impl QMatrix {
             };
             for (r, out) in out.chunks_exact_mut(m).enumerate() {
                 let row = &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
+                #[cfg(target_arch = "x86_64")]
+                if m > 1 && x86::dot_rows(format, row, acts, out) {
+                    continue;
+                }
                 for (o, act) in out.iter_mut().zip(acts) {
                     *o = blocks::dot(format, row, act);
                 }

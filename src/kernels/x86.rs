@@ -43,6 +43,14 @@ fn available() -> bool {
     *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
 }
 
+/// The products of one weight row with several activation rows into `out`, each of the row's
+/// blocks decoded once for them all (the codebook formats), bit-identical to [`dot`] row by
+/// row; `false` when the format has no such kernel or this CPU lacks AVX2/FMA/F16C.
+pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
+    // SAFETY: the kernels need AVX2, FMA and F16C, which `available` confirms first.
+    available() && unsafe { iq::dot_rows(format, row, acts, out) }
+}
+
 /// The SIMD dot product of one weight row with quantized activations, or `None` when this CPU
 /// lacks AVX2/FMA/F16C or the format has no SIMD kernel (F32 and F16, used for small tensors
 /// only), in which case the caller takes the scalar path.

@@ -26,12 +26,12 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
     Some(match format {
         Format::Q2K => dot_q2k(row, act),
         Format::Q3K => dot_q3k(row, act),
-        Format::IQ2XXS => dot_iq2xxs(row, act),
-        Format::IQ2XS => dot_iq2xs(row, act),
-        Format::IQ2S => dot_iq2s(row, act),
-        Format::IQ3XXS => dot_iq3xxs(row, act),
-        Format::IQ3S => dot_iq3s(row, act),
-        Format::IQ1S => dot_iq1s(row, act),
+        Format::IQ2XXS => one(row, act, dot_iq2xxs),
+        Format::IQ2XS => one(row, act, dot_iq2xs),
+        Format::IQ2S => one(row, act, dot_iq2s),
+        Format::IQ3XXS => one(row, act, dot_iq3xxs),
+        Format::IQ3S => one(row, act, dot_iq3s),
+        Format::IQ1S => one(row, act, dot_iq1s),
         Format::IQ1M => dot_iq1m(row, act),
         Format::IQ4XS => dot_iq4xs(row, act),
         Format::IQ4NL => {
@@ -163,20 +163,85 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// vector of its scales, as [`scale_pairs`] makes them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_grid<const N: usize, P>(row: &[u8], act: &Activations, prep: impl Fn(&[u8; N]) -> P, run: impl Fn(&[u8; N], &P, usize) -> (__m256i, __m256i, __m256i)) -> f32 {
+fn dot_grid<const N: usize, P>(
+    row: &[u8],
+    acts: &[Activations],
+    out: &mut [f32],
+    prep: impl Fn(&[u8; N]) -> P,
+    run: impl Fn(&[u8; N], &P, usize) -> (__m256i, __m256i, __m256i),
+) {
     let (blocks, _) = row.as_chunks::<N>();
-    let mut sum = 0f32;
-    for (b, ((a, _), &da)) in blocks.iter().zip(q8k(act)) {
-        let shared = prep(b);
-        let mut acc = _mm256_setzero_si256();
-        for ib in 0..8 {
-            let (grid, signs, scales) = run(b, &shared, ib);
-            let pairs = _mm256_maddubs_epi16(grid, _mm256_sign_epi8(a32(a, ib), signs));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scales));
+    for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
+        let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (j, b) in blocks.iter().enumerate() {
+            // The block's runs, decoded once for every activation row.
+            let shared = prep(b);
+            let runs: [(__m256i, __m256i, __m256i); 8] = std::array::from_fn(|ib| run(b, &shared, ib));
+            for (o, q8) in out.iter_mut().zip(&q8) {
+                let Some((a, _, da)) = q8.block(j) else { continue };
+                let mut acc = _mm256_setzero_si256();
+                for (ib, &(grid, signs, scales)) in runs.iter().enumerate() {
+                    let pairs = _mm256_maddubs_epi16(grid, _mm256_sign_epi8(a32(a, ib), signs));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scales));
+                }
+                *o += half(b, 0) * da * hsum(acc) as f32;
+            }
         }
-        sum += half(b, 0) * da * hsum(acc) as f32;
     }
-    sum
+}
+
+/// Activation rows a weight row's decoded blocks are used for before the next ones are
+/// decoded.
+const ROWS_AT_ONCE: usize = 8;
+
+/// One activation row's Q8_K blocks (none for a missing row).
+struct Q8k<'a> {
+    qs: &'a [[i8; 256]],
+    bsums: &'a [[i32; 16]],
+    d: &'a [f32],
+}
+
+impl<'a> Q8k<'a> {
+    fn of(act: Option<&'a Activations>) -> Q8k<'a> {
+        match act {
+            Some(act) => Q8k { qs: act.qs.as_chunks::<256>().0, bsums: act.bsums.as_chunks::<16>().0, d: &act.d },
+            None => Q8k { qs: &[], bsums: &[], d: &[] },
+        }
+    }
+
+    /// Block `j`: its 256 values, 16 sums and scale.
+    #[inline(always)]
+    fn block(&self, j: usize) -> Option<(&'a [i8; 256], &'a [i32; 16], f32)> {
+        Some((self.qs.get(j)?, self.bsums.get(j)?, *self.d.get(j)?))
+    }
+}
+
+/// The products of one weight row of `format` with several activation rows, into `out` (one
+/// per row), each block of the row decoded once for them all: the codebook formats, whose
+/// decoding (table lookups) costs more than the products. `false` for other formats.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
+    match format {
+        Format::IQ2XXS => dot_iq2xxs(row, acts, out),
+        Format::IQ2XS => dot_iq2xs(row, acts, out),
+        Format::IQ2S => dot_iq2s(row, acts, out),
+        Format::IQ3XXS => dot_iq3xxs(row, acts, out),
+        Format::IQ3S => dot_iq3s(row, acts, out),
+        Format::IQ1S => dot_iq1s(row, acts, out),
+        _ => return false,
+    }
+    true
+}
+
+/// A kernel of [`dot_rows`] for one activation row.
+#[inline(always)]
+fn one(row: &[u8], act: &Activations, kernel: unsafe fn(&[u8], &[Activations], &mut [f32])) -> f32 {
+    let mut out = [0f32];
+    // SAFETY: the kernels need AVX2, FMA and F16C, which the caller (`dot`) has confirmed.
+    unsafe { kernel(row, std::slice::from_ref(act), &mut out) };
+    out[0]
 }
 
 /// IQ2_XS / IQ2_S: the eight scale bytes (two 4-bit scales each, for the first and second 16
@@ -192,11 +257,11 @@ fn nibble_scales(bytes: &[u8]) -> [__m256i; 8] {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_iq2xxs(row: &[u8], act: &Activations) -> f32 {
-    0.125
-        * dot_grid::<66, ()>(
+fn dot_iq2xxs(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    dot_grid::<66, ()>(
             row,
-            act,
+            acts,
+            out,
             |_| (),
             |b, _, ib| {
                 let at = 2 + 8 * ib;
@@ -204,58 +269,64 @@ fn dot_iq2xxs(row: &[u8], act: &Activations) -> f32 {
                 let g = |l: usize| &IQ2XXS_GRID[usize::from(b[at + l])];
                 (grid8([g(0), g(1), g(2), g(3)], u64_of), ksigns4(aux), _mm256_set1_epi16(2 * (aux >> 28) as i16 + 1))
             },
-        )
+        );
+    out.iter_mut().for_each(|o| *o *= 0.125);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_iq2xs(row: &[u8], act: &Activations) -> f32 {
-    0.125
-        * dot_grid::<74, [__m256i; 8]>(
+fn dot_iq2xs(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    dot_grid::<74, [__m256i; 8]>(
             row,
-            act,
+            acts,
+            out,
             |b| nibble_scales(part::<u8, 74, 66, 8>(b)),
             |b, scales, ib| {
                 let q = |l: usize| u16_at(b, 2 + 8 * ib + 2 * l);
                 let g = |l: usize| &IQ2XS_GRID[usize::from(q(l) & 511)];
                 (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_codes([q(0) >> 9, q(1) >> 9, q(2) >> 9, q(3) >> 9]), scales[ib])
             },
-        )
+        );
+    out.iter_mut().for_each(|o| *o *= 0.125);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_iq2s(row: &[u8], act: &Activations) -> f32 {
-    0.125
-        * dot_grid::<82, [__m256i; 8]>(
+fn dot_iq2s(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    dot_grid::<82, [__m256i; 8]>(
             row,
-            act,
+            acts,
+            out,
             |b| nibble_scales(part::<u8, 82, 74, 8>(b)),
             |b, scales, ib| {
                 let qh = usize::from(b[66 + ib]);
                 let g = |l: usize| &IQ2S_GRID[usize::from(b[2 + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)];
                 (grid8([g(0), g(1), g(2), g(3)], u64_of), sign_bits(u32_at(b, 34 + 4 * ib)), scales[ib])
             },
-        )
+        );
+    out.iter_mut().for_each(|o| *o *= 0.125);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_iq3xxs(row: &[u8], act: &Activations) -> f32 {
-    0.25 * dot_grid::<98, ()>(
+fn dot_iq3xxs(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    dot_grid::<98, ()>(
         row,
-        act,
+        acts,
+        out,
         |_| (),
         |b, _, ib| {
             let aux = u32_at(b, 66 + 4 * ib);
             let g = |k: usize| &IQ3XXS_GRID[usize::from(b[2 + 8 * ib + k])];
             (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), ksigns4(aux), _mm256_set1_epi16(2 * (aux >> 28) as i16 + 1))
         },
-    )
+    );
+    out.iter_mut().for_each(|o| *o *= 0.25);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_iq3s(row: &[u8], act: &Activations) -> f32 {
+fn dot_iq3s(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     dot_grid::<110, ()>(
         row,
-        act,
+        acts,
+        out,
         |_| (),
         |b, _, ib| {
             let qh = usize::from(b[66 + ib]);
@@ -264,7 +335,7 @@ fn dot_iq3s(row: &[u8], act: &Activations) -> f32 {
             let ls = 2 * i16::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1;
             (grid4([g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)]), sign_bits(u32_at(b, 74 + 4 * ib)), _mm256_set1_epi16(ls))
         },
-    )
+    );
 }
 
 /// Σ g·a over 32 values whose grid values `g` are -1, 0 or 1, as sixteen i16 pair sums.
@@ -275,24 +346,32 @@ fn ternary_pairs(g: __m256i, a: __m256i) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_iq1s(row: &[u8], act: &Activations) -> f32 {
+fn dot_iq1s(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let (blocks, _) = row.as_chunks::<50>();
-    let mut sum = 0f32;
-    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
-        let mut acc = _mm256_setzero_si256();
-        let mut sumi1 = 0i32;
-        for ib in 0..8 {
-            let qh = usize::from(u16_at(b, 34 + 2 * ib));
-            let g = |l: usize| &IQ1S_GRID[usize::from(b[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)];
-            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
-            let pairs = ternary_pairs(grid8([g(0), g(1), g(2), g(3)], u64_of_i8), a32(a, ib));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls as i16)));
-            let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
-            sumi1 += ls * delta * (bsums[2 * ib] + bsums[2 * ib + 1]);
+    for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
+        let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (j, b) in blocks.iter().enumerate() {
+            // The block's runs (grid values, scale, shift sign), decoded once for every row.
+            let runs: [(__m256i, i32, i32); 8] = std::array::from_fn(|ib| {
+                let qh = usize::from(u16_at(b, 34 + 2 * ib));
+                let g = |l: usize| &IQ1S_GRID[usize::from(b[2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)];
+                let delta = if qh & 0x8000 != 0 { -1 } else { 1 };
+                (grid8([g(0), g(1), g(2), g(3)], u64_of_i8), 2 * ((qh >> 12) & 7) as i32 + 1, delta)
+            });
+            for (o, q8) in out.iter_mut().zip(&q8) {
+                let Some((a, bsums, da)) = q8.block(j) else { continue };
+                let mut acc = _mm256_setzero_si256();
+                let mut sumi1 = 0i32;
+                for (ib, &(grid, ls, delta)) in runs.iter().enumerate() {
+                    let pairs = ternary_pairs(grid, a32(a, ib));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls as i16)));
+                    sumi1 += ls * delta * (bsums[2 * ib] + bsums[2 * ib + 1]);
+                }
+                *o += half(b, 0) * da * (hsum(acc) as f32 + IQ1_DELTA * sumi1 as f32);
+            }
         }
-        sum += half(b, 0) * da * (hsum(acc) as f32 + IQ1_DELTA * sumi1 as f32);
     }
-    sum
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
