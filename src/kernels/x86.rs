@@ -43,6 +43,15 @@ fn available() -> bool {
     *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
 }
 
+/// Asks for `bytes` to be brought into the cache, a line at a time, without waiting for them.
+#[inline]
+pub(super) fn prefetch(bytes: &[u8]) {
+    for line in bytes.chunks(64) {
+        // SAFETY: prefetching has no architectural effect; the address is inside `bytes`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+}
+
 /// The products of one weight row with several activation rows into `out`, each of the row's
 /// blocks decoded once for them all (the codebook formats), bit-identical to [`dot`] row by
 /// row; `false` when the format has no such kernel or this CPU lacks AVX2/FMA/F16C.

@@ -31,6 +31,7 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::IQ2S => one(row, act, dot_iq2s),
         Format::IQ3XXS => one(row, act, dot_iq3xxs),
         Format::IQ3S => one(row, act, dot_iq3s),
+        Format::IQ1S if super::super::avx512::available() => one(row, act, dot_iq1s_avx512),
         Format::IQ1S => one(row, act, dot_iq1s),
         Format::IQ1M => dot_iq1m(row, act),
         Format::IQ4XS => dot_iq4xs(row, act),
@@ -229,6 +230,8 @@ pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &m
         Format::IQ2S => dot_iq2s(row, acts, out),
         Format::IQ3XXS => dot_iq3xxs(row, acts, out),
         Format::IQ3S => dot_iq3s(row, acts, out),
+        // SAFETY: `available` confirmed AVX-512 F, BW and VNNI.
+        Format::IQ1S if super::super::avx512::available() => unsafe { dot_iq1s_avx512(row, acts, out) },
         Format::IQ1S => dot_iq1s(row, acts, out),
         _ => return false,
     }
@@ -239,7 +242,7 @@ pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &m
 #[inline(always)]
 fn one(row: &[u8], act: &Activations, kernel: unsafe fn(&[u8], &[Activations], &mut [f32])) -> f32 {
     let mut out = [0f32];
-    // SAFETY: the kernels need AVX2, FMA and F16C, which the caller (`dot`) has confirmed.
+    // SAFETY: the caller (`dot`) has confirmed the CPU features `kernel` is compiled for.
     unsafe { kernel(row, std::slice::from_ref(act), &mut out) };
     out[0]
 }
@@ -635,6 +638,70 @@ mod tests {
             for j in 0..8 {
                 let byte = (SIGN_BYTES[code] >> (8 * j)) as u8;
                 assert_eq!(byte, if signs >> j & 1 != 0 { 0xFF } else { 0x01 }, "code {code} sign {j}");
+            }
+        }
+    }
+}
+
+/// IQ1_S with AVX-512 VNNI, for one or several activation rows: a block's 32 grid entries are
+/// gathered (their 11-bit indices computed in vector lanes), shifted from -1/0/1 to the unsigned
+/// 0/1/2 that `vpdpbusd` multiplies, and each 64 values' products summed in one instruction;
+/// the shift is taken back off through the activations' 16-value sums. Every integer sum is the
+/// scalar code's, and the f32 arithmetic per block is the same, so the result is bit-identical
+/// to [`dot_iq1s`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    let (blocks, _) = row.as_chunks::<50>();
+    // Lane k (of 32 u16 lanes) belongs to run k / 4, grid entry k % 4.
+    let run_of_lane = _mm512_set_epi16(
+        7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0,
+    );
+    let shift_of_lane = _mm512_set_epi16(
+        9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0,
+    );
+    let grid: *const i64 = IQ1S_GRID.as_ptr().cast();
+    for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
+        let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (j, b) in blocks.iter().enumerate() {
+            // SAFETY: bytes 2..34 and 34..50 lie inside the 50-byte block.
+            let (qs, qh) = unsafe { (_mm256_loadu_si256(b.as_ptr().add(2).cast()), _mm_loadu_si128(b.as_ptr().add(34).cast())) };
+            let high = _mm512_srlv_epi16(_mm512_permutexvar_epi16(run_of_lane, _mm512_castsi128_si512(qh)), shift_of_lane);
+            let index = _mm512_or_si512(_mm512_cvtepu8_epi16(qs), _mm512_slli_epi16::<8>(_mm512_and_si512(high, _mm512_set1_epi16(7))));
+            // Four vectors of 64 values (runs 2p and 2p + 1), as 0, 1 or 2.
+            let unsigned: [__m512i; 4] = std::array::from_fn(|p| {
+                let eight = match p {
+                    0 => _mm512_extracti32x4_epi32::<0>(index),
+                    1 => _mm512_extracti32x4_epi32::<1>(index),
+                    2 => _mm512_extracti32x4_epi32::<2>(index),
+                    _ => _mm512_extracti32x4_epi32::<3>(index),
+                };
+                // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and each
+                // entry is 8 bytes.
+                let g = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
+                _mm512_add_epi8(g, _mm512_set1_epi8(1))
+            });
+            let runs: [(i32, i32); 8] = std::array::from_fn(|ib| {
+                let qh = u16_at(b, 34 + 2 * ib);
+                (2 * i32::from((qh >> 12) & 7) + 1, if qh & 0x8000 != 0 { -1 } else { 1 })
+            });
+            let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(runs[2 * p].0), _mm512_set1_epi32(runs[2 * p + 1].0)));
+            for (o, q8) in out.iter_mut().zip(&q8) {
+                let Some((a, bsums, da)) = q8.block(j) else { continue };
+                let mut acc = _mm512_setzero_si512();
+                for p in 0..4 {
+                    // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
+                    let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
+                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned[p], av), scales[p]));
+                }
+                let (mut shift, mut sumi1) = (0i32, 0i32);
+                for (ib, &(ls, delta)) in runs.iter().enumerate() {
+                    let sum_a = bsums[2 * ib] + bsums[2 * ib + 1];
+                    shift += ls * sum_a;
+                    sumi1 += ls * delta * sum_a;
+                }
+                let sumi = _mm512_reduce_add_epi32(acc) - shift;
+                *o += half(b, 0) * da * (sumi as f32 + IQ1_DELTA * sumi1 as f32);
             }
         }
     }
