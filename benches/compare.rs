@@ -66,6 +66,7 @@ fn child(path: &Path) {
 
 fn parse(out: &[u8]) -> Figures {
     let v: serde_json::Value = serde_json::from_slice(out).unwrap_or_else(|_| panic!("bad output: {}", String::from_utf8_lossy(out)));
+    assert!(v.get("error").is_none(), "llama.cpp failed: {}", v["error"]);
     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
     Figures { prefill: f("prefill_tokens_per_second"), decode: f("decode_tokens_per_second"), rss_mib: f("peak_rss_mib") }
 }

@@ -6,7 +6,7 @@
 //! `make bench-scale` (builds `target/release/candlewick`, then `cargo bench --bench scale`).
 //! The files are written once under `~/.cache/candlewick/scale/` (or `$CANDLEWICK_SCALE_DIR`)
 //! and reused when their length and marker match. Each measurement is its own process —
-//! `candlewick generate … --json` and `node tests/reference/scale_bench.mjs` — alternating,
+//! `candlewick generate … --json` and `node tests/reference/bench.mjs` — alternating,
 //! `SCALE_RUNS` times each (default 1), on `SCALE_THREADS` threads (default 2), with a
 //! 128-token raw prompt and 32 generated tokens. Peak RSS is the process's maximum resident
 //! set (`/usr/bin/time -v` for candlewick; Node's `resourceUsage().maxRSS` for llama.cpp),
@@ -140,10 +140,11 @@ fn llama_cpp(path: &Path, ids: &[u32], threads: usize) -> Run {
     if !dir.join("node_modules/node-llama-cpp").is_dir() {
         return failed("node-llama-cpp is not installed: run `npm ci --prefix tests/reference`");
     }
-    let input = serde_json::json!({ "prompt": ids, "decode": DECODE_TOKENS }).to_string();
+    // The first sampled token counts as one of DECODE_TOKENS, as candlewick's --max-tokens does.
+    let input = serde_json::json!({ "prompt": ids, "decode": DECODE_TOKENS - 1 }).to_string();
     let child = Command::new("node")
         .current_dir(&dir)
-        .arg("scale_bench.mjs")
+        .arg("bench.mjs")
         .arg(path)
         .arg(threads.to_string())
         .stdin(Stdio::piped())

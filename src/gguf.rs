@@ -391,13 +391,13 @@ impl Gguf {
     /// disagree on `split.count`, or the tensors do not add up to `split.tensors.count`;
     /// [`Error::Corrupt`] when a tensor name appears in two shards.
     pub fn join_split(shards: Vec<Gguf>) -> Result<Gguf> {
+        let given = shards.len();
         let mut shards = shards.into_iter();
         let Some(mut joined) = shards.next() else { return Err(Error::Corrupt { reason: "a split model without shards".into() }) };
         let Some((0, count, total)) = joined.split()? else {
             return Err(Error::InvalidMetadata { key: "split.no".into(), reason: "the first file is not the first shard of a split model".into() });
         };
         let mut names: std::collections::HashSet<String> = joined.tensors.iter().map(|t| t.name.clone()).collect();
-        let mut seen = 1;
         for (i, shard) in shards.enumerate().map(|(i, s)| (i + 1, s)) {
             match shard.split()? {
                 Some((no, c, _)) if no == i && c == count => {}
@@ -415,10 +415,9 @@ impl Gguf {
                 t.shard = i;
                 joined.tensors.push(t);
             }
-            seen += 1;
         }
-        if seen != count {
-            return Err(Error::InvalidMetadata { key: "split.count".into(), reason: format!("{count} shards declared, {seen} given") });
+        if given != count {
+            return Err(Error::InvalidMetadata { key: "split.count".into(), reason: format!("{count} shards declared, {given} given") });
         }
         if joined.tensors.len() as u64 != total {
             return Err(Error::InvalidMetadata {

@@ -27,17 +27,7 @@ fn random_blocks(format: Format, blocks: usize, next: &mut impl FnMut() -> u64) 
     let mut data: Vec<u8> = (0..blocks * size).map(|_| next() as u8).collect();
     let scale = |next: &mut dyn FnMut() -> u64| f16::from_f32(((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2);
     for b in data.chunks_exact_mut(size) {
-        let at: &[usize] = match format {
-            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-            Format::Q6K => &[208],
-            Format::Q2K => &[80, 82],
-            Format::Q3K => &[108],
-            Format::TQ1_0 => &[52],
-            Format::TQ2_0 => &[64],
-            Format::MXFP4 | Format::IQ1M | Format::BF16 => &[],
-            _ => &[0],
-        };
-        for &at in at {
+        for &at in format.f16_scale_offsets() {
             b[at..at + 2].copy_from_slice(&scale(next).to_le_bytes());
         }
         if format == Format::IQ1M {

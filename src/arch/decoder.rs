@@ -519,15 +519,14 @@ impl Moe {
     /// same as one token's alone, and each token's expert outputs are summed in its routing
     /// order, so the result does not depend on the batch.
     fn forward(&self, spec: &super::Experts, activation: Activation, x: &[f32], seq: usize) -> Result<Vec<f32>> {
-        let moe = self;
         let hidden = x.len() / seq.max(1);
-        let logits = moe.router.forward(x, seq)?;
-        let mut out = match &moe.shared {
+        let logits = self.router.forward(x, seq)?;
+        let mut out = match &self.shared {
             Some(mlp) => mlp.forward(x, seq, activation)?,
             None => vec![0f32; seq * hidden],
         };
         // routes[token] = its (expert, weight) pairs, best first.
-        let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(spec.count).map(|logits| route(spec, moe.bias.as_deref(), logits)).collect();
+        let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(spec.count).map(|logits| route(spec, self.bias.as_deref(), logits)).collect();
         // by_expert[e] = the tokens routed to expert e, in order.
         let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); spec.count];
         for (token, chosen) in routes.iter().enumerate() {
@@ -535,28 +534,24 @@ impl Moe {
                 by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push(token);
             }
         }
-        let active: Vec<usize> = (0..spec.count).filter(|&e| !by_expert[e].is_empty()).collect();
-        // outputs[i] = `[rows][hidden]`: expert active[i] over its tokens' rows.
-        let mut outputs: Vec<Result<Vec<f32>>> = (0..active.len()).map(|_| Ok(Vec::new())).collect();
-        crate::platform::parallel_chunks(&mut outputs, 1, |i, slot| {
-            let e = active[i];
+        // outputs[e] = `[rows][hidden]`: expert e over its tokens' rows (none for an expert no
+        // token chose).
+        let mut outputs: Vec<Result<Vec<f32>>> = (0..spec.count).map(|_| Ok(Vec::new())).collect();
+        crate::platform::parallel_chunks(&mut outputs, 1, |e, slot| {
             let tokens = &by_expert[e];
-            let rows: Vec<f32> = tokens.iter().flat_map(|&t| x[t * hidden..(t + 1) * hidden].iter().copied()).collect();
-            slot[0] = moe.experts[e].forward(&rows, tokens.len(), activation);
+            if !tokens.is_empty() {
+                let rows: Vec<f32> = tokens.iter().flat_map(|&t| x[t * hidden..(t + 1) * hidden].iter().copied()).collect();
+                slot[0] = self.experts[e].forward(&rows, tokens.len(), activation);
+            }
         });
-        // output_of[e] = the index into `outputs` of expert e; cursor[e] = its next row.
-        let mut output_of: Vec<Option<usize>> = vec![None; spec.count];
-        let mut cursor = vec![0usize; spec.count];
-        for (i, &e) in active.iter().enumerate() {
-            output_of[e] = Some(i);
-        }
         let outputs: Vec<Vec<f32>> = outputs.into_iter().collect::<Result<_>>()?;
+        // cursor[e] = the next of expert e's output rows, taken in token order.
+        let mut cursor = vec![0usize; spec.count];
         let mut routed = vec![0f32; hidden];
         for (token, chosen) in routes.iter().enumerate() {
             routed.iter_mut().for_each(|v| *v = 0.0);
             for &(e, w) in chosen {
-                let Some(i) = output_of[e] else { return Err(Error::Compute(format!("expert {e} did not run"))) };
-                let y = &outputs[i][cursor[e] * hidden..(cursor[e] + 1) * hidden];
+                let y = &outputs[e][cursor[e] * hidden..(cursor[e] + 1) * hidden];
                 cursor[e] += 1;
                 routed.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
             }

@@ -150,6 +150,22 @@ impl Format {
         }
     }
 
+    /// The byte offsets, within a block, of its f16 scale (and f16 minimum, where it has one):
+    /// none for the float formats and for the formats whose scale is not one f16 (MXFP4's E8M0
+    /// exponent, IQ1_M's f16 spread over the top nibbles of its scale words).
+    pub fn f16_scale_offsets(self) -> &'static [usize] {
+        match self {
+            Format::F32 | Format::F16 | Format::BF16 | Format::MXFP4 | Format::IQ1M => &[],
+            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+            Format::Q6K => &[208],
+            Format::Q2K => &[80, 82],
+            Format::Q3K => &[108],
+            Format::TQ1_0 => &[52],
+            Format::TQ2_0 => &[64],
+            _ => &[0],
+        }
+    }
+
     /// The activation format its dot product takes: llama.cpp's `vec_dot_type` (except F16,
     /// whose activations stay f32 here).
     pub fn act(self) -> ActFormat {
@@ -558,23 +574,9 @@ mod tests {
         Format::MXFP4,
     ];
 
-    /// Where a block of `format` keeps its f16 scales (and minimums).
-    fn scale_offsets(format: Format) -> &'static [usize] {
-        match format {
-            Format::F32 | Format::F16 | Format::BF16 | Format::MXFP4 | Format::IQ1M => &[],
-            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-            Format::Q6K => &[208],
-            Format::Q2K => &[80, 82],
-            Format::Q3K => &[108],
-            Format::TQ1_0 => &[52],
-            Format::TQ2_0 => &[64],
-            _ => &[0],
-        }
-    }
-
     /// Writes the finite f16 `scale` into block `b` of `format`, wherever it keeps its scales.
     fn set_scale(format: Format, b: &mut [u8], scale: f16) {
-        for &at in scale_offsets(format) {
+        for &at in format.f16_scale_offsets() {
             b[at..at + 2].copy_from_slice(&scale.to_le_bytes());
         }
         if format == Format::IQ1M {
@@ -591,7 +593,7 @@ mod tests {
         let (_, size) = format.block();
         let mut row: Vec<u8> = (0..blocks * size).map(|_| rng.next() as u8).collect();
         for b in row.chunks_exact_mut(size) {
-            for &at in scale_offsets(format) {
+            for &at in format.f16_scale_offsets() {
                 b[at..at + 2].copy_from_slice(&f16::from_f32(rng.f() * 0.1).to_le_bytes());
             }
             if format == Format::IQ1M {
@@ -816,7 +818,7 @@ mod tests {
                         // Keep finite f16 scales: copy them from a well-formed row.
                         let size = format.block().1;
                         for (b, s) in row.chunks_exact_mut(size).zip(scales.chunks_exact(size)) {
-                            for &at in scale_offsets(format) {
+                            for &at in format.f16_scale_offsets() {
                                 b[at..at + 2].copy_from_slice(&s[at..at + 2]);
                             }
                             if format == Format::IQ1M {

@@ -183,33 +183,26 @@ impl QMatrix {
         let mut by_row = vec![0f32; n * m];
         crate::platform::parallel_chunks(&mut by_row, ROWS_PER_TASK * m, |task, out| {
             let first = task * ROWS_PER_TASK;
-            // F32 rows eight at a time (each summed in order, as one row alone).
+            let row = |r: usize| &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
+            // F32 rows eight at a time (each summed in order, as one row alone), where the CPU
+            // can; the rest one by one.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+            let mut done = 0;
             #[cfg(target_arch = "x86_64")]
-            let out = if format == Format::F32 && out.len() >= 8 * m {
-                let eights = out.len() / (8 * m) * 8;
-                let (done, rest) = out.split_at_mut(eights * m);
-                for (g, out) in done.chunks_exact_mut(8 * m).enumerate() {
-                    let rows: [&[u8]; 8] = std::array::from_fn(|j| &data[(first + 8 * g + j) * row_bytes..][..row_bytes]);
+            if format == Format::F32 {
+                'eights: while (done + 8) * m <= out.len() {
+                    let rows: [&[u8]; 8] = std::array::from_fn(|j| row(done + j));
                     for (i, act) in acts.iter().enumerate() {
-                        let sums = x86::floats::dot_rows8(rows, &act.f32s).unwrap_or_else(|| rows.map(|row| blocks::dot(format, row, act)));
+                        let Some(sums) = x86::floats::dot_rows8(rows, &act.f32s) else { break 'eights };
                         for (j, sum) in sums.into_iter().enumerate() {
-                            out[j * m + i] = sum;
+                            out[(done + j) * m + i] = sum;
                         }
                     }
+                    done += 8;
                 }
-                let first = first + eights;
-                for (r, out) in rest.chunks_exact_mut(m).enumerate() {
-                    let row = &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
-                    for (o, act) in out.iter_mut().zip(acts) {
-                        *o = blocks::dot(format, row, act);
-                    }
-                }
-                return;
-            } else {
-                out
-            };
-            for (r, out) in out.chunks_exact_mut(m).enumerate() {
-                let row = &data[(first + r) * row_bytes..(first + r + 1) * row_bytes];
+            }
+            for (r, out) in out.chunks_exact_mut(m).enumerate().skip(done) {
+                let row = row(r);
                 // The row after next, fetched ahead: weights used in place lie in the file's
                 // 4 KiB pages, where the hardware prefetcher stops at every page boundary.
                 #[cfg(target_arch = "x86_64")]
@@ -432,13 +425,8 @@ mod tests {
     /// Writes `scale()` as a finite f16 wherever `format` keeps a block's scales (and
     /// minimums), block after block.
     fn set_scales(format: Format, data: &mut [u8], mut scale: impl FnMut() -> f32) {
-        let at: &[usize] = match format {
-            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
-            Format::Q6K => &[208],
-            _ => &[0],
-        };
         for block in data.chunks_exact_mut(format.block().1) {
-            for &at in at {
+            for &at in format.f16_scale_offsets() {
                 block[at..at + 2].copy_from_slice(&f16::from_f32(scale()).to_le_bytes());
             }
         }
