@@ -26,6 +26,7 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
     Some(match format {
         Format::Q2K => dot_q2k(row, act),
         Format::Q3K => dot_q3k(row, act),
+        Format::IQ2XXS if super::super::avx512::vbmi() => one(row, act, dot_iq2xxs_avx512),
         Format::IQ2XXS => one(row, act, dot_iq2xxs),
         Format::IQ2XS => one(row, act, dot_iq2xs),
         Format::IQ2S => one(row, act, dot_iq2s),
@@ -225,6 +226,8 @@ impl<'a> Q8k<'a> {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
     match format {
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ2XXS if super::super::avx512::vbmi() => unsafe { dot_iq2xxs_avx512(row, acts, out) },
         Format::IQ2XXS => dot_iq2xxs(row, acts, out),
         Format::IQ2XS => dot_iq2xs(row, acts, out),
         Format::IQ2S => dot_iq2s(row, acts, out),
@@ -705,4 +708,110 @@ fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
             }
         }
     }
+}
+
+/// Each IQ2_XXS grid entry's eight magnitudes (8, 25 or 43) as 2-bit codes (0, 1, 2), value
+/// `j` in bits `2j..2j + 2`: the whole grid in 512 bytes, eight vector registers.
+fn iq2xxs_codes() -> &'static [u16; 256] {
+    static CODES: OnceLock<[u16; 256]> = OnceLock::new();
+    CODES.get_or_init(|| {
+        std::array::from_fn(|e| {
+            IQ2XXS_GRID[e].iter().enumerate().fold(0u16, |code, (j, &v)| code | (u16::from(v > 8) + u16::from(v > 25)) << (2 * j))
+        })
+    })
+}
+
+/// The sign byte of each 7-bit sign code (`KSIGNS_IQ2XS`), as the bytes [`SIGN_BYTES`] spreads.
+static SIGN_CODE_BYTES: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut code = 0;
+    while code < 128 {
+        table[code] = code as u8 | ((code as u32).count_ones() as u8 & 1) << 7;
+        code += 1;
+    }
+    table
+};
+
+/// The byte indices that gather, from a block's eight 8-byte runs, byte `4·run + entry` of the
+/// run's four leading bytes (grid indices, or sign codes once extracted) into byte `k` (or,
+/// `WIDE`, into the low byte of 16-bit lane `k`).
+const fn run_bytes<const WIDE: bool>() -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut k = 0;
+    while k < 32 {
+        idx[if WIDE { 2 * k } else { k }] = (8 * (k / 4) + k % 4) as u8;
+        k += 1;
+    }
+    idx
+}
+
+/// IQ2_XXS with AVX-512 VBMI and VNNI, for one or several activation rows. A block's 32 grid
+/// indices are looked up in registers (the grid as 2-bit codes, [`iq2xxs_codes`], four
+/// `vpermi2w` of 64 entries each), spread over 256 bytes (`vpmultishiftqb`, then a byte shuffle
+/// from code to magnitude), and each 64 values multiplied with the activations in one
+/// `vpdpbusd`, the activations negated where the weights' sign codes (looked up with
+/// `vpermi2b`) say. Integer sums are the scalar code's and the f32 arithmetic per block the
+/// same: bit-identical to [`dot_iq2xxs`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq2xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    const WORD_INDEX: [u8; 64] = run_bytes::<true>();
+    const BYTE_INDEX: [u8; 64] = run_bytes::<false>();
+    let (blocks, _) = row.as_chunks::<66>();
+    let codes = iq2xxs_codes();
+    // SAFETY: every load reads 64 bytes inside its array.
+    let (table, sign_table, word_index, byte_index) = unsafe {
+        let table: [__m512i; 8] = std::array::from_fn(|t| _mm512_loadu_si512(codes.as_ptr().add(32 * t).cast()));
+        let sign_table = [_mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().cast()), _mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().add(64).cast())];
+        (table, sign_table, _mm512_loadu_si512(WORD_INDEX.as_ptr().cast()), _mm512_loadu_si512(BYTE_INDEX.as_ptr().cast()))
+    };
+    // Vector p (values 64p..64p + 64) spreads codes 8p..8p + 8, one per 64-bit lane.
+    let spread: [__m512i; 4] = std::array::from_fn(|p| _mm512_add_epi16(_mm512_set1_epi16(8 * p as i16), _mm512_set_epi16(
+        7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0,
+    )));
+    // Its runs 2p and 2p + 1's scales, in the low and high eight 32-bit lanes.
+    let scale_lanes: [__m512i; 4] = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(4 * p as i32), _mm512_set1_epi32(4 * p as i32 + 2)));
+    let magnitudes = _mm512_broadcast_i32x4(_mm_setr_epi8(8, 25, 43, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+    for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
+        let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (j, b) in blocks.iter().enumerate() {
+            // Run ib in 64-bit lane ib: four grid indices, then 4 × 7 sign-code bits and a 4-bit
+            // scale. SAFETY: bytes 2..66 lie inside the 66-byte block.
+            let runs = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
+            // Entry k = 4·run + l's grid index in 16-bit lane k; its codes from the quarter of
+            // the grid that index bits 6 and 7 choose.
+            let index = _mm512_maskz_permutexvar_epi8(0x5555_5555_5555_5555, word_index, runs);
+            let quarter = |q: usize| _mm512_permutex2var_epi16(table[2 * q], index, table[2 * q + 1]);
+            let bit6 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x40));
+            let bit7 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x80));
+            let low = _mm512_mask_blend_epi16(bit6, quarter(0), quarter(1));
+            let high = _mm512_mask_blend_epi16(bit6, quarter(2), quarter(3));
+            let entries = _mm512_mask_blend_epi16(bit7, low, high);
+            let grid: [__m512i; 4] = std::array::from_fn(|p| {
+                let fields = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x0E0C_0A08_0604_0200), _mm512_permutexvar_epi16(spread[p], entries));
+                _mm512_shuffle_epi8(magnitudes, _mm512_and_si512(fields, _mm512_set1_epi8(3)))
+            });
+            // The sign codes (bits 32, 39, 46, 53 of each run), their sign bytes, and those in
+            // order: bit v of the 64-bit word p says whether value 64p + v is negative.
+            let sign_codes = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E_2720), runs), _mm512_set1_epi8(0x7F));
+            let sign_bytes = _mm512_permutexvar_epi8(byte_index, _mm512_permutex2var_epi8(sign_table[0], sign_codes, sign_table[1]));
+            let mut words = [0u64; 8];
+            // SAFETY: 64 bytes into the 64-byte array.
+            unsafe { _mm512_storeu_si512(words.as_mut_ptr().cast(), sign_bytes) };
+            let scales = _mm512_add_epi64(_mm512_slli_epi64::<1>(_mm512_srli_epi64::<60>(runs)), _mm512_set1_epi64(1));
+            let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_permutexvar_epi32(scale_lanes[p], scales));
+            for (o, q8) in out.iter_mut().zip(&q8) {
+                let Some((a, _, da)) = q8.block(j) else { continue };
+                let mut acc = _mm512_setzero_si512();
+                for p in 0..4 {
+                    // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
+                    let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
+                    let signed = _mm512_mask_sub_epi8(av, words[p], _mm512_setzero_si512(), av);
+                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), grid[p], signed), scales[p]));
+                }
+                *o += half(b, 0) * da * _mm512_reduce_add_epi32(acc) as f32;
+            }
+        }
+    }
+    out.iter_mut().for_each(|o| *o *= 0.125);
 }
