@@ -647,9 +647,10 @@ mod tests {
 }
 
 /// IQ1_S with AVX-512 VNNI, for one or several activation rows: a block's 32 grid entries are
-/// gathered (their 11-bit indices computed in vector lanes), shifted from -1/0/1 to the unsigned
-/// 0/1/2 that `vpdpbusd` multiplies, and each 64 values' products summed in one instruction;
-/// the shift is taken back off through the activations' 16-value sums. Every integer sum is the
+/// gathered (their 11-bit indices computed in vector lanes); each value's magnitude (0 or 1)
+/// becomes its run's scale or zero, an unsigned byte, and its sign moves onto the activation,
+/// so that `vpdpbusd` sums 64 scaled products in one instruction for each activation row. The
+/// runs' `delta` terms come from the activations' 16-value sums. Every integer sum is the
 /// scalar code's, and the f32 arithmetic per block is the same, so the result is bit-identical
 /// to [`dot_iq1s`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -671,40 +672,44 @@ fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
             let (qs, qh) = unsafe { (_mm256_loadu_si256(b.as_ptr().add(2).cast()), _mm_loadu_si128(b.as_ptr().add(34).cast())) };
             let high = _mm512_srlv_epi16(_mm512_permutexvar_epi16(run_of_lane, _mm512_castsi128_si512(qh)), shift_of_lane);
             let index = _mm512_or_si512(_mm512_cvtepu8_epi16(qs), _mm512_slli_epi16::<8>(_mm512_and_si512(high, _mm512_set1_epi16(7))));
-            // Four vectors of 64 values (runs 2p and 2p + 1), as 0, 1 or 2.
-            let unsigned: [__m512i; 4] = std::array::from_fn(|p| {
-                let eight = match p {
-                    0 => _mm512_extracti32x4_epi32::<0>(index),
-                    1 => _mm512_extracti32x4_epi32::<1>(index),
-                    2 => _mm512_extracti32x4_epi32::<2>(index),
-                    _ => _mm512_extracti32x4_epi32::<3>(index),
-                };
-                // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and each
-                // entry is 8 bytes.
-                let g = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
-                _mm512_add_epi8(g, _mm512_set1_epi8(1))
-            });
             let runs: [(i32, i32); 8] = std::array::from_fn(|ib| {
                 let qh = u16_at(b, 34 + 2 * ib);
                 (2 * i32::from((qh >> 12) & 7) + 1, if qh & 0x8000 != 0 { -1 } else { 1 })
             });
-            let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(runs[2 * p].0), _mm512_set1_epi32(runs[2 * p + 1].0)));
+            // Four vectors of 64 values (runs 2p and 2p + 1): each value's run scale where the
+            // grid says ±1, else 0; and the mask of the -1s.
+            let (scaled, negative): ([__m512i; 4], [__mmask64; 4]) = {
+                let parts: [(__m512i, __mmask64); 4] = std::array::from_fn(|p| {
+                    let eight = match p {
+                        0 => _mm512_extracti32x4_epi32::<0>(index),
+                        1 => _mm512_extracti32x4_epi32::<1>(index),
+                        2 => _mm512_extracti32x4_epi32::<2>(index),
+                        _ => _mm512_extracti32x4_epi32::<3>(index),
+                    };
+                    // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and
+                    // each entry is 8 bytes.
+                    let g = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
+                    let scales = _mm512_mask_blend_epi8(0xFFFF_FFFF_0000_0000, _mm512_set1_epi8(runs[2 * p].0 as i8), _mm512_set1_epi8(runs[2 * p + 1].0 as i8));
+                    (_mm512_maskz_mov_epi8(_mm512_test_epi8_mask(g, g), scales), _mm512_movepi8_mask(g))
+                });
+                (parts.map(|(s, _)| s), parts.map(|(_, n)| n))
+            };
+            // The delta terms' weights, ls · delta, for each pair of 16-value sums.
+            let deltas: [i32; 16] = std::array::from_fn(|k| runs[k / 2].0 * runs[k / 2].1);
+            // SAFETY: 64 bytes from the 16-element array.
+            let deltas = unsafe { _mm512_loadu_si512(deltas.as_ptr().cast()) };
             for (o, q8) in out.iter_mut().zip(&q8) {
                 let Some((a, bsums, da)) = q8.block(j) else { continue };
                 let mut acc = _mm512_setzero_si512();
                 for p in 0..4 {
                     // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
                     let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
-                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned[p], av), scales[p]));
+                    acc = _mm512_dpbusd_epi32(acc, scaled[p], _mm512_mask_sub_epi8(av, negative[p], _mm512_setzero_si512(), av));
                 }
-                let (mut shift, mut sumi1) = (0i32, 0i32);
-                for (ib, &(ls, delta)) in runs.iter().enumerate() {
-                    let sum_a = bsums[2 * ib] + bsums[2 * ib + 1];
-                    shift += ls * sum_a;
-                    sumi1 += ls * delta * sum_a;
-                }
-                let sumi = _mm512_reduce_add_epi32(acc) - shift;
-                *o += half(b, 0) * da * (sumi as f32 + IQ1_DELTA * sumi1 as f32);
+                // SAFETY: the block's 16 sums, 64 bytes.
+                let sums = unsafe { _mm512_loadu_si512(bsums.as_ptr().cast()) };
+                let sumi1 = _mm512_reduce_add_epi32(_mm512_mullo_epi32(sums, deltas));
+                *o += half(b, 0) * da * (_mm512_reduce_add_epi32(acc) as f32 + IQ1_DELTA * sumi1 as f32);
             }
         }
     }
