@@ -30,6 +30,7 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::IQ2XXS => one(row, act, dot_iq2xxs),
         Format::IQ2XS => one(row, act, dot_iq2xs),
         Format::IQ2S => one(row, act, dot_iq2s),
+        Format::IQ3XXS if super::super::avx512::vbmi() => one(row, act, dot_iq3xxs_avx512),
         Format::IQ3XXS => one(row, act, dot_iq3xxs),
         Format::IQ3S => one(row, act, dot_iq3s),
         Format::IQ1S if super::super::avx512::available() => one(row, act, dot_iq1s_avx512),
@@ -231,6 +232,8 @@ pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &m
         Format::IQ2XXS => dot_iq2xxs(row, acts, out),
         Format::IQ2XS => dot_iq2xs(row, acts, out),
         Format::IQ2S => dot_iq2s(row, acts, out),
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ3XXS if super::super::avx512::vbmi() => unsafe { dot_iq3xxs_avx512(row, acts, out) },
         Format::IQ3XXS => dot_iq3xxs(row, acts, out),
         Format::IQ3S => dot_iq3s(row, acts, out),
         // SAFETY: `available` confirmed AVX-512 F, BW and VNNI.
@@ -750,73 +753,166 @@ const fn run_bytes<const WIDE: bool>() -> [u8; 64] {
     idx
 }
 
-/// IQ2_XXS with AVX-512 VBMI and VNNI, for one or several activation rows. A block's 32 grid
-/// indices are looked up in registers (the grid as 2-bit codes, [`iq2xxs_codes`], four
-/// `vpermi2w` of 64 entries each), spread over 256 bytes (`vpmultishiftqb`, then a byte shuffle
-/// from code to magnitude), and each 64 values multiplied with the activations in one
-/// `vpdpbusd`, the activations negated where the weights' sign codes (looked up with
-/// `vpermi2b`) say. Integer sums are the scalar code's and the f32 arithmetic per block the
-/// same: bit-identical to [`dot_iq2xxs`].
+/// A block of a codebook format as the AVX-512 kernels multiply it: its 256 magnitudes as
+/// unsigned bytes (values `64p..64p + 64` in vector `p`), bit `v` of word `p` set where value
+/// `64p + v` is negative, and the scale of each 32-bit lane's four products.
+struct Decoded {
+    grid: [__m512i; 4],
+    negative: [u64; 4],
+    scales: [__m512i; 4],
+}
+
+/// The codebook formats' AVX-512 driver: each block decoded once ([`Decoded`]) for up to
+/// [`ROWS_AT_ONCE`] activation rows, then, per row, 64 products in one `vpdpbusd` (the
+/// activations negated where the weights are), scaled per lane and summed. The f32 arithmetic
+/// per block is the scalar code's; `multiplier` is the format's final factor.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-fn dot_iq2xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
-    const WORD_INDEX: [u8; 64] = run_bytes::<true>();
-    const BYTE_INDEX: [u8; 64] = run_bytes::<false>();
-    let (blocks, _) = row.as_chunks::<66>();
-    let codes = iq2xxs_codes();
-    // SAFETY: every load reads 64 bytes inside its array.
-    let (table, sign_table, word_index, byte_index) = unsafe {
-        let table: [__m512i; 8] = std::array::from_fn(|t| _mm512_loadu_si512(codes.as_ptr().add(32 * t).cast()));
-        let sign_table = [_mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().cast()), _mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().add(64).cast())];
-        (table, sign_table, _mm512_loadu_si512(WORD_INDEX.as_ptr().cast()), _mm512_loadu_si512(BYTE_INDEX.as_ptr().cast()))
-    };
-    // Vector p (values 64p..64p + 64) spreads codes 8p..8p + 8, one per 64-bit lane.
-    let spread: [__m512i; 4] = std::array::from_fn(|p| _mm512_add_epi16(_mm512_set1_epi16(8 * p as i16), _mm512_set_epi16(
-        7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0,
-    )));
-    // Its runs 2p and 2p + 1's scales, in the low and high eight 32-bit lanes.
-    let scale_lanes: [__m512i; 4] = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(4 * p as i32), _mm512_set1_epi32(4 * p as i32 + 2)));
-    let magnitudes = _mm512_broadcast_i32x4(_mm_setr_epi8(8, 25, 43, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+fn rows_avx512<const N: usize>(row: &[u8], acts: &[Activations], out: &mut [f32], multiplier: f32, decode: impl Fn(&[u8; N]) -> Decoded) {
+    let (blocks, _) = row.as_chunks::<N>();
     for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
         let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
         out.iter_mut().for_each(|o| *o = 0.0);
         for (j, b) in blocks.iter().enumerate() {
-            // Run ib in 64-bit lane ib: four grid indices, then 4 × 7 sign-code bits and a 4-bit
-            // scale. SAFETY: bytes 2..66 lie inside the 66-byte block.
-            let runs = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
-            // Entry k = 4·run + l's grid index in 16-bit lane k; its codes from the quarter of
-            // the grid that index bits 6 and 7 choose.
-            let index = _mm512_maskz_permutexvar_epi8(0x5555_5555_5555_5555, word_index, runs);
-            let quarter = |q: usize| _mm512_permutex2var_epi16(table[2 * q], index, table[2 * q + 1]);
-            let bit6 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x40));
-            let bit7 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x80));
-            let low = _mm512_mask_blend_epi16(bit6, quarter(0), quarter(1));
-            let high = _mm512_mask_blend_epi16(bit6, quarter(2), quarter(3));
-            let entries = _mm512_mask_blend_epi16(bit7, low, high);
-            let grid: [__m512i; 4] = std::array::from_fn(|p| {
-                let fields = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x0E0C_0A08_0604_0200), _mm512_permutexvar_epi16(spread[p], entries));
-                _mm512_shuffle_epi8(magnitudes, _mm512_and_si512(fields, _mm512_set1_epi8(3)))
-            });
-            // The sign codes (bits 32, 39, 46, 53 of each run), their sign bytes, and those in
-            // order: bit v of the 64-bit word p says whether value 64p + v is negative.
-            let sign_codes = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E_2720), runs), _mm512_set1_epi8(0x7F));
-            let sign_bytes = _mm512_permutexvar_epi8(byte_index, _mm512_permutex2var_epi8(sign_table[0], sign_codes, sign_table[1]));
-            let mut words = [0u64; 8];
-            // SAFETY: 64 bytes into the 64-byte array.
-            unsafe { _mm512_storeu_si512(words.as_mut_ptr().cast(), sign_bytes) };
-            let scales = _mm512_add_epi64(_mm512_slli_epi64::<1>(_mm512_srli_epi64::<60>(runs)), _mm512_set1_epi64(1));
-            let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_permutexvar_epi32(scale_lanes[p], scales));
+            let block = decode(b);
             for (o, q8) in out.iter_mut().zip(&q8) {
                 let Some((a, _, da)) = q8.block(j) else { continue };
                 let mut acc = _mm512_setzero_si512();
                 for p in 0..4 {
                     // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
                     let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
-                    let signed = _mm512_mask_sub_epi8(av, words[p], _mm512_setzero_si512(), av);
-                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), grid[p], signed), scales[p]));
+                    let signed = _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av);
+                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed), block.scales[p]));
                 }
                 *o += half(b, 0) * da * _mm512_reduce_add_epi32(acc) as f32;
             }
         }
     }
-    out.iter_mut().for_each(|o| *o *= 0.125);
+    out.iter_mut().for_each(|o| *o *= multiplier);
+}
+
+/// Looks up 32 entries of a 256-entry table of u16 held in eight registers: `index` holds the
+/// entries' indices in its 16-bit lanes (below 256).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn lookup256(table: &[__m512i; 8], index: __m512i) -> __m512i {
+    let quarter = |q: usize| _mm512_permutex2var_epi16(table[2 * q], index, table[2 * q + 1]);
+    let bit6 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x40));
+    let bit7 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x80));
+    let low = _mm512_mask_blend_epi16(bit6, quarter(0), quarter(1));
+    let high = _mm512_mask_blend_epi16(bit6, quarter(2), quarter(3));
+    _mm512_mask_blend_epi16(bit7, low, high)
+}
+
+/// A 256-entry u16 table in eight registers.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn table256(codes: &[u16; 256]) -> [__m512i; 8] {
+    // SAFETY: eight 64-byte loads inside the 512-byte table.
+    std::array::from_fn(|t| unsafe { _mm512_loadu_si512(codes.as_ptr().add(32 * t).cast()) })
+}
+
+/// The sign bits of 32 seven-bit sign codes, which lie at bits 0, 7, 14 and 21 of the low 32
+/// bits of each 64-bit lane of `words` (four codes per 32 values, lane = run): bit `v` of word
+/// `p` for value `64p + v`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn sign_words(words: __m512i, at: u64) -> [u64; 4] {
+    const BYTE_INDEX: [u8; 64] = run_bytes::<false>();
+    // SAFETY: every load reads 64 bytes inside its array.
+    let (sign_table, byte_index) = unsafe {
+        ([_mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().cast()), _mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().add(64).cast())], _mm512_loadu_si512(BYTE_INDEX.as_ptr().cast()))
+    };
+    let codes = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(at as i64), words), _mm512_set1_epi8(0x7F));
+    let bytes = _mm512_permutexvar_epi8(byte_index, _mm512_permutex2var_epi8(sign_table[0], codes, sign_table[1]));
+    let mut out = [0u64; 8];
+    // SAFETY: 64 bytes into the 64-byte array.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), bytes) };
+    [out[0], out[1], out[2], out[3]]
+}
+
+/// Each run's scale `2·s + 1`, `s` the top four bits of the low 64-bit lane word `run`, for
+/// vector `p`'s 32-bit lanes (runs 2p and 2p + 1, eight lanes each).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn run_scales(words: __m512i) -> [__m512i; 4] {
+    let s = _mm512_and_si512(_mm512_srli_epi64::<28>(words), _mm512_set1_epi64(0xF));
+    let ls = _mm512_add_epi64(_mm512_slli_epi64::<1>(s), _mm512_set1_epi64(1));
+    std::array::from_fn(|p| _mm512_permutexvar_epi32(_mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(4 * p as i32), _mm512_set1_epi32(4 * p as i32 + 2)), ls))
+}
+
+/// IQ2_XXS with AVX-512 VBMI and VNNI ([`rows_avx512`]). A block's 32 grid indices are looked
+/// up in registers (the grid as 2-bit codes, [`iq2xxs_codes`]) and spread over 256 bytes
+/// (`vpmultishiftqb`, then a byte shuffle from code to magnitude); the sign codes' bytes are
+/// looked up with `vpermi2b`. Bit-identical to [`dot_iq2xxs`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq2xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    const WORD_INDEX: [u8; 64] = run_bytes::<true>();
+    let table = table256(iq2xxs_codes());
+    // SAFETY: 64 bytes from the 64-byte array.
+    let word_index = unsafe { _mm512_loadu_si512(WORD_INDEX.as_ptr().cast()) };
+    // Vector p (values 64p..64p + 64) spreads codes 8p..8p + 8, one per 64-bit lane.
+    let spread: [__m512i; 4] = std::array::from_fn(|p| _mm512_add_epi16(_mm512_set1_epi16(8 * p as i16), _mm512_set_epi16(
+        7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0,
+    )));
+    let magnitudes = _mm512_broadcast_i32x4(_mm_setr_epi8(8, 25, 43, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+    rows_avx512::<66>(row, acts, out, 0.125, |b| {
+        // Run ib in 64-bit lane ib: four grid indices, then 4 × 7 sign-code bits and a 4-bit
+        // scale. SAFETY: bytes 2..66 lie inside the 66-byte block.
+        let runs = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
+        // Entry k = 4·run + l's codes, in 16-bit lane k.
+        let entries = lookup256(&table, _mm512_maskz_permutexvar_epi8(0x5555_5555_5555_5555, word_index, runs));
+        let grid = std::array::from_fn(|p| {
+            let fields = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x0E0C_0A08_0604_0200), _mm512_permutexvar_epi16(spread[p], entries));
+            _mm512_shuffle_epi8(magnitudes, _mm512_and_si512(fields, _mm512_set1_epi8(3)))
+        });
+        let words = _mm512_srli_epi64::<32>(runs);
+        Decoded { grid, negative: sign_words(words, 0x150E_0700), scales: run_scales(words) }
+    })
+}
+
+/// Each IQ3_XXS grid entry's four magnitudes (4, 12, …, 52, 62) as 3-bit codes, value `j` in
+/// bits `3j..3j + 3`.
+fn iq3xxs_codes() -> &'static [u16; 256] {
+    static CODES: OnceLock<[u16; 256]> = OnceLock::new();
+    CODES.get_or_init(|| {
+        std::array::from_fn(|e| IQ3XXS_GRID[e].iter().enumerate().fold(0u16, |code, (j, &v)| code | u16::from(IQ3XXS_LEVELS.iter().position(|&l| l == v).unwrap_or(0) as u8) << (3 * j)))
+    })
+}
+
+/// The eight magnitudes of IQ3_XXS's grid.
+const IQ3XXS_LEVELS: [u8; 8] = [4, 12, 20, 28, 36, 44, 52, 62];
+
+/// IQ3_XXS with AVX-512 VBMI and VNNI ([`rows_avx512`]): as [`dot_iq2xxs_avx512`], with 64
+/// grid entries of four 3-bit codes per block. Bit-identical to [`dot_iq3xxs`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq3xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    let table = table256(iq3xxs_codes());
+    // Vector p spreads entries 16p..16p + 16, two per 64-bit lane (each twice, so that one
+    // shift control reads both): 16-bit lanes 4j, 4j + 1 = entry 2j, 4j + 2, 4j + 3 = entry
+    // 2j + 1, counted within the half of the entries vector p draws from.
+    let spread: [__m512i; 4] = std::array::from_fn(|p| _mm512_add_epi16(_mm512_set1_epi16(16 * (p % 2) as i16), _mm512_set_epi16(
+        15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8, 7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0,
+    )));
+    let mut levels = [0i8; 16];
+    for (l, &v) in levels.iter_mut().zip(&IQ3XXS_LEVELS) {
+        *l = v as i8;
+    }
+    // SAFETY: 16 bytes from the 16-byte array.
+    let magnitudes = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(levels.as_ptr().cast()) });
+    rows_avx512::<98>(row, acts, out, 0.25, |b| {
+        // SAFETY: bytes 2..66 (grid indices) and 66..98 (sign codes and scales) lie inside the
+        // 98-byte block.
+        let (indices, aux) = unsafe { (_mm512_loadu_si512(b.as_ptr().add(2).cast()), _mm256_loadu_si256(b.as_ptr().add(66).cast())) };
+        let entries = [
+            lookup256(&table, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(indices))),
+            lookup256(&table, _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(indices))),
+        ];
+        let grid = std::array::from_fn(|p| {
+            let fields = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x2926_2320_0906_0300), _mm512_permutexvar_epi16(spread[p], entries[p / 2]));
+            _mm512_shuffle_epi8(magnitudes, _mm512_and_si512(fields, _mm512_set1_epi8(7)))
+        });
+        let words = _mm512_cvtepu32_epi64(aux);
+        Decoded { grid, negative: sign_words(words, 0x150E_0700), scales: run_scales(words) }
+    })
 }
