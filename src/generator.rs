@@ -206,17 +206,22 @@ impl Generator {
     pub fn new(model: &Model, prompt: Prompt, options: GenerateOptions) -> Result<Generator> {
         options.validate()?;
         let weights = model.weights()?;
+        let earlier_calls = match &prompt {
+            Prompt::Messages(messages) => messages.iter().map(|m| m.tool_calls.len()).sum(),
+            _ => 0,
+        };
         let tokens = prompt_tokens(model, prompt, &options)?;
         let capacity = options.capacity(tokens.len(), weights.config().context_length)?;
         let state = weights.new_state(capacity)?;
         let sampler = Sampler::new(options.sampling.clone())?;
-        Ok(Generator::start(model, tokens, state, sampler, options, None))
+        Ok(Generator::start(model, tokens, state, sampler, options, earlier_calls, None))
     }
 
     /// A generation of `tokens` on `state`, whose first `state.len()` positions already hold
-    /// the same first tokens (a session's cache, truncated to the common prefix); `home`
-    /// takes the cache back at the end.
-    pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, options: GenerateOptions, home: Option<Home>) -> Generator {
+    /// the same first tokens (a session's cache, truncated to the common prefix), in a
+    /// conversation that made `earlier_calls` tool calls before; `home` takes the cache back
+    /// at the end.
+    pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Generator {
         let cached_tokens = state.len();
         let tools = options.offered_tools().to_vec();
         let (tool_parser, markup_tokens) = match tools.is_empty() {
@@ -242,7 +247,7 @@ impl Generator {
             tool_parser,
             markup_tokens,
             calls: Vec::new(),
-            first_call: home.as_ref().map_or(0, Home::calls_so_far),
+            first_call: earlier_calls,
             home,
             outbox: VecDeque::new(),
             finished: false,

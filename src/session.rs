@@ -69,11 +69,6 @@ pub(crate) struct Home {
 }
 
 impl Home {
-    /// Tool calls made earlier in the conversation.
-    pub(crate) fn calls_so_far(&self) -> usize {
-        self.conversation.iter().map(|m| m.tool_calls.len()).sum()
-    }
-
     /// Gives the cache back, holding `tokens`; after a complete turn the conversation becomes
     /// the one answered plus `reply`.
     pub(crate) fn settle(self, state: State, tokens: Vec<u32>, reply: Option<Message>) {
@@ -209,9 +204,10 @@ impl Session {
         let keep = common_prefix(&slot.tokens, &tokens).min(state.len()).min(tokens.len() - 1);
         state.truncate(keep);
         state.grow(capacity);
+        let earlier_calls = conversation.iter().map(|m| m.tool_calls.len()).sum();
         let home = Home { slot: self.slot.clone(), conversation };
         drop(slot);
-        Ok(Generator::start(&self.model, tokens, state, sampler, options, Some(home)))
+        Ok(Generator::start(&self.model, tokens, state, sampler, options, earlier_calls, Some(home)))
     }
 
     /// The session as bytes: its conversation, the tokens its cache holds and the cache itself

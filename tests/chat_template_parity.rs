@@ -4,6 +4,7 @@
 mod common;
 
 use candlewick::chat::{ChatTemplate, Message};
+use candlewick::tools::{Tool, ToolCall};
 use candlewick::{Error, Model};
 use common::{jinja2, model, GEMMA3, QWEN25_CODER, SMOLLM2};
 use serde_json::json;
@@ -42,6 +43,89 @@ fn check(which: (&str, &str)) {
             assert_eq!(ours, python["rendered"].as_str().unwrap(), "{}: {messages:?} (generation prompt: {add_generation_prompt})", which.1);
         }
     }
+}
+
+fn tools() -> Vec<Tool> {
+    candlewick::tools::parse_tools(
+        r#"[{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}},
+            {"name": "search", "description": "Searches the web for “quotes” & <tags>", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]"#,
+    )
+    .unwrap()
+}
+
+/// Conversations with tool calls and their results.
+fn tool_conversations() -> Vec<Vec<Message>> {
+    let call = |id: &str, name: &str, arguments: &str| ToolCall::new(id, name, arguments);
+    vec![
+        vec![Message::user("What is the weather in Paris?")],
+        vec![
+            Message::system("You are a weather bot."),
+            Message::user("Weather in Paris and Oslo, and news about both?"),
+            Message::assistant_calls("Let me check.", vec![call("call_0", "get_weather", r#"{"city": "Paris"}"#), call("call_1", "get_weather", r#"{"city": "Oslo", "days": 2}"#)]),
+            Message::tool("call_0", "{\"temperature\": 21}"),
+            Message::tool("call_1", "{\"temperature\": 9}"),
+            Message::assistant_calls("", vec![call("call_2", "search", r#"{"query": "Paris Oslo news"}"#)]),
+            Message::tool("call_2", "Nothing new."),
+            Message::assistant("Paris is 21 °C, Oslo 9 °C; no news."),
+            Message::user("Thanks!"),
+        ],
+    ]
+}
+
+/// With tools: the template gets them as `tools`, tool calls with object arguments, and tool
+/// results, as Hugging Face hands them over; a template that does not read `tools` gets them
+/// described in a system message.
+fn check_tools(which: (&str, &str)) {
+    let model = Model::open(model(which)).unwrap();
+    let source = model.gguf().str("tokenizer.chat_template").unwrap().to_string();
+    let tok = model.tokenizer();
+    let text = |id: Option<u32>| id.and_then(|id| tok.token_text(id)).unwrap_or_default().to_string();
+    let template = model.chat_template().unwrap();
+    let tools = tools();
+    let tool_values: Vec<serde_json::Value> = tools.iter().map(Tool::to_template_value).collect();
+    for messages in tool_conversations() {
+        let ours = template.render_with_tools(&messages, &tools, true).unwrap();
+        let mut values: Vec<serde_json::Value> = messages.iter().map(Message::to_template_value).collect();
+        let python_tools = if source.contains("tools") {
+            json!(tool_values)
+        } else {
+            // What a template without tools is given instead.
+            let described = candlewick::tools::generic_system_prompt(&tools);
+            match values[0]["role"].as_str() {
+                Some("system") => values[0]["content"] = format!("{}\n\n{described}", values[0]["content"].as_str().unwrap()).into(),
+                _ => values.insert(0, json!({"role": "system", "content": described})),
+            }
+            json!(null)
+        };
+        let python = jinja2(&json!({
+            "template": source,
+            "messages": values,
+            "tools": python_tools,
+            "add_generation_prompt": true,
+            "bos_token": text(tok.bos()),
+            "eos_token": text(tok.eos()),
+        }));
+        assert_eq!(ours, python["rendered"].as_str().unwrap(), "{}: {messages:?}", which.1);
+        if source.contains("tools") {
+            assert!(ours.contains("get_weather") && ours.contains("<tools>"), "{ours}");
+        }
+    }
+    // The arguments reach the template as an object (Qwen2.5 writes them with `tojson`).
+    let rendered = template.render_with_tools(&tool_conversations()[1], &tools, true).unwrap();
+    if which == QWEN25_CODER {
+        assert!(rendered.contains(r#"{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}"#), "{rendered}");
+        assert!(rendered.contains("<tool_response>\n{\"temperature\": 9}\n</tool_response>"), "{rendered}");
+    }
+}
+
+#[test]
+fn qwen25_coder_renders_tools_like_jinja2() {
+    check_tools(QWEN25_CODER);
+}
+
+#[test]
+fn smollm2_renders_tools_like_jinja2() {
+    check_tools(SMOLLM2);
 }
 
 #[test]
