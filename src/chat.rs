@@ -47,10 +47,10 @@ pub struct Message {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
     /// The tools an assistant message calls.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "toolCalls")]
     pub tool_calls: Vec<ToolCall>,
     /// The call a `tool` message answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "toolCallId")]
     pub tool_call_id: Option<String>,
 }
 

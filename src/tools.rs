@@ -912,6 +912,40 @@ mod tests {
         check(ToolFormat::Generic, "{\"tool_call\": {\"name\": \"search\"", &[text("{\"tool_call\": {\"name\": \"search\"")]);
     }
 
+    /// Random mixes of markup, JSON and text: whatever the cuts, the same result; calls carry
+    /// JSON objects; without calls, the text comes back whole.
+    #[test]
+    fn random_text_is_never_lost_or_cut_differently() {
+        let fragments = [
+            "<tool_call>", "</tool_call>", "<function=search>", "</function>", "<parameter=query>", "</parameter>", "<|tool_calls_section_begin|>",
+            "<|tool_calls_section_end|>", "<|tool_call_begin|>functions.search:0", "<|tool_call_argument_begin|>", "<|tool_call_end|>", "<|python_tag|>",
+            "```json\n", "```", "{\"name\": \"search\", \"arguments\": {\"query\": \"q\"}}", "{\"name\": ", "\"search\"", "{", "}", "\"", "\\", " ", "\n",
+            "<", "text", "é😀", "\"tool_calls\": [", "]", "\"parameters\": {}",
+        ];
+        let mut next = crate::xorshift(0x5eed_70015);
+        for round in 0..3000 {
+            let format = [ToolFormat::Hermes, ToolFormat::Qwen3Coder, ToolFormat::KimiK2, ToolFormat::Llama3Json, ToolFormat::Generic][round % 5];
+            let len = 1 + next() as usize % 12;
+            let text: String = (0..len).map(|_| fragments[next() as usize % fragments.len()]).collect();
+            let whole = run(format, &text, &[]);
+            let cuts: Vec<usize> = (0..3).map(|_| next() as usize % (text.len() + 1)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            assert_eq!(run(format, &text, &cuts), whole, "{format:?} {text:?} cut at {cuts:?}");
+            let every: Vec<usize> = (0..=text.len()).collect();
+            assert_eq!(run(format, &text, &every), whole, "{format:?} {text:?} byte by byte");
+            let mut calls = 0;
+            for p in &whole {
+                if let Parsed::Call { arguments, .. } = p {
+                    calls += 1;
+                    assert!(serde_json::from_str::<Value>(arguments).is_ok_and(|v| v.is_object()), "{arguments}");
+                }
+            }
+            if calls == 0 {
+                let back: String = whole.iter().map(|p| if let Parsed::Text(t) = p { t.as_str() } else { "" }).collect();
+                assert_eq!(back, text, "{format:?}");
+            }
+        }
+    }
+
     #[test]
     fn formats_are_detected_from_templates() {
         assert_eq!(ToolFormat::detect("{{- '<tool_call>\\n{\"name\": ' }}"), ToolFormat::Hermes);
