@@ -5,21 +5,12 @@
 //! timed test. Figures are medians of `RUNS` runs, on Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)
 //! and SmolLM2-135M-Instruct (Q4_1), greedy, one thread and the default pool.
 
-use std::path::PathBuf;
-
 use candlewick::chat::Message;
 use candlewick::{Chunk, GenerateOptions, Generator, Model, Prompt, SamplingConfig, Session, Usage};
 
 const RUNS: usize = 3;
 /// Tokens of conversation before the new turn, about.
 const CONVERSATION_TOKENS: usize = 1000;
-
-fn models_dir() -> PathBuf {
-    let cache = std::env::var_os("CANDLEWICK_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/candlewick"));
-    cache.join("models")
-}
 
 /// Turns of an ordinary conversation, repeated until it holds about `CONVERSATION_TOKENS`.
 fn conversation(model: &Model) -> Vec<Message> {
@@ -55,7 +46,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn main() {
     for name in ["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"] {
-        let path = models_dir().join(name);
+        let path = candlewick::native::cache_dir().join("models").join(name);
         let Ok(model) = Model::open(&path) else {
             eprintln!("{} is missing: run scripts/fetch-models.sh", path.display());
             continue;

@@ -649,17 +649,13 @@ fn parse_xml_calls(body: &str, tools: &[Tool]) -> Option<Vec<Parsed>> {
     let mut calls = Vec::new();
     let mut rest = body.trim();
     while !rest.is_empty() {
-        rest = rest.strip_prefix("<function=")?;
-        let (name, after) = rest.split_once('>')?;
+        let (name, inner, after) = element(rest, "<function=", ">", "</function>")?;
         let name = name.trim();
-        let (inner, after) = after.split_once("</function>")?;
         let tool = tools.iter().find(|t| t.name == name);
         let mut arguments = Map::new();
         let mut params = inner.trim();
         while !params.is_empty() {
-            params = params.strip_prefix("<parameter=")?;
-            let (key, after) = params.split_once('>')?;
-            let (value, after) = after.split_once("</parameter>")?;
+            let (key, value, after) = element(params, "<parameter=", ">", "</parameter>")?;
             let value = value.strip_prefix('\n').unwrap_or(value);
             let value = value.strip_suffix('\n').unwrap_or(value);
             let ty = tool.and_then(|t| t.parameter_type(key.trim()));
@@ -673,6 +669,13 @@ fn parse_xml_calls(body: &str, tools: &[Tool]) -> Option<Vec<Parsed>> {
         rest = after.trim();
     }
     Some(calls)
+}
+
+/// `text` as `OPEN head SEPARATOR inner CLOSE rest`: (head, inner, rest).
+fn element<'t>(text: &'t str, open: &str, separator: &str, close: &str) -> Option<(&'t str, &'t str, &'t str)> {
+    let (head, after) = text.strip_prefix(open)?.split_once(separator)?;
+    let (inner, rest) = after.split_once(close)?;
+    Some((head, inner, rest))
 }
 
 /// A parameter's text as the JSON value its schema type says; text that does not fit the
@@ -702,9 +705,7 @@ fn parse_kimi_calls(body: &str) -> Option<Vec<Parsed>> {
     let mut calls = Vec::new();
     let mut rest = body.trim();
     while !rest.is_empty() {
-        rest = rest.strip_prefix("<|tool_call_begin|>")?;
-        let (id, after) = rest.split_once("<|tool_call_argument_begin|>")?;
-        let (arguments, after) = after.split_once("<|tool_call_end|>")?;
+        let (id, arguments, after) = element(rest, "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>")?;
         let id = id.trim();
         let name = id.strip_prefix("functions.").unwrap_or(id);
         let name = name.rsplit_once(':').map_or(name, |(name, index)| if index.bytes().all(|b| b.is_ascii_digit()) { name } else { id });
