@@ -244,7 +244,8 @@ impl ToolFormat {
     /// The format a chat template teaches, recognised by the markup it writes (as llama.cpp
     /// recognises it); [`ToolFormat::Generic`] when it shows none.
     pub fn detect(template: &str) -> ToolFormat {
-        if template.contains("<|tool_calls_section_begin|>") {
+        // Kimi K2's first template declares tools without rendering calls back.
+        if template.contains("<|tool_calls_section_begin|>") || template.contains("<|im_system|>tool_declare<|im_middle|>") {
             ToolFormat::KimiK2
         } else if template.contains("<function=") && template.contains("<parameter=") {
             ToolFormat::Qwen3Coder
@@ -952,6 +953,7 @@ mod tests {
         assert_eq!(ToolFormat::detect("{{- '<tool_call>\\n{\"name\": ' }}"), ToolFormat::Hermes);
         assert_eq!(ToolFormat::detect("<tool_call>\n<function={{ name }}>\n<parameter={{ k }}>"), ToolFormat::Qwen3Coder);
         assert_eq!(ToolFormat::detect("<|tool_calls_section_begin|>"), ToolFormat::KimiK2);
+        assert_eq!(ToolFormat::detect("{% if tools -%}{{ '<|im_system|>tool_declare<|im_middle|>' -}}{{- tools | tojson -}}"), ToolFormat::KimiK2);
         assert_eq!(ToolFormat::detect("<|start_header_id|>ipython<|end_header_id|>"), ToolFormat::Llama3Json);
         assert_eq!(ToolFormat::detect("{% for m in messages %}{{ m.content }}{% endfor %}"), ToolFormat::Generic);
     }
