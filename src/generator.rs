@@ -331,7 +331,7 @@ impl Generator {
         true
     }
 
-    /// One token: forward → sample → detokenize → stop check.
+    /// One token: forward → sample → detokenize → stop check (→ tool calls, in `emit`).
     fn step(&mut self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
             return self.finish(FinishReason::Cancelled, None);
@@ -365,7 +365,8 @@ impl Generator {
             return self.finish(FinishReason::Stop, None);
         }
 
-        // Detokenize: only complete UTF-8 characters leave the byte buffer.
+        // Detokenize: only complete UTF-8 characters leave the byte buffer. Control tokens are
+        // dropped, except those that spell tool-call markup, which the parser needs.
         self.partial.extend_from_slice(tokenizer.token_bytes(token, self.markup_tokens.contains(&token))?);
         let complete = take_complete_utf8(&mut self.partial);
         self.held.push_str(&complete);
