@@ -171,3 +171,16 @@ fn streamed_turns_hand_the_session_back_by_their_end() {
     }
     assert_eq!(session.messages().len(), 4);
 }
+
+/// A turn longer than the cache has room for grows it, keeping the prefix it holds.
+#[test]
+fn a_cache_that_grows_keeps_its_prefix() {
+    let model = Model::open(model(SMOLLM2)).unwrap();
+    let mut session = Session::new(&model).unwrap();
+    turn_and_cold(&model, &mut session, "Tell me about lighthouses.", 16);
+    let long = format!("Summarise this in one line: {}", "The keeper climbed the narrow stairs to light the lamp, and ships relied on its beam. ".repeat(40));
+    let usage = turn_and_cold(&model, &mut session, &long, 16);
+    assert!(usage.prompt_tokens > 700, "{} prompt tokens: the cache (512 positions at first) had to grow", usage.prompt_tokens);
+    assert!(usage.cached_tokens > 0);
+    turn_and_cold(&model, &mut session, "Shorter, please.", 16);
+}

@@ -456,6 +456,34 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// Growing a cache keeps every filled position of every head, and its bytes restore into
+    /// another cache exactly.
+    #[test]
+    fn caches_grow_and_restore_without_changing_a_position() {
+        for values_in_keys in [false, true] {
+            let (kv_heads, hd, vd, n) = (3, 8, 4, 5);
+            let mut cache = KvCache::new(kv_heads, 6, hd, vd, values_in_keys);
+            let k: Vec<f32> = (0..n * kv_heads * hd).map(|i| i as f32 * 0.25).collect();
+            let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| -(i as f32)).collect();
+            cache.append(&k, &v, n).unwrap();
+            let rows = |c: &KvCache| -> Vec<Vec<f16>> { (0..kv_heads).flat_map(|h| (0..n).flat_map(move |t| [c.key(h, t).to_vec(), c.value(h, t).to_vec()])).collect() };
+            let before = rows(&cache);
+            cache.grow(64);
+            assert_eq!(cache.capacity, 64);
+            assert_eq!(rows(&cache), before);
+            cache.append(&k[..kv_heads * hd], &v[..kv_heads * vd], 1).unwrap();
+            cache.truncate(n);
+            let mut bytes = Vec::new();
+            cache.filled_bytes(&mut bytes);
+            assert_eq!(bytes.len(), n * cache.bytes_per_position());
+            let mut other = KvCache::new(kv_heads, 8, hd, vd, values_in_keys);
+            assert_eq!(other.fill_from_bytes(n, &bytes), Some(bytes.len()));
+            assert_eq!(rows(&other), before);
+            assert_eq!(other.fill_from_bytes(n, &bytes[..bytes.len() - 1]), None);
+            assert_eq!(other.fill_from_bytes(9, &bytes), None);
+        }
+    }
+
     /// Both computations equal a plain softmax-weighted sum (to f16 precision).
     #[test]
     fn attention_matches_plain_softmax() {
