@@ -193,39 +193,51 @@ fn cli_template_prints_the_rendered_prompt() {
     assert!(want.ends_with("<|im_start|>assistant\n"), "{want:?}");
 }
 
-/// Qwen3-Coder's own template (tests/data/qwen3-coder.jinja, as llama.cpp keeps it in
-/// models/templates): it renders tools, calls and results as Jinja2 does, it is recognised as
-/// the Qwen3-Coder format, and the calls it writes back parse to the calls it was given, their
-/// values typed by the tools' schemas.
-#[test]
-fn qwen3_coder_template_renders_like_jinja2_and_its_calls_parse_back() {
-    use candlewick::tools::{Parsed, ToolCallParser, ToolFormat};
-    let source = std::fs::read_to_string(common::repo_root().join("tests/data/qwen3-coder.jinja")).unwrap();
+/// A tool-calling template from tests/data (as llama.cpp keeps them in models/templates) renders
+/// tools, calls and results as Jinja2 does, is recognised as `format`, and the calls it writes
+/// back in the conversation after its first `<|im_end|>` parse to the calls it was given (their
+/// values typed by the tools' schemas); returns the parsed calls' ids.
+fn check_tool_template(file: &str, format: candlewick::tools::ToolFormat) -> Vec<Option<String>> {
+    use candlewick::tools::{Parsed, ToolCallParser};
+    let source = std::fs::read_to_string(common::repo_root().join("tests/data").join(file)).unwrap();
     let template = ChatTemplate::new(&source, String::new(), "<|im_end|>".into()).unwrap();
-    assert_eq!(template.tool_format(), ToolFormat::Qwen3Coder);
+    assert_eq!(template.tool_format(), format);
     let tools = tools();
     let tool_values: Vec<serde_json::Value> = tools.iter().map(Tool::to_template_value).collect();
     for messages in tool_conversations() {
         let ours = template.render_with_tools(&messages, &tools, true).unwrap();
         let values: Vec<serde_json::Value> = messages.iter().map(Message::to_template_value).collect();
         let python = jinja2(&json!({"template": source, "messages": values, "tools": tool_values, "add_generation_prompt": true, "bos_token": "", "eos_token": "<|im_end|>"}));
-        assert_eq!(ours, python["rendered"].as_str().unwrap(), "{messages:?}");
+        assert_eq!(ours, python["rendered"].as_str().unwrap(), "{file}: {messages:?}");
     }
     let conversation = &tool_conversations()[1];
     let rendered = template.render_with_tools(conversation, &tools, false).unwrap();
-    // The conversation after the system message (whose instructions show an example call).
+    // The conversation after the first message (Qwen3-Coder's instructions show an example call).
     let turns = &rendered[rendered.find("<|im_end|>").unwrap()..];
-    let mut parser = ToolCallParser::new(ToolFormat::Qwen3Coder, tools.clone());
+    let mut parser = ToolCallParser::new(format, tools.clone());
     let mut parsed = parser.push(turns);
     parsed.extend(parser.finish());
-    let calls: Vec<(String, serde_json::Value)> = parsed
-        .into_iter()
-        .filter_map(|p| match p {
-            Parsed::Call { name, arguments, .. } => Some((name, serde_json::from_str(&arguments).unwrap())),
-            Parsed::Text(_) => None,
-        })
-        .collect();
+    let (mut calls, mut ids) = (Vec::new(), Vec::new());
+    for p in parsed {
+        if let Parsed::Call { id, name, arguments } = p {
+            calls.push((name, serde_json::from_str::<serde_json::Value>(&arguments).unwrap()));
+            ids.push(id);
+        }
+    }
     let given: Vec<(String, serde_json::Value)> =
         conversation.iter().flat_map(|m| &m.tool_calls).map(|c| (c.function.name.clone(), serde_json::from_str(&c.function.arguments).unwrap())).collect();
     assert_eq!(calls, given, "{rendered}");
+    ids
+}
+
+#[test]
+fn qwen3_coder_template_renders_like_jinja2_and_its_calls_parse_back() {
+    check_tool_template("qwen3-coder.jinja", candlewick::tools::ToolFormat::Qwen3Coder);
+}
+
+#[test]
+fn kimi_k2_template_renders_like_jinja2_and_its_calls_parse_back() {
+    let ids = check_tool_template("kimi-k2.jinja", candlewick::tools::ToolFormat::KimiK2);
+    // Kimi K2 numbers calls within each message, and the ids come back as written.
+    assert_eq!(ids, [Some("functions.get_weather:0".into()), Some("functions.get_weather:1".into()), Some("functions.search:0".into())]);
 }
