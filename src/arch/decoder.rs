@@ -102,7 +102,9 @@ struct Moe {
     shared: Option<Mlp>,
 }
 
-/// The per-generation state: the KV cache of every layer.
+/// The per-generation state: the KV cache of every layer. Cloning copies the cache (a fork of
+/// a conversation); the default state holds no position, and a forward pass on it fails.
+#[derive(Clone, Default)]
 pub struct State {
     caches: Vec<KvCache>,
     len: usize,
@@ -130,12 +132,52 @@ impl State {
         self.caches.iter().map(KvCache::bytes_per_position).sum()
     }
 
-    /// Forgets every position from `len` on, keeping the prefix.
+    /// Forgets every position from `len` on, keeping the prefix. Also brings every layer back
+    /// to the state's length after a forward pass that failed half way.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
         for cache in &mut self.caches {
-            cache.truncate(len);
+            cache.truncate(self.len);
         }
+    }
+
+    /// Makes room for `capacity` positions, keeping those filled (a session's cache grows as
+    /// its conversation does). A smaller `capacity` changes nothing.
+    pub fn grow(&mut self, capacity: usize) {
+        for cache in &mut self.caches {
+            cache.grow(capacity);
+        }
+        self.capacity = self.capacity.max(capacity);
+    }
+
+    /// The filled positions of every layer as bytes (f16, little-endian), for
+    /// [`State::restore`].
+    pub fn save(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len * self.kv_bytes_per_token());
+        for cache in &self.caches {
+            cache.filled_bytes(&mut out);
+        }
+        out
+    }
+
+    /// Fills the first `len` positions from what [`State::save`] wrote for the same model,
+    /// growing the cache when it is smaller.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] when `bytes` is not the size `len` positions of this
+    /// model's cache take.
+    pub fn restore(&mut self, len: usize, bytes: &[u8]) -> Result<()> {
+        let invalid = || Error::InvalidParameter { name: "bytes", reason: format!("they do not hold {len} positions of this model's KV cache") };
+        if len.checked_mul(self.kv_bytes_per_token()) != Some(bytes.len()) {
+            return Err(invalid());
+        }
+        self.grow(len);
+        let mut at = 0;
+        for cache in &mut self.caches {
+            at += cache.fill_from_bytes(len, &bytes[at..]).ok_or_else(invalid)?;
+        }
+        self.len = len;
+        Ok(())
     }
 }
 
