@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use candlewick::{chat, Chunk, GenerateOptions, Model, Prompt, Result, SamplingConfig};
+use candlewick::{chat, Chunk, GenerateOptions, Grammar, Model, Prompt, Result, SamplingConfig};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 
@@ -134,9 +134,20 @@ struct GenerateArgs {
     /// Threads for the forward passes (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Constrain the output to the GBNF grammar in FILE (llama.cpp's syntax, rule `root`).
+    #[arg(long, value_name = "FILE", conflicts_with = "json_schema")]
+    grammar: Option<PathBuf>,
+    /// Constrain the output to JSON that the JSON Schema in FILE describes.
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<PathBuf>,
     /// Print each chunk as one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+/// The text of a file named by an option, or an error that names both.
+fn read_option_file(name: &'static str, path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| candlewick::Error::InvalidParameter { name, reason: format!("cannot read {}: {e}", path.display()) })
 }
 
 fn json_line(value: &impl serde::Serialize) -> String {
@@ -160,7 +171,12 @@ fn generate(args: GenerateArgs) -> Result<bool> {
         seed: args.seed,
         ..SamplingConfig::default()
     };
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop: args.stop, context_length: args.context_length, threads: args.threads };
+    let grammar = match (&args.grammar, &args.json_schema) {
+        (Some(path), _) => Some(Grammar::parse(&read_option_file("grammar", path)?)?),
+        (None, Some(path)) => Some(Grammar::from_json_schema_text(&read_option_file("json-schema", path)?)?),
+        (None, None) => None,
+    };
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop: args.stop, context_length: args.context_length, threads: args.threads, grammar };
     options.validate()?;
     let model = args.model.open_weights()?;
     let mut stream = model.generate(prompt, options);

@@ -10,6 +10,7 @@ use web_time::Instant;
 use crate::arch::State;
 use crate::chat::Message;
 use crate::error::{Error, Result};
+use crate::grammar::{Grammar, GrammarState};
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::stream::{Chunk, FinishReason, Usage};
@@ -63,11 +64,15 @@ pub struct GenerateOptions {
     /// Threads the forward passes use (natively; the browser build has one). Default: one per
     /// core.
     pub threads: Option<usize>,
+    /// Constrains the output to this grammar (see [`crate::grammar`]): tokens that cannot
+    /// continue it are removed before the sampler chain, and generation can end only where the
+    /// grammar can. For JSON Schema, [`Grammar::from_json_schema`].
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 512, sampling: SamplingConfig::default(), stop: Vec::new(), context_length: None, threads: None }
+        GenerateOptions { max_tokens: 512, sampling: SamplingConfig::default(), stop: Vec::new(), context_length: None, threads: None, grammar: None }
     }
 }
 
@@ -98,6 +103,8 @@ pub struct Generator {
     model: Model,
     state: State,
     sampler: Sampler,
+    /// Where the output is in `options.grammar`, when there is one.
+    grammar: Option<GrammarState>,
     options: GenerateOptions,
     /// Prompt tokens not yet run (all of them before the first step).
     unprocessed: Vec<u32>,
@@ -123,7 +130,8 @@ impl Generator {
     /// forward pass runs until the first [`Generator::next_chunk`].
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for an out-of-range option, [`Error::NoChatTemplate`] /
+    /// [`Error::InvalidParameter`] for an out-of-range option, [`Error::Grammar`] for a grammar
+    /// too ambiguous to start, [`Error::NoChatTemplate`] /
     /// [`Error::Template`] for a chat prompt the model cannot render, [`Error::PromptTooLong`]
     /// when the prompt does not fit in the context, [`Error::WeightsNotLoaded`].
     pub fn new(model: &Model, prompt: Prompt, options: GenerateOptions) -> Result<Generator> {
@@ -154,6 +162,7 @@ impl Generator {
             model: model.clone(),
             state: weights.new_state(capacity)?,
             sampler: Sampler::new(options.sampling.clone())?,
+            grammar: options.grammar.as_ref().map(GrammarState::new).transpose()?,
             prompt_tokens: tokens.len(),
             history: tokens.clone(),
             unprocessed: tokens,
@@ -252,14 +261,31 @@ impl Generator {
             logits = crate::platform::with_threads(self.options.threads, || weights.forward(state, batch))?;
         }
 
-        // Sample.
-        let token = self.sampler.sample(&logits, &self.history);
+        // Sample (among the tokens the grammar allows, when there is one).
+        let tokenizer = self.model.tokenizer();
+        let token = match &mut self.grammar {
+            None => self.sampler.sample(&logits, &self.history),
+            Some(grammar) => {
+                let can_end = grammar.can_end();
+                let allowed = |id| match tokenizer.is_end_of_generation(id) {
+                    true => can_end,
+                    // llama.cpp matches a token's text with special tokens spelled out.
+                    false => tokenizer.token_bytes(id, true).is_ok_and(|bytes| grammar.allows(bytes)),
+                };
+                match self.sampler.sample_allowed(&logits, &self.history, allowed) {
+                    Some(token) => token,
+                    None => return Err(Error::GrammarDeadEnd { text: format!("{}{}", self.text, self.held) }),
+                }
+            }
+        };
         self.history.push(token);
         self.completion_tokens += 1;
         self.first_token.get_or_insert_with(Instant::now);
-        let tokenizer = self.model.tokenizer();
         if tokenizer.is_end_of_generation(token) {
             return self.finish(FinishReason::Stop, None);
+        }
+        if let Some(grammar) = &mut self.grammar {
+            grammar.accept(tokenizer.token_bytes(token, true)?)?;
         }
 
         // Detokenize: only complete UTF-8 characters leave the byte buffer.

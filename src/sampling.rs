@@ -238,6 +238,63 @@ impl Sampler {
         self.draw(max_logit)
     }
 
+    /// Picks the next token among those `allowed` accepts (a grammar's test), with the same
+    /// result as removing every other token before the chain runs, as llama.cpp's grammar
+    /// sampler does. `None` when no token is allowed.
+    ///
+    /// Only as many candidates are tested as the chain needs: in order of logit, best first,
+    /// until one passes (greedy) or `top_k` have (the rest of the chain never looks further);
+    /// every candidate when `top_k` is 0.
+    pub fn sample_allowed(&mut self, logits: &[f32], recent: &[u32], allowed: impl FnMut(u32) -> bool) -> Option<u32> {
+        if logits.is_empty() {
+            return None;
+        }
+        self.load_candidates(logits, recent);
+        let greedy = self.config.temperature == 0.0;
+        let need = if greedy { 1 } else if self.config.top_k == 0 { usize::MAX } else { self.config.top_k };
+        self.keep_best_allowed(need, allowed);
+        let &(best, max_logit) = self.candidates.first()?;
+        if greedy || max_logit == f32::NEG_INFINITY {
+            return Some(best);
+        }
+        self.top_p_and_min_p(max_logit);
+        Some(self.draw(max_logit))
+    }
+
+    /// Leaves in `candidates` the `need` best candidates that `allowed` accepts (all of them
+    /// when fewer), sorted best first.
+    fn keep_best_allowed(&mut self, need: usize, mut allowed: impl FnMut(u32) -> bool) {
+        let len = self.candidates.len();
+        if need >= len {
+            self.candidates.retain(|&(id, _)| allowed(id));
+            self.candidates.sort_unstable_by(best_first);
+            return;
+        }
+        // candidates[..kept]: accepted, best first; [kept..start]: rejected; [start..]: not
+        // yet looked at. Each round sorts the next best `batch` of the unexamined ones.
+        let (mut kept, mut start, mut batch) = (0, 0, need.max(32));
+        while kept < need && start < len {
+            let end = (start + batch).min(len);
+            let unexamined = &mut self.candidates[start..];
+            if end - start < unexamined.len() {
+                unexamined.select_nth_unstable_by(end - start - 1, best_first);
+            }
+            self.candidates[start..end].sort_unstable_by(best_first);
+            for i in start..end {
+                if allowed(self.candidates[i].0) {
+                    self.candidates.swap(kept, i);
+                    kept += 1;
+                    if kept == need {
+                        break;
+                    }
+                }
+            }
+            start = end;
+            batch = batch.saturating_mul(4);
+        }
+        self.candidates.truncate(kept);
+    }
+
     /// Copies `logits` into `candidates` (still in id order) with NaN and
     /// infinities sanitised, then applies the penalties.
     fn load_candidates(&mut self, logits: &[f32], recent: &[u32]) {
