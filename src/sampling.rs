@@ -858,6 +858,33 @@ mod tests {
         assert_eq!(history, golden);
     }
 
+    /// `sample_allowed` gives what sampling the allowed tokens alone gives (their logits, ids
+    /// in order), for greedy and drawn configurations, whatever the allowed set's size.
+    #[test]
+    fn sample_allowed_equals_filtering_then_sampling() {
+        let mut next = crate::xorshift(0xDEC0DE);
+        let configs = [SamplingConfig::greedy(), SamplingConfig::default(), SamplingConfig { top_k: 0, ..SamplingConfig::default() }, SamplingConfig { top_k: 3, top_p: 0.5, temperature: 1.5, ..SamplingConfig::default() }];
+        for round in 0..60 {
+            let n = 50 + (next() % 3000) as usize;
+            // Coarse logits, so ties occur.
+            let logits: Vec<f32> = (0..n).map(|_| (next() % 200) as f32 / 8.0 - 12.0).collect();
+            let keep_one_in = 1 + (next() % 700);
+            let allowed: Vec<bool> = (0..n).map(|_| next() % keep_one_in == 0).collect();
+            let ids: Vec<u32> = (0..n as u32).filter(|&i| allowed[i as usize]).collect();
+            let sub: Vec<f32> = ids.iter().map(|&i| logits[i as usize]).collect();
+            for config in &configs {
+                let config = SamplingConfig { seed: round, ..config.clone() };
+                let mut filtered = sampler(config.clone());
+                let mut reference = sampler(config);
+                for _ in 0..3 {
+                    let got = filtered.sample_allowed(&logits, &[], |id| allowed[id as usize]);
+                    let want = (!ids.is_empty()).then(|| ids[reference.sample(&sub, &[]) as usize]);
+                    assert_eq!(got, want, "round {round}, {} allowed of {n}", ids.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn det_exp_is_accurate() {
         let mut x = -745.0;

@@ -253,14 +253,18 @@ impl Parser<'_> {
         // How many copies the repetitions applied to the last symbol already make.
         let mut copies: u64 = 1;
         while let Some(c) = self.peek() {
+            if matches!(c, b'"' | b'[' | b'(' | b'.') || is_word_char(c) {
+                // A new symbol starts here: a repetition operator after it applies to it alone.
+                last = Some(out.len());
+                copies = 1;
+            }
             match c {
                 b'"' => {
+                    let open = self.pos;
                     self.pos += 1;
-                    last = Some(out.len());
-                    copies = 1;
                     while self.peek() != Some(b'"') {
                         if self.peek().is_none() {
-                            return Err(self.err("unterminated string literal"));
+                            return Err(error_at(self.src, open, "unterminated string literal (it starts here)".into()));
                         }
                         out.push(Elem::Char(self.char()?));
                     }
@@ -268,17 +272,16 @@ impl Parser<'_> {
                     self.skip_space(nested);
                 }
                 b'[' => {
+                    let open = self.pos;
                     self.pos += 1;
                     let negated = self.peek() == Some(b'^');
                     if negated {
                         self.pos += 1;
                     }
                     let start = out.len();
-                    last = Some(start);
-                    copies = 1;
                     while self.peek() != Some(b']') {
                         if self.peek().is_none() {
-                            return Err(self.err("unterminated character class"));
+                            return Err(error_at(self.src, open, "unterminated character class (it starts here)".into()));
                         }
                         let c = self.char()?;
                         out.push(match (out.len() > start, negated) {
@@ -307,8 +310,6 @@ impl Parser<'_> {
                         first.get_or_insert(at);
                     }
                     self.skip_space(nested);
-                    last = Some(out.len());
-                    copies = 1;
                     out.push(Elem::RuleRef(id));
                 }
                 b'(' => {
@@ -321,15 +322,11 @@ impl Parser<'_> {
                     }
                     self.pos += 1;
                     self.skip_space(nested);
-                    last = Some(out.len());
-                    copies = 1;
                     out.push(Elem::RuleRef(id));
                 }
                 b'.' => {
                     self.pos += 1;
                     self.skip_space(nested);
-                    last = Some(out.len());
-                    copies = 1;
                     out.push(Elem::Any);
                 }
                 b'*' | b'+' | b'?' => {

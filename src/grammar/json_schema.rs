@@ -180,30 +180,6 @@ fn repetition(item: &str, min: u64, max: Option<u64>, separator: &str) -> String
 /// as llama.cpp's `build_min_max_int` does.
 fn min_max_int(min: Option<i64>, max: Option<i64>, out: &mut String, decimals_left: u32, top_level: bool) -> std::result::Result<(), String> {
     let less_decimals = decimals_left.saturating_sub(1).max(1);
-    let digit_range = |out: &mut String, from: u8, to: u8| {
-        out.push('[');
-        out.push(from as char);
-        if from != to {
-            out.push('-');
-            out.push(to as char);
-        }
-        out.push(']');
-    };
-    let more_digits = |out: &mut String, min_digits: u32, max_digits: Option<u32>| {
-        out.push_str("[0-9]");
-        if min_digits == 1 && max_digits == Some(1) {
-            return;
-        }
-        out.push('{');
-        out.push_str(&min_digits.to_string());
-        if max_digits != Some(min_digits) {
-            out.push(',');
-            if let Some(max) = max_digits {
-                out.push_str(&max.to_string());
-            }
-        }
-        out.push('}');
-    };
     let neg = |v: i64| v.checked_neg().ok_or_else(|| format!("bound {v} is out of range"));
     match (min, max) {
         (Some(min), Some(max)) => {
@@ -298,6 +274,34 @@ fn min_max_int(min: Option<i64>, max: Option<i64>, out: &mut String, decimals_le
     }
 }
 
+/// `[a-b]`, or `[a]` when they are equal.
+fn digit_range(out: &mut String, from: u8, to: u8) {
+    out.push('[');
+    out.push(from as char);
+    if from != to {
+        out.push('-');
+        out.push(to as char);
+    }
+    out.push(']');
+}
+
+/// `[0-9]{min,max}` (`[0-9]` for exactly one, `{n}` for exactly n, `{n,}` unbounded).
+fn more_digits(out: &mut String, min_digits: u32, max_digits: Option<u32>) {
+    out.push_str("[0-9]");
+    if min_digits == 1 && max_digits == Some(1) {
+        return;
+    }
+    out.push('{');
+    out.push_str(&min_digits.to_string());
+    if max_digits != Some(min_digits) {
+        out.push(',');
+        if let Some(max) = max_digits {
+            out.push_str(&max.to_string());
+        }
+    }
+    out.push('}');
+}
+
 /// Digit strings of equal length from `from` to `to`.
 fn uniform_range(out: &mut String, from: &[u8], to: &[u8]) {
     let mut i = 0;
@@ -320,21 +324,9 @@ fn uniform_range(out: &mut String, from: &[u8], to: &[u8]) {
             let nines = vec![b'9'; sub_len];
             let mut to_reached = false;
             out.push('(');
-            let digits = |out: &mut String| {
-                out.push_str("[0-9]");
-                if sub_len != 1 {
-                    out.push_str(&format!("{{{sub_len}}}"));
-                }
-            };
-            let range = |out: &mut String, a: u8, b: u8| {
-                out.push('[');
-                out.push(a as char);
-                if a != b {
-                    out.push('-');
-                    out.push(b as char);
-                }
-                out.push(']');
-            };
+            let sub_digits = sub_len as u32;
+            let digits = |out: &mut String| more_digits(out, sub_digits, Some(sub_digits));
+            let range = digit_range;
             if from_sub == zeros.as_slice() {
                 range(out, from[i], to[i] - 1);
                 out.push(' ');
