@@ -1,5 +1,6 @@
-//! Greedy output under a grammar equals llama.cpp's (node-llama-cpp 3.21.1, `createGrammar`
-//! with the same GBNF, on the same file and prompt tokens), on SmolLM2 and Qwen2.5-Coder, for
+//! Greedy output under a grammar equals llama.cpp's (node-llama-cpp 3.21.1, `createGrammar` with
+//! the same GBNF, run by tests/reference/generate.mjs on the same file and prompt tokens), on
+//! SmolLM2 and Qwen2.5-Coder, for
 //! GBNF grammars and for JSON Schemas (converted by `json_schema_to_gbnf`, which writes what
 //! llama.cpp's converter writes: tests/json_schema_conformance.rs). Every output under a schema
 //! is complete JSON that validates against it.
@@ -208,11 +209,8 @@ fn compare(path: &Path, name: &str) -> usize {
     let runs = runs();
     let prompts: Vec<Vec<u32>> = runs.iter().map(|r| model.chat_tokens(&[Message::user(r.request)]).unwrap()).collect();
     let grammars: Vec<String> = runs.iter().map(|r| gbnf(&r.constraint)).collect();
-    let request = json!({
-        "runs": prompts.iter().zip(&grammars).map(|(p, g)| json!({"prompt": p, "grammar": g})).collect::<Vec<_>>(),
-        "maxTokens": MAX_TOKENS,
-    });
-    let reference = llama_cpp("grammar.mjs", &[path.to_str().unwrap()], &request);
+    let request = json!({ "prompts": prompts, "grammars": grammars, "maxTokens": MAX_TOKENS });
+    let reference = llama_cpp("generate.mjs", &[path.to_str().unwrap()], &request);
     let reference: Vec<Vec<u32>> = reference["outputs"].as_array().unwrap().iter().map(|o| o.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()).collect();
     let (mut equal, mut exact_steps, mut steps) = (0, 0, 0);
     for ((run, prompt), (text, want)) in runs.iter().zip(&prompts).zip(grammars.iter().zip(&reference)) {
