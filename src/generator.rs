@@ -266,13 +266,8 @@ impl Generator {
         let token = match &mut self.grammar {
             None => self.sampler.sample(&logits, &self.history),
             Some(grammar) => {
-                let can_end = grammar.can_end();
-                let allowed = |id| match tokenizer.is_end_of_generation(id) {
-                    true => can_end,
-                    // llama.cpp matches a token's text with special tokens spelled out.
-                    false => tokenizer.token_bytes(id, true).is_ok_and(|bytes| grammar.allows(bytes)),
-                };
-                match self.sampler.sample_allowed(&logits, &self.history, allowed) {
+                let mut filter = grammar.filter(tokenizer, self.model.grammar_vocabulary());
+                match self.sampler.sample_allowed(&logits, &self.history, |id| filter.allows(id)) {
                     Some(token) => token,
                     None => return Err(Error::GrammarDeadEnd { text: format!("{}{}", self.text, self.held) }),
                 }

@@ -270,29 +270,35 @@ impl Sampler {
             self.candidates.sort_unstable_by(best_first);
             return;
         }
-        // candidates[..kept]: accepted, best first; [kept..start]: rejected; [start..]: not
-        // yet looked at. Each round sorts the next best `batch` of the unexamined ones.
-        let (mut kept, mut start, mut batch) = (0, 0, need.max(32));
-        while kept < need && start < len {
-            let end = (start + batch).min(len);
-            let unexamined = &mut self.candidates[start..];
-            if end - start < unexamined.len() {
-                unexamined.select_nth_unstable_by(end - start - 1, best_first);
+        // First the best few, in order: usually enough, and no other candidate is looked at.
+        let first = need.saturating_mul(4).max(64).min(len);
+        if first < len {
+            self.candidates.select_nth_unstable_by(first - 1, best_first);
+        }
+        self.candidates[..first].sort_unstable_by(best_first);
+        let mut kept = 0;
+        for i in 0..first {
+            if kept == need {
+                break;
             }
-            self.candidates[start..end].sort_unstable_by(best_first);
-            for i in start..end {
+            if allowed(self.candidates[i].0) {
+                self.candidates.swap(kept, i);
+                kept += 1;
+            }
+        }
+        // Not enough: test all the others in one pass (each is worse than every one above),
+        // then sort only those that pass.
+        if kept < need {
+            let sorted = kept;
+            for i in first..len {
                 if allowed(self.candidates[i].0) {
                     self.candidates.swap(kept, i);
                     kept += 1;
-                    if kept == need {
-                        break;
-                    }
                 }
             }
-            start = end;
-            batch = batch.saturating_mul(4);
+            self.candidates[sorted..kept].sort_unstable_by(best_first);
         }
-        self.candidates.truncate(kept);
+        self.candidates.truncate(kept.min(need));
     }
 
     /// Copies `logits` into `candidates` (still in id order) with NaN and

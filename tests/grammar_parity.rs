@@ -180,10 +180,9 @@ fn teacher_forced(label: &str, model: &Model, prompt: &[u32], grammar: &Grammar,
     let mut sampler = Sampler::new(SamplingConfig::greedy()).unwrap();
     let mut exact = 0;
     for (step, &token) in want.iter().enumerate() {
-        let can_end = grammar.can_end();
-        let mut allowed = |id: u32| if tokenizer.is_end_of_generation(id) { can_end } else { grammar.allows(tokenizer.token_bytes(id, true).unwrap()) };
-        assert!(allowed(token), "{label}: step {step}: our grammar state refuses llama.cpp's token {token} {:?}", tokenizer.decode(&[token], true).unwrap());
-        let best = sampler.sample_allowed(&logits, &[], allowed).unwrap();
+        let mut filter = grammar.filter(tokenizer, model.grammar_vocabulary());
+        assert!(filter.allows(token), "{label}: step {step}: our grammar state refuses llama.cpp's token {token} {:?}", tokenizer.decode(&[token], true).unwrap());
+        let best = sampler.sample_allowed(&logits, &[], |id| filter.allows(id)).unwrap();
         if best == token {
             exact += 1;
         } else {

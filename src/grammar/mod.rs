@@ -31,6 +31,7 @@ use std::sync::Arc;
 use gbnf::Elem;
 
 use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 pub use json_schema::json_schema_to_gbnf;
 
 /// Most stacks a grammar state may hold at once. Each is one way the text so far can be read;
@@ -265,6 +266,11 @@ pub struct GrammarState {
     grammar: Grammar,
     stacks: Vec<Vec<u32>>,
     partial: Partial,
+    /// Which ASCII characters can come next (bit per character), worked out on first use after
+    /// each advance: most tokens are refused on their first byte by one bit test.
+    ascii_next: Option<[u64; 2]>,
+    /// Allowed tokens from the last walk of a vocabulary ([`GrammarState::allowed_tokens`]).
+    mask: Vec<u64>,
     /// Scratch: the code points of the token being judged, and two generations of stacks.
     chars: Vec<u32>,
     scratch: Vec<Vec<u32>>,
@@ -284,7 +290,7 @@ impl GrammarState {
             let stack = if rules.elems.get(alt as usize).is_some_and(|e| !e.ends_sequence()) { vec![alt] } else { Vec::new() };
             advance(&rules.elems, &rules.starts, stack, &mut stacks)?;
         }
-        Ok(GrammarState { grammar: grammar.clone(), stacks, partial: Partial::default(), chars: Vec::new(), scratch: Vec::new() })
+        Ok(GrammarState { grammar: grammar.clone(), stacks, partial: Partial::default(), ascii_next: None, mask: Vec::new(), chars: Vec::new(), scratch: Vec::new() })
     }
 
     /// Whether the text so far is a complete sentence of the grammar (an end-of-generation
@@ -299,8 +305,12 @@ impl GrammarState {
     pub fn allows(&mut self, bytes: &[u8]) -> bool {
         // Token text is a C string in llama.cpp: a NUL ends it.
         let bytes = bytes.split(|&b| b == 0).next().unwrap_or_default();
-        if bytes.is_empty() {
-            return false;
+        let Some(&first) = bytes.first() else { return false };
+        if first < 0x80 && self.partial.remain == 0 {
+            let ascii = self.ascii_next();
+            if ascii[usize::from(first >> 6)] & (1 << (first & 63)) == 0 {
+                return false;
+            }
         }
         let mut chars = std::mem::take(&mut self.chars);
         let result = match decode(bytes, self.partial, &mut chars) {
@@ -309,6 +319,21 @@ impl GrammarState {
         };
         self.chars = chars;
         result
+    }
+
+    fn ascii_next(&mut self) -> [u64; 2] {
+        if let Some(bits) = self.ascii_next {
+            return bits;
+        }
+        let elems = &self.grammar.inner.elems;
+        let mut bits = [0u64; 2];
+        for c in 0..128u32 {
+            if self.stacks.iter().any(|s| s.last().is_some_and(|&pos| matches(elems, pos, c))) {
+                bits[(c >> 6) as usize] |= 1 << (c & 63);
+            }
+        }
+        self.ascii_next = Some(bits);
+        bits
     }
 
     fn allows_chars(&mut self, chars: &[u32], after: Partial) -> bool {
@@ -340,6 +365,27 @@ impl GrammarState {
         stacks.iter().any(|s| s.last().is_some_and(|&pos| matches_partial(elems, pos, after)))
     }
 
+    /// A filter that says which of `tokenizer`'s tokens can come next, for
+    /// [`crate::sampling::Sampler::sample_allowed`]: end-of-generation tokens where the grammar
+    /// can end, other tokens by their text with special tokens spelled out (as llama.cpp
+    /// matches them). The first tokens asked about are tested one by one; when a step asks
+    /// about more than a few hundred (a sampler that needs many candidates where the grammar
+    /// allows few), the rest come from one walk of `vocabulary`.
+    pub fn filter<'f>(&'f mut self, tokenizer: &'f Tokenizer, vocabulary: &'f Vocabulary) -> TokenFilter<'f> {
+        TokenFilter { can_end: self.can_end(), state: self, tokenizer, vocabulary, tested: 0, walked: false }
+    }
+
+    /// Sets in `mask` (one bit per token id, `mask[id / 64] >> (id % 64) & 1`) exactly the
+    /// tokens of `vocabulary` that [`GrammarState::allows`] allows here, cleared first.
+    pub fn allowed_tokens(&mut self, vocabulary: &Vocabulary, mask: &mut Vec<u64>) {
+        mask.clear();
+        mask.resize(vocabulary.size.div_ceil(64), 0);
+        let rules = self.grammar.inner.clone();
+        let stacks = self.stacks.clone();
+        let mut walk = Walk { elems: &rules.elems, starts: &rules.starts, vocabulary, mask };
+        walk.node(0, vocabulary.spans.len(), 0, &stacks, self.partial, self.partial.remain > 0);
+    }
+
     /// Advances over a token's text (for a token that does not end generation).
     ///
     /// # Errors
@@ -352,6 +398,7 @@ impl GrammarState {
         let rejected = || Error::GrammarRejected { text: String::from_utf8_lossy(bytes).into_owned() };
         let after = decode(bytes, self.partial, &mut chars).ok_or_else(rejected)?;
         let rules = self.grammar.inner.clone();
+        self.ascii_next = None;
         for &c in &chars {
             let mut next = Vec::new();
             step(&rules.elems, &rules.starts, &self.stacks, c, &mut next)?;
@@ -362,7 +409,159 @@ impl GrammarState {
         }
         self.chars = chars;
         self.partial = after;
+        self.ascii_next = None;
         Ok(())
+    }
+}
+
+/// A vocabulary's token texts sorted bytewise, so that tokens sharing a prefix are adjacent: a
+/// trie without nodes. [`GrammarState::allowed_tokens`] walks it, following each prefix the
+/// grammar allows once for all the tokens that share it.
+#[derive(Debug)]
+pub struct Vocabulary {
+    /// All the texts, one after another.
+    text: Vec<u8>,
+    /// (start in `text`, length, token id), sorted by the text.
+    spans: Vec<(u32, u32, u32)>,
+    size: usize,
+}
+
+impl Vocabulary {
+    /// The tokens of `tokenizer` a grammar may allow: all but those that end generation, each
+    /// with its text, special tokens spelled out.
+    #[must_use]
+    pub fn from_tokenizer(tokenizer: &Tokenizer) -> Vocabulary {
+        let size = tokenizer.vocab_size();
+        let tokens = (0..size as u32).filter(|&id| !tokenizer.is_end_of_generation(id)).filter_map(|id| tokenizer.token_bytes(id, true).ok().map(|b| (id, b)));
+        Vocabulary::new(size, tokens)
+    }
+
+    /// Indexes the tokens `(id, text)` that a grammar may allow (leave out the ones that end
+    /// generation). As in llama.cpp, a text ends at its first NUL byte; empty ones are left out.
+    /// `size` is the vocabulary's size (one past the largest id).
+    #[must_use]
+    pub fn new<'t>(size: usize, tokens: impl IntoIterator<Item = (u32, &'t [u8])>) -> Vocabulary {
+        let mut text = Vec::new();
+        let mut spans = Vec::new();
+        for (id, bytes) in tokens {
+            let bytes = bytes.split(|&b| b == 0).next().unwrap_or_default();
+            if bytes.is_empty() || (id as usize) >= size {
+                continue;
+            }
+            spans.push((text.len() as u32, bytes.len() as u32, id));
+            text.extend_from_slice(bytes);
+        }
+        let bytes_of = |&(start, len, _): &(u32, u32, u32)| &text[start as usize..(start + len) as usize];
+        spans.sort_unstable_by(|a, b| bytes_of(a).cmp(bytes_of(b)));
+        Vocabulary { text, spans, size }
+    }
+
+    fn bytes(&self, i: usize) -> &[u8] {
+        let (start, len, _) = self.spans[i];
+        &self.text[start as usize..(start + len) as usize]
+    }
+}
+
+/// Which tokens a [`GrammarState`] allows next; see [`GrammarState::filter`].
+pub struct TokenFilter<'f> {
+    state: &'f mut GrammarState,
+    tokenizer: &'f Tokenizer,
+    vocabulary: &'f Vocabulary,
+    can_end: bool,
+    /// Tokens tested one by one so far.
+    tested: usize,
+    /// Whether `state.mask` holds this step's walk.
+    walked: bool,
+}
+
+/// Tokens a step tests one by one before walking the whole vocabulary instead.
+const DIRECT_TESTS: usize = 200;
+
+impl TokenFilter<'_> {
+    /// Whether token `id` can come next.
+    pub fn allows(&mut self, id: u32) -> bool {
+        if self.tokenizer.is_end_of_generation(id) {
+            return self.can_end;
+        }
+        if self.tested < DIRECT_TESTS {
+            self.tested += 1;
+            return self.tokenizer.token_bytes(id, true).is_ok_and(|bytes| self.state.allows(bytes));
+        }
+        if !self.walked {
+            let mut mask = std::mem::take(&mut self.state.mask);
+            self.state.allowed_tokens(self.vocabulary, &mut mask);
+            self.state.mask = mask;
+            self.walked = true;
+        }
+        self.state.mask.get(id as usize / 64).is_some_and(|word| word >> (id % 64) & 1 == 1)
+    }
+}
+
+/// A walk of a [`Vocabulary`] under a grammar state.
+struct Walk<'w> {
+    elems: &'w [Elem],
+    starts: &'w [u32],
+    vocabulary: &'w Vocabulary,
+    mask: &'w mut Vec<u64>,
+}
+
+impl Walk<'_> {
+    /// The tokens `lo..hi` share their first `depth` bytes, after which the grammar is at
+    /// `stacks` with `partial` bytes of a character pending (`carried`: begun in an earlier
+    /// token, so its continuation bytes are checked, as llama.cpp's decoder checks them).
+    fn node(&mut self, lo: usize, hi: usize, depth: usize, stacks: &[Vec<u32>], partial: Partial, carried: bool) {
+        let vocabulary = self.vocabulary;
+        let mut i = lo;
+        // Tokens that end here.
+        let ends_ok = depth > 0 && (partial.remain == 0 || stacks.iter().any(|s| s.last().is_some_and(|&pos| matches_partial(self.elems, pos, partial))));
+        while i < hi && vocabulary.bytes(i).len() == depth {
+            if ends_ok {
+                let id = vocabulary.spans[i].2 as usize;
+                if let Some(word) = self.mask.get_mut(id / 64) {
+                    *word |= 1 << (id % 64);
+                }
+            }
+            i += 1;
+        }
+        // Each next byte, with the tokens that continue with it.
+        while i < hi {
+            let b = vocabulary.bytes(i)[depth];
+            let end = i + vocabulary.spans[i..hi].partition_point(|&(start, _, _)| vocabulary.text[start as usize + depth] <= b);
+            if let Some((next, partial, carried)) = self.consume(stacks, partial, carried, b) {
+                let next_stacks = next.as_deref().unwrap_or(stacks);
+                self.node(i, end, depth + 1, next_stacks, partial, carried);
+            }
+            i = end;
+        }
+    }
+
+    /// The state after byte `b`: new stacks when a character completed (`None` inside one),
+    /// or `None` overall when no text can go on this way.
+    #[allow(clippy::type_complexity)]
+    fn consume(&self, stacks: &[Vec<u32>], partial: Partial, carried: bool, b: u8) -> Option<(Option<Vec<Vec<u32>>>, Partial, bool)> {
+        let (value, remain, carried) = if partial.remain > 0 {
+            if carried && b >> 6 != 2 {
+                return None;
+            }
+            ((partial.value << 6) | u32::from(b & 0x3F), partial.remain - 1, carried)
+        } else {
+            let len: i8 = match b >> 4 {
+                0..=7 => 1,
+                8..=11 => return None,
+                12 | 13 => 2,
+                14 => 3,
+                _ => 4,
+            };
+            (u32::from(b) & ((1u32 << (8 - len)) - 1).min(0x7F), len - 1, false)
+        };
+        if remain > 0 {
+            let pending = Partial { value, remain };
+            let viable = stacks.iter().any(|s| s.last().is_some_and(|&pos| matches_partial(self.elems, pos, pending)));
+            return viable.then_some((None, pending, carried));
+        }
+        let mut next = Vec::new();
+        step(self.elems, self.starts, stacks, value, &mut next).ok()?;
+        (!next.is_empty()).then_some((Some(next), Partial::default(), false))
     }
 }
 

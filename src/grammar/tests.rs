@@ -274,3 +274,61 @@ fn unsupported_and_invalid_schemas_name_the_place() {
     assert!(schema_error(deep).1.contains("deeper"));
     assert!(matches!(Grammar::from_json_schema_text("{"), Err(Error::JsonSchema { pointer, .. }) if pointer == "#"));
 }
+
+/// Token texts for the vocabulary tests: ASCII pieces, split and whole multi-byte characters,
+/// invalid bytes and a NUL.
+fn test_tokens() -> Vec<Vec<u8>> {
+    let mut tokens: Vec<Vec<u8>> = Vec::new();
+    let pieces = ["{", "}", "\"", ":", ",", " ", "\n", "  ", "a", "b", "ab", "abc", "1", "12", "-", "true", "null", "\"a", "\":", "\\", "é", "😀", " {", "x"];
+    for p in pieces {
+        tokens.push(p.as_bytes().to_vec());
+    }
+    for p in pieces.iter().take(12) {
+        for q in pieces.iter().skip(4).take(12) {
+            tokens.push(format!("{p}{q}").into_bytes());
+        }
+    }
+    let multi = ["é", "😀", "ü"];
+    for m in multi {
+        let b = m.as_bytes();
+        for cut in 1..b.len() {
+            tokens.push(b[..cut].to_vec());
+            tokens.push(b[cut..].to_vec());
+            tokens.push([b"a", &b[..cut]].concat());
+        }
+    }
+    tokens.extend([vec![0x80], vec![0xFF], vec![0xC3, b'a'], vec![b'a', 0, b'b'], vec![0], vec![]]);
+    tokens
+}
+
+#[test]
+fn vocabulary_walk_equals_testing_each_token() {
+    let tokens = test_tokens();
+    let vocabulary = Vocabulary::new(tokens.len() + 3, tokens.iter().enumerate().map(|(i, t)| (i as u32, t.as_slice())));
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a"]});
+    let grammars = [
+        Grammar::from_json_schema(&schema).unwrap(),
+        g(r#"root ::= ("é" | "ü" [a-z] | "😀")+ "x""#),
+        g(r#"root ::= [^a]* "a""#),
+    ];
+    // Texts fed before comparing, token by token.
+    let feeds: [&[&[u8]]; 3] = [
+        &[b"{", b" ", b"\"a\"", b":", b" \"", b"ab", b"\"", b","],
+        &["é".as_bytes(), &"ü".as_bytes()[..1], &"ü".as_bytes()[1..], b"q", &"😀".as_bytes()[..2]],
+        &[b"b", &"é".as_bytes()[..1]],
+    ];
+    let mut mask = Vec::new();
+    for (grammar, feed) in grammars.iter().zip(feeds) {
+        let mut state = GrammarState::new(grammar).unwrap();
+        for step in 0..=feed.len() {
+            state.allowed_tokens(&vocabulary, &mut mask);
+            for (id, token) in tokens.iter().enumerate() {
+                let walked = mask[id / 64] >> (id % 64) & 1 == 1;
+                assert_eq!(walked, state.allows(token), "step {step}, token {id} {:?}", String::from_utf8_lossy(token));
+            }
+            if let Some(text) = feed.get(step) {
+                state.accept(text).unwrap();
+            }
+        }
+    }
+}
