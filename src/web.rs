@@ -17,6 +17,7 @@ use wasm_bindgen::prelude::*;
 use crate::chat::Message;
 use crate::error::Error;
 use crate::generator::{GenerateOptions, Generator, Prompt};
+use crate::grammar::Grammar;
 use crate::model;
 use crate::sampling::SamplingConfig;
 
@@ -225,6 +226,10 @@ export interface GenerateOptions {
     raw?: boolean;
     contextLength?: number;
     signal?: AbortSignal;
+    /** Constrain the output to this GBNF grammar (llama.cpp's syntax; generation starts at `root`). */
+    grammar?: string;
+    /** Constrain the output to JSON this JSON Schema describes (an object, or its JSON text), converted to a grammar as llama.cpp converts it. */
+    jsonSchema?: object | string;
 }
 export interface Usage {
     promptTokens: number;
@@ -346,8 +351,10 @@ impl WebModel {
     /// finishReason, stop, usage }` or `{ type: "error", message }`. Options: `maxTokens`,
     /// `temperature` (0 is greedy), `topK`, `topP`, `minP`, `repeatPenalty`,
     /// `frequencyPenalty`, `presencePenalty`, `penaltyLastN`, `seed`, `stop` (a string or an
-    /// array), `raw`, `contextLength`, `signal`. Cancelling the reader or aborting the signal
-    /// stops generation before the next token. A bad option throws.
+    /// array), `raw`, `contextLength`, `signal`, `grammar` (GBNF text) or `jsonSchema` (an
+    /// object or its JSON text). Cancelling the reader or aborting the signal stops generation
+    /// before the next token. A bad option (a grammar or schema that does not convert, too)
+    /// throws.
     #[wasm_bindgen(unchecked_return_type = "ReadableStream<Chunk>")]
     pub fn generate(&self, #[wasm_bindgen(unchecked_param_type = "string | ChatMessage[]")] prompt: JsValue, options: Option<JsGenerateOptions>) -> Result<JsValue, JsValue> {
         let options = Options::new(options.map(JsCast::unchecked_into), GENERATE_OPTIONS, "generate")?;
@@ -432,6 +439,8 @@ const GENERATE_OPTIONS: &[&str] = &[
     "raw",
     "contextLength",
     "signal",
+    "grammar",
+    "jsonSchema",
 ];
 
 /// A JS options object, checked for unknown keys.
@@ -529,6 +538,21 @@ impl Options {
             o.stop = Array::from(&stop).iter().map(|v| v.as_string()).collect::<Option<_>>().ok_or_else(|| type_error("generate: `stop` must be a string or an array of strings"))?;
         } else if !stop.is_undefined() {
             return Err(type_error("generate: `stop` must be a string or an array of strings"));
+        }
+        let (grammar, schema) = (self.get("grammar"), self.get("jsonSchema"));
+        if !grammar.is_undefined() && !schema.is_undefined() {
+            return Err(type_error("generate: give `grammar` or `jsonSchema`, not both"));
+        }
+        if !grammar.is_undefined() {
+            let text = grammar.as_string().ok_or_else(|| type_error("generate: `grammar` must be a string of GBNF"))?;
+            o.grammar = Some(Grammar::parse(&text).map_err(js_error)?);
+        } else if let Some(text) = schema.as_string() {
+            o.grammar = Some(Grammar::from_json_schema_text(&text).map_err(js_error)?);
+        } else if schema.is_object() {
+            let text = js_sys::JSON::stringify(&schema).ok().and_then(|t| t.as_string()).ok_or_else(|| type_error("generate: `jsonSchema` cannot be turned into JSON"))?;
+            o.grammar = Some(Grammar::from_json_schema_text(&text).map_err(js_error)?);
+        } else if !schema.is_undefined() {
+            return Err(type_error("generate: `jsonSchema` must be an object or a string of JSON"));
         }
         Ok(o)
     }
