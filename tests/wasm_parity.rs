@@ -60,7 +60,7 @@ fn wasm_in_node_writes_the_native_greedy_text() {
 fn wasm_in_node_writes_the_native_greedy_text_under_grammars() {
     let path = model(SMOLLM2);
     let native = Model::open(&path).unwrap();
-    let gbnf = r#"root ::= ("yes" | "no") ", because " [a-z ]+ "."#;
+    let gbnf = "root ::= (\"yes\" | \"no\") \", because \" [a-z ]+ \".\"";
     let schema = json!({"type": "object", "properties": {"colour": {"enum": ["red", "green"]}, "count": {"type": "integer", "maximum": 9}}, "required": ["colour", "count"]});
     let input = json!({
         "model": path,

@@ -15,6 +15,10 @@ export async function example(bytes: Uint8Array): Promise<string> {
         else if (c.type === "complete") text += ` (${c.finishReason}, ${c.usage.decodeTokensPerSecond} tok/s)`;
         else throw new Error(c.message);
     }
+    const constrained: GenerateOptions[] = [{ grammar: 'root ::= "yes" | "no"' }, { jsonSchema: { type: "object" } }, { jsonSchema: '{"type": "string"}' }];
+    // @ts-expect-error: a grammar is GBNF text
+    const bad: GenerateOptions = { grammar: 42 };
+    void [constrained, bad];
     const ids: Uint32Array = model.tokenize(text);
     const info = model.info();
     const threads: number = info.threads;
