@@ -875,7 +875,7 @@ mod tests {
             // Coarse logits, so ties occur.
             let logits: Vec<f32> = (0..n).map(|_| (next() % 200) as f32 / 8.0 - 12.0).collect();
             let keep_one_in = 1 + (next() % 700);
-            let allowed: Vec<bool> = (0..n).map(|_| next() % keep_one_in == 0).collect();
+            let allowed: Vec<bool> = (0..n).map(|_| next().is_multiple_of(keep_one_in)).collect();
             let ids: Vec<u32> = (0..n as u32).filter(|&i| allowed[i as usize]).collect();
             let sub: Vec<f32> = ids.iter().map(|&i| logits[i as usize]).collect();
             for config in &configs {

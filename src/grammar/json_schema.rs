@@ -708,6 +708,7 @@ impl<'a> Converter<'a> {
         }
         let min = count(obj, "minItems", pointer)?.unwrap_or(0);
         let max = count(obj, "maxItems", pointer)?;
+        check_range(min, max, "minItems", "maxItems", pointer)?;
         let any_items = items.is_none_or(is_any);
         if any_items && min == 0 && max.is_none() {
             return Ok(self.visit_primitive(rule_name, "array"));
@@ -735,6 +736,7 @@ impl<'a> Converter<'a> {
         }
         let min = count(obj, "minLength", pointer)?.unwrap_or(0);
         let max = count(obj, "maxLength", pointer)?;
+        check_range(min, max, "minLength", "maxLength", pointer)?;
         if min > 0 || max.is_some() {
             let char_rule = self.add_primitive("char", "char");
             let rule = format!("\"\\\"\" {} \"\\\"\"", repetition(&char_rule, min, max, ""));
@@ -913,6 +915,14 @@ fn count(obj: &serde_json::Map<String, Value>, key: &str, pointer: &str) -> Resu
     }
 }
 
+/// A minimum above its maximum admits nothing (and would write an invalid repetition).
+fn check_range(min: u64, max: Option<u64>, min_key: &str, max_key: &str, pointer: &str) -> Result<()> {
+    match max {
+        Some(max) if max < min => Err(fail(&format!("{pointer}/{min_key}"), format!("{min_key} {min} is above {max_key} {max}"))),
+        _ => Ok(()),
+    }
+}
+
 /// An integer bound; a fractional one rounded inwards (up for minimums).
 fn bound(value: &Value, round_up: bool, pointer: &str) -> Result<i64> {
     if let Some(i) = value.as_i64() {
@@ -927,7 +937,7 @@ fn bound(value: &Value, round_up: bool, pointer: &str) -> Result<i64> {
 }
 
 /// The `format` llama.cpp has a rule for (`date`, `time`, `date-time`, `uuid`), if any.
-fn string_format<'m>(obj: &'m serde_json::Map<String, Value>, pointer: &str) -> Result<Option<&'static str>> {
+fn string_format(obj: &serde_json::Map<String, Value>, pointer: &str) -> Result<Option<&'static str>> {
     let Some(format) = obj.get("format") else { return Ok(None) };
     let format = format.as_str().ok_or_else(|| fail(&format!("{pointer}/format"), "format must be a string"))?;
     Ok(match format {

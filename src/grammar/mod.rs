@@ -497,6 +497,10 @@ impl TokenFilter<'_> {
     }
 }
 
+/// After one byte of a walk: the stacks when a character completed (`None` while inside one),
+/// the pending bytes of a character, and whether those began in an earlier token.
+type Consumed = (Option<Vec<Vec<u32>>>, Partial, bool);
+
 /// A walk of a [`Vocabulary`] under a grammar state.
 struct Walk<'w> {
     elems: &'w [Elem],
@@ -537,8 +541,7 @@ impl Walk<'_> {
 
     /// The state after byte `b`: new stacks when a character completed (`None` inside one),
     /// or `None` overall when no text can go on this way.
-    #[allow(clippy::type_complexity)]
-    fn consume(&self, stacks: &[Vec<u32>], partial: Partial, carried: bool, b: u8) -> Option<(Option<Vec<Vec<u32>>>, Partial, bool)> {
+    fn consume(&self, stacks: &[Vec<u32>], partial: Partial, carried: bool, b: u8) -> Option<Consumed> {
         let (value, remain, carried) = if partial.remain > 0 {
             if carried && b >> 6 != 2 {
                 return None;

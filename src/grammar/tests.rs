@@ -261,6 +261,9 @@ fn unsupported_and_invalid_schemas_name_the_place() {
         (json!({"type": "integer", "minimum": 5, "maximum": 1}), "#", "above"),
         (json!({"type": "object", "properties": {"a/b": {"if": {}}}}), "#/properties/a~1b/if", "if"),
         (json!(5), "#", "object"),
+        // Found by fuzzing: a minimum above the maximum wrote `{5,4}`, which does not parse.
+        (json!({"type": "array", "items": {"type": "number"}, "minItems": 5, "maxItems": 4}), "#/minItems", "above"),
+        (json!({"type": "string", "minLength": 3, "maxLength": 2}), "#/minLength", "above"),
     ];
     for (schema, pointer, words) in cases {
         let (got, message) = schema_error(schema.clone());
