@@ -15,7 +15,7 @@
 //! use candlewick::grammar::{json_schema_to_gbnf, Grammar};
 //!
 //! # fn main() -> candlewick::Result<()> {
-//! let yes_no = Grammar::parse(r#"root ::= ("yes" | "no") "."#)?;
+//! let yes_no = Grammar::parse(r#"root ::= ("yes" | "no") "." "#)?;
 //! let schema = serde_json::json!({"type": "object", "properties": {"n": {"type": "integer"}}});
 //! let from_schema = Grammar::parse(&json_schema_to_gbnf(&schema)?)?;
 //! # let _ = (yes_no, from_schema);

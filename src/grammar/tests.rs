@@ -43,6 +43,8 @@ fn sequences_alternatives_groups_and_repetitions() {
     let bounded = g("root ::= \"x\"{2,3} \"y\"{2} \"z\"{1,}\n");
     assert!(complete(&bounded, "xxyyz") && complete(&bounded, "xxxyyzzz"));
     assert!(!complete(&bounded, "xyyz") && !complete(&bounded, "xxxxyyz") && !complete(&bounded, "xxyz") && !complete(&bounded, "xxyy"));
+    let crlf = g("root ::= a b\r\na ::= \"x\"\r\nb ::= \"y\" # comment\r\n");
+    assert!(complete(&crlf, "xy") && !complete(&crlf, "x"));
     let star = g("root ::= \"a\"* \"b\"{0,2}");
     assert!(complete(&star, "") && complete(&star, "aaab") && complete(&star, "bb") && !complete(&star, "bbb"));
 }
