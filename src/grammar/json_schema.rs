@@ -95,6 +95,11 @@ pub fn json_schema_to_gbnf(schema: &Value) -> Result<String> {
         out.push_str(rule);
         out.push('\n');
     }
+    // What llama.cpp's converter writes cannot always run (a pattern like `^(a?)+$` repeats
+    // something that can match nothing: a left-recursive rule, which llama.cpp refuses too).
+    if let Err(e) = super::Grammar::parse(&out) {
+        return Err(fail("#", format!("the schema converts to a grammar that cannot run: {e}")));
+    }
     Ok(out)
 }
 

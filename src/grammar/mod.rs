@@ -558,8 +558,13 @@ impl Walk<'_> {
             (u32::from(b) & ((1u32 << (8 - len)) - 1).min(0x7F), len - 1, false)
         };
         if remain > 0 {
+            // Prune only where no character the bytes can still become is allowed: inside a
+            // token the decoder does not check continuation bytes (nor overlong forms), so
+            // this is a plain range test, and a negated set may always match.
             let pending = Partial { value, remain };
-            let viable = stacks.iter().any(|s| s.last().is_some_and(|&pos| matches_partial(self.elems, pos, pending)));
+            let shift = 6 * remain as u32;
+            let (low, high) = (value << shift, (value << shift) | ((1u32 << shift) - 1));
+            let viable = stacks.iter().any(|s| s.last().is_some_and(|&pos| may_match_range(self.elems, pos, low, high)));
             return viable.then_some((None, pending, carried));
         }
         let mut next = Vec::new();
@@ -673,6 +678,13 @@ fn scan_set(elems: &[Elem], pos: u32, mut hit: impl FnMut(u32, u32) -> bool) -> 
 fn matches(elems: &[Elem], pos: u32, c: u32) -> bool {
     let (positive, hit) = scan_set(elems, pos, |lo, hi| lo <= c && c <= hi);
     positive == hit
+}
+
+/// Whether the set at `pos` can match some character in `low..=high` (a negated set is assumed
+/// to).
+fn may_match_range(elems: &[Elem], pos: u32, low: u32, high: u32) -> bool {
+    let (positive, hit) = scan_set(elems, pos, |lo, hi| lo <= high && low <= hi);
+    !positive || hit
 }
 
 /// Whether some character the partial UTF-8 sequence could complete to matches the set at `pos`.

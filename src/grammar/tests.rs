@@ -266,6 +266,8 @@ fn unsupported_and_invalid_schemas_name_the_place() {
         // Found by fuzzing: a minimum above the maximum wrote `{5,4}`, which does not parse.
         (json!({"type": "array", "items": {"type": "number"}, "minItems": 5, "maxItems": 4}), "#/minItems", "above"),
         (json!({"type": "string", "minLength": 3, "maxLength": 2}), "#/minLength", "above"),
+        // Found by fuzzing: a repeated group that can match nothing is left-recursive.
+        (json!({"type": "string", "pattern": "^(?:`(?:a?)+c)?d$"}), "#", "left-recursive"),
     ];
     for (schema, pointer, words) in cases {
         let (got, message) = schema_error(schema.clone());
@@ -303,6 +305,9 @@ fn test_tokens() -> Vec<Vec<u8>> {
         }
     }
     tokens.extend([vec![0x80], vec![0xFF], vec![0xC3, b'a'], vec![b'a', 0, b'b'], vec![0], vec![]]);
+    // Found by fuzzing: an overlong lead byte and a non-continuation byte inside one token
+    // decode (unchecked, as in llama.cpp) to `z`; the walk must not prune them.
+    tokens.extend([b"ab\xC1:".to_vec(), vec![0xC3, 0xA8], vec![0xC1, 0x3A]]);
     tokens
 }
 
@@ -315,12 +320,14 @@ fn vocabulary_walk_equals_testing_each_token() {
         Grammar::from_json_schema(&schema).unwrap(),
         g(r#"root ::= ("é" | "ü" [a-z] | "😀")+ "x""#),
         g(r#"root ::= [^a]* "a""#),
+        g(r#"root ::= [a-z]+ [^é]"#),
     ];
     // Texts fed before comparing, token by token.
-    let feeds: [&[&[u8]]; 3] = [
+    let feeds: [&[&[u8]]; 4] = [
         &[b"{", b" ", b"\"a\"", b":", b" \"", b"ab", b"\"", b","],
         &["é".as_bytes(), &"ü".as_bytes()[..1], &"ü".as_bytes()[1..], b"q", &"😀".as_bytes()[..2]],
         &[b"b", &"é".as_bytes()[..1]],
+        &[b"ab", b"q"],
     ];
     let mut mask = Vec::new();
     for (grammar, feed) in grammars.iter().zip(feeds) {
