@@ -4,8 +4,9 @@
 //! `cargo bench --bench grammar`. For each constraint it first generates greedily under the
 //! grammar, then replays those tokens step by step, timing separately the forward pass of each
 //! token (decode) and the grammar's share of choosing it: the candidates tested against the
-//! grammar (greedy, and llama.cpp's default chain: top-k 40 …), and advancing the grammar state
-//! over the chosen token. The budget: at most 10 % of decode time.
+//! grammar (greedy; llama.cpp's default chain, top-k 40 …; and the same without top-k, where
+//! every token is judged), and advancing the grammar state over the chosen token. The issue's
+//! budget: at most 10 % of decode time.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ fn main() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
     println!("Qwen2.5-Coder-0.5B Q4_K_M, {} tokens in the vocabulary, 1 thread, {TOKENS} tokens per constraint", model.tokenizer().vocab_size());
     println!("grammar columns: choosing the token under the grammar plus advancing the grammar, per token (argmax without a grammar for scale)");
-    println!("{:<22} {:>11} {:>13} {:>16} {:>14} {:>10} {:>14}", "constraint", "decode ms", "argmax ms", "greedy+grammar", "top-k 40+gr.", "greedy %", "top-k 40 %");
+    println!("{:<22} {:>11} {:>13} {:>16} {:>14} {:>13} {:>10} {:>14} {:>12}", "constraint", "decode ms", "argmax ms", "greedy+grammar", "top-k 40+gr.", "top-k 0+gr.", "greedy %", "top-k 40 %", "top-k 0 %");
     for (label, request, grammar) in constraints() {
         let prompt = model.chat_tokens(&[Message::user(request)]).expect("prompt");
         let options = GenerateOptions { max_tokens: TOKENS, sampling: SamplingConfig::greedy(), grammar: Some(grammar.clone()), threads: Some(1), ..GenerateOptions::default() };
@@ -71,7 +72,7 @@ fn main() {
         while generator.next_chunk().is_some() {}
         let tokens = generator.generated_tokens().to_vec();
 
-        let (decode, greedy, sampled, plain, steps) = pool.install(|| {
+        let (decode, greedy, sampled, plain, full, steps) = pool.install(|| {
             let weights = model.weights().expect("weights");
             let tokenizer = model.tokenizer();
             let vocabulary = model.grammar_vocabulary();
@@ -80,6 +81,8 @@ fn main() {
             let mut grammar = GrammarState::new(&grammar).expect("grammar state");
             let mut greedy_sampler = Sampler::new(SamplingConfig::greedy()).expect("sampler");
             let mut default_sampler = Sampler::new(SamplingConfig::default()).expect("sampler");
+            let mut full_sampler = Sampler::new(SamplingConfig { top_k: 0, ..SamplingConfig::default() }).expect("sampler");
+            let mut full = Duration::ZERO;
             let (mut decode, mut greedy, mut sampled, mut plain, mut steps) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, 0);
             for &token in &tokens {
                 if tokenizer.is_end_of_generation(token) {
@@ -92,21 +95,26 @@ fn main() {
                 let mut filter = grammar.filter(tokenizer, vocabulary);
                 default_sampler.sample_allowed(&logits, &[], |id| filter.allows(id));
                 let t2 = Instant::now();
+                let mut filter = grammar.filter(tokenizer, vocabulary);
+                full_sampler.sample_allowed(&logits, &[], |id| filter.allows(id));
+                let t3 = Instant::now();
                 greedy_sampler.sample(&logits, &[]);
-                plain += t2.elapsed();
-                let t2 = Instant::now();
+                let t4 = Instant::now();
                 assert_eq!(chosen, Some(token), "the replay chose another token");
                 grammar.accept(tokenizer.token_bytes(token, true).unwrap_or_default()).expect("accept");
-                let t3 = Instant::now();
+                let t5 = Instant::now();
                 logits = weights.forward(&mut state, &[token]).expect("forward");
-                decode += t3.elapsed();
-                greedy += (t1 - t0) + (t3 - t2);
-                sampled += (t2 - t1) + (t3 - t2);
+                decode += t5.elapsed();
+                let accept = t5 - t4;
+                greedy += (t1 - t0) + accept;
+                sampled += (t2 - t1) + accept;
+                full += (t3 - t2) + accept;
+                plain += t4 - t3;
                 steps += 1;
             }
-            (decode, greedy, sampled, plain, steps)
+            (decode, greedy, sampled, plain, full, steps)
         });
-        let (d, g, s, p) = (ms(decode, steps), ms(greedy, steps), ms(sampled, steps), ms(plain, steps));
-        println!("{label:<22} {d:>11.2} {p:>13.3} {g:>16.3} {s:>14.3} {:>9.2}% {:>13.2}%", 100.0 * g / d, 100.0 * s / d);
+        let (d, g, s, p, f) = (ms(decode, steps), ms(greedy, steps), ms(sampled, steps), ms(plain, steps), ms(full, steps));
+        println!("{label:<22} {d:>11.2} {p:>13.3} {g:>16.3} {s:>14.3} {f:>13.3} {:>9.2}% {:>13.2}% {:>11.2}%", 100.0 * g / d, 100.0 * s / d, 100.0 * f / d);
     }
 }
