@@ -93,13 +93,16 @@ wasm-tools:
 	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 	@command -v wasm-pack >/dev/null || $(CARGO) install wasm-pack
 
-# Fuzz the GGUF reader and tokenizer builder, tool definitions and the tool-call parser, each
-# for FUZZ_SECONDS (needs `cargo install cargo-fuzz`).
+# Fuzz every target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`): the GGUF reader
+# and tokenizer builder, tool definitions, the tool-call parser, the GBNF parser and matcher,
+# the JSON Schema converter.
 FUZZ_SECONDS ?= 300
 fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_definitions -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_call_parser -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=tools.dict
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run grammar -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=grammar.dict
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run json_schema -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=json_schema.dict
 
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use candlewick::{chat, tools, Chunk, ChunkStream, GenerateOptions, Model, Prompt, Result, SamplingConfig, Session, ToolChoice};
+use candlewick::{chat, tools, Chunk, ChunkStream, GenerateOptions, Grammar, Model, Prompt, Result, SamplingConfig, Session, ToolChoice};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 
@@ -161,6 +161,12 @@ struct OptionArgs {
     /// grammar support, not yet available).
     #[arg(long, default_value = "auto", value_name = "CHOICE")]
     tool_choice: String,
+    /// Constrain the output to the GBNF grammar in FILE (llama.cpp's syntax, rule `root`).
+    #[arg(long, value_name = "FILE", conflicts_with = "json_schema")]
+    grammar: Option<PathBuf>,
+    /// Constrain the output to JSON that the JSON Schema in FILE describes.
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<PathBuf>,
     /// Print each chunk as one JSON line.
     #[arg(long)]
     json: bool,
@@ -185,6 +191,11 @@ impl OptionArgs {
             }
             None => Vec::new(),
         };
+        let grammar = match (&self.grammar, &self.json_schema) {
+            (Some(path), _) => Some(Grammar::parse(&read_option_file("grammar", path)?)?),
+            (None, Some(path)) => Some(Grammar::from_json_schema_text(&read_option_file("json-schema", path)?)?),
+            (None, None) => None,
+        };
         let options = GenerateOptions {
             max_tokens: self.max_tokens,
             sampling,
@@ -193,10 +204,16 @@ impl OptionArgs {
             threads: self.threads,
             tools,
             tool_choice: ToolChoice::parse(&self.tool_choice),
+            grammar,
         };
         options.validate()?;
         Ok(options)
     }
+}
+
+/// The text of a file named by an option, or an error that names both.
+fn read_option_file(name: &'static str, path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| candlewick::Error::InvalidParameter { name, reason: format!("cannot read {}: {e}", path.display()) })
 }
 
 fn json_line(value: &impl serde::Serialize) -> String {

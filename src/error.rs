@@ -207,6 +207,41 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// A GBNF grammar does not parse or cannot be run.
+    #[error("grammar error at line {line}, column {column}: {message}")]
+    Grammar {
+        /// The line of the problem (1-based).
+        line: usize,
+        /// The column of the problem (1-based, in characters).
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A JSON Schema is invalid or uses a feature the grammar converter does not support.
+    #[error("JSON Schema error at {pointer}: {message}")]
+    JsonSchema {
+        /// The JSON pointer of the offending part (`#/properties/name/pattern`).
+        pointer: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// Text was fed to a grammar state that its grammar does not allow at that point.
+    #[error("the grammar does not allow {text:?} here")]
+    GrammarRejected {
+        /// The text (a token's) that was refused.
+        text: String,
+    },
+
+    /// Under the grammar, no token of the vocabulary can come next, so generation cannot go on
+    /// (the grammar needs characters no token spells, or the model cannot end where it must).
+    #[error("the grammar allows none of the model's tokens after {text:?}")]
+    GrammarDeadEnd {
+        /// The text generated so far.
+        text: String,
+    },
+
     /// Something is wrong in one shard of a split model.
     #[error("shard {} of {count}: {error}", .shard + 1)]
     InShard {

@@ -10,6 +10,7 @@ use web_time::Instant;
 use crate::arch::State;
 use crate::chat::Message;
 use crate::error::{Error, Result};
+use crate::grammar::{Grammar, GrammarState};
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::session::Home;
@@ -70,6 +71,10 @@ pub struct GenerateOptions {
     pub tools: Vec<Tool>,
     /// Whether the model may call the tools (default [`ToolChoice::Auto`]).
     pub tool_choice: ToolChoice,
+    /// Constrains the output to this grammar (see [`crate::grammar`]): tokens that cannot
+    /// continue it are removed before the sampler chain, and generation can end only where the
+    /// grammar can. For JSON Schema, [`Grammar::from_json_schema`].
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerateOptions {
@@ -82,6 +87,7 @@ impl Default for GenerateOptions {
             threads: None,
             tools: Vec::new(),
             tool_choice: ToolChoice::Auto,
+            grammar: None,
         }
     }
 }
@@ -163,6 +169,8 @@ pub struct Generator {
     model: Model,
     state: State,
     sampler: Sampler,
+    /// Where the output is in `options.grammar`, when there is one.
+    grammar: Option<GrammarState>,
     options: GenerateOptions,
     /// Prompt tokens not yet run (all of them before the first step).
     unprocessed: Vec<u32>,
@@ -200,7 +208,8 @@ impl Generator {
     /// forward pass runs until the first [`Generator::next_chunk`].
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for an out-of-range option, [`Error::NoChatTemplate`] /
+    /// [`Error::InvalidParameter`] for an out-of-range option, [`Error::Grammar`] for a grammar
+    /// too ambiguous to start, [`Error::NoChatTemplate`] /
     /// [`Error::Template`] for a chat prompt the model cannot render, [`Error::PromptTooLong`]
     /// when the prompt does not fit in the context, [`Error::WeightsNotLoaded`].
     pub fn new(model: &Model, prompt: Prompt, options: GenerateOptions) -> Result<Generator> {
@@ -214,15 +223,19 @@ impl Generator {
         let capacity = options.capacity(tokens.len(), weights.config().context_length)?;
         let state = weights.new_state(capacity)?;
         let sampler = Sampler::new(options.sampling.clone())?;
-        Ok(Generator::start(model, tokens, state, sampler, options, earlier_calls, None))
+        Generator::start(model, tokens, state, sampler, options, earlier_calls, None)
     }
 
     /// A generation of `tokens` on `state`, whose first `state.len()` positions already hold
     /// the same first tokens (a session's cache, truncated to the common prefix), in a
     /// conversation that made `earlier_calls` tool calls before; `home` takes the cache back
     /// at the end.
-    pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Generator {
+    ///
+    /// # Errors
+    /// [`Error::Grammar`] when the options' grammar cannot start.
+    pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Result<Generator> {
         let cached_tokens = state.len();
+        let grammar = options.grammar.as_ref().map(GrammarState::new).transpose()?;
         let tools = options.offered_tools().to_vec();
         let (tool_parser, markup_tokens) = match tools.is_empty() {
             true => (None, Vec::new()),
@@ -231,10 +244,11 @@ impl Generator {
                 (Some(ToolCallParser::new(format, tools)), markup_token_ids(model, format))
             }
         };
-        Generator {
+        Ok(Generator {
             model: model.clone(),
             state,
             sampler,
+            grammar,
             prompt_tokens: tokens.len(),
             cached_tokens,
             history: tokens.clone(),
@@ -254,7 +268,7 @@ impl Generator {
             cancel: Arc::new(AtomicBool::new(false)),
             started: None,
             first_token: None,
-        }
+        })
     }
 
     /// A flag that, once set, ends the generation with `finish_reason: cancelled` before its
@@ -355,14 +369,26 @@ impl Generator {
             logits = crate::platform::with_threads(self.options.threads, || weights.forward(state, batch))?;
         }
 
-        // Sample.
-        let token = self.sampler.sample(&logits, &self.history);
+        // Sample (among the tokens the grammar allows, when there is one).
+        let tokenizer = self.model.tokenizer();
+        let token = match &mut self.grammar {
+            None => self.sampler.sample(&logits, &self.history),
+            Some(grammar) => {
+                let mut filter = grammar.filter(tokenizer, self.model.grammar_vocabulary());
+                match self.sampler.sample_allowed(&logits, &self.history, |id| filter.allows(id)) {
+                    Some(token) => token,
+                    None => return Err(Error::GrammarDeadEnd { text: format!("{}{}", self.text, self.held) }),
+                }
+            }
+        };
         self.history.push(token);
         self.completion_tokens += 1;
         self.first_token.get_or_insert_with(Instant::now);
-        let tokenizer = self.model.tokenizer();
         if tokenizer.is_end_of_generation(token) {
             return self.finish(FinishReason::Stop, None);
+        }
+        if let Some(grammar) = &mut self.grammar {
+            grammar.accept(tokenizer.token_bytes(token, true)?)?;
         }
 
         // Detokenize: only complete UTF-8 characters leave the byte buffer. Control tokens are

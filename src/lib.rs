@@ -25,6 +25,7 @@ pub mod chat;
 pub mod error;
 pub mod generator;
 pub mod gguf;
+pub mod grammar;
 pub mod kernels;
 pub mod model;
 pub mod sampling;
@@ -58,6 +59,7 @@ pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
 pub use catalog::Route;
 pub use error::{Error, Result};
 pub use generator::{GenerateOptions, Generator, Prompt};
+pub use grammar::Grammar;
 pub use model::Model;
 pub use sampling::SamplingConfig;
 pub use session::Session;

@@ -3,6 +3,8 @@
 use std::io::{Cursor, Read, Seek};
 use std::sync::Arc;
 
+use crate::grammar::Vocabulary;
+
 use serde::Serialize;
 
 use crate::arch::Weights;
@@ -31,6 +33,8 @@ struct Inner {
     tokenizer: Tokenizer,
     /// `None` when opened for tokenizing only.
     weights: Option<Weights>,
+    /// The token texts sorted for grammars, built on first use.
+    grammar_vocabulary: std::sync::OnceLock<Vocabulary>,
 }
 
 /// What `candlewick info` prints: the facts about a model a user asks first.
@@ -180,7 +184,7 @@ impl Model {
     }
 
     fn from_parts(gguf: Gguf, tokenizer: Tokenizer, weights: Option<Weights>) -> Model {
-        Model { inner: Arc::new(Inner { gguf, tokenizer, weights }) }
+        Model { inner: Arc::new(Inner { gguf, tokenizer, weights, grammar_vocabulary: std::sync::OnceLock::new() }) }
     }
 
     /// The parsed GGUF header, without the vocabulary's arrays ([`TOKENIZER_ARRAYS`]), which
@@ -200,6 +204,12 @@ impl Model {
     /// [`Error::WeightsNotLoaded`] for a model read without them.
     pub fn weights(&self) -> Result<&Weights> {
         self.inner.weights.as_ref().ok_or(Error::WeightsNotLoaded)
+    }
+
+    /// The vocabulary indexed for grammar-constrained sampling (built on first use, a few tens
+    /// of milliseconds for 150,000 tokens, then shared by every generation).
+    pub fn grammar_vocabulary(&self) -> &Vocabulary {
+        self.inner.grammar_vocabulary.get_or_init(|| Vocabulary::from_tokenizer(&self.inner.tokenizer))
     }
 
     /// Prepares a generation, driven step by step with [`Generator::next_chunk`].

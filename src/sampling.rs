@@ -238,6 +238,69 @@ impl Sampler {
         self.draw(max_logit)
     }
 
+    /// Picks the next token among those `allowed` accepts (a grammar's test), with the same
+    /// result as removing every other token before the chain runs, as llama.cpp's grammar
+    /// sampler does. `None` when no token is allowed.
+    ///
+    /// Only as many candidates are tested as the chain needs: in order of logit, best first,
+    /// until one passes (greedy) or `top_k` have (the rest of the chain never looks further);
+    /// every candidate when `top_k` is 0.
+    pub fn sample_allowed(&mut self, logits: &[f32], recent: &[u32], allowed: impl FnMut(u32) -> bool) -> Option<u32> {
+        if logits.is_empty() {
+            return None;
+        }
+        self.load_candidates(logits, recent);
+        let greedy = self.config.temperature == 0.0;
+        let need = if greedy { 1 } else if self.config.top_k == 0 { usize::MAX } else { self.config.top_k };
+        self.keep_best_allowed(need, allowed);
+        let &(best, max_logit) = self.candidates.first()?;
+        if greedy || max_logit == f32::NEG_INFINITY {
+            return Some(best);
+        }
+        self.top_p_and_min_p(max_logit);
+        Some(self.draw(max_logit))
+    }
+
+    /// Leaves in `candidates` the `need` best candidates that `allowed` accepts (all of them
+    /// when fewer), sorted best first.
+    fn keep_best_allowed(&mut self, need: usize, mut allowed: impl FnMut(u32) -> bool) {
+        let len = self.candidates.len();
+        if need >= len {
+            self.candidates.retain(|&(id, _)| allowed(id));
+            self.candidates.sort_unstable_by(best_first);
+            return;
+        }
+        // First the best few, in order: usually enough, and no other candidate is looked at.
+        let first = need.saturating_mul(4).max(64).min(len);
+        if first < len {
+            self.candidates.select_nth_unstable_by(first - 1, best_first);
+        }
+        self.candidates[..first].sort_unstable_by(best_first);
+        let mut kept = 0;
+        for i in 0..first {
+            if kept == need {
+                break;
+            }
+            if allowed(self.candidates[i].0) {
+                self.candidates.swap(kept, i);
+                kept += 1;
+            }
+        }
+        // Not enough: test all the others in one pass (each is worse than every one above),
+        // then sort only those that pass.
+        if kept < need {
+            let sorted = kept;
+            for i in first..len {
+                if allowed(self.candidates[i].0) {
+                    self.candidates.swap(kept, i);
+                    kept += 1;
+                }
+            }
+            self.candidates[sorted..kept].sort_unstable_by(best_first);
+        }
+        self.candidates.truncate(kept.min(need));
+    }
+
     /// Copies `logits` into `candidates` (still in id order) with NaN and
     /// infinities sanitised, then applies the penalties.
     fn load_candidates(&mut self, logits: &[f32], recent: &[u32]) {
@@ -799,6 +862,33 @@ mod tests {
             63, 60,
         ];
         assert_eq!(history, golden);
+    }
+
+    /// `sample_allowed` gives what sampling the allowed tokens alone gives (their logits, ids
+    /// in order), for greedy and drawn configurations, whatever the allowed set's size.
+    #[test]
+    fn sample_allowed_equals_filtering_then_sampling() {
+        let mut next = crate::xorshift(0xDEC0DE);
+        let configs = [SamplingConfig::greedy(), SamplingConfig::default(), SamplingConfig { top_k: 0, ..SamplingConfig::default() }, SamplingConfig { top_k: 3, top_p: 0.5, temperature: 1.5, ..SamplingConfig::default() }];
+        for round in 0..60 {
+            let n = 50 + (next() % 3000) as usize;
+            // Coarse logits, so ties occur.
+            let logits: Vec<f32> = (0..n).map(|_| (next() % 200) as f32 / 8.0 - 12.0).collect();
+            let keep_one_in = 1 + (next() % 700);
+            let allowed: Vec<bool> = (0..n).map(|_| next().is_multiple_of(keep_one_in)).collect();
+            let ids: Vec<u32> = (0..n as u32).filter(|&i| allowed[i as usize]).collect();
+            let sub: Vec<f32> = ids.iter().map(|&i| logits[i as usize]).collect();
+            for config in &configs {
+                let config = SamplingConfig { seed: round, ..config.clone() };
+                let mut filtered = sampler(config.clone());
+                let mut reference = sampler(config);
+                for _ in 0..3 {
+                    let got = filtered.sample_allowed(&logits, &[], |id| allowed[id as usize]);
+                    let want = (!ids.is_empty()).then(|| ids[reference.sample(&sub, &[]) as usize]);
+                    assert_eq!(got, want, "round {round}, {} allowed of {n}", ids.len());
+                }
+            }
+        }
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl Session {
         let earlier_calls = conversation.iter().map(|m| m.tool_calls.len()).sum();
         let home = Home { slot: self.slot.clone(), conversation };
         drop(slot);
-        Ok(Generator::start(&self.model, tokens, state, sampler, options, earlier_calls, Some(home)))
+        Generator::start(&self.model, tokens, state, sampler, options, earlier_calls, Some(home))
     }
 
     /// The session as bytes: its conversation, the tokens its cache holds and the cache itself

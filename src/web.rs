@@ -17,6 +17,7 @@ use wasm_bindgen::prelude::*;
 use crate::chat::Message;
 use crate::error::Error;
 use crate::generator::{GenerateOptions, Generator, Prompt};
+use crate::grammar::Grammar;
 use crate::model;
 use crate::sampling::SamplingConfig;
 use crate::session::Session;
@@ -250,6 +251,10 @@ export interface GenerateOptions {
     /** Functions the model may call; its calls arrive as `toolCall` chunks. */
     tools?: Tool[];
     toolChoice?: ToolChoice;
+    /** Constrain the output to this GBNF grammar (llama.cpp's syntax; generation starts at `root`). */
+    grammar?: string;
+    /** Constrain the output to JSON this JSON Schema describes (an object, or its JSON text), converted to a grammar as llama.cpp converts it. */
+    jsonSchema?: object | string;
 }
 /** Options of `model.chat`: the conversation to start from, and defaults for every turn. */
 export interface ChatOptions extends Omit<GenerateOptions, "raw" | "signal"> {
@@ -389,9 +394,10 @@ impl WebModel {
     /// arguments }`, then `{ type: "complete", text, finishReason, stop, usage }` or `{ type:
     /// "error", message }`. Options: `maxTokens`, `temperature` (0 is greedy), `topK`, `topP`,
     /// `minP`, `repeatPenalty`, `frequencyPenalty`, `presencePenalty`, `penaltyLastN`, `seed`,
-    /// `stop` (a string or an array), `raw`, `contextLength`, `tools`, `toolChoice`, `signal`.
-    /// Cancelling the reader or aborting the signal stops generation before the next token. A
-    /// bad option throws.
+    /// `stop` (a string or an array), `raw`, `contextLength`, `tools`, `toolChoice`, `signal`,
+    /// `grammar` (GBNF text) or `jsonSchema` (an object or its JSON text). Cancelling the reader
+    /// or aborting the signal stops generation before the next token. A bad option (a grammar or
+    /// schema that does not convert, too) throws.
     #[wasm_bindgen(unchecked_return_type = "ReadableStream<Chunk>")]
     pub fn generate(&self, #[wasm_bindgen(unchecked_param_type = "string | ChatMessage[]")] prompt: JsValue, options: Option<JsGenerateOptions>) -> Result<JsValue, JsValue> {
         let options = Options::new(options.map(JsCast::unchecked_into), GENERATE_OPTIONS, "generate")?;
@@ -593,6 +599,8 @@ const COMMON_OPTIONS: &[&str] = &[
     "contextLength",
     "tools",
     "toolChoice",
+    "grammar",
+    "jsonSchema",
 ];
 
 /// The options of `generate`.
@@ -717,6 +725,21 @@ impl Options {
             o.tool_choice = ToolChoice::Function(name.ok_or_else(|| type_error(&format!("{}: `toolChoice` must be a string or {{ type: \"function\", function: {{ name }} }}", self.what)))?);
         } else if !choice.is_undefined() {
             return Err(type_error(&format!("{}: `toolChoice` must be a string or {{ type: \"function\", function: {{ name }} }}", self.what)));
+        }
+        let (grammar, schema) = (self.get("grammar"), self.get("jsonSchema"));
+        if !grammar.is_undefined() && !schema.is_undefined() {
+            return Err(type_error(&format!("{}: give `grammar` or `jsonSchema`, not both", self.what));
+        }
+        if !grammar.is_undefined() {
+            let text = grammar.as_string().ok_or_else(|| type_error(&format!("{}: `grammar` must be a string of GBNF", self.what)))?;
+            o.grammar = Some(Grammar::parse(&text).map_err(js_error)?);
+        } else if let Some(text) = schema.as_string() {
+            o.grammar = Some(Grammar::from_json_schema_text(&text).map_err(js_error)?);
+        } else if schema.is_object() {
+            let text = js_sys::JSON::stringify(&schema).ok().and_then(|t| t.as_string()).ok_or_else(|| type_error(&format!("{}: `jsonSchema` cannot be turned into JSON", self.what)))?;
+            o.grammar = Some(Grammar::from_json_schema_text(&text).map_err(js_error)?);
+        } else if !schema.is_undefined() {
+            return Err(type_error(&format!("{}: `jsonSchema` must be an object or a string of JSON", self.what)));
         }
         o.validate().map_err(js_error)?;
         Ok(o)

@@ -5,7 +5,7 @@
 
 mod common;
 
-use candlewick::{Chunk, GenerateOptions, Model, Prompt, SamplingConfig};
+use candlewick::{Chunk, GenerateOptions, Grammar, Model, Prompt, SamplingConfig};
 use common::{model, wasm_package, RAW_PROMPTS, SMOLLM2};
 use serde_json::json;
 
@@ -13,7 +13,12 @@ const MAX_TOKENS: usize = 24;
 
 /// The whole text and token count of a greedy generation.
 fn greedy(model: &Model, prompt: Prompt) -> (String, usize) {
-    let options = GenerateOptions { max_tokens: MAX_TOKENS, sampling: SamplingConfig::greedy(), ..GenerateOptions::default() };
+    greedy_with(model, prompt, None)
+}
+
+/// The same under a grammar.
+fn greedy_with(model: &Model, prompt: Prompt, grammar: Option<Grammar>) -> (String, usize) {
+    let options = GenerateOptions { max_tokens: MAX_TOKENS, sampling: SamplingConfig::greedy(), grammar, ..GenerateOptions::default() };
     let mut generator = model.generator(prompt, options).unwrap();
     let mut last = None;
     while let Some(chunk) = generator.next_chunk() {
@@ -45,6 +50,32 @@ fn wasm_in_node_writes_the_native_greedy_text() {
     for ((text, raw), got) in prompts.iter().zip(wasm) {
         let prompt = if *raw { Prompt::Raw(text.clone()) } else { Prompt::User(text.clone()) };
         let (want, tokens) = greedy(&native, prompt);
+        assert_eq!(got["text"].as_str(), Some(want.as_str()), "prompt {text:?}: wasm and native differ");
+        assert_eq!(got["completionTokens"].as_u64(), Some(tokens as u64), "prompt {text:?}");
+    }
+}
+
+/// Under a grammar and a JSON Schema (given to JavaScript as an object) too.
+#[test]
+fn wasm_in_node_writes_the_native_greedy_text_under_grammars() {
+    let path = model(SMOLLM2);
+    let native = Model::open(&path).unwrap();
+    let gbnf = "root ::= (\"yes\" | \"no\") \", because \" [a-z ]+ \".\"";
+    let schema = json!({"type": "object", "properties": {"colour": {"enum": ["red", "green"]}, "count": {"type": "integer", "maximum": 9}}, "required": ["colour", "count"]});
+    let input = json!({
+        "model": path,
+        "maxTokens": MAX_TOKENS,
+        "prompts": [
+            { "text": "Is water wet?", "raw": false, "grammar": gbnf },
+            { "text": "Pick a colour and a count, as JSON.", "raw": false, "jsonSchema": schema },
+        ],
+    });
+    let wasm = wasm_package("greedy.mjs", &input);
+    let wasm = wasm.as_array().expect("an array of results");
+    let runs = [("Is water wet?", Grammar::parse(gbnf).unwrap()), ("Pick a colour and a count, as JSON.", Grammar::from_json_schema(&schema).unwrap())];
+    assert_eq!(wasm.len(), runs.len());
+    for ((text, grammar), got) in runs.into_iter().zip(wasm) {
+        let (want, tokens) = greedy_with(&native, Prompt::User(text.into()), Some(grammar));
         assert_eq!(got["text"].as_str(), Some(want.as_str()), "prompt {text:?}: wasm and native differ");
         assert_eq!(got["completionTokens"].as_u64(), Some(tokens as u64), "prompt {text:?}");
     }

@@ -3,6 +3,7 @@
 //   request:  {"prompts": [[ids], ...],   // fed exactly as given (include BOS yourself if wanted)
 //              "maxTokens": 16,           // at most this many generated tokens per prompt
 //              "topK": 5,                 // optional: report the top-K of the first generated step
+//              "grammars": ["root ::= ..."],  // optional: a GBNF grammar per prompt (null: none)
 //              "threads": 1,              // optional, default 1 (2 threads are far slower on a busy 2-core box)
 //              "contextSize": 1024}       // optional, default 1024
 //   response: {"outputs": [[ids], ...],   // greedy continuation per prompt; ends right after an
@@ -18,9 +19,14 @@
 // llama_sampler_init_greedy() (pure argmax of the raw logits, ties -> lowest id).
 // top-k / top-p / min-p / seed samplers are only added when temperature > 0, and
 // no repeat penalty, DRY, XTC, token bias or grammar is passed, so none is created.
+// A grammar goes through llama.createGrammar({grammar}) and a fresh
+// LlamaGrammarEvaluationState per prompt. node-llama-cpp then samples greedily, checks the
+// winner against the grammar and, when the grammar refuses it, applies llama.cpp's grammar
+// sampler (every refused candidate's logit set to -inf) and samples again: the argmax of the
+// tokens the grammar allows.
 // Every prompt starts from an empty sequence (KV cache cleared), so results don't
 // depend on prompt order.
-import { getLlama } from "node-llama-cpp";
+import { getLlama, LlamaGrammarEvaluationState } from "node-llama-cpp";
 import { readFileSync } from "node:fs";
 
 const modelPath = process.argv[2];
@@ -32,6 +38,9 @@ const request = JSON.parse(readFileSync(0, "utf8"));
 const prompts = request.prompts;
 const maxTokens = request.maxTokens ?? 16;
 const topK = request.topK;
+const grammars = request.grammars;
+if (grammars != null && (!Array.isArray(grammars) || grammars.length !== prompts?.length))
+    throw new Error("request.grammars must be an array with one grammar (or null) per prompt");
 const threads = request.threads ?? 1;
 const contextSize = request.contextSize ?? 1024;
 if (!Array.isArray(prompts)) throw new Error("request.prompts must be an array of token id arrays");
@@ -56,6 +65,18 @@ const context = await model.createContext({ contextSize, sequences: 1, threads }
 const sequence = context.getSequence();
 const nVocab = model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length ?? Infinity;
 
+// Appends the tokens `it` yields to `generated` until an end-of-generation token or maxTokens.
+async function collect(it, generated) {
+    try {
+        for await (const token of it) {
+            generated.push(token);
+            if (model.isEogToken(token) || generated.length >= maxTokens) break;
+        }
+    } finally {
+        await it.return();
+    }
+}
+
 const outputs = [];
 const firstTop = [];
 try {
@@ -73,6 +94,15 @@ try {
         if (sequence.nextTokenIndex !== 0) throw new Error("sequence was not cleared");
 
         const generated = [];
+        const grammarText = grammars?.[promptIndex];
+        if (grammarText != null) {
+            if (topK != null) throw new Error("topK and grammars cannot be combined");
+            const grammar = await llama.createGrammar({ grammar: grammarText });
+            const grammarEvaluationState = new LlamaGrammarEvaluationState({ model, grammar });
+            await collect(sequence.evaluate(prompt, { ...greedyOptions, grammarEvaluationState }), generated);
+            outputs.push(generated);
+            continue;
+        }
         if (maxTokens === 0) {
             outputs.push(generated);
             if (topK != null) firstTop.push([]);
@@ -100,17 +130,8 @@ try {
         }
 
         // Remaining steps: feed the last generated token, sample greedily.
-        if (generated.length < maxTokens && !model.isEogToken(generated[0])) {
-            const it = sequence.evaluate([generated[0]], greedyOptions);
-            try {
-                for await (const token of it) {
-                    generated.push(token);
-                    if (model.isEogToken(token) || generated.length >= maxTokens) break;
-                }
-            } finally {
-                await it.return();
-            }
-        }
+        if (generated.length < maxTokens && !model.isEogToken(generated[0]))
+            await collect(sequence.evaluate([generated[0]], greedyOptions), generated);
         outputs.push(generated);
     }
 

@@ -30,6 +30,10 @@ export async function example(bytes: Uint8Array): Promise<string> {
     const saved: Uint8Array = fork.save();
     model.restoreChat(saved, { maxTokens: 4 }).free();
     text += `${cached} ${chat.messages().length}`;
+    const constrained: GenerateOptions[] = [{ grammar: 'root ::= "yes" | "no"' }, { jsonSchema: { type: "object" } }, { jsonSchema: '{"type": "string"}' }];
+    // @ts-expect-error: a grammar is GBNF text
+    const bad: GenerateOptions = { grammar: 42 };
+    void [constrained, bad];
     const ids: Uint32Array = model.tokenize(text);
     const info = model.info();
     const threads: number = info.threads;
