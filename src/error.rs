@@ -122,14 +122,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// `tool_choice` asks for `required` or a named function, which only grammar-constrained
-    /// sampling can enforce, and grammars are not available yet.
-    #[error("tool_choice {choice} needs grammar support, not yet available; use `auto` (the model decides) or `none`")]
-    ToolChoiceNeedsGrammar {
-        /// The choice asked for: `required` or the function named.
-        choice: String,
-    },
-
     /// A session was asked to change or start a turn while one of its turns is still running.
     #[error("this session's turn is still running: finish, cancel or drop it first")]
     SessionBusy,

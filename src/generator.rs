@@ -232,17 +232,23 @@ impl Generator {
     /// at the end.
     ///
     /// # Errors
-    /// [`Error::Grammar`] when the options' grammar cannot start.
+    /// [`Error::Grammar`] when the options' grammar (or the tool choice's) cannot start;
+    /// [`Error::InvalidParameter`] for a grammar beside a tool choice that imposes one.
     pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Result<Generator> {
         let cached_tokens = state.len();
-        let grammar = options.grammar.as_ref().map(GrammarState::new).transpose()?;
         let tools = options.offered_tools().to_vec();
+        let format = model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format());
+        // `required` and a named function make the reply calls: a grammar of the format's markup.
+        let grammar = match (options.tool_choice.grammar(format, &tools)?, &options.grammar) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidParameter { name: "grammar", reason: "tool_choice `required` or a named function imposes its own grammar; give one or the other".into() });
+            }
+            (Some(calls), None) => Some(GrammarState::new(&calls)?),
+            (None, grammar) => grammar.as_ref().map(GrammarState::new).transpose()?,
+        };
         let (tool_parser, markup_tokens) = match tools.is_empty() {
             true => (None, Vec::new()),
-            false => {
-                let format = model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format());
-                (Some(ToolCallParser::new(format, tools)), markup_token_ids(model, format))
-            }
+            false => (Some(ToolCallParser::new(format, tools)), markup_token_ids(model, format)),
         };
         Ok(Generator {
             model: model.clone(),

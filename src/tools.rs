@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::grammar::{json_schema_to_gbnf, Grammar};
 
 /// Longest tool name accepted.
 const MAX_NAME: usize = 128;
@@ -152,19 +153,151 @@ impl ToolChoice {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for a named function that is not among `tools`, or
-    /// `required` without tools; [`Error::ToolChoiceNeedsGrammar`] for `required` and named
-    /// choices, which only grammar-constrained sampling can enforce.
+    /// `required` without tools.
     pub fn validate(&self, tools: &[Tool]) -> Result<()> {
         match self {
-            ToolChoice::Auto | ToolChoice::None => Ok(()),
             ToolChoice::Required if tools.is_empty() => Err(Error::InvalidParameter { name: "tool_choice", reason: "`required` needs at least one tool".into() }),
             ToolChoice::Function(name) if !tools.iter().any(|t| &t.name == name) => {
                 Err(Error::InvalidParameter { name: "tool_choice", reason: format!("no tool is named `{name}`") })
             }
-            ToolChoice::Required => Err(Error::ToolChoiceNeedsGrammar { choice: "required".into() }),
-            ToolChoice::Function(name) => Err(Error::ToolChoiceNeedsGrammar { choice: format!("the function `{name}`") }),
+            _ => Ok(()),
         }
     }
+
+    /// The grammar that makes the reply calls and nothing else, in `format`'s markup, for
+    /// `required` (one call or more, to any of `tools`) and a named function (one call or more,
+    /// to that one); `None` for `auto` and `none`. Each call's arguments follow its tool's
+    /// parameter schema, converted as llama.cpp converts JSON Schema (Qwen3-Coder's parameter
+    /// values, which are text, only may not contain `</`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] as [`ToolChoice::validate`]; [`Error::Grammar`] for a
+    /// parameter schema the converter does not support.
+    pub fn grammar(&self, format: ToolFormat, tools: &[Tool]) -> Result<Option<Grammar>> {
+        self.validate(tools)?;
+        let chosen: Vec<&Tool> = match self {
+            ToolChoice::Auto | ToolChoice::None => return Ok(None),
+            ToolChoice::Required => tools.iter().collect(),
+            ToolChoice::Function(name) => tools.iter().filter(|t| &t.name == name).collect(),
+        };
+        let mut rules = String::new();
+        let mut calls = Vec::new();
+        for (i, tool) in chosen.iter().enumerate() {
+            let prefix = format!("t{i}-");
+            let name = gbnf_literal(&tool.name);
+            let call = match format {
+                ToolFormat::Hermes | ToolFormat::Llama3Json | ToolFormat::Generic => {
+                    let key = if format == ToolFormat::Llama3Json { "parameters" } else { "arguments" };
+                    let schema = serde_json::json!({
+                        "type": "object",
+                        "properties": {"name": {"const": tool.name}, key: tool.parameters},
+                        "required": ["name", key],
+                        "additionalProperties": false,
+                    });
+                    rules.push_str(&prefixed_rules(&json_schema_to_gbnf(&schema)?, &prefix));
+                    format!("{prefix}root")
+                }
+                ToolFormat::KimiK2 => {
+                    rules.push_str(&prefixed_rules(&json_schema_to_gbnf(&tool.parameters)?, &prefix));
+                    format!("\"<|tool_call_begin|>functions.\" {name} \":\" [0-9]+ \"<|tool_call_argument_begin|>\" {prefix}root \"<|tool_call_end|>\"")
+                }
+                ToolFormat::Qwen3Coder => {
+                    let properties = tool.parameters.get("properties").and_then(Value::as_object);
+                    let required: Vec<&str> = tool.parameters.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                    let mut body = format!("\"<function=\" {name} \">\\n\"");
+                    for key in properties.into_iter().flat_map(|p| p.keys()) {
+                        let parameter = format!("\"<parameter=\" {} \">\\n\" xml-value \"\\n</parameter>\\n\"", gbnf_literal(key));
+                        body.push_str(&if required.contains(&key.as_str()) { format!(" {parameter}") } else { format!(" ({parameter})?") });
+                    }
+                    body.push_str(" \"</function>\"");
+                    format!("\"<tool_call>\\n\" {body} \"\\n</tool_call>\"")
+                }
+            };
+            calls.push(call);
+        }
+        let one = format!("({})", calls.join(" | "));
+        let root = match format {
+            ToolFormat::Hermes => format!("root ::= \"<tool_call>\\n\" {one} \"\\n</tool_call>\" (\"\\n<tool_call>\\n\" {one} \"\\n</tool_call>\")*\n"),
+            ToolFormat::Qwen3Coder => format!("root ::= {one} (\"\\n\" {one})*\nxml-value ::= ([^<] | \"<\" [^/])*\n"),
+            ToolFormat::KimiK2 => format!("root ::= \"<|tool_calls_section_begin|>\" {one}+ \"<|tool_calls_section_end|>\"\n"),
+            ToolFormat::Llama3Json => format!("root ::= {one} (\"; \" {one})*\n"),
+            ToolFormat::Generic => format!("root ::= \"{{\\\"tool_calls\\\": [\" {one} (\", \" {one})* \"]}}\"\n"),
+        };
+        Grammar::parse(&(root + &rules)).map(Some)
+    }
+}
+
+/// `text` as a GBNF string literal.
+fn gbnf_literal(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The rules of `gbnf` with `prefix` before every rule name (where defined and where used),
+/// so that several converted grammars can share one: names are runs of letters, digits, `-`
+/// and `_` outside string literals, character classes, repetition counts and comments.
+fn prefixed_rules(gbnf: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(gbnf.len() * 2);
+    let mut chars = gbnf.chars().peekable();
+    let mut in_name = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '[' | '{' => {
+                in_name = false;
+                let close = match c {
+                    '"' => '"',
+                    '[' => ']',
+                    _ => '}',
+                };
+                out.push(c);
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    if d == '\\' {
+                        if let Some(e) = chars.next() {
+                            out.push(e);
+                        }
+                    } else if d == close {
+                        break;
+                    }
+                }
+            }
+            '#' => {
+                in_name = false;
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => {
+                if !in_name {
+                    out.push_str(prefix);
+                    in_name = true;
+                }
+                out.push(c);
+            }
+            c => {
+                in_name = false;
+                out.push(c);
+            }
+        }
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
 }
 
 /// A tool call in a conversation: what an assistant message carries in `tool_calls`, in
@@ -976,8 +1109,9 @@ mod tests {
         }
         assert!(ToolChoice::parse("auto").validate(&tools).is_ok());
         assert!(ToolChoice::parse("none").validate(&[]).is_ok());
-        assert!(matches!(ToolChoice::parse("required").validate(&tools), Err(Error::ToolChoiceNeedsGrammar { .. })));
-        assert!(matches!(ToolChoice::parse("a").validate(&tools), Err(Error::ToolChoiceNeedsGrammar { .. })));
+        assert!(ToolChoice::parse("required").validate(&tools).is_ok());
+        assert!(ToolChoice::parse("a").validate(&tools).is_ok());
+        assert!(matches!(ToolChoice::parse("required").validate(&[]), Err(Error::InvalidParameter { .. })));
         assert!(matches!(ToolChoice::parse("zzz").validate(&tools), Err(Error::InvalidParameter { .. })));
     }
 
@@ -989,5 +1123,46 @@ mod tests {
         assert_eq!(odd.to_template_value()["function"]["arguments"], json!("not json"));
         let parsed: ToolCall = serde_json::from_value(json!({"id": "c", "function": {"name": "f", "arguments": {"a": 1}}})).unwrap();
         assert_eq!(parsed.function.arguments, r#"{"a":1}"#);
+    }
+
+    /// `required` and named choices: each format's grammar takes its own markup of a call with
+    /// arguments that follow the schema, several calls where the format has them, and nothing
+    /// else; the parser reads the calls back.
+    #[test]
+    fn required_choices_are_grammars_of_each_format() {
+        use crate::grammar::GrammarState;
+        let tools = parse_tools(r#"[{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}},
+            {"name": "now", "parameters": {"type": "object", "properties": {}}}]"#).unwrap();
+        let weather = r#"{"city": "Paris"}"#;
+        let cases = [
+            (ToolFormat::Hermes, format!("<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {weather}}}\n</tool_call>\n<tool_call>\n{{\"name\": \"now\", \"arguments\": {{}}}}\n</tool_call>"), "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"town\": 1}}\n</tool_call>"),
+            (ToolFormat::Qwen3Coder, "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>".to_string(), "<tool_call>\n<function=get_time>\n</function>\n</tool_call>"),
+            (ToolFormat::KimiK2, format!("<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{weather}<|tool_call_end|><|tool_calls_section_end|>"), "<|tool_calls_section_begin|><|tool_calls_section_end|>"),
+            (ToolFormat::Llama3Json, format!("{{\"name\": \"get_weather\", \"parameters\": {weather}}}"), "{\"name\": \"get_weather\", \"arguments\": {}}"),
+            (ToolFormat::Generic, format!("{{\"tool_calls\": [{{\"name\": \"get_weather\", \"arguments\": {weather}}}]}}"), "{\"tool_calls\": []}"),
+        ];
+        for (format, good, bad) in cases {
+            let grammar = ToolChoice::Required.grammar(format, &tools).unwrap().unwrap();
+            let mut state = GrammarState::new(&grammar).unwrap();
+            assert!(!state.allows(b"Sure, let me check."), "{format:?}: text before the call");
+            state.accept(good.as_bytes()).unwrap_or_else(|e| panic!("{format:?}: {e}\n{}", grammar.source()));
+            assert!(state.can_end(), "{format:?}: {good}");
+            let mut state = GrammarState::new(&grammar).unwrap();
+            assert!(state.accept(bad.as_bytes()).is_err() || !state.can_end(), "{format:?}: {bad}");
+            // The parser finds the call the grammar allowed.
+            let mut parser = ToolCallParser::new(format, tools.clone());
+            let mut calls: Vec<String> = Vec::new();
+            for piece in parser.push(&good).into_iter().chain(parser.finish()) {
+                if let Parsed::Call { name, .. } = piece {
+                    calls.push(name);
+                }
+            }
+            assert_eq!(calls.first().map(String::as_str), Some("get_weather"), "{format:?}");
+        }
+        // A named function allows that one only.
+        let grammar = ToolChoice::Function("now".into()).grammar(ToolFormat::Hermes, &tools).unwrap().unwrap();
+        let mut state = GrammarState::new(&grammar).unwrap();
+        assert!(state.accept(b"<tool_call>\n{\"name\": \"get_weather\"").is_err());
+        assert!(ToolChoice::Auto.grammar(ToolFormat::Hermes, &tools).unwrap().is_none());
     }
 }

@@ -74,12 +74,19 @@ fn qwen25_coder_calls_a_tool() {
     let (calls, _, finish) = calls_of(&chunks);
     assert!(calls.is_empty() && finish != FinishReason::ToolCalls, "{chunks:?}");
 
-    // `required` and named choices need grammars: a typed error saying so.
+    // `required` and a named function: a grammar of the format's markup makes the reply a call
+    // (here even to a request that does not ask for one).
     for choice in [ToolChoice::Required, ToolChoice::Function("get_weather".into())] {
-        let err = model.generator(Prompt::User(ASK.into()), options(choice)).err().unwrap();
-        assert!(matches!(err, Error::ToolChoiceNeedsGrammar { .. }), "{err}");
-        assert!(err.to_string().contains("needs grammar support"), "{err}");
+        let chunks: Vec<Chunk> = model.generator(Prompt::User(ASK.into()), options(choice.clone())).unwrap().collect();
+        assert_weather_call(&chunks);
+        let chunks: Vec<Chunk> = model.generator(Prompt::User("Say hello.".into()), options(choice)).unwrap().collect();
+        let (calls, text, finish) = calls_of(&chunks);
+        assert!(!calls.is_empty() && calls.iter().all(|c| c.1 == "get_weather") && text.trim().is_empty() && finish == FinishReason::ToolCalls, "{chunks:?}");
     }
+    // With a grammar of its own too: refused in words.
+    let options = GenerateOptions { grammar: Some(candlewick::Grammar::parse("root ::= \"x\"").unwrap()), ..options(ToolChoice::Required) };
+    let err = model.generator(Prompt::User(ASK.into()), options).err().unwrap();
+    assert!(matches!(err, Error::InvalidParameter { name: "grammar", .. }), "{err}");
 }
 
 /// A whole exchange in a session: the call, its result, the answer; each turn as a cold
@@ -154,8 +161,9 @@ fn cli_prints_tool_calls_and_chats_in_one_session() {
     assert!(serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap().is_object());
     assert_eq!(lines.last().unwrap()["finish_reason"], "tool_calls");
 
-    let (ok, _, err) = cli(&["generate", "--model", qwen.to_str().unwrap(), "--prompt", ASK, "--tools", tools_file.to_str().unwrap(), "--tool-choice", "required"], "");
-    assert!(!ok && err.contains("needs grammar support"), "{err}");
+    let (ok, out, err) = cli(&["generate", "--model", qwen.to_str().unwrap(), "--prompt", "Say hello.", "--tools", tools_file.to_str().unwrap(), "--tool-choice", "required", "--temperature", "0", "--max-tokens", "64", "--json"], "");
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| serde_json::from_str::<Value>(l).unwrap()["type"] == "tool_call"), "{out}");
     std::fs::write(&tools_file, "[{\"name\": 3}]").unwrap();
     let (ok, _, err) = cli(&["generate", "--model", qwen.to_str().unwrap(), "--prompt", ASK, "--tools", tools_file.to_str().unwrap()], "");
     assert!(!ok && err.contains("invalid tools"), "{err}");

@@ -61,9 +61,13 @@ test("Qwen2.5-Coder calls a tool: a toolCall chunk with JSON arguments, finishRe
     assert.equal(complete.finishReason, "toolCalls");
     for (const c of chunks.filter((c) => c.type === "text")) assert.doesNotMatch(c.text, /"arguments"|<tool_call>/);
 
-    // A named or required choice needs grammars: a clear error.
-    assert.throws(() => qwen.generate(ask, { tools, toolChoice: "required" }), /needs grammar support/);
-    assert.throws(() => qwen.generate(ask, { tools, toolChoice: { type: "function", function: { name: "get_weather" } } }), /needs grammar support/);
+    // A required or named choice makes the reply a call, even to a request for none.
+    for (const toolChoice of ["required", { type: "function", function: { name: "get_weather" } }]) {
+        const forced = await collect(qwen.generate("Say hello.", { tools, toolChoice, temperature: 0, maxTokens: 64 }));
+        assert.equal(forced.filter((c) => c.type === "toolCall")[0]?.name, "get_weather", JSON.stringify(forced));
+        assert.equal(forced.at(-1).finishReason, "toolCalls");
+    }
+    assert.throws(() => qwen.generate(ask, { tools, toolChoice: "required", grammar: 'root ::= "x"' }), /imposes its own grammar/);
     assert.throws(() => qwen.generate(ask, { tools: [{ name: "no spaces allowed" }] }), /invalid tools/);
     assert.throws(() => qwen.generate(ask, { tools: "get_weather" }), TypeError);
 });
