@@ -37,7 +37,7 @@ pub use json_schema::json_schema_to_gbnf;
 /// Most stacks a grammar state may hold at once. Each is one way the text so far can be read;
 /// an ambiguous grammar can multiply them with every character, so a bound keeps a pathological
 /// grammar from taking all memory and time.
-const MAX_STACKS: usize = 4096;
+const MAX_STACKS: usize = 1024;
 
 /// A parsed and checked GBNF grammar (llama.cpp's syntax), starting at the rule `root`.
 ///
