@@ -26,6 +26,7 @@
 mod gbnf;
 pub mod json_schema;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gbnf::Elem;
@@ -37,7 +38,7 @@ pub use json_schema::json_schema_to_gbnf;
 /// Most stacks a grammar state may hold at once. Each is one way the text so far can be read;
 /// an ambiguous grammar can multiply them with every character, so a bound keeps a pathological
 /// grammar from taking all memory and time.
-const MAX_STACKS: usize = 4096;
+const MAX_STACKS: usize = 1024;
 
 /// A parsed and checked GBNF grammar (llama.cpp's syntax), starting at the rule `root`.
 ///
@@ -381,9 +382,8 @@ impl GrammarState {
         mask.clear();
         mask.resize(vocabulary.size.div_ceil(64), 0);
         let rules = self.grammar.inner.clone();
-        let stacks = self.stacks.clone();
-        let mut walk = Walk { elems: &rules.elems, starts: &rules.starts, vocabulary, mask };
-        walk.node(0, vocabulary.spans.len(), 0, &stacks, self.partial, self.partial.remain > 0);
+        let mut walk = Walk { elems: &rules.elems, starts: &rules.starts, vocabulary, mask, sets: vec![self.stacks.clone()], ids: HashMap::new(), steps: HashMap::new() };
+        walk.node(0, vocabulary.spans.len(), 0, 0, self.partial, self.partial.remain > 0);
     }
 
     /// Advances over a token's text (for a token that does not end generation).
@@ -497,9 +497,9 @@ impl TokenFilter<'_> {
     }
 }
 
-/// After one byte of a walk: the stacks when a character completed (`None` while inside one),
-/// the pending bytes of a character, and whether those began in an earlier token.
-type Consumed = (Option<Vec<Vec<u32>>>, Partial, bool);
+/// After one byte of a walk: the set of stacks (an index into [`Walk::sets`]), the pending bytes
+/// of a character, and whether those began in an earlier token.
+type Consumed = (usize, Partial, bool);
 
 /// A walk of a [`Vocabulary`] under a grammar state.
 struct Walk<'w> {
@@ -507,16 +507,24 @@ struct Walk<'w> {
     starts: &'w [u32],
     vocabulary: &'w Vocabulary,
     mask: &'w mut Vec<u64>,
+    /// The sets of stacks met so far, each once: many prefixes lead to the same set (every
+    /// ordinary character inside a JSON string does), so each step from a set is worked out
+    /// once per character.
+    sets: Vec<Vec<Vec<u32>>>,
+    ids: HashMap<Vec<Vec<u32>>, usize>,
+    /// (set, character) → the set after it, `None` when the character is refused.
+    steps: HashMap<(usize, u32), Option<usize>>,
 }
 
 impl Walk<'_> {
     /// The tokens `lo..hi` share their first `depth` bytes, after which the grammar is at
     /// `stacks` with `partial` bytes of a character pending (`carried`: begun in an earlier
     /// token, so its continuation bytes are checked, as llama.cpp's decoder checks them).
-    fn node(&mut self, lo: usize, hi: usize, depth: usize, stacks: &[Vec<u32>], partial: Partial, carried: bool) {
+    fn node(&mut self, lo: usize, hi: usize, depth: usize, set: usize, partial: Partial, carried: bool) {
         let vocabulary = self.vocabulary;
         let mut i = lo;
         // Tokens that end here.
+        let stacks = self.sets.get(set).map_or(&[][..], Vec::as_slice);
         let ends_ok = depth > 0 && (partial.remain == 0 || stacks.iter().any(|s| s.last().is_some_and(|&pos| matches_partial(self.elems, pos, partial))));
         while i < hi && vocabulary.bytes(i).len() == depth {
             if ends_ok {
@@ -531,17 +539,16 @@ impl Walk<'_> {
         while i < hi {
             let b = vocabulary.bytes(i)[depth];
             let end = i + vocabulary.spans[i..hi].partition_point(|&(start, _, _)| vocabulary.text[start as usize + depth] <= b);
-            if let Some((next, partial, carried)) = self.consume(stacks, partial, carried, b) {
-                let next_stacks = next.as_deref().unwrap_or(stacks);
-                self.node(i, end, depth + 1, next_stacks, partial, carried);
+            if let Some((next, partial, carried)) = self.consume(set, partial, carried, b) {
+                self.node(i, end, depth + 1, next, partial, carried);
             }
             i = end;
         }
     }
 
-    /// The state after byte `b`: new stacks when a character completed (`None` inside one),
-    /// or `None` overall when no text can go on this way.
-    fn consume(&self, stacks: &[Vec<u32>], partial: Partial, carried: bool, b: u8) -> Option<Consumed> {
+    /// The state after byte `b` from the set of stacks `set`, or `None` when no text can go on
+    /// this way.
+    fn consume(&mut self, set: usize, partial: Partial, carried: bool, b: u8) -> Option<Consumed> {
         let (value, remain, carried) = if partial.remain > 0 {
             if carried && b >> 6 != 2 {
                 return None;
@@ -564,12 +571,34 @@ impl Walk<'_> {
             let pending = Partial { value, remain };
             let shift = 6 * remain as u32;
             let (low, high) = (value << shift, (value << shift) | ((1u32 << shift) - 1));
+            let stacks = self.sets.get(set).map_or(&[][..], Vec::as_slice);
             let viable = stacks.iter().any(|s| s.last().is_some_and(|&pos| may_match_range(self.elems, pos, low, high)));
-            return viable.then_some((None, pending, carried));
+            return viable.then_some((set, pending, carried));
         }
+        let next = match self.steps.get(&(set, value)) {
+            Some(&next) => next,
+            None => {
+                let next = self.step_set(set, value);
+                self.steps.insert((set, value), next);
+                next
+            }
+        };
+        next.map(|next| (next, Partial::default(), false))
+    }
+
+    /// The set after character `c` from `set`, added to `sets` when new.
+    fn step_set(&mut self, set: usize, c: u32) -> Option<usize> {
         let mut next = Vec::new();
-        step(self.elems, self.starts, stacks, value, &mut next).ok()?;
-        (!next.is_empty()).then_some((Some(next), Partial::default(), false))
+        step(self.elems, self.starts, self.sets.get(set)?, c, &mut next).ok()?;
+        if next.is_empty() {
+            return None;
+        }
+        if let Some(&id) = self.ids.get(&next) {
+            return Some(id);
+        }
+        self.sets.push(next.clone());
+        self.ids.insert(next, self.sets.len() - 1);
+        Some(self.sets.len() - 1)
     }
 }
 
