@@ -92,10 +92,18 @@ wasm-tools:
 	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 	@command -v wasm-pack >/dev/null || $(CARGO) install wasm-pack
 
-# Fuzz the GGUF reader and tokenizer builder (needs `cargo install cargo-fuzz`).
+# Every fuzz target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`): the GGUF reader and
+# tokenizer builder (seeded with the real models' headers, vocabularies cut short, by
+# fuzz/seeds.py), encode/decode round trips and chat-template rendering with the real models.
 FUZZ_SECONDS ?= 300
-fuzz:
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict
+FUZZ_TARGETS = gguf_tokenizer tokenizer_roundtrip chat_template
+MODELS_DIR = $(or $(CANDLEWICK_MODELS),$(or $(CANDLEWICK_CACHE),$(HOME)/.cache/candlewick)/models)
+fuzz: models python-deps
+	python3 fuzz/seeds.py $(MODELS_DIR) fuzz/corpus/gguf_tokenizer
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict || exit 1; \
+	done
 
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference
