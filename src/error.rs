@@ -181,6 +181,17 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// The KV cache for the context asked for cannot be allocated: its size overflows this
+    /// target's addresses, it is larger than the memory available (natively), or the memory is
+    /// not there (WebAssembly's 4 GiB). Nothing was kept.
+    #[error("a KV cache of {positions} positions ({:.2} GiB) does not fit in memory; ask for a shorter context length", *.bytes as f64 / GIB)]
+    KvCacheTooLarge {
+        /// The positions asked for.
+        positions: usize,
+        /// The bytes it needs (saturated at `u64::MAX`).
+        bytes: u64,
+    },
+
     /// Something is wrong in one shard of a split model.
     #[error("shard {} of {count}: {error}", .shard + 1)]
     InShard {

@@ -145,7 +145,8 @@ impl Generator {
                 return Err(Error::InvalidParameter { name: "context_length", reason: format!("{n} is beyond the model's context length {model_context}") })
             }
             Some(n) => n,
-            None => (tokens.len() + options.max_tokens).min(model_context),
+            // Saturating: `max_tokens` may be usize::MAX (a JavaScript 1e12 in wasm32).
+            None => tokens.len().saturating_add(options.max_tokens).min(model_context),
         };
         if tokens.len() > capacity {
             return Err(Error::PromptTooLong { tokens: tokens.len(), context: capacity });

@@ -106,17 +106,29 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `capacity` positions.
-    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize, values_in_keys: bool) -> KvCache {
-        KvCache {
-            keys: vec![f16::ZERO; kv_heads * capacity * head_dim],
-            values: if values_in_keys { Vec::new() } else { vec![f16::ZERO; kv_heads * capacity * value_dim] },
+    ///
+    /// # Errors
+    /// [`Error::KvCacheTooLarge`] when its size overflows a `usize` or the memory cannot be had
+    /// (WebAssembly's 4 GiB).
+    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize, values_in_keys: bool) -> Result<KvCache> {
+        let zeros = |width: usize| -> Result<Vec<f16>> {
+            let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes: u64::MAX };
+            let len = kv_heads.checked_mul(capacity).and_then(|n| n.checked_mul(width)).ok_or_else(too_large)?;
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| too_large())?;
+            v.resize(len, f16::ZERO);
+            Ok(v)
+        };
+        Ok(KvCache {
+            keys: zeros(head_dim)?,
+            values: if values_in_keys { Vec::new() } else { zeros(value_dim)? },
             values_in_keys,
             kv_heads,
             capacity,
             head_dim,
             value_dim,
             len: 0,
-        }
+        })
     }
 
     /// Appends `n` positions: `k` is `[n][kv_heads][head_dim]`, `v` `[n][kv_heads][value_dim]`
@@ -396,7 +408,7 @@ mod tests {
     #[test]
     fn attention_matches_plain_softmax() {
         let (heads, kv_heads, hd, n) = (4, 2, 64, 9);
-        let mut cache = KvCache::new(kv_heads, 16, hd, hd, false);
+        let mut cache = KvCache::new(kv_heads, 16, hd, hd, false).unwrap();
         let value = |i: usize| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 2.0;
         let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
         let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
@@ -467,7 +479,7 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
         for values_in_keys in [false, true] {
             let vd = if values_in_keys { 64 } else { hd };
-            let mut cache = KvCache::new(kv_heads, 32, hd, vd, values_in_keys);
+            let mut cache = KvCache::new(kv_heads, 32, hd, vd, values_in_keys).unwrap();
             let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
             cache.append(&k, &v, n).unwrap();
@@ -520,7 +532,7 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
         for (values_in_keys, n) in [(false, 23), (true, 23), (false, 70), (true, 300)] {
             let vd = if values_in_keys { 64 } else { hd };
-            let mut cache = KvCache::new(kv_heads, 320, hd, vd, values_in_keys);
+            let mut cache = KvCache::new(kv_heads, 320, hd, vd, values_in_keys).unwrap();
             let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
             cache.append(&k, &v, n).unwrap();

@@ -323,7 +323,16 @@ impl Weights {
             });
         }
         let values_in_keys = c.latent.is_some_and(|l| l.absorbed);
-        let caches = (0..c.layers).map(|_| KvCache::new(c.kv_heads, capacity, c.head_dim, c.value_dim, values_in_keys)).collect();
+        // f16 keys (and values) for every layer, refused up front when the memory is not there.
+        let width = c.head_dim + if values_in_keys { 0 } else { c.value_dim };
+        let bytes = [c.layers, c.kv_heads, capacity, width, 2].iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes };
+        if bytes > isize::MAX as u64 || crate::platform::available_memory().is_some_and(|free| bytes > free) {
+            return Err(too_large());
+        }
+        let caches = (0..c.layers)
+            .map(|_| KvCache::new(c.kv_heads, capacity, c.head_dim, c.value_dim, values_in_keys).map_err(|_| too_large()))
+            .collect::<Result<_>>()?;
         Ok(State { caches, len: 0, capacity })
     }
 
@@ -708,14 +717,16 @@ impl Loader<'_> {
         let info = self.info(name)?.clone();
         let (block_elems, block_bytes) = ggml_type_block(info.ggml_type)
             .ok_or_else(|| Error::InvalidTensor { name: name.to_string(), reason: format!("ggml type {} is not supported", info.ggml_type) })?;
-        // The header reader checked that these sizes fit in the file.
-        let size = (info.elements() / block_elems * block_bytes) as usize;
+        // The header reader checked that these sizes fit in the file; they may still not fit
+        // in a 32-bit usize (wasm32) when the file is memory-mapped or read in pieces.
+        let too_large = || Error::InvalidTensor { name: name.to_string(), reason: format!("its {} elements do not fit in this target's memory", info.elements()) };
+        let size = usize::try_from(info.elements() / block_elems * block_bytes).map_err(|_| too_large())?;
         let bytes = (self.source)(info.shard, info.offset, size).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => Error::Truncated { what: format!("the data of tensor `{name}`") },
             _ => Error::Io(e),
         })?;
         // ggml lists dimensions innermost first; shapes here are outermost first.
-        let shape = info.dims.iter().rev().map(|&d| d as usize).collect();
+        let shape = info.dims.iter().rev().map(|&d| usize::try_from(d).map_err(|_| too_large())).collect::<Result<_>>()?;
         Ok((bytes, info.ggml_type, shape))
     }
 
