@@ -7,13 +7,14 @@
 #   make pkg                the npm package in pkg/
 #   make models             fetch the three real models into ~/.cache/candlewick/models
 #   make bench              candlewick beside llama.cpp natively: speed and memory
+#   make soak               1,000 mixed generations natively and in Node.js, memory before and after
 #   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-scale bench-browser run
+.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-scale bench-browser soak run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -108,6 +109,12 @@ fuzz: models python-deps
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference
 	$(CARGO) bench --bench compare
+
+# 1,000 mixed generations on one model, natively then in Node.js: memory at the start, after
+# 20 generations and at the end (not a timed test).
+soak: models pkg
+	$(CARGO) bench --bench soak
+	node benches/soak.mjs
 
 bench-scale: models reference
 	$(CARGO) build --release

@@ -192,6 +192,14 @@ pub enum Error {
         bytes: u64,
     },
 
+    /// A saved perplexity run (`--kl-divergence`) cannot be compared with this one: it is not
+    /// a saved run, or it scored other tokens or another context.
+    #[error("the saved run cannot be compared with this one: {reason}")]
+    BaseRunMismatch {
+        /// What differs or is malformed.
+        reason: String,
+    },
+
     /// Something is wrong in one shard of a split model.
     #[error("shard {} of {count}: {error}", .shard + 1)]
     InShard {

@@ -27,6 +27,7 @@ pub mod generator;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod perplexity;
 pub mod sampling;
 pub mod stream;
 pub mod tokenizer;

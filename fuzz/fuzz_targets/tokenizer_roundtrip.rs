@@ -1,8 +1,9 @@
 //! Encoding arbitrary UTF-8 with each real model's tokenizer and decoding the ids gives the
 //! text back, with or without special-token parsing, as llama.cpp guarantees for these
 //! tokenizers (byte-level BPE, and SentencePiece with byte fallback and no added space prefix)
-//! — except for a character the vocabulary cannot spell at all (SmolLM2 has no token for some
-//! control bytes), which llama.cpp and candlewick both leave out.
+//! — for text whose every character round-trips alone: SmolLM2's vocabulary has no token for
+//! some bytes (0x06, 0xF1, …), which llama.cpp and candlewick both leave out, so a character
+//! with such a byte does not come back (that text is still encoded and decoded, for panics).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let parse_special = which & 0x80 != 0;
     let ids = tokenizer.encode(text, false, parse_special).expect("encoding UTF-8 text never fails");
     let decoded = tokenizer.decode(&ids, parse_special).expect("encoded ids are in the vocabulary");
-    let spellable = |c: char| !tokenizer.encode(c.encode_utf8(&mut [0; 4]), false, false).unwrap_or_default().is_empty();
-    let expected: String = text.chars().filter(|&c| spellable(c)).collect();
-    assert_eq!(decoded, expected, "round trip through {ids:?}");
+    let round_trips = |c: char| {
+        let alone = c.encode_utf8(&mut [0; 4]).to_string();
+        tokenizer.encode(&alone, false, false).and_then(|ids| tokenizer.decode(&ids, false)).is_ok_and(|d| d == alone)
+    };
+    if text.chars().all(round_trips) {
+        assert_eq!(decoded, text, "round trip through {ids:?}");
+    }
 });

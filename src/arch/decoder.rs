@@ -343,7 +343,20 @@ impl Weights {
     /// [`Error::TokenOutOfRange`] for an id outside the vocabulary, [`Error::PromptTooLong`]
     /// when the tokens do not fit in the cache, [`Error::Compute`] if a product fails.
     pub fn forward(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_rows(state, tokens, tokens.len().saturating_sub(1))
+    }
+
+    /// As [`Weights::forward`], but returns the logits after each of `tokens[from..]`
+    /// (`[tokens.len() - from][vocab_size]`): what scoring a text (perplexity) needs.
+    ///
+    /// # Errors
+    /// As [`Weights::forward`]; [`Error::InvalidParameter`] when `from` is not below
+    /// `tokens.len()`.
+    pub fn forward_rows(&self, state: &mut State, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
         let c = &self.config;
+        if from >= tokens.len().max(1) {
+            return Err(Error::InvalidParameter { name: "from", reason: format!("row {from} of {} tokens", tokens.len()) });
+        }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
             return Err(Error::TokenOutOfRange { id: bad.into(), vocab_size: self.vocab_size, what: "model input".into() });
         }
@@ -391,9 +404,10 @@ impl Weights {
         }
         state.len += seq;
 
-        // Only the last position's logits are needed to pick the next token.
-        let last = norm(&x[(seq - 1) * c.hidden..], &self.output_norm);
-        self.output.forward(&last, 1)
+        // Only the asked-for positions' logits (the last one, to pick the next token).
+        let mut rows = x.split_off(from * c.hidden);
+        rms_norm(&mut rows, &self.output_norm, eps);
+        self.output.forward(&rows, seq - from)
     }
 
     /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`.
