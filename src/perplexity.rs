@@ -155,7 +155,15 @@ pub fn evaluate(model: &Model, tokens: &[u32], options: &PerplexityOptions, base
         });
     }
     let tokens = &tokens[..chunks * n_ctx];
+    let first = n_ctx / 2;
     if let Some(base) = base {
+        let expected = chunks * (n_ctx - 1 - first);
+        if base.positions.len() != expected {
+            return Err(Error::BaseRunMismatch { reason: format!("it has {} scored positions, this run {expected}", base.positions.len()) });
+        }
+        if base.positions.iter().any(|p| p.top.is_empty()) {
+            return Err(Error::BaseRunMismatch { reason: "some of its positions have no log-probabilities".into() });
+        }
         if base.context != n_ctx || base.tokens != tokens {
             return Err(Error::BaseRunMismatch {
                 reason: format!(
@@ -168,7 +176,6 @@ pub fn evaluate(model: &Model, tokens: &[u32], options: &PerplexityOptions, base
         }
     }
 
-    let first = n_ctx / 2;
     let bos = model.tokenizer().adds_bos().then(|| model.tokenizer().bos()).flatten();
     let mut positions = Vec::with_capacity(chunks * (n_ctx - 1 - first));
     let mut divergence = base.map(|_| Divergence { kld: Vec::new(), same_top: 0 });

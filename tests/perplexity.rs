@@ -29,7 +29,7 @@ fn llama_cpp_run(path: &std::path::Path, model: &Model, tokens: &[u32], context:
             c
         })
         .collect();
-    let reply = llama_cpp("logprobs.mjs", &[path.to_str().unwrap()], &json!({ "chunks": chunks, "first": context / 2, "topK": TOP_K, "threads": 2, "batchSize": std::env::var("REF_BATCH").ok().and_then(|v| v.parse::<usize>().ok()) }));
+    let reply = llama_cpp("logprobs.mjs", &[path.to_str().unwrap()], &json!({ "chunks": chunks, "first": context / 2, "topK": TOP_K, "threads": 2 }));
     let positions = reply["positions"].as_array().unwrap();
     let scored = tokens.chunks_exact(context).flat_map(|c| c[context / 2 + 1..].iter().copied());
     let positions = positions
@@ -117,4 +117,27 @@ fn cli_saves_a_base_run_and_compares_with_it() {
     let (ok, refused) = cli(&["-c", "32", "--kl-divergence", base.to_str().unwrap()]);
     assert!(!ok && refused.contains("cannot be compared"), "{refused}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A base run that does not fit this one (another count of positions, positions without
+/// log-probabilities, other tokens) is refused before any work, never indexed past its end.
+#[test]
+fn a_base_run_that_does_not_fit_is_refused() {
+    let model = Model::open(model(SMOLLM2)).unwrap();
+    let tokens = perplexity::tokenize(&model, &text()).unwrap();
+    let options = PerplexityOptions { context: 16, top_k: 4, threads: None };
+    let tokens = &tokens[..64];
+    let base = perplexity::evaluate(&model, tokens, &options, None).unwrap().run;
+    let mut short = base.clone();
+    short.positions.pop();
+    let mut empty = base.clone();
+    empty.positions[3].top.clear();
+    let mut other = base.clone();
+    other.tokens[5] += 1;
+    for (what, bad) in [("one position short", short), ("no log-probabilities", empty), ("other tokens", other)] {
+        let Err(e) = perplexity::evaluate(&model, tokens, &options, Some(&bad)) else { panic!("{what}: compared") };
+        assert!(matches!(e, Error::BaseRunMismatch { .. }), "{what}: {e}");
+    }
+    let same = perplexity::evaluate(&model, tokens, &options, Some(&base)).unwrap().divergence.unwrap();
+    assert_eq!((same.mean().value, same.same_top), (0.0, base.positions.len()));
 }

@@ -5,7 +5,9 @@
 //              "first": 256,             // positions first .. len-2 of each chunk are scored
 //              "topK": 32,
 //              "batchSize": 512,         // optional, default the chunk's length: tokens per
-//                                        // llama_decode (1 runs every token as generation does)
+//                                        // llama_decode
+//              "scoredAtOnce": 16,       // optional, default 16: scored positions evaluated per
+//                                        // call (1 runs each as generation runs a token)
 //              "threads": 1}             // optional, default 1
 //   response: {"positions": [{"logprob": lp, "top": [[id, lp], ...]}, ...]}
 //             per scored position in order: the log-probability of the token that follows it in
@@ -18,7 +20,7 @@ import { getLlama } from "node-llama-cpp";
 import { readFileSync } from "node:fs";
 
 const modelPath = process.argv[2];
-const { chunks, first, topK, batchSize, threads = 1 } = JSON.parse(readFileSync(0, "utf8"));
+const { chunks, first, topK, batchSize, scoredAtOnce = 16, threads = 1 } = JSON.parse(readFileSync(0, "utf8"));
 if (!Array.isArray(chunks) || chunks.length === 0) throw new Error("request.chunks must be a non-empty array of token id arrays");
 const contextSize = Math.max(...chunks.map((c) => c.length));
 if (!(Number.isInteger(first) && first >= 1 && first < contextSize - 1)) throw new Error("request.first must be in 1..len-2");
@@ -27,7 +29,6 @@ const llama = await getLlama({ gpu: false, build: "never", logLevel: "error", ma
 const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
 const context = await model.createContext({ contextSize, batchSize: batchSize ?? contextSize, sequences: 1, threads });
 const sequence = context.getSequence();
-const SCORED_AT_ONCE = 16;
 const log = (p) => (p > 0 ? Math.log(p) : null);
 
 const positions = [];
@@ -38,8 +39,8 @@ try {
         // The scored positions a few at a time, so that only their probability maps (a whole
         // vocabulary each) are alive at once.
         await sequence.controlledEvaluate(chunk.slice(0, first));
-        for (let start = first; start < chunk.length - 1; start += SCORED_AT_ONCE) {
-            const end = Math.min(start + SCORED_AT_ONCE, chunk.length - 1);
+        for (let start = first; start < chunk.length - 1; start += scoredAtOnce) {
+            const end = Math.min(start + scoredAtOnce, chunk.length - 1);
             const output = await sequence.controlledEvaluate(chunk.slice(start, end).map((id) => [id, scored]));
             for (let j = start; j < end; j++) {
                 const probabilities = output[j - start]?.next?.probabilities;
