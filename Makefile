@@ -8,13 +8,14 @@
 #   make models             fetch the three real models into ~/.cache/candlewick/models
 #   make bench              candlewick beside llama.cpp natively: speed and memory
 #   make bench-session      a session's new turn beside a cold start: time to first token
+#   make soak               1,000 mixed generations natively and in Node.js, memory before and after
 #   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser run
+.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser soak run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -93,12 +94,19 @@ wasm-tools:
 	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 	@command -v wasm-pack >/dev/null || $(CARGO) install wasm-pack
 
-# Fuzz every target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`): the GGUF reader
-# and tokenizer builder, tool definitions, the tool-call parser, the GBNF parser and matcher,
-# the JSON Schema converter.
+# Every fuzz target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`): the GGUF reader and
+# tokenizer builder (seeded with the real models' headers, vocabularies cut short, by
+# fuzz/seeds.py), encode/decode round trips and chat-template rendering with the real models,
+# tool definitions, the tool-call parser, the GBNF parser and matcher, the JSON Schema converter.
 FUZZ_SECONDS ?= 300
-fuzz:
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict
+FUZZ_TARGETS = gguf_tokenizer tokenizer_roundtrip chat_template
+MODELS_DIR = $(or $(CANDLEWICK_MODELS),$(or $(CANDLEWICK_CACHE),$(HOME)/.cache/candlewick)/models)
+fuzz: models python-deps
+	python3 fuzz/seeds.py $(MODELS_DIR) fuzz/corpus/gguf_tokenizer
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict || exit 1; \
+	done
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_definitions -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_call_parser -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=tools.dict
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run grammar -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=grammar.dict
@@ -110,6 +118,12 @@ bench: models reference
 
 bench-session: models
 	$(CARGO) bench --bench session
+
+# 1,000 mixed generations on one model, natively then in Node.js: memory at the start, after
+# 20 generations and at the end (not a timed test).
+soak: models pkg
+	$(CARGO) bench --bench soak
+	node benches/soak.mjs
 
 bench-scale: models reference
 	$(CARGO) build --release

@@ -12,14 +12,14 @@ await access(new URL("threads/candlewick_bg.wasm", pkg)).catch(() => {
     throw new Error("pkg/threads/ is missing: build the threaded wasm first (make pkg)");
 });
 await rm(new URL("threads/.gitignore", pkg), { force: true });
-for (const entry of ["index.js", "node.js", "index.d.ts"]) await copyFile(new URL(entry, here), new URL(entry, pkg));
+for (const entry of ["index.js", "node.js", "freed.js", "index.d.ts"]) await copyFile(new URL(entry, here), new URL(entry, pkg));
 Object.assign(manifest, {
     type: "module",
     main: "index.js",
     types: "index.d.ts",
     exports: { ".": { types: "./index.d.ts", node: "./node.js", default: "./index.js" } },
-    files: [...new Set([...(manifest.files ?? []), "index.js", "node.js", "index.d.ts", "threads/"])],
-    sideEffects: ["./index.js", "./node.js", "./snippets/*", "./threads/snippets/*"],
+    files: [...new Set([...(manifest.files ?? []), "index.js", "node.js", "freed.js", "index.d.ts", "threads/"])],
+    sideEffects: ["./index.js", "./node.js", "./freed.js", "./snippets/*", "./threads/snippets/*"],
     engines: { node: ">=20" },
 });
 delete manifest.module;

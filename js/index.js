@@ -9,6 +9,8 @@
 // a page's main thread may not call. Anywhere else, or when asked for one thread, this loads
 // the single-thread build.
 
+import { refuseFreed } from "./freed.js";
+
 /** How many threads to run on: `globalThis.candlewickThreads` if set, else one per core. */
 function wantedThreads() {
     const asked = globalThis.candlewickThreads;
@@ -44,3 +46,4 @@ const wanted = wantedThreads();
 const wasm = (wanted > 1 && (await threaded(wanted))) || (await singleThreaded());
 
 export const { Model, iterate } = wasm;
+refuseFreed(Model);

@@ -18,7 +18,7 @@ struct Cli {
 
 /// Where the model comes from.
 #[derive(clap::Args)]
-struct ModelArgs {
+pub struct ModelArgs {
     /// The GGUF file.
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
@@ -37,7 +37,7 @@ impl ModelArgs {
     }
 
     /// The whole model, with a progress bar on stderr when it is a terminal.
-    fn open_weights(&self) -> Result<Model> {
+    pub fn open_weights(&self) -> Result<Model> {
         if let Some(json) = &self.tokenizer_json {
             return Model::open_with_tokenizer_json(&self.model, json, true);
         }
@@ -91,6 +91,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Answer each line of stdin as a user message, in one conversation that keeps its KV cache.
     Chat(ChatArgs),
+    /// Perplexity over a text file, as llama.cpp's llama-perplexity computes it; with
+    /// --kl-divergence-base / --kl-divergence, the KL divergence between two runs.
+    Perplexity(crate::perplexity_cli::PerplexityArgs),
 }
 
 #[derive(clap::Args)]
@@ -317,6 +320,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Generate(args) => return generate(args),
         Command::Chat(args) => return chat(args),
+        Command::Perplexity(args) => crate::perplexity_cli::run(args)?,
     }
     Ok(true)
 }

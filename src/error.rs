@@ -234,6 +234,25 @@ pub enum Error {
         text: String,
     },
 
+    /// The KV cache for the context asked for cannot be allocated: its size overflows this
+    /// target's addresses, it is larger than the memory available (natively), or the memory is
+    /// not there (WebAssembly's 4 GiB). Nothing was kept.
+    #[error("a KV cache of {positions} positions ({:.2} GiB) does not fit in memory; ask for a shorter context length", *.bytes as f64 / GIB)]
+    KvCacheTooLarge {
+        /// The positions asked for.
+        positions: usize,
+        /// The bytes it needs (saturated at `u64::MAX`).
+        bytes: u64,
+    },
+
+    /// A saved perplexity run (`--kl-divergence`) cannot be compared with this one: it is not
+    /// a saved run, or it scored other tokens or another context.
+    #[error("the saved run cannot be compared with this one: {reason}")]
+    BaseRunMismatch {
+        /// What differs or is malformed.
+        reason: String,
+    },
+
     /// Something is wrong in one shard of a split model.
     #[error("shard {} of {count}: {error}", .shard + 1)]
     InShard {

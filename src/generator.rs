@@ -135,7 +135,8 @@ impl GenerateOptions {
                 return Err(Error::InvalidParameter { name: "context_length", reason: format!("{n} is beyond the model's context length {model_context}") })
             }
             Some(n) => n,
-            None => (prompt + self.max_tokens).min(model_context),
+            // Saturating: `max_tokens` may be usize::MAX (a JavaScript 1e12 in wasm32).
+            None => prompt.saturating_add(self.max_tokens).min(model_context),
         };
         if prompt > capacity {
             return Err(Error::PromptTooLong { tokens: prompt, context: capacity });
@@ -223,34 +224,41 @@ impl Generator {
         let capacity = options.capacity(tokens.len(), weights.config().context_length)?;
         let state = weights.new_state(capacity)?;
         let sampler = Sampler::new(options.sampling.clone())?;
-        Generator::start(model, tokens, state, sampler, options, earlier_calls, None)
+        let grammar = Generator::grammar_state(model, &options)?;
+        Ok(Generator::start(model, tokens, state, sampler, grammar, options, earlier_calls, None))
+    }
+
+    /// Where a generation with `options` starts in its grammar: the options' own, or the one
+    /// a tool choice of `required` or a named function imposes (the format's markup of calls);
+    /// `None` without either.
+    ///
+    /// # Errors
+    /// [`Error::Grammar`] / [`Error::JsonSchema`] when the grammar cannot start or a tool's
+    /// schema does not convert; [`Error::InvalidParameter`] for a grammar beside a tool choice
+    /// that imposes one.
+    pub(crate) fn grammar_state(model: &Model, options: &GenerateOptions) -> Result<Option<GrammarState>> {
+        let format = model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format());
+        match (options.tool_choice.grammar(format, options.offered_tools())?, &options.grammar) {
+            (Some(_), Some(_)) => Err(Error::InvalidParameter { name: "grammar", reason: "tool_choice `required` or a named function imposes its own grammar; give one or the other".into() }),
+            (Some(calls), None) => GrammarState::new(&calls).map(Some),
+            (None, grammar) => grammar.as_ref().map(GrammarState::new).transpose(),
+        }
     }
 
     /// A generation of `tokens` on `state`, whose first `state.len()` positions already hold
     /// the same first tokens (a session's cache, truncated to the common prefix), in a
-    /// conversation that made `earlier_calls` tool calls before; `home` takes the cache back
-    /// at the end.
-    ///
-    /// # Errors
-    /// [`Error::Grammar`] when the options' grammar (or the tool choice's) cannot start;
-    /// [`Error::InvalidParameter`] for a grammar beside a tool choice that imposes one.
-    pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Result<Generator> {
+    /// conversation that made `earlier_calls` tool calls before, under `grammar`
+    /// ([`Generator::grammar_state`]); `home` takes the cache back at the end.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, grammar: Option<GrammarState>, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Generator {
         let cached_tokens = state.len();
         let tools = options.offered_tools().to_vec();
         let format = model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format());
-        // `required` and a named function make the reply calls: a grammar of the format's markup.
-        let grammar = match (options.tool_choice.grammar(format, &tools)?, &options.grammar) {
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidParameter { name: "grammar", reason: "tool_choice `required` or a named function imposes its own grammar; give one or the other".into() });
-            }
-            (Some(calls), None) => Some(GrammarState::new(&calls)?),
-            (None, grammar) => grammar.as_ref().map(GrammarState::new).transpose()?,
-        };
         let (tool_parser, markup_tokens) = match tools.is_empty() {
             true => (None, Vec::new()),
             false => (Some(ToolCallParser::new(format, tools)), markup_token_ids(model, format)),
         };
-        Ok(Generator {
+        Generator {
             model: model.clone(),
             state,
             sampler,
@@ -274,7 +282,7 @@ impl Generator {
             cancel: Arc::new(AtomicBool::new(false)),
             started: None,
             first_token: None,
-        })
+        }
     }
 
     /// A flag that, once set, ends the generation with `finish_reason: cancelled` before its

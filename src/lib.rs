@@ -28,6 +28,7 @@ pub mod gguf;
 pub mod grammar;
 pub mod kernels;
 pub mod model;
+pub mod perplexity;
 pub mod sampling;
 pub mod session;
 pub mod stream;

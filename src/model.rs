@@ -230,10 +230,16 @@ impl Model {
     }
 
     /// Renders `messages` with the model's chat template, ending with the assistant's header.
+    /// A conversation that ends with an assistant message gets a new assistant turn after it
+    /// (the model answers again; it does not continue that message).
     ///
     /// # Errors
-    /// As [`Model::chat_template`] and [`ChatTemplate::render`].
+    /// [`Error::InvalidMessages`] for an empty list (there is nothing to answer); as
+    /// [`Model::chat_template`] and [`ChatTemplate::render`].
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        if messages.is_empty() {
+            return Err(Error::InvalidMessages { reason: "there are no messages: a conversation needs at least one to answer".into() });
+        }
         self.chat_template()?.render(messages, true)
     }
 

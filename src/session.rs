@@ -198,16 +198,20 @@ impl Session {
         let tokens = prompt_tokens(&self.model, Prompt::Messages(conversation.clone()), &options)?;
         let capacity = options.capacity(tokens.len(), weights.config().context_length)?;
         let sampler = Sampler::new(options.sampling.clone())?;
+        let grammar = Generator::grammar_state(&self.model, &options)?;
         let mut state = slot.state.take().ok_or(Error::SessionBusy)?;
         // Keep the common prefix, but run at least the last prompt token: its logits pick the
         // first new token.
         let keep = common_prefix(&slot.tokens, &tokens).min(state.len()).min(tokens.len() - 1);
         state.truncate(keep);
-        state.grow(capacity);
+        if let Err(e) = state.grow(capacity) {
+            slot.state = Some(state);
+            return Err(e);
+        }
         let earlier_calls = conversation.iter().map(|m| m.tool_calls.len()).sum();
         let home = Home { slot: self.slot.clone(), conversation };
         drop(slot);
-        Generator::start(&self.model, tokens, state, sampler, options, earlier_calls, Some(home))
+        Ok(Generator::start(&self.model, tokens, state, sampler, grammar, options, earlier_calls, Some(home)))
     }
 
     /// The session as bytes: its conversation, the tokens its cache holds and the cache itself

@@ -637,10 +637,11 @@ impl Bpe {
     fn merge(&self, word: &[u8], out: &mut Vec<u32>) -> Result<()> {
         // Linked symbols: (token, previous, next); a merged-away symbol's token is `None`.
         type Linked = (Option<u32>, Option<usize>, Option<usize>);
+        // A byte the vocabulary has no token for stays a symbol that merges with nothing and
+        // is then left out, as llama.cpp leaves it out (SmolLM2 has no token for 0x06).
         let mut symbols: Vec<Linked> = Vec::with_capacity(word.len());
         for (i, &byte) in word.iter().enumerate() {
-            let id = self.byte_tokens[byte as usize]
-                .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no token for byte 0x{byte:02X}")))?;
+            let id = self.byte_tokens[byte as usize].unwrap_or(NO_TOKEN);
             symbols.push((Some(id), i.checked_sub(1), (i + 1 < word.len()).then_some(i + 1)));
         }
         // Candidates: (rank, left symbol, left token, right token, merged token), lowest first.
@@ -671,10 +672,13 @@ impl Bpe {
             }
             queue.extend(candidate(&symbols, left));
         }
-        out.extend(symbols.iter().filter_map(|s| s.0));
+        out.extend(symbols.iter().filter_map(|s| s.0).filter(|&id| id != NO_TOKEN));
         Ok(())
     }
 }
+
+/// Stands for a byte without a token during BPE merges: no merge pair contains it.
+const NO_TOKEN: u32 = u32::MAX;
 
 /// GPT-2's byte alphabet: printable bytes stand for themselves, the other 68 bytes are mapped
 /// to U+0100 onwards in byte order. Returns the byte a character stands for.

@@ -157,3 +157,20 @@ fn gemma3_tokenizer_build_time() {
     let model = Model::open(&path).unwrap();
     println!("gemma3: header + {}-token tokenizer built in {:?}", model.tokenizer().vocab_size(), start.elapsed());
 }
+
+/// Found by fuzzing: SmolLM2's vocabulary has no token for some bytes (0x06 and 0xF1 among
+/// them). llama.cpp leaves such a byte out of the ids; candlewick refused the text instead.
+#[test]
+fn bytes_without_a_token_are_left_out_as_llama_cpp_does() {
+    let path = model(SMOLLM2);
+    let model = Model::open_without_weights(&path).unwrap();
+    let tok = model.tokenizer();
+    // The last two: U+5F600 is F1 9F 98 80, and there is no token for F1.
+    let texts = ["ab\u{6}cd", "\u{6}", "x\u{1}\u{6}\u{2}y", "Hell\u{2}\u{f}\0\0\0\0\0\0\0\u{6}\0\0p", "\u{5f600}", "\u{2}  é踭\u{5f600}\n\u{1} 07e1llo"];
+    let reference = llama_cpp("tokenize.mjs", &[path.to_str().unwrap()], &json!({ "texts": texts }));
+    for (i, text) in texts.iter().enumerate() {
+        let got = tok.encode(text, false, false).unwrap();
+        assert_eq!(got, ids(&reference["plain"][i]), "{text:?}");
+        assert_eq!(tok.decode(&got, false).unwrap(), reference["detok"][i].as_str().unwrap(), "{text:?}");
+    }
+}

@@ -17,6 +17,9 @@ extern "C" {
     fn read_file_sync(path: &str) -> Result<Uint8Array, JsValue>;
 }
 
+#[path = "common/patch.rs"]
+mod patch;
+
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn env(name: &str) -> Option<String> {
@@ -149,4 +152,60 @@ async fn bad_options_throw_before_any_work() {
         let message = get(&error, "message").as_string().unwrap();
         assert!(message.contains(needle), "{key}: {message}");
     }
+}
+
+/// SmolLM2's bytes with `edit` applied to its header.
+fn patched_smollm2(edit: impl FnOnce(&mut [u8])) -> JsValue {
+    let mut file = model_bytes(SMOLLM2).to_vec();
+    edit(&mut file);
+    Uint8Array::from(&file[..]).into()
+}
+
+/// In wasm32 `usize` is 32 bits: a `maxTokens` of 2^53 − 1 (or 1e12) once wrapped prompt +
+/// max tokens to a context shorter than the prompt. It runs to the end of the context now.
+#[wasm_bindgen_test]
+async fn huge_max_tokens_run_to_the_end_of_the_context() {
+    let model = WebModel::load(patched_smollm2(|f| patch::set_u32(f, "llama.context_length", 40)), None).await.unwrap();
+    for max_tokens in [9_007_199_254_740_991.0, 1e12] {
+        let fields = [("maxTokens", max_tokens.into()), ("temperature", 0.into()), ("raw", true.into())];
+        let chunks = read_all(model.generate("One, two, three, four,".into(), Some(options(&fields))).unwrap()).await;
+        let last = chunks.last().unwrap();
+        assert_eq!(get(last, "finishReason").as_string().as_deref(), Some("length"), "maxTokens {max_tokens}");
+        let usage = get(last, "usage");
+        let total = get(&usage, "promptTokens").as_f64().unwrap() + get(&usage, "completionTokens").as_f64().unwrap();
+        // The last token comes from the logits at position 40 and is never fed back.
+        assert_eq!(total, 41.0, "maxTokens {max_tokens}");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_context_length_of_2_to_the_32_is_refused_in_words() {
+    let model = load_smollm2().await;
+    let error = model.generate("Hi".into(), Some(options(&[("contextLength", 4_294_967_296.0.into())]))).err().expect("refused");
+    let message = get(&error, "message").as_string().unwrap();
+    assert!(message.contains("beyond the model's context length 8192"), "{message}");
+}
+
+/// Sizes past 32 bits, and offsets past the end, are errors in words, not wrapped or trapped.
+#[wasm_bindgen_test]
+async fn tensors_past_the_end_or_too_large_are_refused_in_words() {
+    let cases: [(&str, fn(&mut [u8])); 4] = [
+        ("an element count over 2^32", |f| patch::set_dim(f, "blk.0.attn_q.weight", 1, (1 << 32) + 1)),
+        ("an element count over 2^64", |f| patch::set_dim(f, "blk.0.attn_q.weight", 1, u64::MAX / 2)),
+        ("an offset past the end", |f| patch::set_offset(f, "output_norm.weight", 1 << 40)),
+        ("an offset that wraps", |f| patch::set_offset(f, "output_norm.weight", u64::MAX - 31)),
+    ];
+    for (what, edit) in cases {
+        let error = WebModel::load(patched_smollm2(edit), None).await.err().unwrap_or_else(|| panic!("{what}: loaded"));
+        let message = get(&error, "message").as_string().unwrap();
+        assert!(message.contains("truncated") || message.contains("impossible dimensions"), "{what}: {message}");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn no_messages_are_refused_in_words() {
+    let model = load_smollm2().await;
+    let error = model.generate(js_sys::Array::new().into(), None).err().expect("an empty conversation is refused");
+    let message = get(&error, "message").as_string().unwrap();
+    assert!(message.contains("no messages"), "{message}");
 }

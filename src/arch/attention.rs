@@ -105,19 +105,34 @@ pub struct KvCache {
     len: usize,
 }
 
+/// `kv_heads × capacity × width` zeros, or [`Error::KvCacheTooLarge`] when that overflows a
+/// `usize` or the memory cannot be had (WebAssembly's 4 GiB).
+fn zeroed(kv_heads: usize, capacity: usize, width: usize) -> Result<Vec<f16>> {
+    let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes: u64::MAX };
+    let len = kv_heads.checked_mul(capacity).and_then(|n| n.checked_mul(width)).ok_or_else(too_large)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| too_large())?;
+    v.resize(len, f16::ZERO);
+    Ok(v)
+}
+
 impl KvCache {
     /// An empty cache for `capacity` positions.
-    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize, values_in_keys: bool) -> KvCache {
-        KvCache {
-            keys: vec![f16::ZERO; kv_heads * capacity * head_dim],
-            values: if values_in_keys { Vec::new() } else { vec![f16::ZERO; kv_heads * capacity * value_dim] },
+    ///
+    /// # Errors
+    /// [`Error::KvCacheTooLarge`] when its size overflows a `usize` or the memory cannot be had
+    /// (WebAssembly's 4 GiB).
+    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize, values_in_keys: bool) -> Result<KvCache> {
+        Ok(KvCache {
+            keys: zeroed(kv_heads, capacity, head_dim)?,
+            values: if values_in_keys { Vec::new() } else { zeroed(kv_heads, capacity, value_dim)? },
             values_in_keys,
             kv_heads,
             capacity,
             head_dim,
             value_dim,
             len: 0,
-        }
+        })
     }
 
     /// Appends `n` positions: `k` is `[n][kv_heads][head_dim]`, `v` `[n][kv_heads][value_dim]`
@@ -154,23 +169,28 @@ impl KvCache {
 
     /// Makes room for `capacity` positions (never fewer than it has), keeping those filled.
     /// The layout is per head, so each head's filled rows move to their new place.
-    pub fn grow(&mut self, capacity: usize) {
+    ///
+    /// # Errors
+    /// [`Error::KvCacheTooLarge`] as [`KvCache::new`]; the cache is then as it was.
+    pub fn grow(&mut self, capacity: usize) -> Result<()> {
         if capacity <= self.capacity {
-            return;
+            return Ok(());
         }
-        let regrow = |old: &[f16], dim: usize| {
-            let mut new = vec![f16::ZERO; self.kv_heads * capacity * dim];
+        let regrow = |old: &[f16], dim: usize| -> Result<Vec<f16>> {
+            let mut new = zeroed(self.kv_heads, capacity, dim)?;
             for h in 0..self.kv_heads {
                 let rows = self.len * dim;
                 new[h * capacity * dim..][..rows].copy_from_slice(&old[h * self.capacity * dim..][..rows]);
             }
-            new
+            Ok(new)
         };
-        self.keys = regrow(&self.keys, self.head_dim);
+        let keys = regrow(&self.keys, self.head_dim)?;
         if !self.values_in_keys {
-            self.values = regrow(&self.values, self.value_dim);
+            self.values = regrow(&self.values, self.value_dim)?;
         }
+        self.keys = keys;
         self.capacity = capacity;
+        Ok(())
     }
 
     /// The filled positions' keys and values as little-endian f16 bytes, head by head (keys,
@@ -462,13 +482,13 @@ mod tests {
     fn caches_grow_and_restore_without_changing_a_position() {
         for values_in_keys in [false, true] {
             let (kv_heads, hd, vd, n) = (3, 8, 4, 5);
-            let mut cache = KvCache::new(kv_heads, 6, hd, vd, values_in_keys);
+            let mut cache = KvCache::new(kv_heads, 6, hd, vd, values_in_keys).unwrap();
             let k: Vec<f32> = (0..n * kv_heads * hd).map(|i| i as f32 * 0.25).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| -(i as f32)).collect();
             cache.append(&k, &v, n).unwrap();
             let rows = |c: &KvCache| -> Vec<Vec<f16>> { (0..kv_heads).flat_map(|h| (0..n).flat_map(move |t| [c.key(h, t).to_vec(), c.value(h, t).to_vec()])).collect() };
             let before = rows(&cache);
-            cache.grow(64);
+            cache.grow(64).unwrap();
             assert_eq!(cache.capacity, 64);
             assert_eq!(rows(&cache), before);
             cache.append(&k[..kv_heads * hd], &v[..kv_heads * vd], 1).unwrap();
@@ -476,7 +496,7 @@ mod tests {
             let mut bytes = Vec::new();
             cache.filled_bytes(&mut bytes);
             assert_eq!(bytes.len(), n * cache.bytes_per_position());
-            let mut other = KvCache::new(kv_heads, 8, hd, vd, values_in_keys);
+            let mut other = KvCache::new(kv_heads, 8, hd, vd, values_in_keys).unwrap();
             assert_eq!(other.fill_from_bytes(n, &bytes), Some(bytes.len()));
             assert_eq!(rows(&other), before);
             assert_eq!(other.fill_from_bytes(n, &bytes[..bytes.len() - 1]), None);
@@ -488,7 +508,7 @@ mod tests {
     #[test]
     fn attention_matches_plain_softmax() {
         let (heads, kv_heads, hd, n) = (4, 2, 64, 9);
-        let mut cache = KvCache::new(kv_heads, 16, hd, hd, false);
+        let mut cache = KvCache::new(kv_heads, 16, hd, hd, false).unwrap();
         let value = |i: usize| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 2.0;
         let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
         let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
@@ -559,7 +579,7 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
         for values_in_keys in [false, true] {
             let vd = if values_in_keys { 64 } else { hd };
-            let mut cache = KvCache::new(kv_heads, 32, hd, vd, values_in_keys);
+            let mut cache = KvCache::new(kv_heads, 32, hd, vd, values_in_keys).unwrap();
             let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
             cache.append(&k, &v, n).unwrap();
@@ -612,7 +632,7 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
         for (values_in_keys, n) in [(false, 23), (true, 23), (false, 70), (true, 300)] {
             let vd = if values_in_keys { 64 } else { hd };
-            let mut cache = KvCache::new(kv_heads, 320, hd, vd, values_in_keys);
+            let mut cache = KvCache::new(kv_heads, 320, hd, vd, values_in_keys).unwrap();
             let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
             cache.append(&k, &v, n).unwrap();

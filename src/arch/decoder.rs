@@ -143,11 +143,16 @@ impl State {
 
     /// Makes room for `capacity` positions, keeping those filled (a session's cache grows as
     /// its conversation does). A smaller `capacity` changes nothing.
-    pub fn grow(&mut self, capacity: usize) {
+    ///
+    /// # Errors
+    /// [`Error::KvCacheTooLarge`] when the memory is not there; the layers grown before keep
+    /// their larger room, and the state still holds what it held.
+    pub fn grow(&mut self, capacity: usize) -> Result<()> {
         for cache in &mut self.caches {
-            cache.grow(capacity);
+            cache.grow(capacity)?;
         }
         self.capacity = self.capacity.max(capacity);
+        Ok(())
     }
 
     /// The filled positions of every layer as bytes (f16, little-endian), for
@@ -171,7 +176,7 @@ impl State {
         if len.checked_mul(self.kv_bytes_per_token()) != Some(bytes.len()) {
             return Err(invalid());
         }
-        self.grow(len);
+        self.grow(len)?;
         let mut at = 0;
         for cache in &mut self.caches {
             at += cache.fill_from_bytes(len, &bytes[at..]).ok_or_else(invalid)?;
@@ -365,7 +370,16 @@ impl Weights {
             });
         }
         let values_in_keys = c.latent.is_some_and(|l| l.absorbed);
-        let caches = (0..c.layers).map(|_| KvCache::new(c.kv_heads, capacity, c.head_dim, c.value_dim, values_in_keys)).collect();
+        // f16 keys (and values) for every layer, refused up front when the memory is not there.
+        let width = c.head_dim + if values_in_keys { 0 } else { c.value_dim };
+        let bytes = [c.layers, c.kv_heads, capacity, width, 2].iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes };
+        if bytes > isize::MAX as u64 || crate::platform::available_memory().is_some_and(|free| bytes > free) {
+            return Err(too_large());
+        }
+        let caches = (0..c.layers)
+            .map(|_| KvCache::new(c.kv_heads, capacity, c.head_dim, c.value_dim, values_in_keys).map_err(|_| too_large()))
+            .collect::<Result<_>>()?;
         Ok(State { caches, len: 0, capacity })
     }
 
@@ -376,7 +390,20 @@ impl Weights {
     /// [`Error::TokenOutOfRange`] for an id outside the vocabulary, [`Error::PromptTooLong`]
     /// when the tokens do not fit in the cache, [`Error::Compute`] if a product fails.
     pub fn forward(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_rows(state, tokens, tokens.len().saturating_sub(1))
+    }
+
+    /// As [`Weights::forward`], but returns the logits after each of `tokens[from..]`
+    /// (`[tokens.len() - from][vocab_size]`): what scoring a text (perplexity) needs.
+    ///
+    /// # Errors
+    /// As [`Weights::forward`]; [`Error::InvalidParameter`] when `from` is not below
+    /// `tokens.len()`.
+    pub fn forward_rows(&self, state: &mut State, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
         let c = &self.config;
+        if from >= tokens.len().max(1) {
+            return Err(Error::InvalidParameter { name: "from", reason: format!("row {from} of {} tokens", tokens.len()) });
+        }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
             return Err(Error::TokenOutOfRange { id: bad.into(), vocab_size: self.vocab_size, what: "model input".into() });
         }
@@ -424,9 +451,10 @@ impl Weights {
         }
         state.len += seq;
 
-        // Only the last position's logits are needed to pick the next token.
-        let last = norm(&x[(seq - 1) * c.hidden..], &self.output_norm);
-        self.output.forward(&last, 1)
+        // Only the asked-for positions' logits (the last one, to pick the next token).
+        let mut rows = x.split_off(from * c.hidden);
+        rms_norm(&mut rows, &self.output_norm, eps);
+        self.output.forward(&rows, seq - from)
     }
 
     /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`.
@@ -765,14 +793,16 @@ impl Loader<'_> {
         let info = self.info(name)?.clone();
         let (block_elems, block_bytes) = ggml_type_block(info.ggml_type)
             .ok_or_else(|| Error::InvalidTensor { name: name.to_string(), reason: format!("ggml type {} is not supported", info.ggml_type) })?;
-        // The header reader checked that these sizes fit in the file.
-        let size = (info.elements() / block_elems * block_bytes) as usize;
+        // The header reader checked that these sizes fit in the file; they may still not fit
+        // in a 32-bit usize (wasm32) when the file is memory-mapped or read in pieces.
+        let too_large = || Error::InvalidTensor { name: name.to_string(), reason: format!("its {} elements do not fit in this target's memory", info.elements()) };
+        let size = usize::try_from(info.elements() / block_elems * block_bytes).map_err(|_| too_large())?;
         let bytes = (self.source)(info.shard, info.offset, size).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => Error::Truncated { what: format!("the data of tensor `{name}`") },
             _ => Error::Io(e),
         })?;
         // ggml lists dimensions innermost first; shapes here are outermost first.
-        let shape = info.dims.iter().rev().map(|&d| d as usize).collect();
+        let shape = info.dims.iter().rev().map(|&d| usize::try_from(d).map_err(|_| too_large())).collect::<Result<_>>()?;
         Ok((bytes, info.ggml_type, shape))
     }
 

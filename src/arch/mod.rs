@@ -8,6 +8,11 @@ mod attention;
 mod math;
 mod decoder;
 
+/// The most values one token's row may hold (heads × head width, experts × their width):
+/// 2^28, so that the shapes computed from the metadata are exact in a 32-bit usize (wasm32);
+/// the tensors, which must have those shapes and lie in the file, bound them further.
+const MAX_WIDTH: u64 = 1 << 28;
+
 pub use decoder::{State, Weights};
 
 use crate::error::{Error, Result};
@@ -197,6 +202,13 @@ impl Config {
             }
             Ok(v as usize)
         };
+        // A count that may be 0, in the same range.
+        let count_of = |k: &str| -> Result<usize> {
+            match gguf.opt_u64(&key(k))? {
+                None | Some(0) => Ok(0),
+                Some(_) => positive(k),
+            }
+        };
         let hidden = positive("embedding_length")?;
         let heads = positive("attention.head_count")?;
         let kv_heads = match gguf.get(&key("attention.head_count_kv")) {
@@ -236,18 +248,17 @@ impl Config {
         let rope_base = gguf.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
         let eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
         let deepseek = family == Family::DeepSeek2;
-        let experts = match gguf.opt_u64(&key("expert_count"))? {
-            None | Some(0) => None,
-            Some(count) => {
+        let experts = match count_of("expert_count")? {
+            0 => None,
+            count => {
                 let used = positive("expert_used_count")?;
-                if used as u64 > count {
+                if used > count {
                     return Err(Error::InvalidMetadata { key: key("expert_used_count"), reason: format!("{used} of {count} experts") });
                 }
-                let count = count as usize;
                 let groups = match gguf.opt_u64(&key("expert_group_count"))? {
                     Some(g) if g > 1 => {
                         let used_groups = positive("expert_group_used_count")?;
-                        if !count.is_multiple_of(g as usize) || used_groups as u64 > g || (used_groups * count / g as usize) < used {
+                        if !(count as u64).is_multiple_of(g) || used_groups as u64 > g || (used_groups as u64 * count as u64 / g) < used as u64 {
                             return Err(Error::InvalidMetadata {
                                 key: key("expert_group_count"),
                                 reason: format!("{g} groups ({used_groups} used) do not fit {count} experts with {used} chosen"),
@@ -275,8 +286,8 @@ impl Config {
                     scale: if deepseek { gguf.f64(&key("expert_weights_scale"))? as f32 } else { 1.0 },
                     gating,
                     groups,
-                    shared: if deepseek { gguf.u64(&key("expert_shared_count"))? as usize } else { 0 },
-                    leading_dense: if deepseek { gguf.u64(&key("leading_dense_block_count"))? as usize } else { 0 },
+                    shared: if deepseek { gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? } else { 0 },
+                    leading_dense: if deepseek { gguf.u64(&key("leading_dense_block_count")).and_then(|_| count_of("leading_dense_block_count"))? } else { 0 },
                 })
             }
         };
@@ -329,6 +340,18 @@ impl Config {
             (Some(l), None) => 1.0 / ((l.nope + l.rope) as f64).sqrt(),
             _ => 1.0 / (head_dim as f64).sqrt(),
         };
+        // Each value is at most 2^24, but the decoder multiplies them out into buffer sizes:
+        // those must not wrap a 32-bit usize (wasm32), so the widths a token needs are bounded.
+        let widths = [
+            ("attention.head_count", heads as u64 * head_dim.max(value_dim) as u64),
+            ("attention.head_count_kv", kv_heads as u64 * head_dim.max(value_dim) as u64),
+            ("expert_count", experts.as_ref().map_or(0, |e| e.count as u64 * e.ffn.max(hidden) as u64)),
+        ];
+        for (k, width) in widths {
+            if width > MAX_WIDTH {
+                return Err(Error::InvalidMetadata { key: key(k), reason: format!("makes rows of {width} values (at most {MAX_WIDTH})") });
+            }
+        }
         Ok(Config {
             family,
             layers: positive("block_count")?,

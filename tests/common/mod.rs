@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gguf_writer;
+pub mod patch;
 pub mod quants;
 pub mod scale;
 pub mod synthetic;
