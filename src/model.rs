@@ -237,10 +237,19 @@ impl Model {
     /// [`Error::InvalidMessages`] for an empty list (there is nothing to answer); as
     /// [`Model::chat_template`] and [`ChatTemplate::render`].
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        self.render_chat_with_tools(messages, &[])
+    }
+
+    /// As [`Model::render_chat`], offering `tools` to the template (see
+    /// [`ChatTemplate::render_with_tools`]).
+    ///
+    /// # Errors
+    /// As [`Model::render_chat`].
+    pub fn render_chat_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<String> {
         if messages.is_empty() {
             return Err(Error::InvalidMessages { reason: "there are no messages: a conversation needs at least one to answer".into() });
         }
-        self.chat_template()?.render(messages, true)
+        self.chat_template()?.render_with_tools(messages, tools, true)
     }
 
     /// The prompt tokens for `messages`: rendered, tokenized with special tokens recognised,
@@ -258,7 +267,7 @@ impl Model {
     /// # Errors
     /// As [`Model::chat_tokens`].
     pub fn chat_tokens_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<Vec<u32>> {
-        let rendered = self.chat_template()?.render_with_tools(messages, tools, true)?;
+        let rendered = self.render_chat_with_tools(messages, tools)?;
         chat::tokenize_rendered(self.tokenizer(), &rendered)
     }
 
