@@ -7,13 +7,14 @@
 #   make pkg                the npm package in pkg/
 #   make models             fetch the three real models into ~/.cache/candlewick/models
 #   make bench              candlewick beside llama.cpp natively: speed and memory
+#   make bench-session      a session's new turn beside a cold start: time to first token
 #   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-scale bench-browser run
+.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -93,16 +94,22 @@ wasm-tools:
 	@command -v wasm-pack >/dev/null || $(CARGO) install wasm-pack
 
 # Fuzz every target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`): the GGUF reader
-# and tokenizer builder, the GBNF parser and matcher, the JSON Schema converter.
+# and tokenizer builder, tool definitions and the tool-call parser, the GBNF parser and matcher,
+# the JSON Schema converter.
 FUZZ_SECONDS ?= 300
 fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_definitions -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_call_parser -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=tools.dict
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run grammar -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=grammar.dict
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run json_schema -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=json_schema.dict
 
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference
 	$(CARGO) bench --bench compare
+
+bench-session: models
+	$(CARGO) bench --bench session
 
 bench-scale: models reference
 	$(CARGO) build --release

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use candlewick::{chat, Chunk, GenerateOptions, Grammar, Model, Prompt, Result, SamplingConfig};
+use candlewick::{chat, tools, Chunk, ChunkStream, GenerateOptions, Grammar, Model, Prompt, Result, SamplingConfig, Session, ToolChoice};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 
@@ -80,7 +80,7 @@ enum Command {
     Template {
         #[command(flatten)]
         model: ModelArgs,
-        /// A JSON array of {"role": "system"|"user"|"assistant", "content": "..."}.
+        /// A JSON array of {"role": "system"|"user"|"assistant"|"tool", "content": "..."}.
         #[arg(long, value_name = "JSON")]
         messages: String,
         /// Leave out the header that opens the assistant's reply.
@@ -89,6 +89,8 @@ enum Command {
     },
     /// Stream the model's answer to a prompt.
     Generate(GenerateArgs),
+    /// Answer each line of stdin as a user message, in one conversation that keeps its KV cache.
+    Chat(ChatArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +106,24 @@ struct GenerateArgs {
     /// Feed --prompt without a chat template (BOS per the file's add_bos_token).
     #[arg(long, requires = "prompt")]
     raw: bool,
+    #[command(flatten)]
+    options: OptionArgs,
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A system message that opens the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    options: OptionArgs,
+}
+
+/// How to generate: what `generate` and `chat` share.
+#[derive(clap::Args)]
+struct OptionArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
@@ -140,9 +160,54 @@ struct GenerateArgs {
     /// Constrain the output to JSON that the JSON Schema in FILE describes.
     #[arg(long, value_name = "FILE")]
     json_schema: Option<PathBuf>,
+    /// A JSON file of tools the model may call: an array of OpenAI-shaped function definitions.
+    #[arg(long, value_name = "FILE")]
+    tools: Option<PathBuf>,
+    /// auto (the model decides), none, required, or a function's name (the last two need
+    /// grammar support, not yet available).
+    #[arg(long, default_value = "auto", value_name = "CHOICE")]
+    tool_choice: String,
     /// Print each chunk as one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+impl OptionArgs {
+    /// The options, checked.
+    fn options(&self) -> Result<GenerateOptions> {
+        let sampling = SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingConfig::default()
+        };
+        let tools = match &self.tools {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| candlewick::Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+                tools::parse_tools(&text)?
+            }
+            None => Vec::new(),
+        };
+        let options = GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling,
+            stop: self.stop.clone(),
+            context_length: self.context_length,
+            threads: self.threads,
+            tools,
+            tool_choice: ToolChoice::parse(&self.tool_choice),
+            grammar: match (&self.grammar, &self.json_schema) {
+                (Some(path), _) => Some(Grammar::parse(&read_option_file("grammar", path)?)?),
+                (None, Some(path)) => Some(Grammar::from_json_schema_text(&read_option_file("json-schema", path)?)?),
+                (None, None) => None,
+            },
+        };
+        options.validate()?;
+        Ok(options)
+    }
 }
 
 /// The text of a file named by an option, or an error that names both.
@@ -162,42 +227,56 @@ fn generate(args: GenerateArgs) -> Result<bool> {
         (None, Some(m)) => Prompt::Messages(chat::parse_messages(m)?),
         (None, None) => unreachable!("clap requires --prompt or --messages"),
     };
-    let sampling = SamplingConfig {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed: args.seed,
-        ..SamplingConfig::default()
-    };
-    let grammar = match (&args.grammar, &args.json_schema) {
-        (Some(path), _) => Some(Grammar::parse(&read_option_file("grammar", path)?)?),
-        (None, Some(path)) => Some(Grammar::from_json_schema_text(&read_option_file("json-schema", path)?)?),
-        (None, None) => None,
-    };
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop: args.stop, context_length: args.context_length, threads: args.threads, grammar };
-    options.validate()?;
+    let options = args.options.options()?;
     let model = args.model.open_weights()?;
-    let mut stream = model.generate(prompt, options);
+    Ok(print_stream(model.generate(prompt, options), args.options.json))
+}
+
+/// Answers each line of stdin as a user message, in one session; returns whether every turn
+/// ended without error.
+fn chat(args: ChatArgs) -> Result<bool> {
+    let options = args.options.options()?;
+    let model = args.model.open_weights()?;
+    let mut session = Session::new(&model)?;
+    if let Some(system) = &args.system {
+        session.set_messages(vec![chat::Message::system(system.as_str())])?;
+    }
+    let mut ok = true;
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        ok &= print_stream(session.generate(vec![chat::Message::user(line)], options.clone()), args.options.json);
+    }
+    Ok(ok)
+}
+
+/// Prints a stream's chunks (as text, or as JSON lines) and its usage on stderr; returns
+/// whether it ended without error.
+fn print_stream(mut stream: ChunkStream, json: bool) -> bool {
     let mut stdout = std::io::stdout().lock();
     let mut ok = true;
     futures::executor::block_on(async {
         while let Some(chunk) = stream.next().await {
-            if args.json {
+            if json {
                 let _ = writeln!(stdout, "{}", json_line(&chunk));
             }
             match chunk {
-                Chunk::Text { text } if !args.json => {
+                Chunk::Text { text } if !json => {
                     let _ = write!(stdout, "{text}");
                 }
+                Chunk::ToolCall { id, name, arguments } if !json => {
+                    let _ = write!(stdout, "\n[tool call {id}: {name}({arguments})]\n");
+                }
                 Chunk::Complete { finish_reason, stop, usage, .. } => {
-                    if !args.json {
+                    if !json {
                         let _ = writeln!(stdout);
                     }
                     let stop = stop.map(|s| format!(" ({s:?})")).unwrap_or_default();
+                    let cached = if usage.cached_tokens > 0 { format!(" ({} cached)", usage.cached_tokens) } else { String::new() };
                     eprintln!(
-                        "[{} prompt tokens, {} generated, finished: {}{stop}; first token after {:.0} ms; prefill {:.1} tok/s, decode {:.1} tok/s]",
+                        "[{} prompt tokens{cached}, {} generated, finished: {}{stop}; first token after {:.0} ms; prefill {:.1} tok/s, decode {:.1} tok/s]",
                         usage.prompt_tokens,
                         usage.completion_tokens,
                         json_line(&finish_reason).trim_matches('"'),
@@ -208,16 +287,16 @@ fn generate(args: GenerateArgs) -> Result<bool> {
                 }
                 Chunk::Error { message } => {
                     ok = false;
-                    if !args.json {
+                    if !json {
                         eprintln!("candlewick: {message}");
                     }
                 }
-                Chunk::Text { .. } => {}
+                Chunk::Text { .. } | Chunk::ToolCall { .. } => {}
             }
             let _ = stdout.flush();
         }
     });
-    Ok(ok)
+    ok
 }
 
 fn run(cli: Cli) -> Result<bool> {
@@ -236,6 +315,7 @@ fn run(cli: Cli) -> Result<bool> {
             print!("{rendered}");
         }
         Command::Generate(args) => return generate(args),
+        Command::Chat(args) => return chat(args),
     }
     Ok(true)
 }

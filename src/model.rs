@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::generator::{GenerateOptions, Generator, Prompt};
 use crate::gguf::Gguf;
 use crate::tokenizer::Tokenizer;
+use crate::tools::Tool;
 
 /// The metadata a model's tokenizer is built from and then holds in its own form. A model does
 /// not keep them in its [`Model::gguf`] header: as metadata values they would be a second copy
@@ -242,7 +243,17 @@ impl Model {
     /// # Errors
     /// As [`Model::render_chat`] and [`Tokenizer::encode`].
     pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        chat::tokenize_rendered(self.tokenizer(), &self.render_chat(messages)?)
+        self.chat_tokens_with_tools(messages, &[])
+    }
+
+    /// As [`Model::chat_tokens`], offering `tools` to the template (see
+    /// [`ChatTemplate::render_with_tools`]).
+    ///
+    /// # Errors
+    /// As [`Model::chat_tokens`].
+    pub fn chat_tokens_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<Vec<u32>> {
+        let rendered = self.chat_template()?.render_with_tools(messages, tools, true)?;
+        chat::tokenize_rendered(self.tokenizer(), &rendered)
     }
 
     /// The facts `candlewick info` prints.

@@ -157,7 +157,7 @@ fn ours(model: &Model, prompt: &[u32], grammar: &Grammar) -> (Vec<u32>, String, 
                 finish = Some(finish_reason);
                 text = all;
             }
-            Chunk::Text { .. } => {}
+            Chunk::Text { .. } | Chunk::ToolCall { .. } => {}
         }
     }
     (generator.generated_tokens().to_vec(), text, finish.expect("a complete chunk"))
