@@ -39,6 +39,7 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::IQ1S if super::super::avx512::available() => one(row, act, dot_iq1s_avx512),
         Format::IQ1S => one(row, act, dot_iq1s),
         Format::IQ1M => dot_iq1m(row, act),
+        Format::IQ4XS if super::super::avx512::vbmi() => one(row, act, dot_iq4xs_avx512),
         Format::IQ4XS => dot_iq4xs(row, act),
         Format::IQ4NL => {
             // As Q4_0 with a table: the parent's 32-value driver, f16 scale at byte 0.
@@ -242,6 +243,8 @@ pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &m
         // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
         Format::IQ3XXS if super::super::avx512::vbmi() => unsafe { dot_iq3xxs_avx512(row, acts, out) },
         Format::IQ3XXS => dot_iq3xxs(row, acts, out),
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ4XS if super::super::avx512::vbmi() => unsafe { dot_iq4xs_avx512(row, acts, out) },
         // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
         Format::IQ3S if super::super::avx512::vbmi() => unsafe { dot_iq3s_avx512(row, acts, out) },
         Format::IQ3S => dot_iq3s(row, acts, out),
@@ -1082,5 +1085,32 @@ fn dot_iq3s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
         let ls: [i32; 8] = std::array::from_fn(|ib| 2 * i32::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1);
         let scales = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(ls[2 * p]), _mm512_set1_epi32(ls[2 * p + 1])));
         Decoded { grid: iq3_grid(entries, &IQ3S_LEVELS), negative: sign_bit_masks(&b[74..106]), scales }
+    })
+}
+
+/// IQ4_XS with AVX-512 ([`rows_avx512`]), for the shared experts a whole prompt goes through: a
+/// block's 256 nibbles looked up in the non-linear table (a byte shuffle), their magnitudes
+/// multiplied as unsigned bytes and their signs moved onto the activations; one signed 6-bit
+/// scale per 32 values. Bit-identical to [`dot_iq4xs`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq4xs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    // SAFETY: 16 bytes from the 16-entry table.
+    let values = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) });
+    rows_avx512::<136>(row, acts, out, 1.0, |b| {
+        let parts: [(__m512i, u64); 4] = std::array::from_fn(|p| {
+            // Runs 2p and 2p + 1: 16 bytes each, the low nibbles their first 16 values.
+            // SAFETY: bytes 8 + 32p..8 + 32p + 32 lie inside the 136-byte block.
+            let q = unsafe { _mm256_loadu_si256(b.as_ptr().add(8 + 32 * p).cast()) };
+            let low = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(q), _mm256_set1_epi8(0x0F));
+            // 128-bit lanes low₀ high₀ low₁ high₁: run 2p's values, then run 2p + 1's.
+            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
+            let w = _mm512_shuffle_epi8(values, _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both));
+            (_mm512_abs_epi8(w), _mm512_movepi8_mask(w))
+        });
+        let h = u16_at(b, 2);
+        let ls: [i32; 8] = std::array::from_fn(|ib| (i32::from((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | (i32::from((h >> (2 * ib)) & 3) << 4)) - 32);
+        let scales = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(ls[2 * p]), _mm512_set1_epi32(ls[2 * p + 1])));
+        Decoded { grid: parts.map(|(g, _)| g), negative: parts.map(|(_, n)| n), scales }
     })
 }
