@@ -7,6 +7,7 @@
 #   make pkg                the npm package in pkg/
 #   make models             fetch the three real models into ~/.cache/candlewick/models
 #   make bench              candlewick beside llama.cpp natively: speed and memory
+#   make bench-session      a session's new turn beside a cold start: time to first token
 #   make soak               1,000 mixed generations natively and in Node.js, memory before and after
 #   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
@@ -14,7 +15,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-scale bench-browser soak run
+.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser soak run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -95,20 +96,27 @@ wasm-tools:
 
 # Every fuzz target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`): the GGUF reader and
 # tokenizer builder (seeded with the real models' headers, vocabularies cut short, by
-# fuzz/seeds.py), encode/decode round trips and chat-template rendering with the real models.
+# fuzz/seeds.py), encode/decode round trips and chat-template rendering with the real models,
+# tool definitions and the tool-call parser.
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS = gguf_tokenizer tokenizer_roundtrip chat_template
+FUZZ_TARGETS = gguf_tokenizer tokenizer_roundtrip chat_template tool_definitions tool_call_parser
+FUZZ_ARGS_gguf_tokenizer = -max_len=65536 -dict=gguf.dict
+FUZZ_ARGS_tokenizer_roundtrip = -max_len=4096
+FUZZ_ARGS_chat_template = -max_len=8192
+FUZZ_ARGS_tool_definitions = -max_len=4096
+FUZZ_ARGS_tool_call_parser = -max_len=4096 -dict=tools.dict
 MODELS_DIR = $(or $(CANDLEWICK_MODELS),$(or $(CANDLEWICK_CACHE),$(HOME)/.cache/candlewick)/models)
 fuzz: models python-deps
 	python3 fuzz/seeds.py $(MODELS_DIR) fuzz/corpus/gguf_tokenizer
-	cd fuzz && for target in $(FUZZ_TARGETS); do \
-		mkdir -p corpus/$$target && \
-		RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict || exit 1; \
-	done
+	cd fuzz && $(foreach target,$(FUZZ_TARGETS),mkdir -p corpus/$(target) && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $(target) corpus/$(target) -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS_$(target)) &&) true
 
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference
 	$(CARGO) bench --bench compare
+
+bench-session: models
+	$(CARGO) bench --bench session
 
 # 1,000 mixed generations on one model, natively then in Node.js: memory at the start, after
 # 20 generations and at the end (not a timed test).

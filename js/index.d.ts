@@ -1,7 +1,22 @@
 // The declarations of both entry points (index.js, node.js): the wasm module is initialised on
 // import, so only the API is exported.
 export { Model, iterate } from "./candlewick.js";
-export type { Chunk, ChatMessage, GenerateOptions, LoadOptions, LoadProgress, ModelInfo, TokenizeOptions, Usage } from "./candlewick.js";
+export type {
+    ChatMessage,
+    ChatOptions,
+    ChatSession,
+    Chunk,
+    GenerateOptions,
+    LoadOptions,
+    LoadProgress,
+    ModelInfo,
+    TokenizeOptions,
+    Tool,
+    ToolCallMessage,
+    ToolChoice,
+    TurnOptions,
+    Usage,
+} from "./candlewick.js";
 
 declare global {
     /**

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
+use crate::tools::{Tool, ToolCall, ToolFormat};
 use crate::tokenizer::Tokenizer;
 
 /// Instructions a template may execute in one render; real templates use a few thousand.
@@ -32,6 +33,8 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
+    /// The result of a tool call, answering the assistant's call `tool_call_id`.
+    Tool,
 }
 
 /// One message of a chat.
@@ -39,14 +42,48 @@ pub enum Role {
 pub struct Message {
     /// Who wrote it.
     pub role: Role,
-    /// What it says.
+    /// What it says (`null` in JSON reads as empty, as OpenAI sends an assistant message
+    /// that only calls tools).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    /// The tools an assistant message calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "toolCalls")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "toolCallId")]
+    pub tool_call_id: Option<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Message {
     /// A message from `role` saying `content`.
     pub fn new(role: Role, content: impl Into<String>) -> Message {
-        Message { role, content: content.into() }
+        Message { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    /// An assistant message that says `content` and calls `tool_calls`.
+    pub fn assistant_calls(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Message {
+        Message { tool_calls, ..Message::assistant(content) }
+    }
+
+    /// The result of the call `tool_call_id`.
+    pub fn tool(tool_call_id: impl Into<String>, content: impl Into<String>) -> Message {
+        Message { tool_call_id: Some(tool_call_id.into()), ..Message::new(Role::Tool, content) }
+    }
+
+    /// The message as chat templates receive it: tool calls' arguments as JSON objects.
+    pub fn to_template_value(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({"role": self.role, "content": self.content});
+        if !self.tool_calls.is_empty() {
+            value["tool_calls"] = self.tool_calls.iter().map(ToolCall::to_template_value).collect();
+        }
+        if let Some(id) = &self.tool_call_id {
+            value["tool_call_id"] = id.as_str().into();
+        }
+        value
     }
 
     /// A user message.
@@ -65,8 +102,9 @@ impl Message {
     }
 }
 
-/// Parses chat messages from JSON: an array of `{"role": "system"|"user"|"assistant",
-/// "content": "…"}`.
+/// Parses chat messages from JSON: an array of `{"role": "system"|"user"|"assistant"|"tool",
+/// "content": "…"}`, assistant messages with OpenAI's `tool_calls`, tool messages with
+/// `tool_call_id`.
 ///
 /// # Errors
 /// [`Error::InvalidMessages`] saying what is malformed.
@@ -81,6 +119,9 @@ pub fn parse_messages(json: &str) -> Result<Vec<Message>> {
 /// A compiled chat template with the token texts it is given.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    format: ToolFormat,
+    /// Whether the template reads `tools` at all.
+    knows_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -112,7 +153,12 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string()).map_err(template_error)?;
-        Ok(ChatTemplate { env, bos_token, eos_token })
+        Ok(ChatTemplate { env, format: ToolFormat::detect(source), knows_tools: source.contains("tools"), bos_token, eos_token })
+    }
+
+    /// How the template teaches the model to write tool calls.
+    pub fn tool_format(&self) -> ToolFormat {
+        self.format
     }
 
     /// Renders `messages`; with `add_generation_prompt`, the text ends with the header that
@@ -122,14 +168,38 @@ impl ChatTemplate {
     /// [`Error::Template`] when the template raises an exception, runs out of its instruction
     /// or output budget, or fails otherwise.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Renders `messages` offering `tools`, which the template receives as `tools` (a list of
+    /// OpenAI-shaped `{"type": "function", "function": {…}}` objects; `none` when empty), as
+    /// Hugging Face and llama.cpp hand them over. A template that never reads `tools` gets
+    /// them described in a system message instead ([`crate::tools::generic_system_prompt`]).
+    ///
+    /// # Errors
+    /// As [`ChatTemplate::render`].
+    pub fn render_with_tools(&self, messages: &[Message], tools: &[Tool], add_generation_prompt: bool) -> Result<String> {
         let template = self.env.get_template("chat").map_err(template_error)?;
+        let mut values: Vec<serde_json::Value> = messages.iter().map(Message::to_template_value).collect();
+        if !tools.is_empty() && !self.knows_tools {
+            let described = crate::tools::generic_system_prompt(tools);
+            match values.first_mut() {
+                Some(first) if first["role"] == "system" => {
+                    let content = format!("{}\n\n{described}", first["content"].as_str().unwrap_or_default());
+                    first["content"] = content.into();
+                }
+                _ => values.insert(0, Message::system(described).to_template_value()),
+            }
+        }
+        let tool_values: Option<Vec<serde_json::Value>> = (!tools.is_empty()).then(|| tools.iter().map(Tool::to_template_value).collect());
         let ctx = minijinja::context! {
-            messages => Value::from(minijinja::value::Serde(messages)),
+            messages => Value::from(minijinja::value::Serde(&values)),
+            tools => Value::from(minijinja::value::Serde(&tool_values)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
         };
-        let input: usize = messages.iter().map(|m| m.content.len()).sum();
+        let input: usize = values.iter().map(|m| m.to_string().len()).sum::<usize>() + tool_values.iter().flatten().map(|t| t.to_string().len()).sum::<usize>();
         let mut out = Bounded { buf: Vec::new(), limit: OUTPUT_ALLOWANCE + 16 * input };
         template.render_captured_to(ctx, &mut out).map_err(template_error)?;
         String::from_utf8(out.buf).map_err(|_| Error::Template { message: "the output is not UTF-8".into() })

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use candlewick::{chat, Chunk, GenerateOptions, Model, Prompt, Result, SamplingConfig};
+use candlewick::{chat, tools, Chunk, ChunkStream, GenerateOptions, Model, Prompt, Result, SamplingConfig, Session, ToolChoice};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 
@@ -80,7 +80,7 @@ enum Command {
     Template {
         #[command(flatten)]
         model: ModelArgs,
-        /// A JSON array of {"role": "system"|"user"|"assistant", "content": "..."}.
+        /// A JSON array of {"role": "system"|"user"|"assistant"|"tool", "content": "..."}.
         #[arg(long, value_name = "JSON")]
         messages: String,
         /// Leave out the header that opens the assistant's reply.
@@ -92,6 +92,8 @@ enum Command {
     /// Perplexity over a text file, as llama.cpp's llama-perplexity computes it; with
     /// --kl-divergence-base / --kl-divergence, the KL divergence between two runs.
     Perplexity(crate::perplexity_cli::PerplexityArgs),
+    /// Answer each line of stdin as a user message, in one conversation that keeps its KV cache.
+    Chat(ChatArgs),
 }
 
 #[derive(clap::Args)]
@@ -107,6 +109,24 @@ struct GenerateArgs {
     /// Feed --prompt without a chat template (BOS per the file's add_bos_token).
     #[arg(long, requires = "prompt")]
     raw: bool,
+    #[command(flatten)]
+    options: OptionArgs,
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A system message that opens the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    options: OptionArgs,
+}
+
+/// How to generate: what `generate` and `chat` share.
+#[derive(clap::Args)]
+struct OptionArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
@@ -137,9 +157,49 @@ struct GenerateArgs {
     /// Threads for the forward passes (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// A JSON file of tools the model may call: an array of OpenAI-shaped function definitions.
+    #[arg(long, value_name = "FILE")]
+    tools: Option<PathBuf>,
+    /// auto (the model decides), none, required, or a function's name (the last two need
+    /// grammar support, not yet available).
+    #[arg(long, default_value = "auto", value_name = "CHOICE")]
+    tool_choice: String,
     /// Print each chunk as one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+impl OptionArgs {
+    /// The options, checked.
+    fn options(&self) -> Result<GenerateOptions> {
+        let sampling = SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingConfig::default()
+        };
+        let tools = match &self.tools {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| candlewick::Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+                tools::parse_tools(&text)?
+            }
+            None => Vec::new(),
+        };
+        let options = GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling,
+            stop: self.stop.clone(),
+            context_length: self.context_length,
+            threads: self.threads,
+            tools,
+            tool_choice: ToolChoice::parse(&self.tool_choice),
+        };
+        options.validate()?;
+        Ok(options)
+    }
 }
 
 fn json_line(value: &impl serde::Serialize) -> String {
@@ -154,37 +214,56 @@ fn generate(args: GenerateArgs) -> Result<bool> {
         (None, Some(m)) => Prompt::Messages(chat::parse_messages(m)?),
         (None, None) => unreachable!("clap requires --prompt or --messages"),
     };
-    let sampling = SamplingConfig {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed: args.seed,
-        ..SamplingConfig::default()
-    };
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop: args.stop, context_length: args.context_length, threads: args.threads };
-    options.validate()?;
+    let options = args.options.options()?;
     let model = args.model.open_weights()?;
-    let mut stream = model.generate(prompt, options);
+    Ok(print_stream(model.generate(prompt, options), args.options.json))
+}
+
+/// Answers each line of stdin as a user message, in one session; returns whether every turn
+/// ended without error.
+fn chat(args: ChatArgs) -> Result<bool> {
+    let options = args.options.options()?;
+    let model = args.model.open_weights()?;
+    let mut session = Session::new(&model)?;
+    if let Some(system) = &args.system {
+        session.set_messages(vec![chat::Message::system(system.as_str())])?;
+    }
+    let mut ok = true;
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        ok &= print_stream(session.generate(vec![chat::Message::user(line)], options.clone()), args.options.json);
+    }
+    Ok(ok)
+}
+
+/// Prints a stream's chunks (as text, or as JSON lines) and its usage on stderr; returns
+/// whether it ended without error.
+fn print_stream(mut stream: ChunkStream, json: bool) -> bool {
     let mut stdout = std::io::stdout().lock();
     let mut ok = true;
     futures::executor::block_on(async {
         while let Some(chunk) = stream.next().await {
-            if args.json {
+            if json {
                 let _ = writeln!(stdout, "{}", json_line(&chunk));
             }
             match chunk {
-                Chunk::Text { text } if !args.json => {
+                Chunk::Text { text } if !json => {
                     let _ = write!(stdout, "{text}");
                 }
+                Chunk::ToolCall { id, name, arguments } if !json => {
+                    let _ = write!(stdout, "\n[tool call {id}: {name}({arguments})]\n");
+                }
                 Chunk::Complete { finish_reason, stop, usage, .. } => {
-                    if !args.json {
+                    if !json {
                         let _ = writeln!(stdout);
                     }
                     let stop = stop.map(|s| format!(" ({s:?})")).unwrap_or_default();
+                    let cached = if usage.cached_tokens > 0 { format!(" ({} cached)", usage.cached_tokens) } else { String::new() };
                     eprintln!(
-                        "[{} prompt tokens, {} generated, finished: {}{stop}; first token after {:.0} ms; prefill {:.1} tok/s, decode {:.1} tok/s]",
+                        "[{} prompt tokens{cached}, {} generated, finished: {}{stop}; first token after {:.0} ms; prefill {:.1} tok/s, decode {:.1} tok/s]",
                         usage.prompt_tokens,
                         usage.completion_tokens,
                         json_line(&finish_reason).trim_matches('"'),
@@ -195,16 +274,16 @@ fn generate(args: GenerateArgs) -> Result<bool> {
                 }
                 Chunk::Error { message } => {
                     ok = false;
-                    if !args.json {
+                    if !json {
                         eprintln!("candlewick: {message}");
                     }
                 }
-                Chunk::Text { .. } => {}
+                Chunk::Text { .. } | Chunk::ToolCall { .. } => {}
             }
             let _ = stdout.flush();
         }
     });
-    Ok(ok)
+    ok
 }
 
 fn run(cli: Cli) -> Result<bool> {
@@ -224,6 +303,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Generate(args) => return generate(args),
         Command::Perplexity(args) => crate::perplexity_cli::run(args)?,
+        Command::Chat(args) => return chat(args),
     }
     Ok(true)
 }

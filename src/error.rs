@@ -115,6 +115,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// Tool definitions given by the caller are malformed.
+    #[error("invalid tools: {reason}")]
+    InvalidTools {
+        /// What is wrong, naming the tool.
+        reason: String,
+    },
+
+    /// `tool_choice` asks for `required` or a named function, which only grammar-constrained
+    /// sampling can enforce, and grammars are not available yet.
+    #[error("tool_choice {choice} needs grammar support, not yet available; use `auto` (the model decides) or `none`")]
+    ToolChoiceNeedsGrammar {
+        /// The choice asked for: `required` or the function named.
+        choice: String,
+    },
+
+    /// A session was asked to change or start a turn while one of its turns is still running.
+    #[error("this session's turn is still running: finish, cancel or drop it first")]
+    SessionBusy,
+
+    /// Bytes given to restore a session are not a saved session of this model.
+    #[error("cannot restore the session: {reason}")]
+    InvalidSession {
+        /// What does not fit.
+        reason: String,
+    },
+
     /// The file's `general.architecture` is not one this crate runs.
     #[error("unsupported architecture `{name}` (supported: {supported})")]
     UnsupportedArchitecture {

@@ -12,7 +12,9 @@ use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingConfig};
+use crate::session::Home;
 use crate::stream::{Chunk, FinishReason, Usage};
+use crate::tools::{self, Parsed, Tool, ToolCall, ToolCallParser, ToolChoice, ToolFormat};
 
 /// Prompt tokens run in one forward pass at most (bounds the attention scratch memory).
 const PREFILL_BATCH: usize = 256;
@@ -63,11 +65,24 @@ pub struct GenerateOptions {
     /// Threads the forward passes use (natively; the browser build has one). Default: one per
     /// core.
     pub threads: Option<usize>,
+    /// Functions the model may call, handed to the chat template as `tools`; the calls it
+    /// writes arrive as [`Chunk::ToolCall`]s.
+    pub tools: Vec<Tool>,
+    /// Whether the model may call the tools (default [`ToolChoice::Auto`]).
+    pub tool_choice: ToolChoice,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 512, sampling: SamplingConfig::default(), stop: Vec::new(), context_length: None, threads: None }
+        GenerateOptions {
+            max_tokens: 512,
+            sampling: SamplingConfig::default(),
+            stop: Vec::new(),
+            context_length: None,
+            threads: None,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+        }
     }
 }
 
@@ -89,8 +104,59 @@ impl GenerateOptions {
         if let Some(n) = self.threads.filter(|n| !(1..=1024).contains(n)) {
             return Err(Error::InvalidParameter { name: "threads", reason: format!("{n} is not in 1..=1024") });
         }
+        tools::validate_tools(&self.tools)?;
+        self.tool_choice.validate(&self.tools)?;
         self.sampling.validate()
     }
+
+    /// The tools the model is offered: none when `tool_choice` is `none`.
+    pub fn offered_tools(&self) -> &[Tool] {
+        match self.tool_choice {
+            ToolChoice::None => &[],
+            _ => &self.tools,
+        }
+    }
+
+    /// The positions the KV cache must hold for a prompt of `prompt` tokens: the prompt plus
+    /// `max_tokens`, or `context_length` when given, at most `model_context`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a `context_length` beyond the model's,
+    /// [`Error::PromptTooLong`] when the prompt does not fit.
+    pub(crate) fn capacity(&self, prompt: usize, model_context: usize) -> Result<usize> {
+        let capacity = match self.context_length {
+            Some(n) if n > model_context => {
+                return Err(Error::InvalidParameter { name: "context_length", reason: format!("{n} is beyond the model's context length {model_context}") })
+            }
+            Some(n) => n,
+            // Saturating: `max_tokens` may be usize::MAX (a JavaScript 1e12 in wasm32).
+            None => prompt.saturating_add(self.max_tokens).min(model_context),
+        };
+        if prompt > capacity {
+            return Err(Error::PromptTooLong { tokens: prompt, context: capacity });
+        }
+        Ok(capacity)
+    }
+}
+
+/// The prompt's tokens: chat prompts rendered with the template (offering the tools), raw text
+/// tokenized as is.
+///
+/// # Errors
+/// As [`Model::chat_tokens_with_tools`] and [`crate::tokenizer::Tokenizer::encode`];
+/// [`Error::InvalidParameter`] for a prompt without tokens.
+pub(crate) fn prompt_tokens(model: &Model, prompt: Prompt, options: &GenerateOptions) -> Result<Vec<u32>> {
+    let tools = options.offered_tools();
+    let tokens = match prompt {
+        Prompt::User(text) => model.chat_tokens_with_tools(&[Message::user(text)], tools)?,
+        Prompt::Messages(messages) => model.chat_tokens_with_tools(&messages, tools)?,
+        Prompt::Raw(text) => model.tokenizer().encode(&text, true, false)?,
+        Prompt::Tokens(ids) => ids,
+    };
+    if tokens.is_empty() {
+        return Err(Error::InvalidParameter { name: "prompt", reason: "the prompt has no tokens".into() });
+    }
+    Ok(tokens)
 }
 
 /// One generation in progress. Call [`Generator::next_chunk`] until it returns `None`.
@@ -104,6 +170,8 @@ pub struct Generator {
     /// Prompt and generated tokens, for the penalties.
     history: Vec<u32>,
     prompt_tokens: usize,
+    /// Prompt tokens already in the KV cache when the generation began (a session's turn).
+    cached_tokens: usize,
     completion_tokens: usize,
     /// Bytes of a UTF-8 character not yet complete.
     partial: Vec<u8>,
@@ -111,6 +179,16 @@ pub struct Generator {
     held: String,
     /// Everything emitted so far.
     text: String,
+    /// Finds tool calls in the text, when tools are offered.
+    tool_parser: Option<ToolCallParser>,
+    /// Control tokens that are tool-call markup, written out for the parser.
+    markup_tokens: Vec<u32>,
+    /// The calls found so far.
+    calls: Vec<ToolCall>,
+    /// Calls made earlier in the conversation: new calls' ids count on from here.
+    first_call: usize,
+    /// The session the KV cache goes back to when the generation ends.
+    home: Option<Home>,
     outbox: VecDeque<Chunk>,
     finished: bool,
     cancel: Arc<AtomicBool>,
@@ -129,46 +207,55 @@ impl Generator {
     pub fn new(model: &Model, prompt: Prompt, options: GenerateOptions) -> Result<Generator> {
         options.validate()?;
         let weights = model.weights()?;
-        let tokenizer = model.tokenizer();
-        let tokens = match prompt {
-            Prompt::User(text) => model.chat_tokens(&[Message::user(text)])?,
-            Prompt::Messages(messages) => model.chat_tokens(&messages)?,
-            Prompt::Raw(text) => tokenizer.encode(&text, true, false)?,
-            Prompt::Tokens(ids) => ids,
+        let earlier_calls = match &prompt {
+            Prompt::Messages(messages) => messages.iter().map(|m| m.tool_calls.len()).sum(),
+            _ => 0,
         };
-        if tokens.is_empty() {
-            return Err(Error::InvalidParameter { name: "prompt", reason: "the prompt has no tokens".into() });
-        }
-        let model_context = weights.config().context_length;
-        let capacity = match options.context_length {
-            Some(n) if n > model_context => {
-                return Err(Error::InvalidParameter { name: "context_length", reason: format!("{n} is beyond the model's context length {model_context}") })
+        let tokens = prompt_tokens(model, prompt, &options)?;
+        let capacity = options.capacity(tokens.len(), weights.config().context_length)?;
+        let state = weights.new_state(capacity)?;
+        let sampler = Sampler::new(options.sampling.clone())?;
+        Ok(Generator::start(model, tokens, state, sampler, options, earlier_calls, None))
+    }
+
+    /// A generation of `tokens` on `state`, whose first `state.len()` positions already hold
+    /// the same first tokens (a session's cache, truncated to the common prefix), in a
+    /// conversation that made `earlier_calls` tool calls before; `home` takes the cache back
+    /// at the end.
+    pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Generator {
+        let cached_tokens = state.len();
+        let tools = options.offered_tools().to_vec();
+        let (tool_parser, markup_tokens) = match tools.is_empty() {
+            true => (None, Vec::new()),
+            false => {
+                let format = model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format());
+                (Some(ToolCallParser::new(format, tools)), markup_token_ids(model, format))
             }
-            Some(n) => n,
-            // Saturating: `max_tokens` may be usize::MAX (a JavaScript 1e12 in wasm32).
-            None => tokens.len().saturating_add(options.max_tokens).min(model_context),
         };
-        if tokens.len() > capacity {
-            return Err(Error::PromptTooLong { tokens: tokens.len(), context: capacity });
-        }
-        Ok(Generator {
+        Generator {
             model: model.clone(),
-            state: weights.new_state(capacity)?,
-            sampler: Sampler::new(options.sampling.clone())?,
+            state,
+            sampler,
             prompt_tokens: tokens.len(),
+            cached_tokens,
             history: tokens.clone(),
-            unprocessed: tokens,
+            unprocessed: tokens[cached_tokens..].to_vec(),
             options,
             completion_tokens: 0,
             partial: Vec::new(),
             held: String::new(),
             text: String::new(),
+            tool_parser,
+            markup_tokens,
+            calls: Vec::new(),
+            first_call: earlier_calls,
+            home,
             outbox: VecDeque::new(),
             finished: false,
             cancel: Arc::new(AtomicBool::new(false)),
             started: None,
             first_token: None,
-        })
+        }
     }
 
     /// A flag that, once set, ends the generation with `finish_reason: cancelled` before its
@@ -198,11 +285,28 @@ impl Generator {
         while self.outbox.is_empty() && !self.finished {
             if let Err(e) = self.step() {
                 self.outbox.clear();
-                self.outbox.push_back(Chunk::Error { message: e.to_string() });
-                self.finished = true;
+                self.fail(e);
             }
         }
         self.outbox.pop_front()
+    }
+
+    /// Ends with an `Error` chunk; a session gets its cache back, without this turn.
+    fn fail(&mut self, e: Error) {
+        self.outbox.push_back(Chunk::Error { message: e.to_string() });
+        self.finished = true;
+        self.go_home(None);
+    }
+
+    /// Gives a session its cache back, with the tokens it holds and, after a complete turn,
+    /// the assistant's reply.
+    fn go_home(&mut self, reply: Option<Message>) {
+        if let Some(home) = self.home.take() {
+            let mut state = std::mem::take(&mut self.state);
+            state.truncate(state.len()); // a pass that failed half way may have filled some layers
+            let cached = self.history[..state.len().min(self.history.len())].to_vec();
+            home.settle(state, cached, reply);
+        }
     }
 
     /// Runs the next `batch` tokens of the prompt's forward pass, when more than that is left,
@@ -222,14 +326,13 @@ impl Generator {
             crate::platform::with_threads(self.options.threads, || weights.forward(state, &batch))
         });
         if let Err(e) = result {
-            self.outbox.push_back(Chunk::Error { message: e.to_string() });
-            self.finished = true;
+            self.fail(e);
             return false;
         }
         true
     }
 
-    /// One token: forward → sample → detokenize → stop check.
+    /// One token: forward → sample → detokenize → stop check (→ tool calls, in `emit`).
     fn step(&mut self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
             return self.finish(FinishReason::Cancelled, None);
@@ -263,8 +366,9 @@ impl Generator {
             return self.finish(FinishReason::Stop, None);
         }
 
-        // Detokenize: only complete UTF-8 characters leave the byte buffer.
-        self.partial.extend_from_slice(tokenizer.token_bytes(token, false)?);
+        // Detokenize: only complete UTF-8 characters leave the byte buffer. Control tokens are
+        // dropped, except those that spell tool-call markup, which the parser needs.
+        self.partial.extend_from_slice(tokenizer.token_bytes(token, self.markup_tokens.contains(&token))?);
         let complete = take_complete_utf8(&mut self.partial);
         self.held.push_str(&complete);
 
@@ -284,10 +388,35 @@ impl Generator {
         Ok(())
     }
 
+    /// Queues text that is past the stop-string check: through the tool-call parser when tools
+    /// are offered, so that a call's markup never becomes `Text`.
     fn emit(&mut self, text: String) {
+        match &mut self.tool_parser {
+            Some(parser) => {
+                let parsed = parser.push(&text);
+                self.deliver(parsed);
+            }
+            None => self.emit_text(text),
+        }
+    }
+
+    fn emit_text(&mut self, text: String) {
         if !text.is_empty() {
             self.text.push_str(&text);
             self.outbox.push_back(Chunk::Text { text });
+        }
+    }
+
+    fn deliver(&mut self, parsed: Vec<Parsed>) {
+        for p in parsed {
+            match p {
+                Parsed::Text(text) => self.emit_text(text),
+                Parsed::Call { id, name, arguments } => {
+                    let id = id.unwrap_or_else(|| format!("call_{}", self.first_call + self.calls.len()));
+                    self.calls.push(ToolCall::new(id.clone(), name.clone(), arguments.clone()));
+                    self.outbox.push_back(Chunk::ToolCall { id, name, arguments });
+                }
+            }
         }
     }
 
@@ -296,6 +425,12 @@ impl Generator {
         let mut rest = std::mem::take(&mut self.held);
         rest.push_str(&String::from_utf8_lossy(&std::mem::take(&mut self.partial)));
         self.emit(rest);
+        if let Some(parser) = &mut self.tool_parser {
+            let parsed = parser.finish();
+            self.deliver(parsed);
+        }
+        let reason = if reason == FinishReason::Stop && !self.calls.is_empty() { FinishReason::ToolCalls } else { reason };
+        self.go_home(Some(Message::assistant_calls(self.text.clone(), self.calls.clone())));
         self.outbox.push_back(Chunk::Complete { text: self.text.clone(), finish_reason: reason, stop, usage: self.usage() });
         self.finished = true;
         Ok(())
@@ -313,12 +448,34 @@ impl Generator {
         };
         Usage {
             prompt_tokens: self.prompt_tokens,
+            cached_tokens: self.cached_tokens,
             completion_tokens: self.completion_tokens,
             time_to_first_token_ms: ttft,
-            prefill_tokens_per_second: self.first_token.map_or(0.0, |f| per_second(self.prompt_tokens, self.started, f)),
+            prefill_tokens_per_second: self.first_token.map_or(0.0, |f| per_second(self.prompt_tokens - self.cached_tokens, self.started, f)),
             decode_tokens_per_second: per_second(self.completion_tokens.saturating_sub(1), self.first_token, now),
         }
     }
+}
+
+impl Drop for Generator {
+    /// A turn dropped before its end (its stream dropped) still gives the session its cache.
+    fn drop(&mut self) {
+        self.go_home(None);
+    }
+}
+
+/// The control tokens of `model` that spell `format`'s markup (Kimi K2's section tokens), which
+/// decoding would otherwise drop.
+fn markup_token_ids(model: &Model, format: ToolFormat) -> Vec<u32> {
+    let tokenizer = model.tokenizer();
+    format
+        .markup_tokens()
+        .iter()
+        .filter_map(|text| match tokenizer.encode(text, false, true).ok()?.as_slice() {
+            [id] => Some(*id),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Iterator for Generator {

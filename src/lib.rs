@@ -29,8 +29,10 @@ pub mod kernels;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
+pub mod session;
 pub mod stream;
 pub mod tokenizer;
+pub mod tools;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
@@ -59,6 +61,8 @@ pub use error::{Error, Result};
 pub use generator::{GenerateOptions, Generator, Prompt};
 pub use model::Model;
 pub use sampling::SamplingConfig;
+pub use session::Session;
+pub use tools::{Tool, ToolChoice};
 pub use stream::{Chunk, ChunkStream, FinishReason, Usage};
 
 /// The README's Rust examples compile as doctests.

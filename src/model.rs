@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::generator::{GenerateOptions, Generator, Prompt};
 use crate::gguf::Gguf;
 use crate::tokenizer::Tokenizer;
+use crate::tools::Tool;
 
 /// The metadata a model's tokenizer is built from and then holds in its own form. A model does
 /// not keep them in its [`Model::gguf`] header: as metadata values they would be a second copy
@@ -85,6 +86,14 @@ fn check_fits<R: Seek>(reader: &mut R) -> Result<()> {
             hint: "; open the file with `Model::open`, which memory-maps it instead of reading it",
         }),
         _ => Ok(()),
+    }
+}
+
+/// An empty conversation has nothing to answer.
+fn refuse_empty(messages: &[Message]) -> Result<()> {
+    match messages.is_empty() {
+        true => Err(Error::InvalidMessages { reason: "there are no messages: a conversation needs at least one to answer".into() }),
+        false => Ok(()),
     }
 }
 
@@ -226,9 +235,7 @@ impl Model {
     /// [`Error::InvalidMessages`] for an empty list (there is nothing to answer); as
     /// [`Model::chat_template`] and [`ChatTemplate::render`].
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
-        if messages.is_empty() {
-            return Err(Error::InvalidMessages { reason: "there are no messages: a conversation needs at least one to answer".into() });
-        }
+        refuse_empty(messages)?;
         self.chat_template()?.render(messages, true)
     }
 
@@ -236,9 +243,20 @@ impl Model {
     /// and BOS first exactly once when the model wants it.
     ///
     /// # Errors
-    /// As [`Model::render_chat`] and [`Tokenizer::encode`].
+    /// As [`Model::render_chat`] (an empty list is refused) and [`Tokenizer::encode`].
     pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        chat::tokenize_rendered(self.tokenizer(), &self.render_chat(messages)?)
+        self.chat_tokens_with_tools(messages, &[])
+    }
+
+    /// As [`Model::chat_tokens`], offering `tools` to the template (see
+    /// [`ChatTemplate::render_with_tools`]).
+    ///
+    /// # Errors
+    /// As [`Model::chat_tokens`].
+    pub fn chat_tokens_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<Vec<u32>> {
+        refuse_empty(messages)?;
+        let rendered = self.chat_template()?.render_with_tools(messages, tools, true)?;
+        chat::tokenize_rendered(self.tokenizer(), &rendered)
     }
 
     /// The facts `candlewick info` prints.

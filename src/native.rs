@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use crate::bytes::{Backing, Bytes};
 use crate::catalog::Route;
+use crate::chat::Message;
+use crate::session::Session;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::generator::{GenerateOptions, Generator, Prompt};
@@ -78,6 +80,19 @@ impl Model {
     /// forward passes within one token.
     pub fn generate(&self, prompt: impl Into<Prompt>, options: GenerateOptions) -> ChunkStream {
         match self.generator(prompt, options) {
+            Ok(generator) => spawn(generator),
+            Err(e) => ChunkStream::failed(e.to_string()),
+        }
+    }
+}
+
+impl Session {
+    /// Runs a turn ([`Session::generator`]) on a worker thread and streams its chunks. The
+    /// session has its cache back, and the reply in its conversation, by the time the
+    /// `Complete` chunk arrives. Errors arrive as one `Error` chunk; dropping the stream stops
+    /// the turn within one token.
+    pub fn generate(&mut self, new_messages: Vec<Message>, options: GenerateOptions) -> ChunkStream {
+        match self.generator(new_messages, options) {
             Ok(generator) => spawn(generator),
             Err(e) => ChunkStream::failed(e.to_string()),
         }

@@ -1,7 +1,8 @@
 //! What a generation yields — [`Chunk`]s — and the `futures::Stream` they arrive on.
 //!
 //! The contract: zero or more [`Chunk::Text`] deltas (complete UTF-8, never part of a stop
-//! string), then exactly one [`Chunk::Complete`] or [`Chunk::Error`], then the end.
+//! string or of a tool call's markup) and [`Chunk::ToolCall`]s, then exactly one
+//! [`Chunk::Complete`] or [`Chunk::Error`], then the end.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +15,14 @@ use serde::Serialize;
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// The model wrote an end-of-generation token, or a stop string appeared.
     Stop,
     /// The token limit or the end of the context was reached.
     Length,
+    /// The turn ended after the model called tools ([`Chunk::ToolCall`]s).
+    ToolCalls,
     /// The reader went away or asked to stop.
     Cancelled,
 }
@@ -29,6 +32,9 @@ pub enum FinishReason {
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV cache entries a [`crate::Session`] kept from an earlier turn,
+    /// so they were not run again (0 outside a session).
+    pub cached_tokens: usize,
     /// Tokens generated (including an end-of-generation token).
     pub completion_tokens: usize,
     /// From the start of the prompt's forward pass to the first sampled token.
@@ -41,12 +47,23 @@ pub struct Usage {
 
 /// One piece of a generation's output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Chunk {
-    /// New text: complete UTF-8 characters, never part of a stop string.
+    /// New text: complete UTF-8 characters, never part of a stop string or of a tool call's
+    /// markup.
     Text {
         /// The new text.
         text: String,
+    },
+    /// A complete tool call the model wrote.
+    ToolCall {
+        /// An id for the call, unique within the conversation, to answer it with (a `tool`
+        /// message's `tool_call_id`).
+        id: String,
+        /// The function's name.
+        name: String,
+        /// The arguments, a JSON object as a string (as OpenAI's API gives them).
+        arguments: String,
     },
     /// The end of a successful generation; always the last chunk.
     Complete {
@@ -69,7 +86,7 @@ pub enum Chunk {
 impl Chunk {
     /// Whether this chunk ends the stream.
     pub fn is_last(&self) -> bool {
-        !matches!(self, Chunk::Text { .. })
+        matches!(self, Chunk::Complete { .. } | Chunk::Error { .. })
     }
 }
 

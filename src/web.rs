@@ -19,6 +19,9 @@ use crate::error::Error;
 use crate::generator::{GenerateOptions, Generator, Prompt};
 use crate::model;
 use crate::sampling::SamplingConfig;
+use crate::session::Session;
+use crate::stream::Chunk;
+use crate::tools::ToolChoice;
 
 #[wasm_bindgen(inline_js = r#"
 // Resolves after the event loop has run other tasks (messages from the page, timers, input):
@@ -207,7 +210,26 @@ export interface LoadOptions {
     /** Keep a downloaded file in the Cache API (default true). */
     cache?: boolean;
 }
-export interface ChatMessage { role: "system" | "user" | "assistant"; content: string }
+/** A tool call in a conversation, in OpenAI's shape (`arguments` is a JSON object as text). */
+export interface ToolCallMessage { id: string; type?: "function"; function: { name: string; arguments: string } }
+export interface ChatMessage {
+    role: "system" | "user" | "assistant" | "tool";
+    content: string | null;
+    /** The tools an assistant message calls (`tool_calls` is accepted too). */
+    toolCalls?: ToolCallMessage[];
+    /** The call a `tool` message answers (`tool_call_id` is accepted too). */
+    toolCallId?: string;
+}
+/** A function the model may call: OpenAI's shape, or the function object alone. */
+export type Tool =
+    | { type: "function"; function: { name: string; description?: string; parameters?: object } }
+    | { name: string; description?: string; parameters?: object };
+/**
+ * "auto" (the model decides; the default), "none" (no tools offered), "required" or a
+ * function (by name or `{ type: "function", function: { name } }`); the last two need grammar
+ * support, which is not yet available, and throw.
+ */
+export type ToolChoice = "auto" | "none" | "required" | string | { type: "function"; function: { name: string } };
 export interface GenerateOptions {
     maxTokens?: number;
     /** 0 is greedy. */
@@ -225,9 +247,23 @@ export interface GenerateOptions {
     raw?: boolean;
     contextLength?: number;
     signal?: AbortSignal;
+    /** Functions the model may call; its calls arrive as `toolCall` chunks. */
+    tools?: Tool[];
+    toolChoice?: ToolChoice;
 }
+/** Options of `model.chat`: the conversation to start from, and defaults for every turn. */
+export interface ChatOptions extends Omit<GenerateOptions, "raw" | "signal"> {
+    /** A system message that opens the conversation. */
+    system?: string;
+    /** Messages the conversation starts with (after `system`). */
+    messages?: ChatMessage[];
+}
+/** Options of one turn: the chat's defaults, overridden. */
+export type TurnOptions = Omit<GenerateOptions, "raw">;
 export interface Usage {
     promptTokens: number;
+    /** Prompt tokens a chat session kept in its cache from earlier turns (not run again). */
+    cachedTokens: number;
     completionTokens: number;
     timeToFirstTokenMs: number;
     prefillTokensPerSecond: number;
@@ -235,7 +271,8 @@ export interface Usage {
 }
 export type Chunk =
     | { type: "text"; text: string }
-    | { type: "complete"; text: string; finishReason: "stop" | "length" | "cancelled"; stop: string | null; usage: Usage }
+    | { type: "toolCall"; id: string; name: string; arguments: string }
+    | { type: "complete"; text: string; finishReason: "stop" | "length" | "toolCalls" | "cancelled"; stop: string | null; usage: Usage }
     | { type: "error"; message: string };
 export interface ModelInfo {
     architecture: string;
@@ -266,6 +303,12 @@ extern "C" {
     /// `TokenizeOptions` in TypeScript.
     #[wasm_bindgen(typescript_type = "TokenizeOptions")]
     pub type TokenizeOptions;
+    /// `ChatOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "ChatOptions")]
+    pub type JsChatOptions;
+    /// `TurnOptions` in TypeScript.
+    #[wasm_bindgen(typescript_type = "TurnOptions")]
+    pub type JsTurnOptions;
 }
 
 /// An async iterator over a `ReadableStream` (such as `model.generate(...)`), for
@@ -293,7 +336,7 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "string | URL | Uint8Array | ArrayBuffer | Blob")] source: JsValue,
         options: Option<LoadOptions>,
     ) -> Result<WebModel, JsValue> {
-        let options = Options::new(options.map(JsCast::unchecked_into), &["onProgress", "signal", "cache"], "Model.load")?;
+        let options = Options::new(options.map(JsCast::unchecked_into), &[&["onProgress", "signal", "cache"]], "Model.load")?;
         let progress = options.function("onProgress")?;
         let signal = options.get("signal");
         let use_cache = options.bool("cache")?.unwrap_or(true);
@@ -342,12 +385,13 @@ impl WebModel {
 
     /// Generates from `prompt` — a string (one user message, put through the model's chat
     /// template unless `raw` is set) or an array of `{ role, content }` messages — and returns a
-    /// `ReadableStream` of chunks: `{ type: "text", text }`, then `{ type: "complete", text,
-    /// finishReason, stop, usage }` or `{ type: "error", message }`. Options: `maxTokens`,
-    /// `temperature` (0 is greedy), `topK`, `topP`, `minP`, `repeatPenalty`,
-    /// `frequencyPenalty`, `presencePenalty`, `penaltyLastN`, `seed`, `stop` (a string or an
-    /// array), `raw`, `contextLength`, `signal`. Cancelling the reader or aborting the signal
-    /// stops generation before the next token. A bad option throws.
+    /// `ReadableStream` of chunks: `{ type: "text", text }` and `{ type: "toolCall", id, name,
+    /// arguments }`, then `{ type: "complete", text, finishReason, stop, usage }` or `{ type:
+    /// "error", message }`. Options: `maxTokens`, `temperature` (0 is greedy), `topK`, `topP`,
+    /// `minP`, `repeatPenalty`, `frequencyPenalty`, `presencePenalty`, `penaltyLastN`, `seed`,
+    /// `stop` (a string or an array), `raw`, `contextLength`, `tools`, `toolChoice`, `signal`.
+    /// Cancelling the reader or aborting the signal stops generation before the next token. A
+    /// bad option throws.
     #[wasm_bindgen(unchecked_return_type = "ReadableStream<Chunk>")]
     pub fn generate(&self, #[wasm_bindgen(unchecked_param_type = "string | ChatMessage[]")] prompt: JsValue, options: Option<JsGenerateOptions>) -> Result<JsValue, JsValue> {
         let options = Options::new(options.map(JsCast::unchecked_into), GENERATE_OPTIONS, "generate")?;
@@ -358,34 +402,47 @@ impl WebModel {
             } else {
                 Prompt::User(text)
             }
-        } else if Array::is_array(&prompt) {
-            if raw {
+        } else {
+            if raw && Array::is_array(&prompt) {
                 return Err(type_error("generate: `raw` applies to a string prompt, not to messages"));
             }
-            let json = js_sys::JSON::stringify(&prompt)?.as_string().unwrap_or_default();
-            let messages: Vec<Message> = serde_json::from_str(&json)
-                .map_err(|e| type_error(&format!("generate: messages must be {{ role: \"system\" | \"user\" | \"assistant\", content: string }} objects ({e})")))?;
-            Prompt::Messages(messages)
-        } else {
-            return Err(type_error("generate: the prompt must be a string or an array of { role, content } messages"));
+            Prompt::Messages(messages_from_js(&prompt, "generate")?)
         };
         let generator = self.model.generator(prompt, options.generate_options()?).map_err(js_error)?;
-        let signal = options.get("signal");
+        Ok(stream(generator, &options.get("signal")))
+    }
 
-        let generator: Rc<RefCell<Option<Generator>>> = Rc::new(RefCell::new(Some(generator)));
-        let prefill = {
-            let generator = generator.clone();
-            Closure::<dyn FnMut() -> bool>::new(move || generator.borrow_mut().as_mut().is_some_and(|g| g.advance_prompt(PROMPT_BATCH)))
-        };
-        let next = {
-            let generator = generator.clone();
-            Closure::<dyn FnMut() -> JsValue>::new(move || {
-                let chunk = generator.borrow_mut().as_mut().and_then(Generator::next_chunk);
-                chunk.map_or(JsValue::UNDEFINED, |chunk| to_js(&chunk))
-            })
-        };
-        let stop = Closure::<dyn FnMut()>::new(move || drop(generator.borrow_mut().take()));
-        Ok(chunk_stream(&prefill.into_js_value().unchecked_into(), &next.into_js_value().unchecked_into(), &stop.into_js_value().unchecked_into(), &signal))
+    /// A chat session: a conversation that keeps its KV cache from one turn to the next, so a
+    /// turn runs only the tokens that are new. Options: `system`, `messages` (the conversation
+    /// to start from) and the options of `generate` (but `raw` and `signal`) as defaults for
+    /// every turn.
+    pub fn chat(&self, options: Option<JsChatOptions>) -> Result<ChatSession, JsValue> {
+        let object: Object = options.map(JsCast::unchecked_into).unwrap_or_default();
+        let checked = Options::new(Some(object.clone()), CHAT_OPTIONS, "chat")?;
+        checked.generate_options()?;
+        let mut messages = Vec::new();
+        if let Some(system) = checked.get("system").as_string() {
+            messages.push(Message::system(system));
+        } else if !checked.get("system").is_undefined() {
+            return Err(type_error("chat: `system` must be a string"));
+        }
+        let initial = checked.get("messages");
+        if !initial.is_undefined() {
+            messages.extend(messages_from_js(&initial, "chat")?);
+        }
+        let mut session = Session::new(&self.model).map_err(js_error)?;
+        session.set_messages(messages).map_err(js_error)?;
+        Ok(ChatSession { session, defaults: object })
+    }
+
+    /// Restores a chat session saved with `chat.save()` for this model; `options` as `chat`'s
+    /// (its `system` and `messages` are ignored: the conversation is the saved one).
+    #[wasm_bindgen(js_name = restoreChat)]
+    pub fn restore_chat(&self, bytes: &[u8], options: Option<JsChatOptions>) -> Result<ChatSession, JsValue> {
+        let object: Object = options.map(JsCast::unchecked_into).unwrap_or_default();
+        Options::new(Some(object.clone()), CHAT_OPTIONS, "restoreChat")?.generate_options()?;
+        let session = Session::restore(&self.model, bytes).map_err(js_error)?;
+        Ok(ChatSession { session, defaults: object })
     }
 
     /// Facts about the model: `{ architecture, name, contextLength, vocabSize, tokenizerModel,
@@ -402,7 +459,7 @@ impl WebModel {
     /// default false), `parseSpecial` (recognise special-token texts such as `<|im_start|>`;
     /// default false).
     pub fn tokenize(&self, text: &str, options: Option<TokenizeOptions>) -> Result<Vec<u32>, JsValue> {
-        let options = Options::new(options.map(JsCast::unchecked_into), &["addSpecial", "parseSpecial"], "tokenize")?;
+        let options = Options::new(options.map(JsCast::unchecked_into), &[&["addSpecial", "parseSpecial"]], "tokenize")?;
         let add_special = options.bool("addSpecial")?.unwrap_or(false);
         let parse_special = options.bool("parseSpecial")?.unwrap_or(false);
         self.model.tokenizer().encode(text, add_special, parse_special).map_err(js_error)
@@ -414,10 +471,114 @@ impl WebModel {
     }
 }
 
+/// A conversation that keeps its KV cache across turns (`model.chat(options)`).
+#[wasm_bindgen]
+pub struct ChatSession {
+    session: Session,
+    /// The chat's options: every turn's defaults.
+    defaults: Object,
+}
+
+#[wasm_bindgen]
+impl ChatSession {
+    /// Sends `message` — a string (a user message), a message, or an array of messages (tool
+    /// results, say; empty to let the assistant go on) — and streams the reply as `generate`
+    /// does. The conversation is rendered whole, and only what the cache does not hold yet
+    /// runs; `usage.cachedTokens` says how much it held. The reply joins the conversation when
+    /// the turn completes. Options override the chat's for this turn. One turn at a time.
+    #[wasm_bindgen(unchecked_return_type = "ReadableStream<Chunk>")]
+    pub fn send(&mut self, #[wasm_bindgen(unchecked_param_type = "string | ChatMessage | ChatMessage[]")] message: JsValue, options: Option<JsTurnOptions>) -> Result<JsValue, JsValue> {
+        let merged = Object::assign(&Object::new(), &self.defaults);
+        let turn: Object = options.map(JsCast::unchecked_into).unwrap_or_default();
+        Options::new(Some(turn.clone()), TURN_OPTIONS, "send")?;
+        let merged = Object::assign(&merged, &turn);
+        for key in ["system", "messages"] {
+            let _ = Reflect::delete_property(&merged, &key.into());
+        }
+        let options = Options::new(Some(merged), TURN_OPTIONS, "send")?;
+        let messages = if let Some(text) = message.as_string() {
+            vec![Message::user(text)]
+        } else if Array::is_array(&message) {
+            messages_from_js(&message, "send")?
+        } else {
+            messages_from_js(&Array::of1(&message).into(), "send")?
+        };
+        let generator = self.session.generator(messages, options.generate_options()?).map_err(js_error)?;
+        Ok(stream(generator, &options.get("signal")))
+    }
+
+    /// The conversation so far (an array of messages).
+    #[wasm_bindgen(unchecked_return_type = "ChatMessage[]")]
+    pub fn messages(&self) -> JsValue {
+        to_js(&self.session.messages())
+    }
+
+    /// Positions the KV cache holds now.
+    #[wasm_bindgen(getter, js_name = cachedTokens)]
+    pub fn cached_tokens(&self) -> usize {
+        self.session.cached_tokens()
+    }
+
+    /// A copy of the conversation and its cache, to continue apart.
+    pub fn fork(&self) -> Result<ChatSession, JsValue> {
+        Ok(ChatSession { session: self.session.fork().map_err(js_error)?, defaults: Object::assign(&Object::new(), &self.defaults) })
+    }
+
+    /// Keeps the first `messages` messages (to edit the last one, or answer again).
+    pub fn truncate(&mut self, messages: usize) -> Result<(), JsValue> {
+        self.session.truncate(messages).map_err(js_error)
+    }
+
+    /// The session as bytes (the conversation and its KV cache), for `model.restoreChat`.
+    pub fn save(&self) -> Result<Vec<u8>, JsValue> {
+        self.session.save().map_err(js_error)
+    }
+}
+
+/// Messages from JS: `{ role, content }` objects, with `toolCalls`/`tool_calls` and
+/// `toolCallId`/`tool_call_id`.
+fn messages_from_js(value: &JsValue, what: &str) -> Result<Vec<Message>, JsValue> {
+    if !Array::is_array(value) {
+        return Err(type_error(&format!("{what}: the prompt must be a string or an array of {{ role, content }} messages")));
+    }
+    let json = js_sys::JSON::stringify(value)?.as_string().unwrap_or_default();
+    serde_json::from_str(&json).map_err(|e| type_error(&format!("{what}: messages must be {{ role: \"system\" | \"user\" | \"assistant\" | \"tool\", content: string }} objects ({e})")))
+}
+
+/// A generation as a `ReadableStream` of chunk objects.
+fn stream(generator: Generator, signal: &JsValue) -> JsValue {
+    let generator: Rc<RefCell<Option<Generator>>> = Rc::new(RefCell::new(Some(generator)));
+    let prefill = {
+        let generator = generator.clone();
+        Closure::<dyn FnMut() -> bool>::new(move || generator.borrow_mut().as_mut().is_some_and(|g| g.advance_prompt(PROMPT_BATCH)))
+    };
+    let next = {
+        let generator = generator.clone();
+        Closure::<dyn FnMut() -> JsValue>::new(move || {
+            let chunk = generator.borrow_mut().as_mut().and_then(Generator::next_chunk);
+            chunk.map_or(JsValue::UNDEFINED, |chunk| chunk_to_js(&chunk))
+        })
+    };
+    let stop = Closure::<dyn FnMut()>::new(move || drop(generator.borrow_mut().take()));
+    chunk_stream(&prefill.into_js_value().unchecked_into(), &next.into_js_value().unchecked_into(), &stop.into_js_value().unchecked_into(), signal)
+}
+
+/// A chunk as JS sees it: camelCase names, and the values `toolCall` / `toolCalls`.
+fn chunk_to_js(chunk: &Chunk) -> JsValue {
+    let value = to_js(chunk);
+    for (key, from, to) in [("type", "tool_call", "toolCall"), ("finishReason", "tool_calls", "toolCalls")] {
+        if Reflect::get(&value, &key.into()).ok().and_then(|v| v.as_string()).as_deref() == Some(from) {
+            let _ = Reflect::set(&value, &key.into(), &to.into());
+        }
+    }
+    value
+}
+
 /// Prompt tokens run between two turns of the event loop: a fraction of a second in wasm.
 const PROMPT_BATCH: usize = 16;
 
-const GENERATE_OPTIONS: &[&str] = &[
+/// The options `generate`, `chat` and a chat's `send` share.
+const COMMON_OPTIONS: &[&str] = &[
     "maxTokens",
     "temperature",
     "topK",
@@ -429,10 +590,19 @@ const GENERATE_OPTIONS: &[&str] = &[
     "penaltyLastN",
     "seed",
     "stop",
-    "raw",
     "contextLength",
-    "signal",
+    "tools",
+    "toolChoice",
 ];
+
+/// The options of `generate`.
+const GENERATE_OPTIONS: &[&[&str]] = &[COMMON_OPTIONS, &["raw", "signal"]];
+
+/// The options of `model.chat`: the conversation, and every turn's defaults.
+const CHAT_OPTIONS: &[&[&str]] = &[COMMON_OPTIONS, &["system", "messages"]];
+
+/// The options of one turn.
+const TURN_OPTIONS: &[&[&str]] = &[COMMON_OPTIONS, &["signal"]];
 
 /// A JS options object, checked for unknown keys.
 struct Options {
@@ -441,8 +611,9 @@ struct Options {
 }
 
 impl Options {
-    fn new(object: Option<Object>, known: &[&str], what: &'static str) -> Result<Options, JsValue> {
+    fn new(object: Option<Object>, known: &[&[&str]], what: &'static str) -> Result<Options, JsValue> {
         let object = object.unwrap_or_default();
+        let known = known.concat();
         for key in Object::keys(&object) {
             let key = key.as_string().unwrap_or_default();
             if !known.contains(&key.as_str()) {
@@ -530,6 +701,24 @@ impl Options {
         } else if !stop.is_undefined() {
             return Err(type_error("generate: `stop` must be a string or an array of strings"));
         }
+        let tools = self.get("tools");
+        if !tools.is_undefined() {
+            if !Array::is_array(&tools) {
+                return Err(type_error(&format!("{}: `tools` must be an array of function definitions", self.what)));
+            }
+            let json = js_sys::JSON::stringify(&tools)?.as_string().unwrap_or_default();
+            o.tools = crate::tools::parse_tools(&json).map_err(|e| type_error(&format!("{}: {e}", self.what)))?;
+        }
+        let choice = self.get("toolChoice");
+        if let Some(text) = choice.as_string() {
+            o.tool_choice = ToolChoice::parse(&text);
+        } else if choice.is_object() {
+            let name = Reflect::get(&choice, &"function".into()).and_then(|f| Reflect::get(&f, &"name".into())).ok().and_then(|n| n.as_string());
+            o.tool_choice = ToolChoice::Function(name.ok_or_else(|| type_error(&format!("{}: `toolChoice` must be a string or {{ type: \"function\", function: {{ name }} }}", self.what)))?);
+        } else if !choice.is_undefined() {
+            return Err(type_error(&format!("{}: `toolChoice` must be a string or {{ type: \"function\", function: {{ name }} }}", self.what)));
+        }
+        o.validate().map_err(js_error)?;
         Ok(o)
     }
 }

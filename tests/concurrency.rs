@@ -29,7 +29,7 @@ async fn text_of(model: &Model, prompt: &str) -> String {
         match chunk {
             Chunk::Complete { text, .. } => return text,
             Chunk::Error { message } => panic!("{prompt:?}: {message}"),
-            Chunk::Text { .. } => {}
+            Chunk::Text { .. } | Chunk::ToolCall { .. } => {}
         }
     }
     panic!("{prompt:?}: no completion");

@@ -32,7 +32,7 @@ fn run(model: &Model, prompt: Prompt, options: GenerateOptions) -> (FinishReason
         match chunk {
             Chunk::Complete { finish_reason, usage, .. } => return (finish_reason, usage.prompt_tokens, usage.completion_tokens),
             Chunk::Error { message } => panic!("{message}"),
-            Chunk::Text { .. } => {}
+            Chunk::Text { .. } | Chunk::ToolCall { .. } => {}
         }
     }
     panic!("no completion chunk");

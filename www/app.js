@@ -31,7 +31,6 @@ const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "modu
 let workerReady = false;
 let modelInfo = null; // model.info() of the loaded model, null while none is
 let modelBytes = 0; // the size of the model file, once progress has told it
-const conversation = []; // the { role, content } turns so far, sent whole with each request
 let answer = null; // the reply being streamed: { element, text: Text node, chunks, firstAt }
 
 // ---- What the worker says ----
@@ -99,11 +98,8 @@ const fromWorker = {
       if (cancelled) setState("stopped", "Stopped.");
       else setState("error", "Generation ended without a final chunk.");
     }
-    if (state() === "error") {
-      conversation.pop(); // the question that failed, so the next one is not asked after it
-    } else {
-      conversation.push({ role: "assistant", content: answer.text.data });
-    }
+    // The worker's chat session keeps the conversation: a failed or stopped answer is not in it.
+    if (state() === "error" || state() === "stopped") answer.element.classList.add("forgotten");
     answer = null;
     ui.prompt.focus();
   },
@@ -136,7 +132,6 @@ ui.modelForm.addEventListener("submit", (event) => {
   const source = local ? ui.file.files[0] : new URL(ui.select.value, location.href).href;
   modelInfo = null;
   modelBytes = 0;
-  conversation.length = 0;
   ui.messages.replaceChildren();
   ui.speed.value = "";
   ui.progress.value = 0;
@@ -150,15 +145,14 @@ ui.chatForm.addEventListener("submit", (event) => {
   const content = ui.prompt.value.trim();
   if (!content || ui.send.disabled) return;
   ui.prompt.value = "";
-  conversation.push({ role: "user", content });
   addMessage("user").text.data = content;
   answer = { ...addMessage("assistant"), chunks: 0, firstAt: null };
   answer.element.dataset.chunks = 0;
   ui.speed.value = "";
-  // A model without a chat template (a base model) cannot chat: it continues the text as is.
-  const chat = modelInfo.hasChatTemplate;
-  const options = { maxTokens: MAX_TOKENS, raw: !chat };
-  worker.postMessage({ type: "generate", prompt: chat ? conversation : content, options });
+  // A chat session answers in the conversation, running only the new message's tokens. A model
+  // without a chat template (a base model) cannot chat: it continues the text as is.
+  if (modelInfo.hasChatTemplate) worker.postMessage({ type: "send", content, options: { maxTokens: MAX_TOKENS } });
+  else worker.postMessage({ type: "generate", prompt: content, options: { maxTokens: MAX_TOKENS, raw: true } });
   setState("generating", "Writing…");
   keepScrolledDown();
 });
@@ -219,7 +213,7 @@ function showLiveSpeed() {
 function showUsage(usage, finishReason) {
   ui.speed.value =
     `${usage.completionTokens} tokens · ${usage.decodeTokensPerSecond.toFixed(1)} tokens/s` +
-    ` · prompt ${usage.promptTokens} tokens at ${usage.prefillTokensPerSecond.toFixed(0)} tokens/s` +
+    ` · prompt ${usage.promptTokens} tokens (${usage.cachedTokens} cached) at ${usage.prefillTokensPerSecond.toFixed(0)} tokens/s` +
     ` · first token after ${usage.timeToFirstTokenMs.toFixed(0)} ms · ${finishReason}`;
 }
 

@@ -5,6 +5,8 @@
 //   page → worker: { type: "load", source }  (a URL string or a File)
 //                  { type: "cancelLoad" }
 //                  { type: "generate", prompt, options }  (model.generate's arguments)
+//                  { type: "send", content, options }  a user message, answered in the chat
+//                                                     session (chat.send's arguments)
 //                  { type: "stop" }
 //   worker → page: { type: "ready" }  once the WebAssembly module is initialised
 //                  { type: "progress", phase, loaded, total }
@@ -14,6 +16,10 @@
 //                  { type: "end", cancelled }  after the last chunk, however the stream ended
 //
 // The page sends one load or one generation at a time, and waits for its answer.
+//
+// A model with a chat template gets a chat session when it loads: it keeps the conversation
+// and its KV cache, so each message runs only its own tokens, not the whole conversation
+// again. A stopped answer is not kept in it.
 
 import { Model, iterate } from "../pkg/index.js";
 
@@ -21,18 +27,22 @@ import { Model, iterate } from "../pkg/index.js";
 const PROGRESS_INTERVAL_MS = 50;
 
 let model = null;
+let chat = null; // the chat session of a model with a chat template
 let loading = null; // the AbortController of the load in progress
 let generating = null; // the AbortController of the generation in progress
 
 const handlers = {
   async load({ source }) {
     // Free the old weights first: two models may not fit in memory together.
+    chat?.free();
+    chat = null;
     model?.free();
     model = null;
     loading = new AbortController();
     const started = performance.now();
     try {
       model = await Model.load(source, { signal: loading.signal, onProgress: throttledProgress() });
+      if (model.info().hasChatTemplate) chat = model.chat();
       postMessage({ type: "loaded", info: model.info(), ms: performance.now() - started });
     } catch (error) {
       postMessage({ type: "loadFailed", aborted: error?.name === "AbortError", message: describe(error) });
@@ -45,11 +55,25 @@ const handlers = {
     loading?.abort();
   },
 
-  async generate({ prompt, options }) {
+  generate({ prompt, options }) {
+    return stream((signal) => model.generate(prompt, { ...options, signal }));
+  },
+
+  send({ content, options }) {
+    return stream((signal) => chat.send(content, { ...options, signal }));
+  },
+
+  stop() {
+    generating?.abort();
+  },
+};
+
+/** Posts each chunk of the stream `start(signal)` returns, then the end. */
+async function stream(start) {
     generating = new AbortController();
     const { signal } = generating;
     try {
-      const stream = model.generate(prompt, { ...options, signal });
+      const stream = start(signal);
       for await (const chunk of iterate(stream)) postMessage({ type: "chunk", chunk });
     } catch (error) {
       // Aborting may end the stream with an AbortError rather than a "cancelled" chunk.
@@ -58,12 +82,7 @@ const handlers = {
       generating = null;
       postMessage({ type: "end", cancelled: signal.aborted });
     }
-  },
-
-  stop() {
-    generating?.abort();
-  },
-};
+}
 
 /** An onProgress callback that posts to the page, thinned out to one post per interval. */
 function throttledProgress() {

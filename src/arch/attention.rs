@@ -93,6 +93,7 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
 
 /// Keys and values of one layer as f16, `[kv_heads][capacity][dim]`, allocated once. With
 /// `values_in_keys`, a value is the start of its key (latent attention) and is not stored twice.
+#[derive(Clone)]
 pub struct KvCache {
     keys: Vec<f16>,
     values: Vec<f16>,
@@ -161,6 +162,69 @@ impl KvCache {
     /// Forgets every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// Makes room for `capacity` positions (never fewer than it has), keeping those filled.
+    /// The layout is per head, so each head's filled rows move to their new place.
+    pub fn grow(&mut self, capacity: usize) {
+        if capacity <= self.capacity {
+            return;
+        }
+        let regrow = |old: &[f16], dim: usize| {
+            let mut new = vec![f16::ZERO; self.kv_heads * capacity * dim];
+            for h in 0..self.kv_heads {
+                let rows = self.len * dim;
+                new[h * capacity * dim..][..rows].copy_from_slice(&old[h * self.capacity * dim..][..rows]);
+            }
+            new
+        };
+        self.keys = regrow(&self.keys, self.head_dim);
+        if !self.values_in_keys {
+            self.values = regrow(&self.values, self.value_dim);
+        }
+        self.capacity = capacity;
+    }
+
+    /// The filled positions' keys and values as little-endian f16 bytes, head by head (keys,
+    /// then values).
+    pub fn filled_bytes(&self, out: &mut Vec<u8>) {
+        let mut put = |data: &[f16], dim: usize| {
+            for h in 0..self.kv_heads {
+                for v in &data[h * self.capacity * dim..][..self.len * dim] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        };
+        put(&self.keys, self.head_dim);
+        if !self.values_in_keys {
+            put(&self.values, self.value_dim);
+        }
+    }
+
+    /// Fills the first `len` positions from what [`KvCache::filled_bytes`] wrote; returns the
+    /// bytes it read, or `None` when `bytes` is too short or `len` beyond the capacity.
+    pub fn fill_from_bytes(&mut self, len: usize, bytes: &[u8]) -> Option<usize> {
+        if len > self.capacity {
+            return None;
+        }
+        let mut read = 0;
+        let (heads, capacity) = (self.kv_heads, self.capacity);
+        let mut take = |data: &mut [f16], dim: usize| -> Option<()> {
+            for h in 0..heads {
+                for v in &mut data[h * capacity * dim..][..len * dim] {
+                    let pair = bytes.get(read..read + 2)?;
+                    *v = f16::from_le_bytes([pair[0], pair[1]]);
+                    read += 2;
+                }
+            }
+            Some(())
+        };
+        take(&mut self.keys, self.head_dim)?;
+        if !self.values_in_keys {
+            take(&mut self.values, self.value_dim)?;
+        }
+        self.len = len;
+        Some(read)
     }
 
     fn key(&self, head: usize, at: usize) -> &[f16] {
@@ -403,6 +467,34 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Growing a cache keeps every filled position of every head, and its bytes restore into
+    /// another cache exactly.
+    #[test]
+    fn caches_grow_and_restore_without_changing_a_position() {
+        for values_in_keys in [false, true] {
+            let (kv_heads, hd, vd, n) = (3, 8, 4, 5);
+            let mut cache = KvCache::new(kv_heads, 6, hd, vd, values_in_keys);
+            let k: Vec<f32> = (0..n * kv_heads * hd).map(|i| i as f32 * 0.25).collect();
+            let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| -(i as f32)).collect();
+            cache.append(&k, &v, n).unwrap();
+            let rows = |c: &KvCache| -> Vec<Vec<f16>> { (0..kv_heads).flat_map(|h| (0..n).flat_map(move |t| [c.key(h, t).to_vec(), c.value(h, t).to_vec()])).collect() };
+            let before = rows(&cache);
+            cache.grow(64);
+            assert_eq!(cache.capacity, 64);
+            assert_eq!(rows(&cache), before);
+            cache.append(&k[..kv_heads * hd], &v[..kv_heads * vd], 1).unwrap();
+            cache.truncate(n);
+            let mut bytes = Vec::new();
+            cache.filled_bytes(&mut bytes);
+            assert_eq!(bytes.len(), n * cache.bytes_per_position());
+            let mut other = KvCache::new(kv_heads, 8, hd, vd, values_in_keys);
+            assert_eq!(other.fill_from_bytes(n, &bytes), Some(bytes.len()));
+            assert_eq!(rows(&other), before);
+            assert_eq!(other.fill_from_bytes(n, &bytes[..bytes.len() - 1]), None);
+            assert_eq!(other.fill_from_bytes(9, &bytes), None);
+        }
+    }
 
     /// Both computations equal a plain softmax-weighted sum (to f16 precision).
     #[test]

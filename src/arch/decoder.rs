@@ -102,7 +102,9 @@ struct Moe {
     shared: Option<Mlp>,
 }
 
-/// The per-generation state: the KV cache of every layer.
+/// The per-generation state: the KV cache of every layer. Cloning copies the cache (a fork of
+/// a conversation); the default state holds no position, and a forward pass on it fails.
+#[derive(Clone, Default)]
 pub struct State {
     caches: Vec<KvCache>,
     len: usize,
@@ -130,12 +132,52 @@ impl State {
         self.caches.iter().map(KvCache::bytes_per_position).sum()
     }
 
-    /// Forgets every position from `len` on, keeping the prefix.
+    /// Forgets every position from `len` on, keeping the prefix. Also brings every layer back
+    /// to the state's length after a forward pass that failed half way.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
         for cache in &mut self.caches {
-            cache.truncate(len);
+            cache.truncate(self.len);
         }
+    }
+
+    /// Makes room for `capacity` positions, keeping those filled (a session's cache grows as
+    /// its conversation does). A smaller `capacity` changes nothing.
+    pub fn grow(&mut self, capacity: usize) {
+        for cache in &mut self.caches {
+            cache.grow(capacity);
+        }
+        self.capacity = self.capacity.max(capacity);
+    }
+
+    /// The filled positions of every layer as bytes (f16, little-endian), for
+    /// [`State::restore`].
+    pub fn save(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len * self.kv_bytes_per_token());
+        for cache in &self.caches {
+            cache.filled_bytes(&mut out);
+        }
+        out
+    }
+
+    /// Fills the first `len` positions from what [`State::save`] wrote for the same model,
+    /// growing the cache when it is smaller.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] when `bytes` is not the size `len` positions of this
+    /// model's cache take.
+    pub fn restore(&mut self, len: usize, bytes: &[u8]) -> Result<()> {
+        let invalid = || Error::InvalidParameter { name: "bytes", reason: format!("they do not hold {len} positions of this model's KV cache") };
+        if len.checked_mul(self.kv_bytes_per_token()) != Some(bytes.len()) {
+            return Err(invalid());
+        }
+        self.grow(len);
+        let mut at = 0;
+        for cache in &mut self.caches {
+            at += cache.fill_from_bytes(len, &bytes[at..]).ok_or_else(invalid)?;
+        }
+        self.len = len;
+        Ok(())
     }
 }
 
@@ -203,13 +245,13 @@ impl Weights {
         // The embedding table is only looked up, row by row, unless the output layer is tied to
         // it: then it is a matrix of products like any other.
         let tied = !loader.index.contains_key("output.weight");
-        let table = loader.matrix_placed("token_embd.weight", tied)?;
+        let table = loader.matrix_placed("token_embd.weight", if tied { Products::OneRow } else { Products::InPlace })?;
         let vocab_size = table.rows();
         if table.cols() != c.hidden {
             return Err(Error::InvalidTensor { name: "token_embd.weight".into(), reason: format!("rows of {}, expected the hidden width {}", table.cols(), c.hidden) });
         }
         let output = match loader.index.contains_key("output.weight") {
-            true => loader.linear("output", Some(vocab_size), c.hidden)?,
+            true => loader.linear_placed("output", Some(vocab_size), c.hidden, Products::OneRow)?,
             false => QLinear::new(table.clone(), None), // tied to the embedding
         };
         let output_norm = loader.vector("output_norm.weight", c.hidden)?;
@@ -706,9 +748,24 @@ impl Mlp {
 /// which matrices are used in place, in the file's layout. A repacked matrix is a copy: its file
 /// bytes are released, but a copy of more than this would crowd out the page cache that a
 /// memory-mapped file larger than memory runs from. Matrices are repacked in the order the
-/// model loads them (output first, then block by block), experts never: they are most of a
-/// mixture-of-experts model's bytes, and decoding reads only the chosen few.
+/// model loads them (output first, then block by block) where it pays ([`Products`]), experts
+/// never: they are most of a mixture-of-experts model's bytes, and decoding reads only the
+/// chosen few.
 pub const REPACK_BUDGET: usize = 1 << 30;
+
+/// The products a matrix takes part in, which decide whether repacking it pays.
+#[derive(Clone, Copy)]
+enum Products {
+    /// A prompt's rows at once, then one row per decoded token: the layers.
+    Batched,
+    /// One activation row at a time: the output layer, which only the last position goes
+    /// through. Repacked only for the formats whose strips multiply one row faster than their
+    /// rows do (see [`QMatrix::repacking_pays_for_one_row`]).
+    OneRow,
+    /// Never repacked: the experts (most of a mixture's bytes, a few rows each) and an
+    /// embedding table that is only looked up.
+    InPlace,
+}
 
 /// The data of a tensor: `(shard, offset into its data section, length)` to its bytes.
 type TensorSource<'a> = dyn FnMut(usize, u64, usize) -> std::io::Result<Bytes> + 'a;
@@ -744,25 +801,25 @@ impl Loader<'_> {
         Ok((bytes, info.ggml_type, shape))
     }
 
-    /// A 2-D tensor as a matrix `(rows, cols)`, repacked when the budget allows.
-    fn matrix(&mut self, name: &str) -> Result<QMatrix> {
-        self.matrix_placed(name, true)
-    }
-
-    /// A 2-D tensor as a matrix `(rows, cols)`; repacked for this CPU's kernels only when
-    /// `may_repack` and the budget allows.
-    fn matrix_placed(&mut self, name: &str, may_repack: bool) -> Result<QMatrix> {
+    /// A 2-D tensor as a matrix `(rows, cols)`; repacked for this CPU's kernels only where that
+    /// pays for the `products` it takes part in and the budget allows.
+    fn matrix_placed(&mut self, name: &str, products: Products) -> Result<QMatrix> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         let [rows, cols] = shape[..] else {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?} is not 2-D") });
         };
-        self.place(name, ggml_type, bytes, rows, cols, may_repack)
+        self.place(name, ggml_type, bytes, rows, cols, products)
     }
 
-    /// The matrix over `bytes`, repacked when `may_repack`, the kernels would and the budget
-    /// holds it; the file bytes of a repacked matrix are released.
-    fn place(&mut self, name: &str, ggml_type: u32, bytes: Bytes, rows: usize, cols: usize, may_repack: bool) -> Result<QMatrix> {
-        let repack = may_repack && bytes.len() <= self.budget && QMatrix::would_repack(ggml_type, rows, cols);
+    /// The matrix over `bytes`, repacked when that pays for its `products`, the kernels would
+    /// and the budget holds it; the file bytes of a repacked matrix are released.
+    fn place(&mut self, name: &str, ggml_type: u32, bytes: Bytes, rows: usize, cols: usize, products: Products) -> Result<QMatrix> {
+        let pays = match products {
+            Products::Batched => true,
+            Products::OneRow => QMatrix::repacking_pays_for_one_row(ggml_type),
+            Products::InPlace => false,
+        };
+        let repack = pays && bytes.len() <= self.budget && QMatrix::would_repack(ggml_type, rows, cols);
         let matrix = QMatrix::load(ggml_type, bytes.clone(), rows, cols, repack).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
         if repack {
             self.budget -= bytes.len();
@@ -792,8 +849,13 @@ impl Loader<'_> {
     /// `<name>.weight` (and `<name>.bias` if present) as a linear layer; `out` and `inputs`
     /// are checked when given (`None` / 0 take what the file has).
     fn linear(&mut self, name: &str, out: Option<usize>, inputs: usize) -> Result<QLinear> {
+        self.linear_placed(name, out, inputs, Products::Batched)
+    }
+
+    /// [`Loader::linear`] of a layer that takes part in `products`.
+    fn linear_placed(&mut self, name: &str, out: Option<usize>, inputs: usize, products: Products) -> Result<QLinear> {
         let weight_name = format!("{name}.weight");
-        let w = self.matrix(&weight_name)?;
+        let w = self.matrix_placed(&weight_name, products)?;
         let (rows, cols) = (w.rows(), w.cols());
         if out.is_some_and(|o| o != rows) || (inputs != 0 && inputs != cols) {
             return Err(Error::InvalidTensor {
@@ -808,9 +870,9 @@ impl Loader<'_> {
     /// The experts of layer `layer`: `ffn_{gate,up,down}_exps` hold every expert's matrix in
     /// one 3-D tensor; each expert's slice becomes its own matrix.
     fn experts(&mut self, layer: usize, count: usize, ffn: usize, hidden: usize) -> Result<Vec<Mlp>> {
-        let gates = self.split_placed(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden, false)?;
-        let ups = self.split_placed(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden, false)?;
-        let downs = self.split_placed(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn, false)?;
+        let gates = self.split_placed(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden, Products::InPlace)?;
+        let ups = self.split_placed(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden, Products::InPlace)?;
+        let downs = self.split_placed(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn, Products::InPlace)?;
         Ok(gates
             .into_iter()
             .zip(ups)
@@ -821,12 +883,12 @@ impl Loader<'_> {
 
     /// A 3-D tensor `(count, rows, cols)` as `count` matrices (repacked when the budget allows).
     fn split(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<QMatrix>> {
-        self.split_placed(name, count, rows, cols, true)
+        self.split_placed(name, count, rows, cols, Products::Batched)
     }
 
-    /// A 3-D tensor `(count, rows, cols)` as `count` matrices, repacked only when `may_repack`
-    /// and the budget allows.
-    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, may_repack: bool) -> Result<Vec<QMatrix>> {
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices, repacked only where that pays
+    /// for their `products` and the budget allows.
+    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, products: Products) -> Result<Vec<QMatrix>> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         if shape != [count, rows, cols] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {rows}, {cols}]") });
@@ -835,7 +897,7 @@ impl Loader<'_> {
         (0..count)
             .map(|i| {
                 let part = bytes.slice(i * per..(i + 1) * per).ok_or_else(|| Error::InvalidTensor { name: name.into(), reason: "data does not split into equal parts".into() })?;
-                self.place(name, ggml_type, part, rows, cols, may_repack)
+                self.place(name, ggml_type, part, rows, cols, products)
             })
             .collect()
     }

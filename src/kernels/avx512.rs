@@ -28,6 +28,13 @@ pub(super) fn available() -> bool {
     *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni"))
 }
 
+/// Whether this CPU also has AVX-512 VBMI (byte permutes and `vpmultishiftqb`), which the
+/// codebook formats' kernels use to look up and spread their grids in registers.
+pub(super) fn vbmi() -> bool {
+    static VBMI: OnceLock<bool> = OnceLock::new();
+    *VBMI.get_or_init(|| available() && is_x86_feature_detected!("avx512vbmi"))
+}
+
 /// Activation rows multiplied together, sharing each unpacked tile. Four keep the
 /// accumulators, the unpacked weights and the broadcasts within the 32 vector registers.
 const GROUP: usize = 4;

@@ -62,11 +62,10 @@ const MIN_TASKS: usize = 8;
 #[cfg(target_arch = "x86_64")]
 const SERIAL_WORK: usize = 1 << 20;
 
-/// The largest matrix (bytes) repacked for a single product into a buffer kept on each thread
-/// for the next one; a larger matrix (a dense layer beyond the repacking budget) is repacked into
-/// a buffer of its own, freed after the product.
+/// Bytes of strips a task repacks at most when a matrix is repacked for one product: they stay
+/// in the cache while the task multiplies them.
 #[cfg(target_arch = "x86_64")]
-const TRANSIENT_STRIPS_KEPT: usize = 16 << 20;
+const TASK_STRIP_BYTES: usize = 256 << 10;
 
 /// Parallel tasks a product is split into at most (rows in strips).
 #[cfg(target_arch = "x86_64")]
@@ -90,6 +89,19 @@ enum Kind {
     Strips { format: Format, data: Bytes },
 }
 
+/// Where a product's strips come from.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum StripSource<'a> {
+    /// A matrix repacked at load: its strips.
+    Packed(&'a [u8]),
+    /// A matrix in the file's layout that pays for repacking for this product alone (a prompt's
+    /// rows through an expert or a layer beyond the repacking budget): its rows, which each task
+    /// repacks, its own strips at a time, into a buffer of its thread's just before it
+    /// multiplies them.
+    Rows(&'a [u8]),
+}
+
 impl QMatrix {
     /// A matrix of ggml type `ggml_type` from its raw bytes, repacked for this CPU's kernels
     /// where they would repack it (see [`QMatrix::would_repack`]), else shared rather than
@@ -110,6 +122,20 @@ impl QMatrix {
             return strips::supported(format) && avx512::available() && cols > 0 && rows.next_multiple_of(strips::ROWS) - rows <= rows / 8;
         }
         let _ = (ggml_type, rows, cols);
+        false
+    }
+
+    /// Whether repacking a matrix of this type pays when it is only ever multiplied by one
+    /// activation row (the output layer): the simple block formats' strips are read from memory
+    /// about twice as fast as their rows (Q8_0 151936×896: 40 against 22 GB/s), the K-quants'
+    /// no faster (Q6_K 16384×7168: 28 against 37 GB/s; Q4_K as fast), so a K-quant output layer
+    /// would spend the repacking budget for nothing.
+    pub fn repacking_pays_for_one_row(ggml_type: u32) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(format) = Format::from_ggml(ggml_type) {
+            return strips::pays_for_one_row(format);
+        }
+        let _ = ggml_type;
         false
     }
 
@@ -166,11 +192,11 @@ impl QMatrix {
         match &self.kind {
             #[cfg(target_arch = "x86_64")]
             Kind::Blocks { data, .. } if strips::pays_for_one_product(format, m) && avx512::available() => {
-                Ok(self.matmul_transient_strips(format, data, &acts))
+                Ok(self.matmul_strips(format, StripSource::Rows(data), &acts))
             }
             Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, &acts)),
             #[cfg(target_arch = "x86_64")]
-            Kind::Strips { data, .. } => Ok(self.matmul_strips(format, data, &acts)),
+            Kind::Strips { data, .. } => Ok(self.matmul_strips(format, StripSource::Packed(data), &acts)),
         }
     }
 
@@ -230,57 +256,60 @@ impl QMatrix {
         out
     }
 
-    /// [`QMatrix::matmul`] of rows in the file's layout, repacked into strips for this product
-    /// alone (a prompt's rows through an expert, which is not repacked at load): into a buffer
-    /// of the calling thread's, reused from product to product.
-    #[cfg(target_arch = "x86_64")]
-    fn matmul_transient_strips(&self, format: Format, data: &[u8], acts: &[Activations]) -> Vec<f32> {
-        use std::cell::RefCell;
-        thread_local! {
-            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        let run = |buffer: &mut Vec<u8>| {
-            strips::repack_into(format, data, self.rows, self.cols, buffer);
-            self.matmul_strips(format, buffer, acts)
-        };
-        if data.len() > TRANSIENT_STRIPS_KEPT {
-            return run(&mut Vec::new());
-        }
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut buffer) => run(&mut buffer),
-            // This thread is already inside such a product (the pool gave it another task while
-            // it waited): a buffer of this product's own.
-            Err(_) => run(&mut Vec::new()),
-        })
-    }
-
     /// [`QMatrix::matmul`] of rows in strips: each task takes whole strips and every activation
     /// row.
     #[cfg(target_arch = "x86_64")]
-    fn matmul_strips(&self, format: Format, data: &[u8], acts: &[Activations]) -> Vec<f32> {
+    fn matmul_strips(&self, format: Format, source: StripSource, acts: &[Activations]) -> Vec<f32> {
+        use std::cell::RefCell;
         use strips::ROWS;
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
         let (m, n, k) = (acts.len(), self.rows, self.cols);
         let strip_bytes = k / format.block().0 * strips::tile_bytes(format);
-        let count = data.len() / strip_bytes;
-        // Strips per task: TASK_WORK multiply-adds, between MIN_TASKS and MAX_TASKS tasks.
-        let per_task = if count * ROWS * k * m < SERIAL_WORK {
+        let count = match source {
+            StripSource::Packed(data) => data.len() / strip_bytes,
+            StripSource::Rows(_) => n.div_ceil(ROWS),
+        };
+        // Strips per task: TASK_WORK multiply-adds, between MIN_TASKS and MAX_TASKS tasks (and
+        // no more strips than fit TASK_STRIP_BYTES where the task repacks them).
+        let mut per_task = if count * ROWS * k * m < SERIAL_WORK {
             count
         } else {
             TASK_WORK.div_ceil(ROWS * k * m).min(count.div_ceil(MIN_TASKS)).max(count.div_ceil(MAX_TASKS)).max(1)
         };
+        if let StripSource::Rows(_) = source {
+            per_task = per_task.min((TASK_STRIP_BYTES / strip_bytes).max(1));
+        }
         let rows = avx512::prepare(format, acts);
         // Per task, `[m][its strips × ROWS]`.
         let mut by_task = vec![0f32; count * ROWS * m];
         crate::platform::parallel_chunks(&mut by_task, per_task * ROWS * m, |task, out| {
             let here = out.len() / (ROWS * m);
-            let data = &data[task * per_task * strip_bytes..(task * per_task + here) * strip_bytes];
-            if !avx512::matmul(format, data, k, &rows, out) {
-                // Unreachable on a CPU that repacked the matrix: the scalar code, row by row.
-                for r in 0..here * ROWS {
-                    let row = strips::row(format, data, k, r);
-                    for (i, act) in acts.iter().enumerate() {
-                        out[i * here * ROWS + r] = blocks::dot(format, &row, act);
+            let first = task * per_task;
+            let multiply = |data: &[u8], out: &mut [f32]| {
+                if !avx512::matmul(format, data, k, &rows, out) {
+                    // Unreachable on a CPU with AVX-512 VNNI: the scalar code, row by row.
+                    for r in 0..here * ROWS {
+                        let row = strips::row(format, data, k, r);
+                        for (i, act) in acts.iter().enumerate() {
+                            out[i * here * ROWS + r] = blocks::dot(format, &row, act);
+                        }
                     }
+                }
+            };
+            match source {
+                StripSource::Packed(data) => multiply(&data[first * strip_bytes..(first + here) * strip_bytes], out),
+                StripSource::Rows(data) => {
+                    let mut run = |buffer: &mut Vec<u8>| {
+                        buffer.resize(here * strip_bytes, 0);
+                        strips::repack_part(format, data, k, first, &mut buffer[..here * strip_bytes]);
+                        multiply(&buffer[..here * strip_bytes], out);
+                    };
+                    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                        Ok(mut buffer) => run(&mut buffer),
+                        Err(_) => run(&mut Vec::new()),
+                    });
                 }
             }
         });
@@ -557,7 +586,7 @@ mod tests {
         use std::hint::black_box;
         use std::time::Instant;
         let mut next = xorshift(0x0DDB_1A5E_5BAD_5EED);
-        let shapes = [(0, 128, 2048), (12, 768, 2048), (12, 2048, 768), (14, 2048, 768), (3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896)];
+        let shapes = [(0, 128, 2048), (12, 768, 2048), (12, 2048, 768), (14, 2048, 768), (3, 16, 576), (3, 1536, 576), (3, 576, 1536), (8, 49152, 576), (6, 4864, 896), (6, 896, 896), (12, 896, 4864), (14, 896, 4864), (8, 151936, 896), (19, 2048, 7168), (16, 7168, 2048), (14, 16384, 7168), (12, 18432, 7168), (2, 4864, 896), (7, 4864, 896), (13, 896, 4864), (13, 18432, 7168)];
         let only = std::env::var("MATMUL_SPEED_ONLY").ok();
         for (ggml_type, rows, cols) in shapes {
             if only.as_ref().is_some_and(|only| !only.split(',').any(|t| t == ggml_type.to_string())) {
@@ -593,17 +622,21 @@ mod tests {
             }
             // Decoding reads each matrix from memory, not from the cache: one row against
             // copies of the matrix that together exceed the last-level cache, in turn.
-            let copies: Vec<QMatrix> = (0..(96 << 20) / bytes + 1).map(|_| repacked.clone().deep_copy()).collect();
             let x: Vec<f32> = (0..cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
-            let mut best = f64::INFINITY;
-            for _ in 0..3 {
-                let start = Instant::now();
-                for matrix in &copies {
-                    black_box(matrix.matmul(black_box(&x), 1).expect("shapes"));
+            let from_memory = |matrix: &QMatrix| {
+                let copies: Vec<QMatrix> = (0..(96 << 20) / bytes + 1).map(|_| matrix.clone().deep_copy()).collect();
+                let mut best = f64::INFINITY;
+                for _ in 0..3 {
+                    let start = Instant::now();
+                    for matrix in &copies {
+                        black_box(matrix.matmul(black_box(&x), 1).expect("shapes"));
+                    }
+                    best = best.min(start.elapsed().as_secs_f64() / copies.len() as f64);
                 }
-                best = best.min(start.elapsed().as_secs_f64() / copies.len() as f64);
-            }
-            println!("{format:?} {rows}×{cols} m=1 from memory: strips {:.3} ms ({:.1} GB/s)", best * 1e3, bytes as f64 / best / 1e9);
+                best
+            };
+            let (a, b) = (from_memory(&by_rows), from_memory(&repacked));
+            println!("{format:?} {rows}×{cols} m=1 from memory: rows {:.3} ms ({:.1} GB/s), strips {:.3} ms ({:.1} GB/s)", a * 1e3, bytes as f64 / a / 1e9, b * 1e3, bytes as f64 / b / 1e9);
         }
     }
 }

@@ -75,15 +75,13 @@ pub fn repack(format: Format, data: &[u8], rows: usize, cols: usize) -> Vec<u8> 
     out
 }
 
-/// [`repack`] on the calling thread into `out`, whose allocation is reused (for matrices
-/// repacked for one product only).
-pub fn repack_into(format: Format, data: &[u8], rows: usize, cols: usize, out: &mut Vec<u8>) {
-    let (per_block, _) = format.block();
-    let blocks = cols / per_block;
-    out.clear();
-    out.resize(rows.div_ceil(ROWS) * blocks * tile_bytes(format), 0);
-    if blocks > 0 {
-        pack_strips(format, data, cols, 0, out);
+/// Strips number `first` on of the rows of `data` (`cols` values each) into `strips`, whose
+/// length is a whole number of strips: for a matrix repacked for one product, a task's strips at
+/// a time, into a buffer of its thread's that stays in the cache while they are multiplied.
+pub fn repack_part(format: Format, data: &[u8], cols: usize, first: usize, strips: &mut [u8]) {
+    strips.fill(0);
+    if cols >= format.block().0 {
+        pack_strips(format, data, cols, first, strips);
     }
 }
 
@@ -120,6 +118,12 @@ pub fn pays_for_one_product(format: Format, m: usize) -> bool {
         Format::Q5_0 | Format::Q5_1 | Format::Q5K | Format::Q8_0 => m >= 16,
         _ => false,
     }
+}
+
+/// Whether the strips of `format` multiply one activation row faster than its rows do, from
+/// memory (see [`super::QMatrix::repacking_pays_for_one_row`]).
+pub fn pays_for_one_row(format: Format) -> bool {
+    matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0)
 }
 
 /// The bytes row `row` had in the file, rebuilt from the strips of a matrix of `cols` columns.
@@ -402,7 +406,7 @@ mod tests {
         }
     }
 
-    /// Times repacking on one thread into a reused buffer (as a product repacks an expert):
+    /// Times repacking on one thread into a reused buffer (as a product's task repacks its strips):
     /// `cargo test --release --lib repack_speed -- --ignored --nocapture`.
     #[test]
     #[ignore = "a benchmark"]
@@ -411,11 +415,11 @@ mod tests {
         for (format, rows, cols) in [(Format::Q4K, 768, 2048), (Format::Q6K, 2048, 768), (Format::Q8_0, 768, 2048), (Format::Q5K, 768, 2048)] {
             let (per_block, block) = format.block();
             let data: Vec<u8> = (0..rows * cols / per_block * block).map(|_| next() as u8).collect();
-            let mut out = Vec::new();
+            let mut out = vec![0u8; rows.div_ceil(ROWS) * cols / per_block * tile_bytes(format)];
             let mut best = f64::INFINITY;
             for _ in 0..20 {
                 let start = std::time::Instant::now();
-                repack_into(format, &data, rows, cols, &mut out);
+                repack_part(format, &data, cols, 0, &mut out);
                 best = best.min(start.elapsed().as_secs_f64());
                 std::hint::black_box(&out);
             }

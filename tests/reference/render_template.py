@@ -1,7 +1,7 @@
 """Render a chat template with Python's Jinja2 the way Hugging Face transformers does.
 
 stdin:  {"template": str, "messages": [...], "add_generation_prompt": bool,
-         "bos_token": str, "eos_token": str}
+         "bos_token": str, "eos_token": str, "tools": [...] (optional)}
 stdout: {"rendered": str}
 """
 import json
@@ -31,6 +31,7 @@ env.globals["raise_exception"] = raise_exception
 env.globals["strftime_now"] = strftime_now
 rendered = env.from_string(request["template"]).render(
     messages=request["messages"],
+    tools=request.get("tools"),
     add_generation_prompt=request["add_generation_prompt"],
     bos_token=request["bos_token"],
     eos_token=request["eos_token"],

@@ -26,10 +26,15 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
     Some(match format {
         Format::Q2K => dot_q2k(row, act),
         Format::Q3K => dot_q3k(row, act),
+        Format::IQ2XXS if super::super::avx512::vbmi() => one(row, act, dot_iq2xxs_avx512),
         Format::IQ2XXS => one(row, act, dot_iq2xxs),
+        Format::IQ2XS if super::super::avx512::vbmi() => one(row, act, dot_iq2xs_avx512),
         Format::IQ2XS => one(row, act, dot_iq2xs),
+        Format::IQ2S if super::super::avx512::vbmi() => one(row, act, dot_iq2s_avx512),
         Format::IQ2S => one(row, act, dot_iq2s),
+        Format::IQ3XXS if super::super::avx512::vbmi() => one(row, act, dot_iq3xxs_avx512),
         Format::IQ3XXS => one(row, act, dot_iq3xxs),
+        Format::IQ3S if super::super::avx512::vbmi() => one(row, act, dot_iq3s_avx512),
         Format::IQ3S => one(row, act, dot_iq3s),
         Format::IQ1S if super::super::avx512::available() => one(row, act, dot_iq1s_avx512),
         Format::IQ1S => one(row, act, dot_iq1s),
@@ -225,10 +230,20 @@ impl<'a> Q8k<'a> {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
     match format {
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ2XXS if super::super::avx512::vbmi() => unsafe { dot_iq2xxs_avx512(row, acts, out) },
         Format::IQ2XXS => dot_iq2xxs(row, acts, out),
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ2XS if super::super::avx512::vbmi() => unsafe { dot_iq2xs_avx512(row, acts, out) },
         Format::IQ2XS => dot_iq2xs(row, acts, out),
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ2S if super::super::avx512::vbmi() => unsafe { dot_iq2s_avx512(row, acts, out) },
         Format::IQ2S => dot_iq2s(row, acts, out),
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ3XXS if super::super::avx512::vbmi() => unsafe { dot_iq3xxs_avx512(row, acts, out) },
         Format::IQ3XXS => dot_iq3xxs(row, acts, out),
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ3S if super::super::avx512::vbmi() => unsafe { dot_iq3s_avx512(row, acts, out) },
         Format::IQ3S => dot_iq3s(row, acts, out),
         // SAFETY: `available` confirmed AVX-512 F, BW and VNNI.
         Format::IQ1S if super::super::avx512::available() => unsafe { dot_iq1s_avx512(row, acts, out) },
@@ -644,9 +659,10 @@ mod tests {
 }
 
 /// IQ1_S with AVX-512 VNNI, for one or several activation rows: a block's 32 grid entries are
-/// gathered (their 11-bit indices computed in vector lanes), shifted from -1/0/1 to the unsigned
-/// 0/1/2 that `vpdpbusd` multiplies, and each 64 values' products summed in one instruction;
-/// the shift is taken back off through the activations' 16-value sums. Every integer sum is the
+/// gathered (their 11-bit indices computed in vector lanes); each value's magnitude (0 or 1)
+/// becomes its run's scale or zero, an unsigned byte, and its sign moves onto the activation,
+/// so that `vpdpbusd` sums 64 scaled products in one instruction for each activation row. The
+/// runs' `delta` terms come from the activations' 16-value sums. Every integer sum is the
 /// scalar code's, and the f32 arithmetic per block is the same, so the result is bit-identical
 /// to [`dot_iq1s`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -668,41 +684,403 @@ fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
             let (qs, qh) = unsafe { (_mm256_loadu_si256(b.as_ptr().add(2).cast()), _mm_loadu_si128(b.as_ptr().add(34).cast())) };
             let high = _mm512_srlv_epi16(_mm512_permutexvar_epi16(run_of_lane, _mm512_castsi128_si512(qh)), shift_of_lane);
             let index = _mm512_or_si512(_mm512_cvtepu8_epi16(qs), _mm512_slli_epi16::<8>(_mm512_and_si512(high, _mm512_set1_epi16(7))));
-            // Four vectors of 64 values (runs 2p and 2p + 1), as 0, 1 or 2.
-            let unsigned: [__m512i; 4] = std::array::from_fn(|p| {
-                let eight = match p {
-                    0 => _mm512_extracti32x4_epi32::<0>(index),
-                    1 => _mm512_extracti32x4_epi32::<1>(index),
-                    2 => _mm512_extracti32x4_epi32::<2>(index),
-                    _ => _mm512_extracti32x4_epi32::<3>(index),
-                };
-                // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and each
-                // entry is 8 bytes.
-                let g = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
-                _mm512_add_epi8(g, _mm512_set1_epi8(1))
-            });
             let runs: [(i32, i32); 8] = std::array::from_fn(|ib| {
                 let qh = u16_at(b, 34 + 2 * ib);
                 (2 * i32::from((qh >> 12) & 7) + 1, if qh & 0x8000 != 0 { -1 } else { 1 })
             });
-            let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(runs[2 * p].0), _mm512_set1_epi32(runs[2 * p + 1].0)));
+            // Four vectors of 64 values (runs 2p and 2p + 1): each value's run scale where the
+            // grid says ±1, else 0; and the mask of the -1s.
+            let (scaled, negative): ([__m512i; 4], [__mmask64; 4]) = {
+                let parts: [(__m512i, __mmask64); 4] = std::array::from_fn(|p| {
+                    let eight = match p {
+                        0 => _mm512_extracti32x4_epi32::<0>(index),
+                        1 => _mm512_extracti32x4_epi32::<1>(index),
+                        2 => _mm512_extracti32x4_epi32::<2>(index),
+                        _ => _mm512_extracti32x4_epi32::<3>(index),
+                    };
+                    // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and
+                    // each entry is 8 bytes.
+                    let g = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
+                    let scales = _mm512_mask_blend_epi8(0xFFFF_FFFF_0000_0000, _mm512_set1_epi8(runs[2 * p].0 as i8), _mm512_set1_epi8(runs[2 * p + 1].0 as i8));
+                    (_mm512_maskz_mov_epi8(_mm512_test_epi8_mask(g, g), scales), _mm512_movepi8_mask(g))
+                });
+                (parts.map(|(s, _)| s), parts.map(|(_, n)| n))
+            };
+            // The delta terms' weights, ls · delta, for each pair of 16-value sums.
+            let deltas: [i32; 16] = std::array::from_fn(|k| runs[k / 2].0 * runs[k / 2].1);
+            // SAFETY: 64 bytes from the 16-element array.
+            let deltas = unsafe { _mm512_loadu_si512(deltas.as_ptr().cast()) };
             for (o, q8) in out.iter_mut().zip(&q8) {
                 let Some((a, bsums, da)) = q8.block(j) else { continue };
                 let mut acc = _mm512_setzero_si512();
                 for p in 0..4 {
                     // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
                     let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
-                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned[p], av), scales[p]));
+                    acc = _mm512_dpbusd_epi32(acc, scaled[p], _mm512_mask_sub_epi8(av, negative[p], _mm512_setzero_si512(), av));
                 }
-                let (mut shift, mut sumi1) = (0i32, 0i32);
-                for (ib, &(ls, delta)) in runs.iter().enumerate() {
-                    let sum_a = bsums[2 * ib] + bsums[2 * ib + 1];
-                    shift += ls * sum_a;
-                    sumi1 += ls * delta * sum_a;
-                }
-                let sumi = _mm512_reduce_add_epi32(acc) - shift;
-                *o += half(b, 0) * da * (sumi as f32 + IQ1_DELTA * sumi1 as f32);
+                // SAFETY: the block's 16 sums, 64 bytes.
+                let sums = unsafe { _mm512_loadu_si512(bsums.as_ptr().cast()) };
+                let sumi1 = _mm512_reduce_add_epi32(_mm512_mullo_epi32(sums, deltas));
+                *o += half(b, 0) * da * (_mm512_reduce_add_epi32(acc) as f32 + IQ1_DELTA * sumi1 as f32);
             }
         }
     }
+}
+
+/// Each entry of an IQ2 grid (IQ2_XXS, IQ2_XS, IQ2_S) as 2-bit codes of its eight magnitudes
+/// (8, 25, 43 → 0, 1, 2), value `j` in bits `2j..2j + 2`: a table of u16 the kernels look up
+/// in registers.
+fn iq2_codes(grid: &[[u8; 8]]) -> Vec<u16> {
+    grid.iter().map(|entry| entry.iter().enumerate().fold(0u16, |code, (j, &v)| code | (u16::from(v > 8) + u16::from(v > 25)) << (2 * j))).collect()
+}
+
+/// [`iq2_codes`] of IQ2_XXS's 256-entry grid.
+fn iq2xxs_codes() -> &'static [u16] {
+    static CODES: OnceLock<Vec<u16>> = OnceLock::new();
+    CODES.get_or_init(|| iq2_codes(&IQ2XXS_GRID))
+}
+
+/// [`iq2_codes`] of IQ2_XS's 512-entry grid.
+fn iq2xs_codes() -> &'static [u16] {
+    static CODES: OnceLock<Vec<u16>> = OnceLock::new();
+    CODES.get_or_init(|| iq2_codes(&IQ2XS_GRID))
+}
+
+/// [`iq2_codes`] of IQ2_S's 1024-entry grid.
+fn iq2s_codes() -> &'static [u16] {
+    static CODES: OnceLock<Vec<u16>> = OnceLock::new();
+    CODES.get_or_init(|| iq2_codes(&IQ2S_GRID))
+}
+
+/// The sign byte of each 7-bit sign code (`KSIGNS_IQ2XS`), as the bytes [`SIGN_BYTES`] spreads.
+static SIGN_CODE_BYTES: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut code = 0;
+    while code < 128 {
+        table[code] = code as u8 | ((code as u32).count_ones() as u8 & 1) << 7;
+        code += 1;
+    }
+    table
+};
+
+/// The byte indices that gather, from a block's eight 8-byte runs, byte `4·run + entry` of the
+/// run's four leading bytes (grid indices, or sign codes once extracted) into byte `k` (or,
+/// `WIDE`, into the low byte of 16-bit lane `k`).
+const fn run_bytes<const WIDE: bool>() -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut k = 0;
+    while k < 32 {
+        idx[if WIDE { 2 * k } else { k }] = (8 * (k / 4) + k % 4) as u8;
+        k += 1;
+    }
+    idx
+}
+
+/// A block of a codebook format as the AVX-512 kernels multiply it: its 256 magnitudes as
+/// unsigned bytes (values `64p..64p + 64` in vector `p`), bit `v` of word `p` set where value
+/// `64p + v` is negative, and the scale of each 32-bit lane's four products.
+struct Decoded {
+    grid: [__m512i; 4],
+    negative: [u64; 4],
+    scales: [__m512i; 4],
+}
+
+/// The codebook formats' AVX-512 driver: each block decoded once ([`Decoded`]) for up to
+/// [`ROWS_AT_ONCE`] activation rows, then, per row, 64 products in one `vpdpbusd` (the
+/// activations negated where the weights are), scaled per lane and summed. The f32 arithmetic
+/// per block is the scalar code's; `multiplier` is the format's final factor.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn rows_avx512<const N: usize>(row: &[u8], acts: &[Activations], out: &mut [f32], multiplier: f32, decode: impl Fn(&[u8; N]) -> Decoded) {
+    let (blocks, _) = row.as_chunks::<N>();
+    for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
+        let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (j, b) in blocks.iter().enumerate() {
+            let block = decode(b);
+            for (o, q8) in out.iter_mut().zip(&q8) {
+                let Some((a, _, da)) = q8.block(j) else { continue };
+                let mut acc = _mm512_setzero_si512();
+                for p in 0..4 {
+                    // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
+                    let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
+                    let signed = _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av);
+                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed), block.scales[p]));
+                }
+                *o += half(b, 0) * da * _mm512_reduce_add_epi32(acc) as f32;
+            }
+        }
+    }
+    out.iter_mut().for_each(|o| *o *= multiplier);
+}
+
+/// Looks up 32 entries of a 256-entry table of u16 held in eight registers: `index` holds the
+/// entries' indices in its 16-bit lanes (below 256).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn lookup256(table: &[__m512i; 8], index: __m512i) -> __m512i {
+    let quarter = |q: usize| _mm512_permutex2var_epi16(table[2 * q], index, table[2 * q + 1]);
+    let bit6 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x40));
+    let bit7 = _mm512_test_epi16_mask(index, _mm512_set1_epi16(0x80));
+    let low = _mm512_mask_blend_epi16(bit6, quarter(0), quarter(1));
+    let high = _mm512_mask_blend_epi16(bit6, quarter(2), quarter(3));
+    _mm512_mask_blend_epi16(bit7, low, high)
+}
+
+/// Entries `256t..256t + 256` of a u16 table in eight registers (zeros past its end).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn table256(codes: &[u16], t: usize) -> [__m512i; 8] {
+    std::array::from_fn(|r| {
+        let mut part = [0u16; 32];
+        if let Some(src) = codes.get(256 * t + 32 * r..256 * t + 32 * r + 32) {
+            part.copy_from_slice(src);
+        }
+        // SAFETY: 64 bytes from the 32-entry array.
+        unsafe { _mm512_loadu_si512(part.as_ptr().cast()) }
+    })
+}
+
+/// Looks up 32 entries of a table of `256·T` u16 ([`table256`] each quarter): `index` holds
+/// the entries' indices in its 16-bit lanes (below `256·T`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn lookup<const T: usize>(tables: &[[__m512i; 8]; T], index: __m512i) -> __m512i {
+    let mut found = lookup256(&tables[0], index);
+    for (t, table) in tables.iter().enumerate().skip(1) {
+        let here = _mm512_cmpeq_epi16_mask(_mm512_srli_epi16::<8>(index), _mm512_set1_epi16(t as i16));
+        found = _mm512_mask_blend_epi16(here, found, lookup256(table, index));
+    }
+    found
+}
+
+/// The sign bits of 32 seven-bit sign codes (bytes 0..32 of `codes`, entry by entry): bit `v`
+/// of word `p` for value `64p + v`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn sign_code_masks(codes: __m512i) -> [u64; 4] {
+    // SAFETY: two 64-byte loads inside the 128-byte table.
+    let sign_table = unsafe { [_mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().cast()), _mm512_loadu_si512(SIGN_CODE_BYTES.as_ptr().add(64).cast())] };
+    let bytes = _mm512_permutex2var_epi8(sign_table[0], _mm512_and_si512(codes, _mm512_set1_epi8(0x7F)), sign_table[1]);
+    let mut out = [0u64; 8];
+    // SAFETY: 64 bytes into the 64-byte array.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), bytes) };
+    [out[0], out[1], out[2], out[3]]
+}
+
+/// The sign codes at bits 0, 7, 14 and 21 of the low 32 bits of each 64-bit lane of `words`
+/// (lane = run; IQ2_XXS, IQ3_XXS) as [`sign_code_masks`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn sign_words(words: __m512i) -> [u64; 4] {
+    const BYTE_INDEX: [u8; 64] = run_bytes::<false>();
+    // SAFETY: 64 bytes from the 64-byte array.
+    let byte_index = unsafe { _mm512_loadu_si512(BYTE_INDEX.as_ptr().cast()) };
+    sign_code_masks(_mm512_permutexvar_epi8(byte_index, _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x150E_0700), words)))
+}
+
+/// Explicit sign bits (IQ2_S, IQ3_S): 32 bytes, bit `j` of byte `k` for value `8k + j`.
+#[inline(always)]
+fn sign_bit_masks(bytes: &[u8]) -> [u64; 4] {
+    std::array::from_fn(|p| bytes.get(8 * p..8 * p + 8).map_or(0, |w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])))
+}
+
+/// Two 4-bit scales per run (IQ2_XS, IQ2_S: byte `run`, low nibble for its first 16 values),
+/// each `2·s + 1`, for vector `p`'s 32-bit lanes (four per 16 values).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn nibble_scales16(bytes: &[u8]) -> [__m512i; 4] {
+    let v = bytes.get(..8).map_or(0, |w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+    let low = _mm_and_si128(_mm_set_epi64x(0, v as i64), _mm_set1_epi8(0x0F));
+    let high = _mm_and_si128(_mm_set_epi64x(0, (v >> 4) as i64), _mm_set1_epi8(0x0F));
+    let s = _mm_unpacklo_epi8(low, high);
+    let ls = _mm512_cvtepu8_epi32(_mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1)));
+    std::array::from_fn(|p| {
+        let base = 4 * p as i32;
+        _mm512_permutexvar_epi32(_mm512_set_epi32(base + 3, base + 3, base + 3, base + 3, base + 2, base + 2, base + 2, base + 2, base + 1, base + 1, base + 1, base + 1, base, base, base, base), ls)
+    })
+}
+
+/// Each run's scale `2·s + 1`, `s` the top four bits of the low 64-bit lane word `run`, for
+/// vector `p`'s 32-bit lanes (runs 2p and 2p + 1, eight lanes each).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn run_scales(words: __m512i) -> [__m512i; 4] {
+    let s = _mm512_and_si512(_mm512_srli_epi64::<28>(words), _mm512_set1_epi64(0xF));
+    let ls = _mm512_add_epi64(_mm512_slli_epi64::<1>(s), _mm512_set1_epi64(1));
+    std::array::from_fn(|p| _mm512_permutexvar_epi32(_mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(4 * p as i32), _mm512_set1_epi32(4 * p as i32 + 2)), ls))
+}
+
+/// The 256 magnitudes of a block of an IQ2 format from its 32 grid entries' 2-bit codes
+/// (entry `k` in 16-bit lane `k` of `entries`): vector `p` spreads entries `8p..8p + 8`, one per
+/// 64-bit lane (`vpmultishiftqb`), then maps each code to its magnitude (a byte shuffle).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn iq2_grid(entries: __m512i) -> [__m512i; 4] {
+    let magnitudes = _mm512_broadcast_i32x4(_mm_setr_epi8(8, 25, 43, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+    std::array::from_fn(|p| {
+        let spread = _mm512_add_epi16(_mm512_set1_epi16(8 * p as i16), _mm512_set_epi16(
+            7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0,
+        ));
+        let fields = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x0E0C_0A08_0604_0200), _mm512_permutexvar_epi16(spread, entries));
+        _mm512_shuffle_epi8(magnitudes, _mm512_and_si512(fields, _mm512_set1_epi8(3)))
+    })
+}
+
+/// The 256 magnitudes of a block of an IQ3 format from its 64 grid entries' 3-bit codes
+/// (entries `32h + k` in 16-bit lane `k` of `entries[h]`), each code mapped to `levels`: vector
+/// `p` spreads entries `16p..16p + 16`, two per 64-bit lane, each twice so that one shift
+/// control reads both (16-bit lanes `4j`, `4j + 1` hold entry `2j`, `4j + 2`, `4j + 3` entry
+/// `2j + 1`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn iq3_grid(entries: [__m512i; 2], levels: &[u8; 8]) -> [__m512i; 4] {
+    let mut table = [0u8; 16];
+    table[..8].copy_from_slice(levels);
+    // SAFETY: 16 bytes from the 16-byte array.
+    let magnitudes = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(table.as_ptr().cast()) });
+    std::array::from_fn(|p| {
+        let spread = _mm512_add_epi16(_mm512_set1_epi16(16 * (p % 2) as i16), _mm512_set_epi16(
+            15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8, 7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0,
+        ));
+        let fields = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x2926_2320_0906_0300), _mm512_permutexvar_epi16(spread, entries[p / 2]));
+        _mm512_shuffle_epi8(magnitudes, _mm512_and_si512(fields, _mm512_set1_epi8(7)))
+    })
+}
+
+/// In 16-bit lane `k` (of 32; entry `k` of a block whose entries are four per run), byte
+/// `k / 4` of `bytes` shifted right by `step · (k % 4)`: the high index bits of IQ2_S.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn per_entry_bits(bytes: __m128i, step: i16) -> __m512i {
+    let run_of_lane = _mm512_set_epi16(
+        7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0,
+    );
+    let shift = _mm512_mullo_epi16(_mm512_set1_epi16(step), _mm512_set_epi16(
+        3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0,
+    ));
+    let words = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(bytes));
+    _mm512_srlv_epi16(_mm512_permutexvar_epi16(run_of_lane, words), shift)
+}
+
+/// IQ2_XXS with AVX-512 VBMI and VNNI ([`rows_avx512`]). A block's 32 grid indices are looked
+/// up in registers (the grid as 2-bit codes, [`iq2_codes`]) and spread over 256 bytes
+/// ([`iq2_grid`]); the sign codes' bytes are looked up with `vpermi2b`. Bit-identical to
+/// [`dot_iq2xxs`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq2xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    const WORD_INDEX: [u8; 64] = run_bytes::<true>();
+    let table = table256(iq2xxs_codes(), 0);
+    // SAFETY: 64 bytes from the 64-byte array.
+    let word_index = unsafe { _mm512_loadu_si512(WORD_INDEX.as_ptr().cast()) };
+    rows_avx512::<66>(row, acts, out, 0.125, |b| {
+        // Run ib in 64-bit lane ib: four grid indices, then 4 × 7 sign-code bits and a 4-bit
+        // scale. SAFETY: bytes 2..66 lie inside the 66-byte block.
+        let runs = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
+        // Entry k = 4·run + l's codes, in 16-bit lane k.
+        let entries = lookup256(&table, _mm512_maskz_permutexvar_epi8(0x5555_5555_5555_5555, word_index, runs));
+        let words = _mm512_srli_epi64::<32>(runs);
+        Decoded { grid: iq2_grid(entries), negative: sign_words(words), scales: run_scales(words) }
+    })
+}
+
+/// IQ2_XS with AVX-512 VBMI and VNNI ([`rows_avx512`]): 32 u16 per block, a 9-bit grid index
+/// (512 entries, two register tables) and a 7-bit sign code each; two scales per run.
+/// Bit-identical to [`dot_iq2xs`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq2xs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    let tables = [table256(iq2xs_codes(), 0), table256(iq2xs_codes(), 1)];
+    rows_avx512::<74>(row, acts, out, 0.125, |b| {
+        // SAFETY: bytes 2..66 lie inside the 74-byte block.
+        let q = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
+        let entries = lookup(&tables, _mm512_and_si512(q, _mm512_set1_epi16(511)));
+        let codes = _mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srli_epi16::<9>(q)));
+        Decoded { grid: iq2_grid(entries), negative: sign_code_masks(codes), scales: nibble_scales16(&b[66..74]) }
+    })
+}
+
+/// IQ2_S with AVX-512 VBMI and VNNI ([`rows_avx512`]): 10-bit grid indices (eight bits, two
+/// more from `qh`; 1024 entries, four register tables), explicit sign bits, two scales per run.
+/// Bit-identical to [`dot_iq2s`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq2s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    let codes = iq2s_codes();
+    let tables = [table256(codes, 0), table256(codes, 1), table256(codes, 2), table256(codes, 3)];
+    rows_avx512::<82>(row, acts, out, 0.125, |b| {
+        // SAFETY: bytes 2..34 (low index bytes) and 66..74 (high bits) lie inside the block.
+        let (low, qh) = unsafe { (_mm256_loadu_si256(b.as_ptr().add(2).cast()), _mm_loadl_epi64(b.as_ptr().add(66).cast())) };
+        let high = _mm512_and_si512(per_entry_bits(qh, 2), _mm512_set1_epi16(3));
+        let entries = lookup(&tables, _mm512_or_si512(_mm512_cvtepu8_epi16(low), _mm512_slli_epi16::<8>(high)));
+        Decoded { grid: iq2_grid(entries), negative: sign_bit_masks(&b[34..66]), scales: nibble_scales16(&b[74..82]) }
+    })
+}
+
+/// Each IQ3_XXS grid entry's four magnitudes (4, 12, …, 52, 62) as 3-bit codes, value `j` in
+/// bits `3j..3j + 3`.
+fn iq3xxs_codes() -> &'static [u16] {
+    static CODES: OnceLock<Vec<u16>> = OnceLock::new();
+    CODES.get_or_init(|| iq3_codes(&IQ3XXS_GRID, &IQ3XXS_LEVELS))
+}
+
+/// Each IQ3_S grid entry's four magnitudes (1, 3, …, 15) as 3-bit codes.
+fn iq3s_codes() -> &'static [u16] {
+    static CODES: OnceLock<Vec<u16>> = OnceLock::new();
+    CODES.get_or_init(|| iq3_codes(&IQ3S_GRID, &IQ3S_LEVELS))
+}
+
+/// Each entry of an IQ3 grid as the 3-bit codes of its four magnitudes (their places in
+/// `levels`), value `j` in bits `3j..3j + 3`.
+fn iq3_codes(grid: &[[u8; 4]], levels: &[u8; 8]) -> Vec<u16> {
+    grid.iter().map(|entry| entry.iter().enumerate().fold(0u16, |code, (j, &v)| code | (levels.iter().position(|&l| l == v).unwrap_or(0) as u16) << (3 * j))).collect()
+}
+
+/// The eight magnitudes of IQ3_XXS's grid, and of IQ3_S's.
+const IQ3XXS_LEVELS: [u8; 8] = [4, 12, 20, 28, 36, 44, 52, 62];
+const IQ3S_LEVELS: [u8; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
+
+/// IQ3_XXS with AVX-512 VBMI and VNNI ([`rows_avx512`]): as [`dot_iq2xxs_avx512`], with 64
+/// grid entries of four 3-bit codes per block ([`iq3_grid`]). Bit-identical to [`dot_iq3xxs`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq3xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    let table = table256(iq3xxs_codes(), 0);
+    rows_avx512::<98>(row, acts, out, 0.25, |b| {
+        // SAFETY: bytes 2..66 (grid indices) and 66..98 (sign codes and scales) lie inside the
+        // 98-byte block.
+        let (indices, aux) = unsafe { (_mm512_loadu_si512(b.as_ptr().add(2).cast()), _mm256_loadu_si256(b.as_ptr().add(66).cast())) };
+        let entries = [
+            lookup256(&table, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(indices))),
+            lookup256(&table, _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(indices))),
+        ];
+        let words = _mm512_cvtepu32_epi64(aux);
+        Decoded { grid: iq3_grid(entries, &IQ3XXS_LEVELS), negative: sign_words(words), scales: run_scales(words) }
+    })
+}
+
+/// IQ3_S with AVX-512 VBMI and VNNI ([`rows_avx512`]): 64 entries of a 512-entry grid (eight
+/// index bits, the ninth from `qh`: bit `k` of `qh[run]` for the run's entry `k`), explicit sign
+/// bits, one scale per run. Bit-identical to [`dot_iq3s`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn dot_iq3s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    let codes = iq3s_codes();
+    let tables = [table256(codes, 0), table256(codes, 1)];
+    // In 16-bit lane k of half h: entry 32h + k, of run 4h + k / 8, ninth bit k % 8 of its qh.
+    let run_of_lane: [__m512i; 2] = std::array::from_fn(|h| _mm512_add_epi16(_mm512_set1_epi16(4 * h as i16), _mm512_set_epi16(
+        3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+    )));
+    let bit_of_lane = _mm512_set_epi16(
+        7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0,
+    );
+    rows_avx512::<110>(row, acts, out, 1.0, |b| {
+        // SAFETY: bytes 2..66 (low index bytes) and 66..74 (ninth bits) lie inside the block.
+        let (low, qh) = unsafe { (_mm512_loadu_si512(b.as_ptr().add(2).cast()), _mm_loadl_epi64(b.as_ptr().add(66).cast())) };
+        let qh = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(qh));
+        let entries: [__m512i; 2] = std::array::from_fn(|h| {
+            let low = _mm512_cvtepu8_epi16(if h == 0 { _mm512_castsi512_si256(low) } else { _mm512_extracti64x4_epi64::<1>(low) });
+            let ninth = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(run_of_lane[h], qh), bit_of_lane), _mm512_set1_epi16(1));
+            lookup(&tables, _mm512_or_si512(low, _mm512_slli_epi16::<8>(ninth)))
+        });
+        let ls: [i32; 8] = std::array::from_fn(|ib| 2 * i32::from((b[106 + ib / 2] >> (4 * (ib % 2))) & 0x0F) + 1);
+        let scales = std::array::from_fn(|p| _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(ls[2 * p]), _mm512_set1_epi32(ls[2 * p + 1])));
+        Decoded { grid: iq3_grid(entries, &IQ3S_LEVELS), negative: sign_bit_masks(&b[74..106]), scales }
+    })
 }
