@@ -99,18 +99,19 @@ wasm-tools:
 # fuzz/seeds.py), encode/decode round trips and chat-template rendering with the real models,
 # tool definitions, the tool-call parser, the GBNF parser and matcher, the JSON Schema converter.
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS = gguf_tokenizer tokenizer_roundtrip chat_template
+FUZZ_TARGETS = gguf_tokenizer tokenizer_roundtrip chat_template tool_definitions tool_call_parser grammar json_schema
+FUZZ_ARGS_gguf_tokenizer = -max_len=65536 -dict=gguf.dict
+FUZZ_ARGS_tokenizer_roundtrip = -max_len=4096
+FUZZ_ARGS_chat_template = -max_len=8192
+FUZZ_ARGS_tool_definitions = -max_len=4096
+FUZZ_ARGS_tool_call_parser = -max_len=4096 -dict=tools.dict
+FUZZ_ARGS_grammar = -max_len=4096 -dict=grammar.dict
+FUZZ_ARGS_json_schema = -max_len=4096 -dict=json_schema.dict
 MODELS_DIR = $(or $(CANDLEWICK_MODELS),$(or $(CANDLEWICK_CACHE),$(HOME)/.cache/candlewick)/models)
 fuzz: models python-deps
 	python3 fuzz/seeds.py $(MODELS_DIR) fuzz/corpus/gguf_tokenizer
-	cd fuzz && for target in $(FUZZ_TARGETS); do \
-		mkdir -p corpus/$$target && \
-		RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -dict=gguf.dict || exit 1; \
-	done
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_definitions -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run tool_call_parser -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=tools.dict
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run grammar -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=grammar.dict
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run json_schema -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -dict=json_schema.dict
+	cd fuzz && $(foreach target,$(FUZZ_TARGETS),mkdir -p corpus/$(target) && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $(target) corpus/$(target) -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS_$(target)) &&) true
 
 # candlewick beside llama.cpp: prefill/decode tok/s and peak memory, 1 and 2 threads.
 bench: models reference

@@ -93,6 +93,14 @@ fn check_fits<R: Seek>(reader: &mut R) -> Result<()> {
     }
 }
 
+/// An empty conversation has nothing to answer.
+fn refuse_empty(messages: &[Message]) -> Result<()> {
+    match messages.is_empty() {
+        true => Err(Error::InvalidMessages { reason: "there are no messages: a conversation needs at least one to answer".into() }),
+        false => Ok(()),
+    }
+}
+
 impl Model {
     /// Reads a whole model — header, tokenizer, weights — from any seekable byte source.
     /// The weights are read into memory (unlike [`Model::open`], which maps the file), so a
@@ -246,9 +254,7 @@ impl Model {
     /// # Errors
     /// As [`Model::render_chat`].
     pub fn render_chat_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<String> {
-        if messages.is_empty() {
-            return Err(Error::InvalidMessages { reason: "there are no messages: a conversation needs at least one to answer".into() });
-        }
+        refuse_empty(messages)?;
         self.chat_template()?.render_with_tools(messages, tools, true)
     }
 
@@ -256,7 +262,7 @@ impl Model {
     /// and BOS first exactly once when the model wants it.
     ///
     /// # Errors
-    /// As [`Model::render_chat`] and [`Tokenizer::encode`].
+    /// As [`Model::render_chat`] (an empty list is refused) and [`Tokenizer::encode`].
     pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
         self.chat_tokens_with_tools(messages, &[])
     }
