@@ -728,7 +728,7 @@ impl Options {
         }
         let (grammar, schema) = (self.get("grammar"), self.get("jsonSchema"));
         if !grammar.is_undefined() && !schema.is_undefined() {
-            return Err(type_error(&format!("{}: give `grammar` or `jsonSchema`, not both", self.what));
+            return Err(type_error(&format!("{}: give `grammar` or `jsonSchema`, not both", self.what)));
         }
         if !grammar.is_undefined() {
             let text = grammar.as_string().ok_or_else(|| type_error(&format!("{}: `grammar` must be a string of GBNF", self.what)))?;
