@@ -165,6 +165,12 @@ pub(crate) fn prompt_tokens(model: &Model, prompt: Prompt, options: &GenerateOpt
     Ok(tokens)
 }
 
+/// How the model's chat template writes tool calls (generic without a template). Compiling the
+/// template costs, so only generations with tools ask.
+fn tool_format(model: &Model) -> ToolFormat {
+    model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format())
+}
+
 /// One generation in progress. Call [`Generator::next_chunk`] until it returns `None`.
 pub struct Generator {
     model: Model,
@@ -237,8 +243,12 @@ impl Generator {
     /// schema does not convert; [`Error::InvalidParameter`] for a grammar beside a tool choice
     /// that imposes one.
     pub(crate) fn grammar_state(model: &Model, options: &GenerateOptions) -> Result<Option<GrammarState>> {
-        let format = model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format());
-        match (options.tool_choice.grammar(format, options.offered_tools())?, &options.grammar) {
+        // Only a tool choice that imposes a grammar needs the template's format.
+        let calls = match options.tool_choice {
+            ToolChoice::Auto | ToolChoice::None => None,
+            _ => options.tool_choice.grammar(tool_format(model), options.offered_tools())?,
+        };
+        match (calls, &options.grammar) {
             (Some(_), Some(_)) => Err(Error::InvalidParameter { name: "grammar", reason: "tool_choice `required` or a named function imposes its own grammar; give one or the other".into() }),
             (Some(calls), None) => GrammarState::new(&calls).map(Some),
             (None, grammar) => grammar.as_ref().map(GrammarState::new).transpose(),
@@ -253,10 +263,12 @@ impl Generator {
     pub(crate) fn start(model: &Model, tokens: Vec<u32>, state: State, sampler: Sampler, grammar: Option<GrammarState>, options: GenerateOptions, earlier_calls: usize, home: Option<Home>) -> Generator {
         let cached_tokens = state.len();
         let tools = options.offered_tools().to_vec();
-        let format = model.chat_template().map_or(ToolFormat::Generic, |t| t.tool_format());
         let (tool_parser, markup_tokens) = match tools.is_empty() {
             true => (None, Vec::new()),
-            false => (Some(ToolCallParser::new(format, tools)), markup_token_ids(model, format)),
+            false => {
+                let format = tool_format(model);
+                (Some(ToolCallParser::new(format, tools)), markup_token_ids(model, format))
+            }
         };
         Generator {
             model: model.clone(),

@@ -834,13 +834,10 @@ fn lookup256(table: &[__m512i; 8], index: __m512i) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn table256(codes: &[u16], t: usize) -> [__m512i; 8] {
-    std::array::from_fn(|r| {
-        let mut part = [0u16; 32];
-        if let Some(src) = codes.get(256 * t + 32 * r..256 * t + 32 * r + 32) {
-            part.copy_from_slice(src);
-        }
-        // SAFETY: 64 bytes from the 32-entry array.
-        unsafe { _mm512_loadu_si512(part.as_ptr().cast()) }
+    std::array::from_fn(|r| match codes.get(256 * t + 32 * r..256 * t + 32 * r + 32) {
+        // SAFETY: 64 bytes from the 32 entries just bounds-checked.
+        Some(part) => unsafe { _mm512_loadu_si512(part.as_ptr().cast()) },
+        None => _mm512_setzero_si512(),
     })
 }
 
