@@ -516,6 +516,12 @@ const DIRECT_TESTS: usize = 200;
 impl TokenFilter<'_> {
     /// Whether token `id` can come next.
     pub fn allows(&mut self, id: u32) -> bool {
+        let bit = |mask: &[u64], id: u32| mask.get(id as usize / 64).is_some_and(|word| word >> (id % 64) & 1 == 1);
+        // After the walk, one bit test (a sampler that judges the whole vocabulary asks this
+        // for every token).
+        if self.walked {
+            return bit(&self.state.mask, id);
+        }
         if self.tokenizer.is_end_of_generation(id) {
             return self.can_end;
         }
@@ -523,13 +529,20 @@ impl TokenFilter<'_> {
             self.tested += 1;
             return self.tokenizer.token_bytes(id, true).is_ok_and(|bytes| self.state.allows(bytes));
         }
-        if !self.walked {
-            let mut mask = std::mem::take(&mut self.state.mask);
-            self.state.allowed_tokens(self.vocabulary, &mut mask);
-            self.state.mask = mask;
-            self.walked = true;
+        let mut mask = std::mem::take(&mut self.state.mask);
+        self.state.allowed_tokens(self.vocabulary, &mut mask);
+        // The vocabulary leaves out the tokens that end generation: they are allowed where the
+        // grammar can end.
+        if self.can_end {
+            for &eog in self.tokenizer.end_of_generation() {
+                if let Some(word) = mask.get_mut(eog as usize / 64) {
+                    *word |= 1 << (eog % 64);
+                }
+            }
         }
-        self.state.mask.get(id as usize / 64).is_some_and(|word| word >> (id % 64) & 1 == 1)
+        self.state.mask = mask;
+        self.walked = true;
+        bit(&self.state.mask, id)
     }
 }
 
