@@ -29,6 +29,18 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// Multiplies every value of `x` by `by` (ggml's `scale`).
+pub fn scale(x: &mut [f32], by: f32) {
+    x.iter_mut().for_each(|v| *v *= by);
+}
+
+/// Soft-caps every value of `x` to `±cap` as llama.cpp's graph does (Gemma 2's final logits):
+/// times `1/cap`, then tanh, then times `cap`, each step rounded to f32.
+pub fn soft_cap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    x.iter_mut().for_each(|v| *v = math::tanh(*v * inv) * cap);
+}
+
 /// How positions turn into rotation angles.
 #[derive(Debug, Clone, Copy)]
 pub struct Rope {
@@ -258,10 +270,34 @@ pub struct Spec {
     pub heads: usize,
     /// Factor applied to each query·key product.
     pub scale: f32,
+    /// Scores are soft-capped to `±cap` (Gemma 2): `cap · tanh(score / cap)`. llama.cpp's flash
+    /// attention scales the products before capping them, its unfused attention after; the two
+    /// agree where the scale is 1, as for Gemma 2, whose queries carry the scale.
+    pub softcap: Option<f32>,
     /// Keys further back than this are not attended to (sliding-window layers).
     pub window: Option<usize>,
     /// Whose rounding to follow.
     pub kernel: AttentionKernel,
+}
+
+impl Spec {
+    /// A query·key product as llama.cpp's flash attention scores it: the soft-cap divides the
+    /// scale before the product is scaled.
+    fn flash_score(&self, dot: f32) -> f32 {
+        match self.softcap {
+            None => dot * self.scale,
+            Some(cap) => cap * math::tanh(dot * (self.scale / cap)),
+        }
+    }
+
+    /// A query·key product as llama.cpp's unfused attention scores it: soft-capped by its own
+    /// graph operations (see [`soft_cap`]), then scaled by its softmax.
+    fn unfused_score(&self, dot: f32) -> f32 {
+        match self.softcap {
+            None => dot * self.scale,
+            Some(cap) => math::tanh(dot * (1.0 / cap)) * cap * self.scale,
+        }
+    }
 }
 
 /// Attends queries `q` (`[seq][heads][head_dim]`, at positions `pos..pos+seq`, whose keys and
@@ -299,7 +335,7 @@ fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec)
                 continue;
             }
             cache.key(kv, key_at).convert_to_f32_slice(&mut key);
-            let score = dot_lanes(&key, &query) * spec.scale;
+            let score = spec.flash_score(dot_lanes(&key, &query));
             // Online softmax: rescale what was accumulated when the maximum grows.
             let (mut old_scale, mut weight) = (1f32, 1f32);
             if score > max {
@@ -355,7 +391,7 @@ fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spe
                 continue;
             }
             cache.key(kv, key_at).convert_to_f32_slice(&mut key);
-            *score = order.dot(&key, &query) * spec.scale;
+            *score = spec.unfused_score(order.dot(&key, &query));
         }
         let max = probs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0f64;
@@ -514,12 +550,18 @@ mod tests {
         let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
         cache.append(&k, &v, n).unwrap();
         let q: Vec<f32> = (0..heads * hd).map(|i| value(i + 5)).collect();
-        for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
-            let spec = Spec { heads, scale: 0.125, window: None, kernel };
+        // Without a soft-cap, and with one small enough to bite, at the scale 1 of the only
+        // model that caps (Gemma 2 scales its queries instead): llama.cpp's flash attention
+        // scales before capping, its unfused attention after.
+        for (kernel, softcap) in [(AttentionKernel::Flash, None), (AttentionKernel::Unfused, None), (AttentionKernel::Flash, Some(0.5)), (AttentionKernel::Unfused, Some(0.5))] {
+            let scale = if softcap.is_some() { 1.0 } else { 0.125 };
+            let spec = Spec { heads, scale, softcap, window: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             for h in 0..heads {
                 let kv = h / 2;
-                let scores: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * 0.125).collect();
+                let capped = |s: f32| softcap.map_or(s, |cap| cap * (s / cap).tanh());
+                let scores: Vec<f32> = (0..n).map(|t| capped((0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * scale)).collect();
+                assert!(softcap.is_none_or(|cap| scores.iter().all(|s| s.abs() <= cap)));
                 let max = scores.iter().cloned().fold(f32::MIN, f32::max);
                 let weights: Vec<f32> = scores.iter().map(|s| math::exp(s - max)).collect();
                 let total: f32 = weights.iter().sum();
@@ -529,10 +571,21 @@ mod tests {
                 }
             }
             // A window of 1 attends to the newest position only.
-            let spec = Spec { heads, scale: 0.125, window: Some(1), kernel };
+            let spec = Spec { heads, scale: 0.125, softcap: None, window: Some(1), kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3, "{kernel:?}");
         }
+    }
+
+    #[test]
+    fn soft_cap_bounds_and_keeps_order() {
+        let mut x = vec![-1000.0, -30.0, -0.01, 0.0, 0.01, 29.0, 30.0, 1000.0];
+        soft_cap(&mut x, 30.0);
+        assert!(x.windows(2).all(|w| w[0] <= w[1]), "{x:?}");
+        assert!(x.iter().all(|v| v.abs() <= 30.0), "{x:?}");
+        // Near zero it is the identity; at the cap it is 30·tanh(1).
+        assert!((x[4] - 0.01).abs() < 1e-7 && x[3] == 0.0 && (x[2] + x[4]).abs() == 0.0);
+        assert!((x[6] - 30.0 * 1f32.tanh()).abs() < 1e-5, "{}", x[6]);
     }
 
     /// The previous, element-at-a-time form of `attend`: the fast form must equal it bit for bit.
@@ -586,7 +639,7 @@ mod tests {
             let seq = 3;
             let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
             for window in [None, Some(5)] {
-                let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Flash };
+                let spec = Spec { heads, scale: 0.11, softcap: None, window, kernel: AttentionKernel::Flash };
                 let fast = attend_flash(&q, seq, n - seq, &cache, &spec);
                 let slow = attend_reference(&q, seq, n - seq, &cache, &spec);
                 assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}, shared values {values_in_keys}");
@@ -639,7 +692,7 @@ mod tests {
             for seq in [1, 3] {
                 let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
                 for window in [None, Some(5)] {
-                    let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Unfused };
+                    let spec = Spec { heads, scale: 0.11, softcap: None, window, kernel: AttentionKernel::Unfused };
                     let fast = attend(&q, seq, n - seq, &cache, &spec);
                     let padded = attend_unfused_padded(&q, seq, n - seq, &cache, &spec);
                     assert!(fast.iter().zip(&padded).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n}, seq {seq}, window {window:?}, shared values {values_in_keys}");

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::attention::{self, rms_norm, KvCache, Rope, Spec};
+use super::attention::{self, rms_norm, scale, soft_cap, KvCache, Rope, Spec};
 use super::{math, Activation, Config, Family, Gating};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
@@ -28,12 +28,13 @@ pub struct Weights {
 }
 
 struct Layer {
-    /// `[hidden]` each.
-    attn_norm: Vec<f32>,
+    /// `[hidden]` each; absent where the family normalises outputs only (OLMo 2).
+    attn_norm: Option<Vec<f32>>,
     attention: Attention,
-    /// Norms applied to the attention and feed-forward outputs before the residual (Gemma 3).
+    /// Norms applied to the attention and feed-forward outputs before the residual (Gemma,
+    /// OLMo 2).
     post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
+    ffn_norm: Option<Vec<f32>>,
     ffn: FeedForward,
     post_ffn_norm: Option<Vec<f32>>,
 }
@@ -47,7 +48,8 @@ enum Attention {
         v: QLinear,
         /// `(hidden, heads·value_dim)`
         o: QLinear,
-        /// Per-head RMS norms of queries and keys, `[head_dim]` (Qwen 3, Gemma 3).
+        /// RMS norms of queries and keys: per head, `[head_dim]` (Qwen 3, Gemma 3), or over the
+        /// whole projection, `[heads·head_dim]` and `[kv_heads·head_dim]` (OLMo 2).
         q_norm: Option<Vec<f32>>,
         k_norm: Option<Vec<f32>>,
     },
@@ -94,12 +96,14 @@ enum FeedForward {
 }
 
 /// A mixture of experts: `router` is `(experts, hidden)`; each token goes to its top experts
-/// (chosen with `bias` added, when there is one) and through the shared experts.
+/// (chosen with `bias` added, when there is one) and through the shared experts, whose output
+/// `shared_gate` (`(1, hidden)`, Qwen2-MoE) weighs by the sigmoid of its product with the token.
 struct Moe {
     router: QLinear,
     bias: Option<Vec<f32>>,
     experts: Vec<Mlp>,
     shared: Option<Mlp>,
+    shared_gate: Option<QLinear>,
 }
 
 /// The per-generation state: the KV cache of every layer. Cloning copies the cache (a fork of
@@ -269,13 +273,17 @@ impl Weights {
                     router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?,
                     bias: loader.opt_vector(&p("exp_probs_b.bias"), e.count)?,
                     experts: loader.experts(i, e.count, e.ffn, c.hidden)?,
-                    shared: match e.shared {
+                    shared: match e.shared_ffn {
                         0 => None,
                         n => Some(Mlp {
-                            gate: loader.linear(&p("ffn_gate_shexp"), Some(n * e.ffn), c.hidden)?,
-                            up: loader.linear(&p("ffn_up_shexp"), Some(n * e.ffn), c.hidden)?,
-                            down: loader.linear(&p("ffn_down_shexp"), Some(c.hidden), n * e.ffn)?,
+                            gate: loader.linear(&p("ffn_gate_shexp"), Some(n), c.hidden)?,
+                            up: loader.linear(&p("ffn_up_shexp"), Some(n), c.hidden)?,
+                            down: loader.linear(&p("ffn_down_shexp"), Some(c.hidden), n)?,
                         }),
+                    },
+                    shared_gate: match c.family {
+                        Family::Qwen2Moe => Some(loader.row(&p("ffn_gate_inp_shexp.weight"), c.hidden)?),
+                        _ => None,
                     },
                 }),
                 _ => FeedForward::Dense(Mlp {
@@ -286,16 +294,10 @@ impl Weights {
             };
             let attention = match c.latent {
                 None => {
-                    let head_norm = |loader: &mut Loader<'_>, name: &str| -> Result<Option<Vec<f32>>> {
-                        if loader.index.contains_key(p(name).as_str()) {
-                            Ok(Some(loader.vector(&p(name), c.head_dim)?))
-                        } else {
-                            Ok(None)
-                        }
-                    };
+                    let (q_norm, k_norm) = if c.qk_norm_whole { (c.heads * c.head_dim, c.kv_heads * c.head_dim) } else { (c.head_dim, c.head_dim) };
                     Attention::Standard {
-                        q_norm: head_norm(&mut loader, "attn_q_norm.weight")?,
-                        k_norm: head_norm(&mut loader, "attn_k_norm.weight")?,
+                        q_norm: loader.opt_vector(&p("attn_q_norm.weight"), q_norm)?,
+                        k_norm: loader.opt_vector(&p("attn_k_norm.weight"), k_norm)?,
                         q: loader.linear(&p("attn_q"), Some(c.heads * c.head_dim), c.hidden)?,
                         k: loader.linear(&p("attn_k"), Some(c.kv_heads * c.head_dim), c.hidden)?,
                         v: loader.linear(&p("attn_v"), Some(c.kv_heads * c.value_dim), c.hidden)?,
@@ -330,14 +332,8 @@ impl Weights {
             };
             let post_attn_norm = loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?;
             let post_ffn_norm = loader.opt_vector(&p("post_ffw_norm.weight"), c.hidden)?;
-            layers.push(Layer {
-                attn_norm: loader.vector(&p("attn_norm.weight"), c.hidden)?,
-                attention,
-                post_attn_norm,
-                ffn_norm: loader.vector(&p("ffn_norm.weight"), c.hidden)?,
-                ffn,
-                post_ffn_norm,
-            });
+            let mut pre_norm = |name: &str| if c.pre_norms { loader.vector(&p(name), c.hidden).map(Some) } else { Ok(None) };
+            layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm("ffn_norm.weight")?, ffn, post_ffn_norm });
         }
         Ok(Weights { config, vocab_size, embedding: QEmbedding::new(table), layers, output_norm, output, forward_passes: AtomicU64::new(0) })
     }
@@ -417,9 +413,12 @@ impl Weights {
         let pos = state.len;
         let seq = tokens.len();
         let eps = c.eps as f32;
-        let norm = |x: &[f32], w: &[f32]| {
+        // The block's input, normalised when the family normalises inputs.
+        let norm = |x: &[f32], w: &Option<Vec<f32>>| {
             let mut y = x.to_vec();
-            rms_norm(&mut y, w, eps);
+            if let Some(w) = w {
+                rms_norm(&mut y, w, eps);
+            }
             y
         };
 
@@ -435,6 +434,9 @@ impl Weights {
             if let Some(n) = &layer.post_attn_norm {
                 rms_norm(&mut a, n, eps);
             }
+            if let Some(by) = c.residual_scale {
+                scale(&mut a, by);
+            }
             add(&mut x, &a);
             let h = norm(&x, &layer.ffn_norm);
             let mut f = match &layer.ffn {
@@ -447,6 +449,9 @@ impl Weights {
             if let Some(n) = &layer.post_ffn_norm {
                 rms_norm(&mut f, n, eps);
             }
+            if let Some(by) = c.residual_scale {
+                scale(&mut f, by);
+            }
             add(&mut x, &f);
         }
         state.len += seq;
@@ -454,7 +459,14 @@ impl Weights {
         // Only the asked-for positions' logits (the last one, to pick the next token).
         let mut rows = x.split_off(from * c.hidden);
         rms_norm(&mut rows, &self.output_norm, eps);
-        self.output.forward(&rows, seq - from)
+        let mut logits = self.output.forward(&rows, seq - from)?;
+        if let Some(by) = c.logit_scale {
+            scale(&mut logits, 1.0 / by);
+        }
+        if let Some(cap) = c.final_softcap {
+            soft_cap(&mut logits, cap);
+        }
+        Ok(logits)
     }
 
     /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`.
@@ -468,11 +480,17 @@ impl Weights {
             style: c.rope_style,
             yarn: c.yarn.map(|y| (1.0 / y.factor, Rope::yarn_correction(c.rope_dims, c.rope_base as f32, y.original_context))),
         };
-        let spec = |scale: f32| Spec { heads: c.heads, scale, window: if local { c.sliding_window.map(|(w, _)| w) } else { None }, kernel: c.attention_kernel };
-        let scale = c.attention_scale as f32;
+        let spec = |scale: f32| Spec {
+            heads: c.heads,
+            scale,
+            softcap: c.attention_softcap,
+            window: if local { c.sliding_window.map(|(w, _)| w) } else { None },
+            kernel: c.attention_kernel,
+        };
+        let attention_scale = c.attention_scale as f32;
         let (q, k, v, k_norm, q_norm, o) = match &layer.attention {
             Attention::Latent { query, kv_a, kv_a_norm, kv_up, o } => {
-                return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, seq, cache, pos, &rope, &spec(scale));
+                return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, seq, cache, pos, &rope, &spec(attention_scale));
             }
             Attention::Standard { q, k, v, o, q_norm, k_norm } => (q, k, v, k_norm, q_norm, o),
         };
@@ -486,15 +504,15 @@ impl Weights {
         if let Some(n) = k_norm {
             rms_norm(&mut k, n, eps);
         }
-        attention::rope(&mut q, c.heads, c.head_dim, pos, &rope);
-        attention::rope(&mut k, c.kv_heads, c.head_dim, pos, &rope);
-        // Gemma scales the queries before the product (llama.cpp does so too); the others scale
-        // each product. The two differ in rounding, not in value.
-        let product_scale = if c.family == Family::Gemma3 {
-            q.iter_mut().for_each(|v| *v *= scale);
+        if c.has_rope(index) {
+            attention::rope(&mut q, c.heads, c.head_dim, pos, &rope);
+            attention::rope(&mut k, c.kv_heads, c.head_dim, pos, &rope);
+        }
+        let product_scale = if c.scale_queries {
+            scale(&mut q, attention_scale);
             1.0
         } else {
-            scale
+            attention_scale
         };
         cache.append(&k, &v, seq)?;
         let out = attention::attend(&q, seq, pos, cache, &spec(product_scale));
@@ -595,6 +613,13 @@ impl Moe {
             Some(mlp) => mlp.forward(x, seq, activation)?,
             None => vec![0f32; seq * hidden],
         };
+        if let Some(gate) = &self.shared_gate {
+            // One gate value per token: `[seq]`.
+            let gates = gate.forward(x, seq)?;
+            for (row, &g) in out.chunks_exact_mut(hidden).zip(&gates) {
+                scale(row, sigmoid_as_ggml(g));
+            }
+        }
         // routes[token] = its (expert, weight) pairs, best first.
         let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(spec.count).map(|logits| route(spec, self.bias.as_deref(), logits)).collect();
         // by_expert[e] = the tokens routed to expert e, in order.
@@ -667,6 +692,11 @@ fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(us
         weights.iter_mut().for_each(|w| *w *= spec.scale);
     }
     chosen.into_iter().zip(weights).collect()
+}
+
+/// The logistic sigmoid as llama.cpp's Qwen2-MoE graph forms its shared-expert gate: `silu(x) / x`.
+fn sigmoid_as_ggml(x: f32) -> f32 {
+    (x / (1.0 + math::exp(-x))) / x
 }
 
 /// The indices of the `k` largest values, largest first (lower index first among equals).
@@ -843,6 +873,15 @@ impl Loader<'_> {
         m.to_f32()
     }
 
+    /// A 1-D tensor of `len` values as a linear layer with one output, `(1, len)`.
+    fn row(&mut self, name: &str, len: usize) -> Result<QLinear> {
+        let (bytes, ggml_type, shape) = self.raw(name)?;
+        if shape != [len] {
+            return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{len}]") });
+        }
+        Ok(QLinear::new(self.place(name, ggml_type, bytes, 1, len, Products::Batched)?, None))
+    }
+
     fn opt_vector(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
         if self.index.contains_key(name) {
             self.vector(name, len).map(Some)
@@ -938,13 +977,14 @@ mod tests {
         for (gating, bias, groups, shared, normalize, scale) in
             [(Gating::Softmax, false, None, 0, true, 1.0), (Gating::Sigmoid, true, Some((4, 2)), 1, true, 2.5), (Gating::Sigmoid, false, None, 1, false, 1.0)]
         {
-            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared, leading_dense: 0 };
+            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0 };
             let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
             let moe = Moe {
                 router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
                 bias: bias.then(|| (0..count).map(|_| unit(&mut next) * 0.1).collect()),
                 experts: (0..count).map(|_| mlp(ffn, hidden, &mut next)).collect(),
                 shared: (shared > 0).then(|| mlp(ffn, hidden, &mut next)),
+                shared_gate: None,
             };
             let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
             let batched = moe.forward(&spec, Activation::Silu, &x, seq).expect("a forward pass");
