@@ -1,6 +1,6 @@
-//! The architectures built from Llama's parts (`gemma2`, `granite`, `olmo2`, `smollm3`,
+//! The architectures built from Llama's parts (`gemma2`, `granite`, `olmo2`, `phi3`, `smollm3`,
 //! `qwen2moe`): small synthetic files with random f32 weights, the architecture's own metadata
-//! keys and tensor names as llama.cpp reads them, and SmolLM2's tokenizer, checked against
+//! keys and tensor names as llama.cpp reads them, and a real tokenizer, checked against
 //! llama.cpp (node-llama-cpp) on the raw prompts: at least 7 of 8 greedy continuations of 16
 //! tokens identical, and every first step's five most likely tokens in the same order.
 //!
@@ -15,14 +15,18 @@ use common::agreement::{compare, Agreement};
 use common::gguf_writer::Meta;
 use common::model;
 use common::synthetic::{blocks_file, Blocks, QkNorm};
-use common::SMOLLM2;
+use common::{QWEN25_CODER, SMOLLM2};
 
-fn source() -> Gguf {
-    Gguf::read(&mut std::io::BufReader::new(std::fs::File::open(model(SMOLLM2)).unwrap())).unwrap()
+/// The file whose tokenizer the synthetic files carry: SmolLM2's (the smaller vocabulary), but
+/// Qwen2.5's for `phi3`, which llama.cpp does not load with SmolLM2's (its vocabulary loader
+/// fails with `_Map_base::at`).
+fn source(arch: &str) -> Gguf {
+    let real = if arch == "phi3" { QWEN25_CODER } else { SMOLLM2 };
+    Gguf::read(&mut std::io::BufReader::new(std::fs::File::open(model(real)).unwrap())).unwrap()
 }
 
 fn check_against_llama_cpp(blocks: &Blocks, name: &str) -> Agreement {
-    let path = blocks_file(&source(), blocks, 0xA2C4_1515, name, None);
+    let path = blocks_file(&source(blocks.arch), blocks, 0xA2C4_1515, name, None);
     let result = std::panic::catch_unwind(|| compare(&path, name));
     std::fs::remove_file(&path).ok();
     result.unwrap_or_else(|e| std::panic::resume_unwind(e))
@@ -84,6 +88,20 @@ fn smollm3() -> Blocks {
     Blocks::llama_like("smollm3")
 }
 
+/// Phi-3 (as Phi-4-mini): fused QKV and gate/up projections, RoPE over 48 of 64 dimensions,
+/// LongRoPE's factors (the short ones: llama.cpp's context of 1024 is within the original 4096)
+/// and its attention factor.
+fn phi3() -> Blocks {
+    Blocks {
+        fused_qkv: true,
+        fused_gate_up: true,
+        rope_dims: Some(48),
+        rope_factors: true,
+        metadata: vec![("rope.scaling.attn_factor", Meta::F32(1.190_238_9)), ("rope.scaling.original_context_length", Meta::U32(4096))],
+        ..Blocks::llama_like("phi3")
+    }
+}
+
 /// Qwen2-MoE: QKV bias, 8 experts (2 per token, weights not renormalised) and a shared expert
 /// behind a sigmoid gate.
 fn qwen2moe() -> Blocks {
@@ -103,6 +121,11 @@ fn granite_matches_llama_cpp() {
 #[test]
 fn olmo2_matches_llama_cpp() {
     assert_matches_llama_cpp(&olmo2(), "olmo2");
+}
+
+#[test]
+fn phi3_matches_llama_cpp() {
+    assert_matches_llama_cpp(&phi3(), "phi3");
 }
 
 #[test]
@@ -128,7 +151,7 @@ fn qwen2moe_matches_llama_cpp() {
 #[test]
 fn a_missing_key_is_named() {
     for (blocks, key) in [(gemma2(), "gemma2.final_logit_softcapping"), (granite(), "granite.logit_scale"), (qwen2moe(), "qwen2moe.expert_shared_feed_forward_length")] {
-        let path = blocks_file(&source(), &blocks, 1, "missing-key", Some(key));
+        let path = blocks_file(&source(blocks.arch), &blocks, 1, "missing-key", Some(key));
         let err = Model::open(&path).and_then(|m| m.weights().map(|_| ())).unwrap_err();
         std::fs::remove_file(&path).ok();
         assert!(matches!(&err, Error::MissingMetadata { key: k } if k == key), "{key}: {err}");

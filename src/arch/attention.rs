@@ -43,7 +43,7 @@ pub fn soft_cap(x: &mut [f32], cap: f32) {
 
 /// How positions turn into rotation angles.
 #[derive(Debug, Clone, Copy)]
-pub struct Rope {
+pub struct Rope<'a> {
     /// Dimensions rotated at the start of each head.
     pub dims: usize,
     /// Base frequency.
@@ -52,9 +52,14 @@ pub struct Rope {
     pub style: RopeStyle,
     /// YaRN: (frequency scale, the low and high correction dimensions).
     pub yarn: Option<(f32, [f32; 2])>,
+    /// Per-pair divisors of the angles, `[dims / 2]` (LongRoPE's factors, Llama 3.1's
+    /// `rope_freqs`).
+    pub factors: Option<&'a [f32]>,
+    /// Factor the cosines and sines are multiplied by (LongRoPE's attention factor; 1 else).
+    pub mscale: f32,
 }
 
-impl Rope {
+impl Rope<'_> {
     /// YaRN's correction dimensions for `dims` rotated dimensions, `base`, and the original
     /// context length (with the usual β_fast = 32, β_slow = 1).
     pub fn yarn_correction(dims: usize, base: f32, original_context: usize) -> [f32; 2] {
@@ -73,8 +78,9 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
     let mut sin = vec![0f32; half];
     for (p, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
         // The angle of pair i is position · theta_scale^i, stepped in f32.
-        let mut theta = (pos + p) as f32;
+        let mut theta_base = (pos + p) as f32;
         for i in 0..half {
+            let theta = rope.factors.map_or(theta_base, |f| theta_base / f[i]);
             let angle = match rope.yarn {
                 None => theta,
                 Some((freq_scale, [low, high])) => {
@@ -83,9 +89,9 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
                     freq_scale * theta * (1.0 - ramp) + theta * ramp
                 }
             };
-            cos[i] = math::cos(angle);
-            sin[i] = math::sin(angle);
-            theta *= theta_scale;
+            cos[i] = math::cos(angle) * rope.mscale;
+            sin[i] = math::sin(angle) * rope.mscale;
+            theta_base *= theta_scale;
         }
         for head in row.chunks_exact_mut(head_dim) {
             for i in 0..half {
@@ -704,7 +710,7 @@ mod tests {
     #[test]
     fn rope_rotates_pairs() {
         // At position 0 nothing turns; at position 1 the first pair turns by one radian.
-        let plain = |style| Rope { dims: 4, base: 10_000.0, style, yarn: None };
+        let plain = |style| Rope { dims: 4, base: 10_000.0, style, yarn: None, factors: None, mscale: 1.0 };
         let mut x = vec![1.0, 0.0, 1.0, 0.0];
         rope(&mut x, 1, 4, 0, &plain(RopeStyle::Interleaved));
         assert_eq!(x, [1.0, 0.0, 1.0, 0.0]);
@@ -715,7 +721,7 @@ mod tests {
         rope(&mut x, 1, 4, 1, &plain(RopeStyle::Halves));
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
         // YaRN: the fastest pair keeps its angle (extrapolated), the slowest is interpolated.
-        let yarn = Rope { dims: 64, base: 10_000.0, style: RopeStyle::Interleaved, yarn: Some((0.25, Rope::yarn_correction(64, 10_000.0, 4096))) };
+        let yarn = Rope { dims: 64, base: 10_000.0, style: RopeStyle::Interleaved, yarn: Some((0.25, Rope::yarn_correction(64, 10_000.0, 4096))), factors: None, mscale: 1.0 };
         let mut x = vec![0f32; 64];
         x[0] = 1.0;
         x[62] = 1.0;
@@ -723,6 +729,14 @@ mod tests {
         assert!((x[1] - 100f32.sin()).abs() < 1e-4);
         let slow = 100.0 * 10_000f32.powf(-62.0 / 64.0) * 0.25;
         assert!((x[63] - slow.sin()).abs() < 1e-4, "{} vs {}", x[63], slow.sin());
+        // Factors divide each pair's angle; the attention factor scales the rotation.
+        let factors = [2.0, 4.0];
+        let long = Rope { factors: Some(&factors), mscale: 1.5, ..plain(RopeStyle::Halves) };
+        let mut x = vec![1.0, 1.0, 0.0, 0.0];
+        rope(&mut x, 1, 4, 1, &long);
+        assert!((x[0] - 1.5 * 0.5f32.cos()).abs() < 1e-6 && (x[2] - 1.5 * 0.5f32.sin()).abs() < 1e-6, "{x:?}");
+        let second = 0.01f32 / 4.0;
+        assert!((x[1] - 1.5 * second.cos()).abs() < 1e-6 && (x[3] - 1.5 * second.sin()).abs() < 1e-6, "{x:?}");
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub struct Weights {
     output_norm: Vec<f32>,
     /// `(vocab, hidden)`; the embedding table itself when the file ties them.
     output: QLinear,
+    /// RoPE's per-pair angle divisors, `[rope_dims / 2]` each: `rope_freqs` for every context
+    /// (Llama 3.1), else LongRoPE's long factors beyond the original context and short ones
+    /// within it (Phi-3), as llama.cpp chooses by the context size.
+    rope_freqs: Option<Vec<f32>>,
+    rope_long: Option<Vec<f32>>,
+    rope_short: Option<Vec<f32>>,
     forward_passes: AtomicU64,
 }
 
@@ -264,6 +270,10 @@ impl Weights {
             false => QLinear::new(table.clone(), None), // tied to the embedding
         };
         let output_norm = loader.vector("output_norm.weight", c.hidden)?;
+        let pairs = c.rope_dims / 2;
+        let rope_freqs = loader.opt_vector("rope_freqs.weight", pairs)?;
+        let rope_long = loader.opt_vector("rope_factors_long.weight", pairs)?;
+        let rope_short = loader.opt_vector("rope_factors_short.weight", pairs)?;
 
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
@@ -286,6 +296,11 @@ impl Weights {
                         _ => None,
                     },
                 }),
+                // Phi-3 stores the gate and up projections as one, gate rows first.
+                _ if c.family == Family::Phi3 => {
+                    let [gate, up] = loader.linear_halves(&p("ffn_up"), c.hidden)?;
+                    FeedForward::Dense(Mlp { gate, up, down: loader.linear(&p("ffn_down"), Some(c.hidden), 0)? })
+                }
                 _ => FeedForward::Dense(Mlp {
                     gate: loader.linear(&p("ffn_gate"), None, c.hidden)?,
                     up: loader.linear(&p("ffn_up"), None, c.hidden)?,
@@ -295,12 +310,20 @@ impl Weights {
             let attention = match c.latent {
                 None => {
                     let (q_norm, k_norm) = if c.qk_norm_whole { (c.heads * c.head_dim, c.kv_heads * c.head_dim) } else { (c.head_dim, c.head_dim) };
+                    let widths = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.value_dim];
+                    // One fused projection (Phi-3), its rows the queries', keys' and values' in
+                    // turn, is three; each output is the same dot product either way.
+                    let [q, k, v] = if loader.index.contains_key(p("attn_qkv.weight").as_str()) {
+                        loader.linear_parts(&p("attn_qkv"), widths, c.hidden)?
+                    } else {
+                        [loader.linear(&p("attn_q"), Some(widths[0]), c.hidden)?, loader.linear(&p("attn_k"), Some(widths[1]), c.hidden)?, loader.linear(&p("attn_v"), Some(widths[2]), c.hidden)?]
+                    };
                     Attention::Standard {
                         q_norm: loader.opt_vector(&p("attn_q_norm.weight"), q_norm)?,
                         k_norm: loader.opt_vector(&p("attn_k_norm.weight"), k_norm)?,
-                        q: loader.linear(&p("attn_q"), Some(c.heads * c.head_dim), c.hidden)?,
-                        k: loader.linear(&p("attn_k"), Some(c.kv_heads * c.head_dim), c.hidden)?,
-                        v: loader.linear(&p("attn_v"), Some(c.kv_heads * c.value_dim), c.hidden)?,
+                        q,
+                        k,
+                        v,
                         o: loader.linear(&p("attn_output"), Some(c.hidden), c.heads * c.value_dim)?,
                     }
                 }
@@ -335,7 +358,7 @@ impl Weights {
             let mut pre_norm = |name: &str| if c.pre_norms { loader.vector(&p(name), c.hidden).map(Some) } else { Ok(None) };
             layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm("ffn_norm.weight")?, ffn, post_ffn_norm });
         }
-        Ok(Weights { config, vocab_size, embedding: QEmbedding::new(table), layers, output_norm, output, forward_passes: AtomicU64::new(0) })
+        Ok(Weights { config, vocab_size, embedding: QEmbedding::new(table), layers, output_norm, output, rope_freqs, rope_long, rope_short, forward_passes: AtomicU64::new(0) })
     }
 
     /// The hyper-parameters.
@@ -422,6 +445,12 @@ impl Weights {
             y
         };
 
+        let rope_factors = match (&self.rope_freqs, &self.rope_long) {
+            (Some(f), _) => Some(f),
+            (None, Some(long)) if state.capacity > c.rope_original_context => Some(long),
+            _ => self.rope_short.as_ref(),
+        };
+
         // x: [seq][hidden]
         let mut x = self.embedding.lookup(tokens)?;
         if let Some(scale) = c.embedding_scale {
@@ -430,7 +459,7 @@ impl Weights {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let h = norm(&x, &layer.attn_norm);
-            let mut a = self.attention(layer, i, &h, seq, &mut state.caches[i], pos)?;
+            let mut a = self.attention(layer, i, &h, seq, &mut state.caches[i], pos, rope_factors.map(Vec::as_slice))?;
             if let Some(n) = &layer.post_attn_norm {
                 rms_norm(&mut a, n, eps);
             }
@@ -469,8 +498,10 @@ impl Weights {
         Ok(logits)
     }
 
-    /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`.
-    fn attention(&self, layer: &Layer, index: usize, h: &[f32], seq: usize, cache: &mut KvCache, pos: usize) -> Result<Vec<f32>> {
+    /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`,
+    /// RoPE's angles divided by `rope_factors` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(&self, layer: &Layer, index: usize, h: &[f32], seq: usize, cache: &mut KvCache, pos: usize, rope_factors: Option<&[f32]>) -> Result<Vec<f32>> {
         let c = &self.config;
         let eps = c.eps as f32;
         let local = c.is_local(index);
@@ -479,6 +510,8 @@ impl Weights {
             base: if local { c.rope_base_local } else { c.rope_base } as f32,
             style: c.rope_style,
             yarn: c.yarn.map(|y| (1.0 / y.factor, Rope::yarn_correction(c.rope_dims, c.rope_base as f32, y.original_context))),
+            factors: rope_factors,
+            mscale: c.rope_mscale,
         };
         let spec = |scale: f32| Spec {
             heads: c.heads,
@@ -871,6 +904,40 @@ impl Loader<'_> {
         }
         let m = QMatrix::load(ggml_type, bytes, 1, len, false).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
         m.to_f32()
+    }
+
+    /// `<name>.weight` (and its bias) of `inputs`-wide rows as consecutive linear layers of
+    /// `widths` rows each: a fused projection as the projections it joins.
+    fn linear_parts<const N: usize>(&mut self, name: &str, widths: [usize; N], inputs: usize) -> Result<[QLinear; N]> {
+        let weight_name = format!("{name}.weight");
+        let (bytes, ggml_type, shape) = self.raw(&weight_name)?;
+        let rows: usize = widths.iter().sum();
+        if shape != [rows, inputs] {
+            return Err(Error::InvalidTensor { name: weight_name, reason: format!("shape {shape:?}, expected [{rows}, {inputs}]") });
+        }
+        let bias = self.opt_vector(&format!("{name}.bias"), rows)?;
+        let row_bytes = bytes.len() / rows;
+        let mut first = 0;
+        let mut parts = Vec::with_capacity(N);
+        for width in widths {
+            let uneven = || Error::InvalidTensor { name: weight_name.clone(), reason: "data does not split into its projections".into() };
+            let part = bytes.slice(first * row_bytes..(first + width) * row_bytes).ok_or_else(uneven)?;
+            let matrix = self.place(&weight_name, ggml_type, part, width, inputs, Products::Batched)?;
+            parts.push(QLinear::new(matrix, bias.as_ref().map(|b| b[first..first + width].to_vec())));
+            first += width;
+        }
+        parts.try_into().map_err(|_| Error::InvalidTensor { name: weight_name, reason: "data does not split into its projections".into() })
+    }
+
+    /// `<name>.weight` of `inputs`-wide rows split into its first and second halves (Phi-3's
+    /// gate and up projections in one).
+    fn linear_halves(&mut self, name: &str, inputs: usize) -> Result<[QLinear; 2]> {
+        let rows = self.info(&format!("{name}.weight"))?.dims.get(1).copied().unwrap_or(0);
+        if rows % 2 != 0 || rows == 0 {
+            return Err(Error::InvalidTensor { name: format!("{name}.weight"), reason: format!("{rows} rows do not halve into gate and up projections") });
+        }
+        let half = usize::try_from(rows / 2).map_err(|_| Error::InvalidTensor { name: format!("{name}.weight"), reason: format!("{rows} rows") })?;
+        self.linear_parts(name, [half, half], inputs)
     }
 
     /// A 1-D tensor of `len` values as a linear layer with one output, `(1, len)`.

@@ -21,7 +21,7 @@ use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "deepseek2"];
+    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub enum Family {
     Olmo2,
     /// `smollm3`: Llama layers, every fourth without RoPE.
     SmolLm3,
+    /// `phi3`: fused QKV and gate/up projections, partial rotary, LongRoPE factors.
+    Phi3,
     /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
     /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
     DeepSeek2,
@@ -206,6 +208,12 @@ pub struct Config {
     pub pre_norms: bool,
     /// Whether the Q/K norms span the whole projection (OLMo 2) rather than each head.
     pub qk_norm_whole: bool,
+    /// The context length up to which RoPE takes the short factors (`rope_factors_short`) and
+    /// beyond which the long ones, when the file has them (LongRoPE).
+    pub rope_original_context: usize,
+    /// Factor RoPE's cosines and sines are multiplied by (`rope.scaling.attn_factor`, Phi-3's
+    /// LongRoPE).
+    pub rope_mscale: f32,
 }
 
 impl Config {
@@ -228,6 +236,7 @@ impl Config {
             "granite" => Family::Granite,
             "olmo2" => Family::Olmo2,
             "smollm3" => Family::SmolLm3,
+            "phi3" => Family::Phi3,
             "deepseek2" => Family::DeepSeek2,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
@@ -449,13 +458,18 @@ impl Config {
             yarn,
             // llama.cpp fixes the step at 4 for SmolLM3; the file does not say it.
             no_rope_every: (family == Family::SmolLm3).then_some(4),
-            scale_queries: gemma,
+            scale_queries: gemma || family == Family::Phi3,
             attention_softcap: if family == Family::Gemma2 { Some(required("attn_logit_softcapping")?) } else { None },
             final_softcap: if family == Family::Gemma2 { Some(required("final_logit_softcapping")?) } else { None },
             residual_scale: if granite { factor("residual_scale")? } else { None },
             logit_scale: if granite { Some(required("logit_scale")?) } else { None },
             pre_norms: family != Family::Olmo2,
             qk_norm_whole: family == Family::Olmo2,
+            rope_original_context: match gguf.get(&key("rope.scaling.original_context_length")) {
+                Some(_) => positive("rope.scaling.original_context_length")?,
+                None => positive("context_length")?,
+            },
+            rope_mscale: factor("rope.scaling.attn_factor")?.unwrap_or(1.0),
         })
     }
 

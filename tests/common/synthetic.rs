@@ -375,6 +375,14 @@ pub struct Blocks {
     pub qk_norm: QkNorm,
     /// Biases on the Q, K and V projections.
     pub qkv_bias: bool,
+    /// One `attn_qkv` projection for the three (Phi-3).
+    pub fused_qkv: bool,
+    /// One `ffn_up` projection twice `ffn` wide, gate rows first, and no `ffn_gate` (Phi-3).
+    pub fused_gate_up: bool,
+    /// Dimensions of each head RoPE rotates (all when `None`).
+    pub rope_dims: Option<usize>,
+    /// Global `rope_factors_long` and `rope_factors_short` tensors (LongRoPE).
+    pub rope_factors: bool,
     /// (experts, used per token, expert ffn width).
     pub experts: Option<(usize, usize, usize)>,
     /// A shared expert's ffn width, and whether a sigmoid gate `ffn_gate_inp_shexp` weighs it.
@@ -383,6 +391,7 @@ pub struct Blocks {
     pub tied_output: bool,
     /// The architecture's own keys (without the `<arch>.` prefix) and values.
     pub metadata: Vec<(&'static str, Meta)>,
+
     /// Every weight stored as f32 rather than Q8_0 (see [`DeepSeek2::f32_weights`]).
     pub f32_weights: bool,
 }
@@ -402,6 +411,10 @@ impl Blocks {
             post_norms: false,
             qk_norm: QkNorm::None,
             qkv_bias: false,
+            fused_qkv: false,
+            fused_gate_up: false,
+            rope_dims: None,
+            rope_factors: false,
             experts: None,
             shared_expert: None,
             tied_output: false,
@@ -430,7 +443,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         .meta(&k("attention.head_count_kv"), Meta::U32(b.kv_heads as u32))
         .meta(&k("attention.key_length"), Meta::U32(hd as u32))
         .meta(&k("attention.value_length"), Meta::U32(hd as u32))
-        .meta(&k("rope.dimension_count"), Meta::U32(hd as u32))
+        .meta(&k("rope.dimension_count"), Meta::U32(b.rope_dims.unwrap_or(hd) as u32))
         .meta(&k("rope.freq_base"), Meta::F32(10_000.0))
         .meta(&k("attention.layer_norm_rms_epsilon"), Meta::F32(1e-6));
     if let Some((count, used, ffn)) = b.experts {
@@ -460,14 +473,24 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
     if !b.tied_output {
         f = f.tensor("output.weight", &[u(h), u(vocab)], wtype, encode(&random(h * vocab, 1.0)));
     }
+    if b.rope_factors {
+        // Divisors of each pair's angle: near 1 for the fast pairs, growing for the slow ones,
+        // as LongRoPE's are (the long ones more).
+        let pairs = b.rope_dims.unwrap_or(hd) / 2;
+        let grow = |top: f32| f32_bytes(&(0..pairs).map(|i| 1.0 + top * (i as f32 / pairs as f32).powi(2)).collect::<Vec<_>>());
+        f = f.tensor("rope_factors_long.weight", &[u(pairs)], F32, grow(30.0)).tensor("rope_factors_short.weight", &[u(pairs)], F32, grow(1.5));
+    }
     for i in 0..b.layers {
         let p = |n: &str| format!("blk.{i}.{n}");
         let (q, kv) = (b.heads * hd, b.kv_heads * hd);
-        f = f
-            .tensor(&p("attn_q.weight"), &[u(h), u(q)], wtype, linear(&mut random, h, q))
-            .tensor(&p("attn_k.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
-            .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
-            .tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
+        f = if b.fused_qkv {
+            f.tensor(&p("attn_qkv.weight"), &[u(h), u(q + 2 * kv)], wtype, linear(&mut random, h, q + 2 * kv))
+        } else {
+            f.tensor(&p("attn_q.weight"), &[u(h), u(q)], wtype, linear(&mut random, h, q))
+                .tensor(&p("attn_k.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
+                .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
+        };
+        f = f.tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
         if b.qkv_bias {
             f = f
                 .tensor(&p("attn_q.bias"), &[u(q)], F32, f32_bytes(&random(q, 0.5)))
@@ -489,6 +512,11 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
             f = f.tensor(&p("post_attention_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("post_ffw_norm.weight"), &[u(h)], F32, norm(&mut random, h));
         }
         match b.experts {
+            None if b.fused_gate_up => {
+                f = f
+                    .tensor(&p("ffn_up.weight"), &[u(h), u(2 * b.ffn)], wtype, linear(&mut random, h, 2 * b.ffn))
+                    .tensor(&p("ffn_down.weight"), &[u(b.ffn), u(h)], wtype, linear(&mut random, b.ffn, h));
+            }
             None => {
                 f = f
                     .tensor(&p("ffn_gate.weight"), &[u(h), u(b.ffn)], wtype, linear(&mut random, h, b.ffn))
