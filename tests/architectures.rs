@@ -102,6 +102,12 @@ fn phi3() -> Blocks {
     }
 }
 
+/// GLM-4-0414: fused QKV with its bias, fused gate/up, RoPE (interleaved) over 32 of 64
+/// dimensions, norms before and after attention and feed-forward.
+fn glm4() -> Blocks {
+    Blocks { fused_qkv: true, qkv_bias: true, fused_gate_up: true, rope_dims: Some(32), post_norms: true, ..Blocks::llama_like("glm4") }
+}
+
 /// Qwen2-MoE: QKV bias, 8 experts (2 per token, weights not renormalised) and a shared expert
 /// behind a sigmoid gate.
 fn qwen2moe() -> Blocks {
@@ -126,6 +132,11 @@ fn olmo2_matches_llama_cpp() {
 #[test]
 fn phi3_matches_llama_cpp() {
     assert_matches_llama_cpp(&phi3(), "phi3");
+}
+
+#[test]
+fn glm4_matches_llama_cpp() {
+    assert_matches_llama_cpp(&glm4(), "glm4");
 }
 
 #[test]

@@ -296,8 +296,8 @@ impl Weights {
                         _ => None,
                     },
                 }),
-                // Phi-3 stores the gate and up projections as one, gate rows first.
-                _ if c.family == Family::Phi3 => {
+                // Phi-3 and GLM-4 store the gate and up projections as one, gate rows first.
+                _ if matches!(c.family, Family::Phi3 | Family::Glm4) => {
                     let [gate, up] = loader.linear_halves(&p("ffn_up"), c.hidden)?;
                     FeedForward::Dense(Mlp { gate, up, down: loader.linear(&p("ffn_down"), Some(c.hidden), 0)? })
                 }
@@ -311,7 +311,7 @@ impl Weights {
                 None => {
                     let (q_norm, k_norm) = if c.qk_norm_whole { (c.heads * c.head_dim, c.kv_heads * c.head_dim) } else { (c.head_dim, c.head_dim) };
                     let widths = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.value_dim];
-                    // One fused projection (Phi-3), its rows the queries', keys' and values' in
+                    // One fused projection (Phi-3, GLM-4), its rows the queries', keys' and values' in
                     // turn, is three; each output is the same dot product either way.
                     let [q, k, v] = if loader.index.contains_key(p("attn_qkv.weight").as_str()) {
                         loader.linear_parts(&p("attn_qkv"), widths, c.hidden)?

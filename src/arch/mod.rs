@@ -21,7 +21,7 @@ use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "deepseek2"];
+    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "glm4", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,9 @@ pub enum Family {
     SmolLm3,
     /// `phi3`: fused QKV and gate/up projections, partial rotary, LongRoPE factors.
     Phi3,
+    /// `glm4`: GLM-4-0414: fused QKV (with bias) and gate/up projections, partial rotary,
+    /// norms before and after attention and feed-forward.
+    Glm4,
     /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
     /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
     DeepSeek2,
@@ -237,6 +240,7 @@ impl Config {
             "olmo2" => Family::Olmo2,
             "smollm3" => Family::SmolLm3,
             "phi3" => Family::Phi3,
+            "glm4" => Family::Glm4,
             "deepseek2" => Family::DeepSeek2,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
@@ -294,6 +298,10 @@ impl Config {
             });
         }
         let rope_base = gguf.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        // GLM-4.1V's multimodal RoPE splits the rotated dimensions into sections by axis.
+        if family == Family::Glm4 && gguf.get(&key("rope.dimension_sections")).is_some() {
+            return Err(Error::InvalidMetadata { key: key("rope.dimension_sections"), reason: "multimodal RoPE (GLM-4.1V) is not supported".into() });
+        }
         let eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
         let deepseek = family == Family::DeepSeek2;
         let experts = match count_of("expert_count")? {
@@ -439,7 +447,7 @@ impl Config {
             // llama.cpp fixes Gemma 3's local base at 10 000; the others keep the global one.
             rope_base_local: gguf.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(if family == Family::Gemma3 { 10_000.0 } else { rope_base }),
             rope_style: match family {
-                Family::Llama | Family::DeepSeek2 | Family::Granite | Family::SmolLm3 => RopeStyle::Interleaved,
+                Family::Llama | Family::DeepSeek2 | Family::Granite | Family::SmolLm3 | Family::Glm4 => RopeStyle::Interleaved,
                 _ => RopeStyle::Halves,
             },
             eps,

@@ -491,7 +491,9 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                 .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
         };
         f = f.tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
-        if b.qkv_bias {
+        if b.qkv_bias && b.fused_qkv {
+            f = f.tensor(&p("attn_qkv.bias"), &[u(q + 2 * kv)], F32, f32_bytes(&random(q + 2 * kv, 0.5)));
+        } else if b.qkv_bias {
             f = f
                 .tensor(&p("attn_q.bias"), &[u(q)], F32, f32_bytes(&random(q, 0.5)))
                 .tensor(&p("attn_k.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)))
