@@ -29,11 +29,6 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Multiplies every value of `x` by `by` (ggml's `scale`).
-pub fn scale(x: &mut [f32], by: f32) {
-    x.iter_mut().for_each(|v| *v *= by);
-}
-
 /// Soft-caps every value of `x` to `±cap` as llama.cpp's graph does (Gemma 2's final logits):
 /// times `1/cap`, then tanh, then times `cap`, each step rounded to f32.
 pub fn soft_cap(x: &mut [f32], cap: f32) {

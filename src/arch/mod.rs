@@ -5,8 +5,8 @@
 //! sit), the metadata gives sizes, multipliers and soft-caps, and the tensors present say the
 //! rest (QKV bias, Q/K norms, post-norms, experts, a shared expert's gate).
 
-mod attention;
-mod math;
+pub mod attention;
+pub(crate) mod math;
 mod decoder;
 
 /// The most values one token's row may hold (heads × head width, experts × their width):
@@ -14,7 +14,8 @@ mod decoder;
 /// the tensors, which must have those shapes and lie in the file, bound them further.
 const MAX_WIDTH: u64 = 1 << 28;
 
-pub use decoder::{State, Weights};
+pub use decoder::{Mlp, Moe, State, Weights};
+pub(crate) use decoder::{route, shared_gate_weight};
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
