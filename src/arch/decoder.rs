@@ -26,16 +26,23 @@ pub struct Weights<B: Backend = Cpu> {
     output_norm: B::Tensor,
     /// `(vocab, hidden)`; the embedding table itself when the file ties them.
     output: B::Matrix,
+    /// RoPE's per-pair angle divisors, `[rope_dims / 2]` each: `rope_freqs` for every context
+    /// (Llama 3.1), else LongRoPE's long factors beyond the original context and short ones
+    /// within it (Phi-3), as llama.cpp chooses by the context size.
+    rope_freqs: Option<Vec<f32>>,
+    rope_long: Option<Vec<f32>>,
+    rope_short: Option<Vec<f32>>,
     forward_passes: AtomicU64,
 }
 
 struct Layer<B: Backend> {
-    /// `[hidden]` each.
-    attn_norm: B::Tensor,
+    /// `[hidden]` each; absent where the family normalises outputs only (OLMo 2).
+    attn_norm: Option<B::Tensor>,
     attention: Attention<B>,
-    /// Norms applied to the attention and feed-forward outputs before the residual (Gemma 3).
+    /// Norms applied to the attention and feed-forward outputs before the residual (Gemma,
+    /// OLMo 2, GLM-4).
     post_attn_norm: Option<B::Tensor>,
-    ffn_norm: B::Tensor,
+    ffn_norm: Option<B::Tensor>,
     ffn: FeedForward<B>,
     post_ffn_norm: Option<B::Tensor>,
 }
@@ -49,7 +56,8 @@ enum Attention<B: Backend> {
         v: B::Matrix,
         /// `(hidden, heads·value_dim)`
         o: B::Matrix,
-        /// Per-head RMS norms of queries and keys, `[head_dim]` (Qwen 3, Gemma 3).
+        /// RMS norms of queries and keys: per head, `[head_dim]` (Qwen 3, Gemma 3), or over the
+        /// whole projection, `[heads·head_dim]` and `[kv_heads·head_dim]` (OLMo 2).
         q_norm: Option<B::Tensor>,
         k_norm: Option<B::Tensor>,
     },
@@ -96,13 +104,15 @@ enum FeedForward<B: Backend> {
 }
 
 /// A mixture of experts: `router` is `(experts, hidden)`; each token goes to its top experts
-/// (chosen with `bias` added, when there is one) and through the shared experts. Run by
-/// [`Backend::experts`].
+/// (chosen with `bias` added, when there is one) and through the shared experts, whose output
+/// `shared_gate` (`(1, hidden)`, Qwen2-MoE) weighs by [`shared_gate_weight`] of its product
+/// with the token. Run by [`Backend::experts`].
 pub struct Moe<B: Backend> {
     pub(crate) router: B::Matrix,
     pub(crate) bias: Option<Vec<f32>>,
     pub(crate) experts: Vec<Mlp<B>>,
     pub(crate) shared: Option<Mlp<B>>,
+    pub(crate) shared_gate: Option<B::Matrix>,
 }
 
 /// The per-generation state: the KV cache of every layer. Cloning copies the cache (a fork of
@@ -285,6 +295,10 @@ impl<B: Backend> Weights<B> {
             true => table.clone(), // the embedding table itself
         };
         let output_norm = loader.vector("output_norm.weight", c.hidden)?;
+        let pairs = c.rope_dims / 2;
+        let rope_freqs = loader.opt_values("rope_freqs.weight", pairs)?;
+        let rope_long = loader.opt_values("rope_factors_long.weight", pairs)?;
+        let rope_short = loader.opt_values("rope_factors_short.weight", pairs)?;
 
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
@@ -294,15 +308,24 @@ impl<B: Backend> Weights<B> {
                     router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?,
                     bias: loader.opt_values(&p("exp_probs_b.bias"), e.count)?,
                     experts: loader.experts(i, e.count, e.ffn, c.hidden)?,
-                    shared: match e.shared {
+                    shared: match e.shared_ffn {
                         0 => None,
                         n => Some(Mlp {
-                            gate: loader.linear(&p("ffn_gate_shexp"), Some(n * e.ffn), c.hidden)?,
-                            up: loader.linear(&p("ffn_up_shexp"), Some(n * e.ffn), c.hidden)?,
-                            down: loader.linear(&p("ffn_down_shexp"), Some(c.hidden), n * e.ffn)?,
+                            gate: loader.linear(&p("ffn_gate_shexp"), Some(n), c.hidden)?,
+                            up: loader.linear(&p("ffn_up_shexp"), Some(n), c.hidden)?,
+                            down: loader.linear(&p("ffn_down_shexp"), Some(c.hidden), n)?,
                         }),
                     },
+                    shared_gate: match c.family {
+                        Family::Qwen2Moe => Some(loader.row(&p("ffn_gate_inp_shexp.weight"), c.hidden)?),
+                        _ => None,
+                    },
                 }),
+                // Phi-3 and GLM-4 store the gate and up projections as one, gate rows first.
+                _ if matches!(c.family, Family::Phi3 | Family::Glm4) => {
+                    let [gate, up] = loader.linear_halves(&p("ffn_up"), c.hidden)?;
+                    FeedForward::Dense(Mlp { gate, up, down: loader.linear(&p("ffn_down"), Some(c.hidden), 0)? })
+                }
                 _ => FeedForward::Dense(Mlp {
                     gate: loader.linear(&p("ffn_gate"), None, c.hidden)?,
                     up: loader.linear(&p("ffn_up"), None, c.hidden)?,
@@ -311,19 +334,21 @@ impl<B: Backend> Weights<B> {
             };
             let attention = match c.latent {
                 None => {
-                    let head_norm = |loader: &mut Loader<'_, B>, name: &str| -> Result<Option<B::Tensor>> {
-                        if loader.index.contains_key(p(name).as_str()) {
-                            Ok(Some(loader.vector(&p(name), c.head_dim)?))
-                        } else {
-                            Ok(None)
-                        }
+                    let (q_norm, k_norm) = if c.qk_norm_whole { (c.heads * c.head_dim, c.kv_heads * c.head_dim) } else { (c.head_dim, c.head_dim) };
+                    let widths = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.value_dim];
+                    // One fused projection (Phi-3, GLM-4), its rows the queries', keys' and
+                    // values' in turn, is three; each output is the same dot product either way.
+                    let [q, k, v] = if loader.index.contains_key(p("attn_qkv.weight").as_str()) {
+                        loader.linear_parts(&p("attn_qkv"), widths, c.hidden)?
+                    } else {
+                        [loader.linear(&p("attn_q"), Some(widths[0]), c.hidden)?, loader.linear(&p("attn_k"), Some(widths[1]), c.hidden)?, loader.linear(&p("attn_v"), Some(widths[2]), c.hidden)?]
                     };
                     Attention::Standard {
-                        q_norm: head_norm(&mut loader, "attn_q_norm.weight")?,
-                        k_norm: head_norm(&mut loader, "attn_k_norm.weight")?,
-                        q: loader.linear(&p("attn_q"), Some(c.heads * c.head_dim), c.hidden)?,
-                        k: loader.linear(&p("attn_k"), Some(c.kv_heads * c.head_dim), c.hidden)?,
-                        v: loader.linear(&p("attn_v"), Some(c.kv_heads * c.value_dim), c.hidden)?,
+                        q_norm: loader.opt_vector(&p("attn_q_norm.weight"), q_norm)?,
+                        k_norm: loader.opt_vector(&p("attn_k_norm.weight"), k_norm)?,
+                        q,
+                        k,
+                        v,
                         o: loader.linear(&p("attn_output"), Some(c.hidden), c.heads * c.value_dim)?,
                     }
                 }
@@ -355,17 +380,11 @@ impl<B: Backend> Weights<B> {
             };
             let post_attn_norm = loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?;
             let post_ffn_norm = loader.opt_vector(&p("post_ffw_norm.weight"), c.hidden)?;
-            layers.push(Layer {
-                attn_norm: loader.vector(&p("attn_norm.weight"), c.hidden)?,
-                attention,
-                post_attn_norm,
-                ffn_norm: loader.vector(&p("ffn_norm.weight"), c.hidden)?,
-                ffn,
-                post_ffn_norm,
-            });
+            let mut pre_norm = |name: &str| if c.pre_norms { loader.vector(&p(name), c.hidden).map(Some) } else { Ok(None) };
+            layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm("ffn_norm.weight")?, ffn, post_ffn_norm });
         }
         drop(loader);
-        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, forward_passes: AtomicU64::new(0) })
+        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, forward_passes: AtomicU64::new(0) })
     }
 
     /// The hyper-parameters.
@@ -443,28 +462,55 @@ impl<B: Backend> Weights<B> {
         let pos = state.len;
         let eps = c.eps as f32;
 
+        let rope_factors = match (&self.rope_freqs, &self.rope_long) {
+            (Some(f), _) => Some(f),
+            (None, Some(long)) if state.capacity > c.rope_original_context => Some(long),
+            _ => self.rope_short.as_ref(),
+        };
+
         // x: [seq][hidden]
         let mut x = b.embed(&self.embedding, tokens)?;
         if let Some(scale) = c.embedding_scale {
             b.scale(&mut x, scale as f32)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = b.normed(&x, &layer.attn_norm, eps)?;
-            let mut a = self.attention(layer, i, &h, &mut state.caches[i], pos)?;
+            // The block's input, normalised unless the family normalises outputs only.
+            let normed;
+            let h = match &layer.attn_norm {
+                Some(w) => {
+                    normed = b.normed(&x, w, eps)?;
+                    &normed
+                }
+                None => &x,
+            };
+            let mut a = self.attention(layer, i, h, &mut state.caches[i], pos, rope_factors.map(Vec::as_slice))?;
             if let Some(n) = &layer.post_attn_norm {
                 b.rms_norm(&mut a, n, eps)?;
             }
+            if let Some(by) = c.residual_scale {
+                b.scale(&mut a, by)?;
+            }
             b.add(&mut x, &a)?;
-            let h = b.normed(&x, &layer.ffn_norm, eps)?;
+            let normed;
+            let h = match &layer.ffn_norm {
+                Some(w) => {
+                    normed = b.normed(&x, w, eps)?;
+                    &normed
+                }
+                None => &x,
+            };
             let mut f = match &layer.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(b, &h, c.activation)?,
+                FeedForward::Dense(mlp) => mlp.forward(b, h, c.activation)?,
                 FeedForward::Experts(moe) => {
                     let Some(spec) = &c.experts else { return Err(Error::Compute("experts without an expert count".into())) };
-                    b.experts(&h, moe, spec, c.activation)?
+                    b.experts(h, moe, spec, c.activation)?
                 }
             };
             if let Some(n) = &layer.post_ffn_norm {
                 b.rms_norm(&mut f, n, eps)?;
+            }
+            if let Some(by) = c.residual_scale {
+                b.scale(&mut f, by)?;
             }
             b.add(&mut x, &f)?;
         }
@@ -473,11 +519,19 @@ impl<B: Backend> Weights<B> {
         // Only the asked-for positions' logits (the last one, to pick the next token).
         let mut rows = b.tail(x, from)?;
         b.rms_norm(&mut rows, &self.output_norm, eps)?;
-        b.read(&b.matmul(&rows, &self.output)?)
+        let mut logits = b.matmul(&rows, &self.output)?;
+        if let Some(by) = c.logit_scale {
+            b.scale(&mut logits, 1.0 / by)?;
+        }
+        if let Some(cap) = c.final_softcap {
+            b.soft_cap(&mut logits, cap)?;
+        }
+        b.read(&logits)
     }
 
-    /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`.
-    fn attention(&self, layer: &Layer<B>, index: usize, h: &B::Tensor, cache: &mut B::Cache, pos: usize) -> Result<B::Tensor> {
+    /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`,
+    /// RoPE's angles divided by `rope_factors` when given.
+    fn attention(&self, layer: &Layer<B>, index: usize, h: &B::Tensor, cache: &mut B::Cache, pos: usize, rope_factors: Option<&[f32]>) -> Result<B::Tensor> {
         let (b, c) = (&self.backend, &self.config);
         let eps = c.eps as f32;
         let local = c.is_local(index);
@@ -486,8 +540,16 @@ impl<B: Backend> Weights<B> {
             base: if local { c.rope_base_local } else { c.rope_base } as f32,
             style: c.rope_style,
             yarn: c.yarn.map(|y| (1.0 / y.factor, Rope::yarn_correction(c.rope_dims, c.rope_base as f32, y.original_context))),
+            factors: rope_factors,
+            mscale: c.rope_mscale,
         };
-        let spec = |scale: f32| Spec { heads: c.heads, scale, window: if local { c.sliding_window.map(|(w, _)| w) } else { None }, kernel: c.attention_kernel };
+        let spec = |scale: f32| Spec {
+            heads: c.heads,
+            scale,
+            softcap: c.attention_softcap,
+            window: if local { c.sliding_window.map(|(w, _)| w) } else { None },
+            kernel: c.attention_kernel,
+        };
         let scale = c.attention_scale as f32;
         let (q, k, v, k_norm, q_norm, o) = match &layer.attention {
             Attention::Latent { query, kv_a, kv_a_norm, kv_up, o } => {
@@ -505,11 +567,13 @@ impl<B: Backend> Weights<B> {
         if let Some(n) = k_norm {
             b.rms_norm(&mut k, n, eps)?;
         }
-        b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
-        b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
-        // Gemma scales the queries before the product (llama.cpp does so too); the others scale
-        // each product. The two differ in rounding, not in value.
-        let product_scale = if c.family == Family::Gemma3 {
+        if c.has_rope(index) {
+            b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
+            b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
+        }
+        // Gemma and Phi-3 scale the queries before the product (llama.cpp does so too); the
+        // others scale each product. The two differ in rounding, not in value.
+        let product_scale = if c.scale_queries {
             b.scale(&mut q, scale)?;
             1.0
         } else {
@@ -610,6 +674,12 @@ pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32])
         weights.iter_mut().for_each(|w| *w *= spec.scale);
     }
     chosen.into_iter().zip(weights).collect()
+}
+
+/// The weight of a token's shared experts from its product with the shared expert's gate: the
+/// logistic sigmoid, as llama.cpp's Qwen2-MoE graph forms it (`silu(x) / x`).
+pub(crate) fn shared_gate_weight(x: f32) -> f32 {
+    (x / (1.0 + math::exp(-x))) / x
 }
 
 /// The indices of the `k` largest values, largest first (lower index first among equals).
@@ -719,6 +789,50 @@ impl<B: Backend> Loader<'_, B> {
         }
     }
 
+    /// `<name>.weight` (and its bias) of `inputs`-wide rows as consecutive linear layers of
+    /// `widths` rows each: a fused projection as the projections it joins.
+    fn linear_parts<const N: usize>(&mut self, name: &str, widths: [usize; N], inputs: usize) -> Result<[B::Matrix; N]> {
+        let weight_name = format!("{name}.weight");
+        let (bytes, ggml_type, shape) = self.raw(&weight_name)?;
+        let rows: usize = widths.iter().sum();
+        if shape != [rows, inputs] {
+            return Err(Error::InvalidTensor { name: weight_name, reason: format!("shape {shape:?}, expected [{rows}, {inputs}]") });
+        }
+        let bias = self.opt_values(&format!("{name}.bias"), rows)?;
+        let row_bytes = bytes.len() / rows;
+        let uneven = || Error::InvalidTensor { name: weight_name.clone(), reason: "data does not split into its projections".into() };
+        let mut first = 0;
+        let mut parts = Vec::with_capacity(N);
+        for width in widths {
+            let part = bytes.slice(first * row_bytes..(first + width) * row_bytes).ok_or_else(uneven)?;
+            let part_bias = bias.as_ref().map(|b| b[first..first + width].to_vec());
+            parts.push(self.place(&weight_name, ggml_type, part, width, inputs, part_bias, Products::Batched)?);
+            first += width;
+        }
+        parts.try_into().map_err(|_| uneven())
+    }
+
+    /// `<name>.weight` of `inputs`-wide rows split into its first and second halves (Phi-3's
+    /// and GLM-4's gate and up projections in one).
+    fn linear_halves(&mut self, name: &str, inputs: usize) -> Result<[B::Matrix; 2]> {
+        let weight_name = format!("{name}.weight");
+        let rows = self.info(&weight_name)?.dims.get(1).copied().unwrap_or(0);
+        let half = usize::try_from(rows / 2).ok().filter(|&h| h > 0 && rows % 2 == 0);
+        let Some(half) = half else {
+            return Err(Error::InvalidTensor { name: weight_name, reason: format!("{rows} rows do not halve into gate and up projections") });
+        };
+        self.linear_parts(name, [half, half], inputs)
+    }
+
+    /// A 1-D tensor of `len` values as a matrix with one row, `(1, len)`.
+    fn row(&mut self, name: &str, len: usize) -> Result<B::Matrix> {
+        let (bytes, ggml_type, shape) = self.raw(name)?;
+        if shape != [len] {
+            return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{len}]") });
+        }
+        self.place(name, ggml_type, bytes, 1, len, None, Products::Batched)
+    }
+
     /// `<name>.weight` (and `<name>.bias` if present) as a linear layer; `out` and `inputs`
     /// are checked when given (`None` / 0 take what the file has).
     fn linear(&mut self, name: &str, out: Option<usize>, inputs: usize) -> Result<B::Matrix> {
@@ -808,13 +922,14 @@ mod tests {
         for (gating, bias, groups, shared, normalize, scale) in
             [(Gating::Softmax, false, None, 0, true, 1.0), (Gating::Sigmoid, true, Some((4, 2)), 1, true, 2.5), (Gating::Sigmoid, false, None, 1, false, 1.0)]
         {
-            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared, leading_dense: 0 };
+            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0 };
             let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
             let moe = Moe {
                 router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
                 bias: bias.then(|| (0..count).map(|_| unit(&mut next) * 0.1).collect()),
                 experts: (0..count).map(|_| mlp(ffn, hidden, &mut next)).collect(),
                 shared: (shared > 0).then(|| mlp(ffn, hidden, &mut next)),
+                shared_gate: None,
             };
             let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
             let cpu = Cpu::default();

@@ -8,7 +8,7 @@ use half::f16;
 
 use super::{Backend, CacheSpec, KvStore, Products};
 use crate::arch::attention::{self, KvCache, Rope, Spec};
-use crate::arch::{math, route, Activation, Experts, Moe};
+use crate::arch::{math, route, shared_gate_weight, Activation, Experts, Moe};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::kernels::{QLinear, QMatrix};
@@ -166,6 +166,11 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn soft_cap(&self, x: &mut Tensor, cap: f32) -> Result<()> {
+        attention::soft_cap(&mut x.data, cap);
+        Ok(())
+    }
+
     fn split(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
         let group: usize = widths.iter().sum();
         if group == 0 || !x.data.len().is_multiple_of(group) {
@@ -209,6 +214,13 @@ impl Backend for Cpu {
             Some(mlp) => mlp.forward(self, x, activation)?,
             None => Tensor { rows: seq, data: vec![0f32; seq * hidden] },
         };
+        if let Some(gate) = &moe.shared_gate {
+            // One gate value per token.
+            let gates = self.matmul(x, gate)?;
+            for (row, &g) in out.data.chunks_exact_mut(hidden).zip(&gates.data) {
+                row.iter_mut().for_each(|v| *v *= shared_gate_weight(g));
+            }
+        }
         // routes[token] = its (expert, weight) pairs, best first.
         let routes: Vec<Vec<(usize, f32)>> = logits.data.chunks_exact(spec.count).map(|logits| route(spec, moe.bias.as_deref(), logits)).collect();
         // by_expert[e] = the tokens routed to expert e, in order.

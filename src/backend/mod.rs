@@ -107,6 +107,12 @@ pub trait Backend: Sized {
     /// # Errors
     /// None on the CPU; a device error elsewhere.
     fn scale(&self, x: &mut Self::Tensor, by: f32) -> Result<()>;
+    /// `x` soft-capped to `±cap`, in place: [`crate::arch::attention::soft_cap`] (Gemma 2's
+    /// final logits).
+    ///
+    /// # Errors
+    /// None on the CPU; a device error elsewhere.
+    fn soft_cap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()>;
     /// Cuts each `sum(widths)`-wide group of `x` into parts of `widths`: one tensor per part,
     /// the parts of consecutive groups one after the other.
     ///
@@ -120,7 +126,8 @@ pub trait Backend: Sized {
     /// [`crate::Error::Compute`] on a shape mismatch.
     fn join(&self, a: &Self::Tensor, a_width: usize, b: &Self::Tensor, b_width: usize, repeat_b: usize) -> Result<Self::Tensor>;
     /// A mixture of experts over `x`: routing by [`crate::arch`]'s rules, each token through
-    /// its experts, the weighted sum plus the shared experts.
+    /// its experts, the weighted sum plus the shared experts (weighed by their gate, when the
+    /// mixture has one).
     ///
     /// # Errors
     /// [`crate::Error::Compute`] when a product fails, or when the device has no such
