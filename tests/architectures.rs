@@ -108,6 +108,28 @@ fn glm4() -> Blocks {
     Blocks { fused_qkv: true, qkv_bias: true, fused_gate_up: true, rope_dims: Some(32), post_norms: true, ..Blocks::llama_like("glm4") }
 }
 
+/// gpt-oss: attention sinks, biases on every projection (experts' and router's too), a sliding
+/// window of 8 positions on every other layer, YaRN (factor 32 over 4096 positions, so its
+/// rotation scale applies and the slow pairs are interpolated), 8 experts of which 4 chosen by
+/// their raw logits and weighed by their softmax, gpt-oss's clamped SwiGLU, and its
+/// feed-forward norm named `post_attention_norm`.
+fn gpt_oss() -> Blocks {
+    Blocks {
+        qkv_bias: true,
+        biases: true,
+        sinks: true,
+        ffn_norm: "post_attention_norm",
+        experts: Some((8, 4, 64)),
+        metadata: vec![
+            ("attention.sliding_window", Meta::U32(8)),
+            ("rope.scaling.type", Meta::Str("yarn".into())),
+            ("rope.scaling.factor", Meta::F32(32.0)),
+            ("rope.scaling.original_context_length", Meta::U32(4096)),
+        ],
+        ..Blocks::llama_like("gpt-oss")
+    }
+}
+
 /// Qwen2-MoE: QKV bias, 8 experts (2 per token, weights not renormalised) and a shared expert
 /// behind a sigmoid gate.
 fn qwen2moe() -> Blocks {
@@ -137,6 +159,11 @@ fn phi3_matches_llama_cpp() {
 #[test]
 fn glm4_matches_llama_cpp() {
     assert_matches_llama_cpp(&glm4(), "glm4");
+}
+
+#[test]
+fn gpt_oss_matches_llama_cpp() {
+    assert_matches_llama_cpp(&gpt_oss(), "gpt-oss");
 }
 
 #[test]

@@ -266,7 +266,7 @@ impl KvCache {
 }
 
 /// The shape of one attention computation.
-pub struct Spec {
+pub struct Spec<'a> {
     /// Query heads.
     pub heads: usize,
     /// Factor applied to each query·key product.
@@ -277,11 +277,14 @@ pub struct Spec {
     pub softcap: Option<f32>,
     /// Keys further back than this are not attended to (sliding-window layers).
     pub window: Option<usize>,
+    /// A logit per query head that joins the softmax without a value (gpt-oss's attention
+    /// sinks): it takes part of the weight and gives nothing back.
+    pub sinks: Option<&'a [f32]>,
     /// Whose rounding to follow.
     pub kernel: AttentionKernel,
 }
 
-impl Spec {
+impl Spec<'_> {
     /// A query·key product as llama.cpp's flash attention scores it: the soft-cap divides the
     /// scale before the product is scaled.
     fn flash_score(&self, dot: f32) -> f32 {
@@ -354,6 +357,16 @@ fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec)
             round(&mut acc);
             sum = sum * old_scale + weight;
         }
+        // The head's sink joins the softmax last, the accumulator now in f32.
+        if let Some(&sink) = spec.sinks.and_then(|sinks| sinks.get(h)) {
+            if sink > max {
+                let old_scale = math::exp(max - sink);
+                acc.iter_mut().for_each(|a| *a *= old_scale);
+                sum = sum * old_scale + 1.0;
+            } else {
+                sum += math::exp(sink - max);
+            }
+        }
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
         for (o, a) in out.iter_mut().zip(&acc) {
             *o = a * inv;
@@ -394,11 +407,16 @@ fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spe
             cache.key(kv, key_at).convert_to_f32_slice(&mut key);
             *score = spec.unfused_score(order.dot(&key, &query));
         }
-        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        // The head's sink joins the softmax: in its maximum and its sum.
+        let sink = spec.sinks.and_then(|sinks| sinks.get(h)).copied();
+        let max = probs.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &v| m.max(v));
         let mut sum = 0f64;
         for block in probs.chunks_exact_mut(16) {
             block.iter_mut().for_each(|v| *v = math::exp_ggml(*v - max));
             sum += f64::from(fold_halves(block));
+        }
+        if let Some(sink) = sink {
+            sum += f64::from(math::exp(sink - max));
         }
         let inv = (1.0 / sum) as f32;
         probs.iter_mut().for_each(|p| *p = f16::from_f32(*p * inv).to_f32());
@@ -556,7 +574,7 @@ mod tests {
         // scales before capping, its unfused attention after.
         for (kernel, softcap) in [(AttentionKernel::Flash, None), (AttentionKernel::Unfused, None), (AttentionKernel::Flash, Some(0.5)), (AttentionKernel::Unfused, Some(0.5))] {
             let scale = if softcap.is_some() { 1.0 } else { 0.125 };
-            let spec = Spec { heads, scale, softcap, window: None, kernel };
+            let spec = Spec { heads, scale, softcap, window: None, sinks: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             for h in 0..heads {
                 let kv = h / 2;
@@ -572,7 +590,7 @@ mod tests {
                 }
             }
             // A window of 1 attends to the newest position only.
-            let spec = Spec { heads, scale: 0.125, softcap: None, window: Some(1), kernel };
+            let spec = Spec { heads, scale: 0.125, softcap: None, window: Some(1), sinks: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3, "{kernel:?}");
         }
@@ -640,7 +658,7 @@ mod tests {
             let seq = 3;
             let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
             for window in [None, Some(5)] {
-                let spec = Spec { heads, scale: 0.11, softcap: None, window, kernel: AttentionKernel::Flash };
+                let spec = Spec { heads, scale: 0.11, softcap: None, window, sinks: None, kernel: AttentionKernel::Flash };
                 let fast = attend_flash(&q, seq, n - seq, &cache, &spec);
                 let slow = attend_reference(&q, seq, n - seq, &cache, &spec);
                 assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}, shared values {values_in_keys}");
@@ -693,7 +711,7 @@ mod tests {
             for seq in [1, 3] {
                 let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
                 for window in [None, Some(5)] {
-                    let spec = Spec { heads, scale: 0.11, softcap: None, window, kernel: AttentionKernel::Unfused };
+                    let spec = Spec { heads, scale: 0.11, softcap: None, window, sinks: None, kernel: AttentionKernel::Unfused };
                     let fast = attend(&q, seq, n - seq, &cache, &spec);
                     let padded = attend_unfused_padded(&q, seq, n - seq, &cache, &spec);
                     assert!(fast.iter().zip(&padded).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n}, seq {seq}, window {window:?}, shared values {values_in_keys}");

@@ -56,6 +56,8 @@ enum Attention<B: Backend> {
         v: B::Matrix,
         /// `(hidden, heads·value_dim)`
         o: B::Matrix,
+        /// Attention sinks, one logit per query head, `[heads]` (gpt-oss).
+        sinks: Option<Vec<f32>>,
         /// RMS norms of queries and keys: per head, `[head_dim]` (Qwen 3, Gemma 3), or over the
         /// whole projection, `[heads·head_dim]` and `[kv_heads·head_dim]` (OLMo 2).
         q_norm: Option<B::Tensor>,
@@ -344,6 +346,7 @@ impl<B: Backend> Weights<B> {
                         [loader.linear(&p("attn_q"), Some(widths[0]), c.hidden)?, loader.linear(&p("attn_k"), Some(widths[1]), c.hidden)?, loader.linear(&p("attn_v"), Some(widths[2]), c.hidden)?]
                     };
                     Attention::Standard {
+                        sinks: loader.opt_values(&p("attn_sinks.weight"), c.heads)?,
                         q_norm: loader.opt_vector(&p("attn_q_norm.weight"), q_norm)?,
                         k_norm: loader.opt_vector(&p("attn_k_norm.weight"), k_norm)?,
                         q,
@@ -378,10 +381,14 @@ impl<B: Backend> Weights<B> {
                     }
                 }
             };
-            let post_attn_norm = loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?;
+            // gpt-oss names its feed-forward norm `post_attention_norm`.
+            let (post_attn_norm, ffn_norm) = match c.family {
+                Family::GptOss => (None, "post_attention_norm.weight"),
+                _ => (loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?, "ffn_norm.weight"),
+            };
             let post_ffn_norm = loader.opt_vector(&p("post_ffw_norm.weight"), c.hidden)?;
             let mut pre_norm = |name: &str| if c.pre_norms { loader.vector(&p(name), c.hidden).map(Some) } else { Ok(None) };
-            layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm("ffn_norm.weight")?, ffn, post_ffn_norm });
+            layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm(ffn_norm)?, ffn, post_ffn_norm });
         }
         drop(loader);
         Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, forward_passes: AtomicU64::new(0) })
@@ -543,11 +550,16 @@ impl<B: Backend> Weights<B> {
             factors: rope_factors,
             mscale: c.rope_mscale,
         };
+        let sinks = match &layer.attention {
+            Attention::Standard { sinks, .. } => sinks.as_deref(),
+            Attention::Latent { .. } => None,
+        };
         let spec = |scale: f32| Spec {
             heads: c.heads,
             scale,
             softcap: c.attention_softcap,
             window: if local { c.sliding_window.map(|(w, _)| w) } else { None },
+            sinks,
             kernel: c.attention_kernel,
         };
         let scale = c.attention_scale as f32;
@@ -555,7 +567,7 @@ impl<B: Backend> Weights<B> {
             Attention::Latent { query, kv_a, kv_a_norm, kv_up, o } => {
                 return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, cache, pos, &rope, &spec(scale));
             }
-            Attention::Standard { q, k, v, o, q_norm, k_norm } => (q, k, v, k_norm, q_norm, o),
+            Attention::Standard { q, k, v, o, q_norm, k_norm, .. } => (q, k, v, k_norm, q_norm, o),
         };
         // [seq][heads][head_dim], [seq][kv_heads][head_dim], [seq][kv_heads][value_dim]
         let mut q = b.matmul(h, q)?;
@@ -646,6 +658,7 @@ pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32])
     let probs = match spec.gating {
         Gating::Softmax => softmax(logits),
         Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
+        Gating::SoftmaxOfChosen => logits.to_vec(),
     };
     let mut selection = probs.clone();
     if let Some(bias) = bias {
@@ -666,6 +679,9 @@ pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32])
     }
     let chosen = top(&selection, spec.used);
     let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
+    if spec.gating == Gating::SoftmaxOfChosen {
+        weights = softmax(&weights);
+    }
     if spec.normalize {
         let sum = weights.iter().sum::<f32>().max(6.103_515_6e-5);
         weights.iter_mut().for_each(|w| *w /= sum);
@@ -862,28 +878,50 @@ impl<B: Backend> Loader<'_, B> {
     /// The experts of layer `layer`: `ffn_{gate,up,down}_exps` hold every expert's matrix in
     /// one 3-D tensor; each expert's slice becomes its own matrix.
     fn experts(&mut self, layer: usize, count: usize, ffn: usize, hidden: usize) -> Result<Vec<Mlp<B>>> {
-        let gates = self.split_placed(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden, Products::InPlace)?;
-        let ups = self.split_placed(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden, Products::InPlace)?;
-        let downs = self.split_placed(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn, Products::InPlace)?;
+        let mut part = |name: &str, rows: usize, cols: usize| -> Result<Vec<B::Matrix>> {
+            let name = format!("blk.{layer}.{name}");
+            let biases = self.opt_rows(&format!("{name}.bias"), count, rows)?;
+            self.split_placed(&format!("{name}.weight"), count, rows, cols, biases, Products::InPlace)
+        };
+        let gates = part("ffn_gate_exps", ffn, hidden)?;
+        let ups = part("ffn_up_exps", ffn, hidden)?;
+        let downs = part("ffn_down_exps", hidden, ffn)?;
         Ok(gates.into_iter().zip(ups).zip(downs).map(|((gate, up), down)| Mlp { gate, up, down }).collect())
     }
 
     /// A 3-D tensor `(count, rows, cols)` as `count` matrices.
     fn split(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<B::Matrix>> {
-        self.split_placed(name, count, rows, cols, Products::Batched)
+        self.split_placed(name, count, rows, cols, None, Products::Batched)
     }
 
-    /// A 3-D tensor `(count, rows, cols)` as `count` matrices, placed for their `products`.
-    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, products: Products) -> Result<Vec<B::Matrix>> {
+    /// A 2-D tensor `(count, width)` of values as its `count` rows, when the file has it (the
+    /// experts' biases of gpt-oss).
+    fn opt_rows(&mut self, name: &str, count: usize, width: usize) -> Result<Option<Vec<Vec<f32>>>> {
+        if !self.index.contains_key(name) {
+            return Ok(None);
+        }
+        let (bytes, ggml_type, shape) = self.raw(name)?;
+        if shape != [count, width] {
+            return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {width}]") });
+        }
+        let m = QMatrix::load(ggml_type, bytes, count, width, false).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
+        Ok(Some(m.to_f32()?.chunks_exact(width.max(1)).map(<[f32]>::to_vec).collect()))
+    }
+
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices (with their `biases`, `count`
+    /// rows of `rows` values), placed for their `products`.
+    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, biases: Option<Vec<Vec<f32>>>, products: Products) -> Result<Vec<B::Matrix>> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         if shape != [count, rows, cols] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {rows}, {cols}]") });
         }
         let per = bytes.len() / count;
+        let mut biases = biases.map(Vec::into_iter);
         (0..count)
             .map(|i| {
                 let part = bytes.slice(i * per..(i + 1) * per).ok_or_else(|| Error::InvalidTensor { name: name.into(), reason: "data does not split into equal parts".into() })?;
-                self.place(name, ggml_type, part, rows, cols, None, products)
+                let bias = biases.as_mut().and_then(Iterator::next);
+                self.place(name, ggml_type, part, rows, cols, bias, products)
             })
             .collect()
     }

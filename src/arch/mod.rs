@@ -22,7 +22,7 @@ use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "glm4", "deepseek2"];
+    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "glm4", "gpt-oss", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,10 @@ pub enum Family {
     /// `glm4`: GLM-4-0414: fused QKV (with bias) and gate/up projections, partial rotary,
     /// norms before and after attention and feed-forward.
     Glm4,
+    /// `gpt-oss`: attention sinks, biases everywhere, sliding window on every other layer,
+    /// YaRN, experts chosen by raw router logits and weighted by their softmax, a clamped
+    /// SwiGLU.
+    GptOss,
     /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
     /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
     DeepSeek2,
@@ -75,6 +79,9 @@ pub enum Activation {
     Silu,
     /// `gelu_tanh(gate) * up`.
     GeluTanh,
+    /// gpt-oss's SwiGLU: the gate clamped above and the up projection on both sides at 7,
+    /// `gate · σ(1.702 · gate) · (up + 1)`.
+    SwigluOai,
 }
 
 /// Which of llama.cpp's two attention computations a model's numerics follow. They agree in
@@ -95,6 +102,8 @@ pub enum Gating {
     Softmax,
     /// A sigmoid per expert (DeepSeek-V3, Kimi K2), usually with a selection bias.
     Sigmoid,
+    /// The raw logits choose; the chosen ones' softmax weighs (gpt-oss).
+    SoftmaxOfChosen,
 }
 
 /// Mixture-of-experts settings.
@@ -242,6 +251,7 @@ impl Config {
             "smollm3" => Family::SmolLm3,
             "phi3" => Family::Phi3,
             "glm4" => Family::Glm4,
+            "gpt-oss" => Family::GptOss,
             "deepseek2" => Family::DeepSeek2,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
@@ -326,6 +336,7 @@ impl Config {
                     _ => None,
                 };
                 let gating = match gguf.opt_u64(&key("expert_gating_func"))? {
+                    _ if family == Family::GptOss => Gating::SoftmaxOfChosen,
                     None | Some(0) | Some(1) => Gating::Softmax,
                     Some(2) => Gating::Sigmoid,
                     Some(other) => return Err(Error::InvalidMetadata { key: key("expert_gating_func"), reason: format!("unknown gating function {other}") }),
@@ -343,7 +354,7 @@ impl Config {
                     // not; DeepSeek says.
                     normalize: match family {
                         Family::DeepSeek2 => gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false),
-                        Family::Qwen2Moe => false,
+                        Family::Qwen2Moe | Family::GptOss => false,
                         _ => true,
                     },
                     scale: if deepseek { gguf.f64(&key("expert_weights_scale"))? as f32 } else { 1.0 },
@@ -388,6 +399,8 @@ impl Config {
             (Family::Gemma3, Some(w)) if w > 0 => Some((w as usize, 6)),
             // Gemma 2 alternates one and one, over 4096 positions unless the file says otherwise.
             (Family::Gemma2, w) => Some((w.filter(|&w| w > 0).unwrap_or(4096) as usize, 2)),
+            // gpt-oss alternates one and one too, over the window its file gives.
+            (Family::GptOss, _) => Some((positive("attention.sliding_window")?, 2)),
             _ => None,
         };
         let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
@@ -455,7 +468,11 @@ impl Config {
             context_length: positive("context_length")?,
             sliding_window,
             experts,
-            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            activation: match family {
+                _ if gemma => Activation::GeluTanh,
+                Family::GptOss => Activation::SwigluOai,
+                _ => Activation::Silu,
+            },
             embedding_scale: match family {
                 _ if gemma => Some((hidden as f64).sqrt()),
                 Family::Granite => factor("embedding_scale")?.map(f64::from),
@@ -478,7 +495,17 @@ impl Config {
                 Some(_) => positive("rope.scaling.original_context_length")?,
                 None => positive("context_length")?,
             },
-            rope_mscale: factor("rope.scaling.attn_factor")?.unwrap_or(1.0),
+            rope_mscale: match (yarn, latent) {
+                // llama.cpp's YaRN: its attention factor (1 + 0.1·ln factor) cancelled by its
+                // inverse, then RoPE's rotation scaled by 1 + 0.1·ln(1 / frequency scale); all in
+                // f32. (DeepSeek's goes into its attention scale instead, above.)
+                (Some(y), None) => {
+                    let ln_factor = math::ln(y.factor);
+                    let cancelled = (0.1 * ln_factor + 1.0) * (1.0 / (1.0 + 0.1 * ln_factor));
+                    cancelled * (1.0 + 0.1 * math::ln(1.0 / (1.0 / y.factor)))
+                }
+                _ => factor("rope.scaling.attn_factor")?.unwrap_or(1.0),
+            },
         })
     }
 

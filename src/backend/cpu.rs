@@ -311,6 +311,16 @@ fn gelu(x: f32) -> f32 {
     f16::from_f32(y).to_f32()
 }
 
+/// gpt-oss's clamped SwiGLU of one gate and up value, as ggml's `swiglu_oai` computes it (α 1.702,
+/// limit 7).
+fn swiglu_oai(gate: f32, up: f32) -> f32 {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    let x = gate.min(LIMIT);
+    let y = up.clamp(-LIMIT, LIMIT);
+    x / (1.0 + math::exp(ALPHA * -x)) * (y + 1.0)
+}
+
 /// `activation(gate) · up` for one row, in place in `gate`. (SiLU's e^-x is the C library's,
 /// [`math::exp`]: ggml's vectorised exponential here made fewer greedy continuations match
 /// llama.cpp's — Qwen2.5-Coder 6 of 8 raw prompts instead of 8, SmolLM2 1 of 4 chats instead
@@ -320,6 +330,7 @@ fn gated(activation: Activation, gate: &mut [f32], up: &[f32]) {
         *g = match activation {
             Activation::Silu => *g / (1.0 + math::exp(-*g)) * u,
             Activation::GeluTanh => gelu(*g) * u,
+            Activation::SwigluOai => swiglu_oai(*g, *u),
         };
     }
 }

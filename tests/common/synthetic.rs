@@ -377,6 +377,12 @@ pub struct Blocks {
     pub qkv_bias: bool,
     /// One `attn_qkv` projection for the three (Phi-3).
     pub fused_qkv: bool,
+    /// Biases on the attention output, the router and the experts (gpt-oss).
+    pub biases: bool,
+    /// `attn_sinks`, a logit per query head (gpt-oss).
+    pub sinks: bool,
+    /// The name of the norm before the feed-forward (`post_attention_norm` in gpt-oss).
+    pub ffn_norm: &'static str,
     /// One `ffn_up` projection twice `ffn` wide, gate rows first, and no `ffn_gate` (Phi-3).
     pub fused_gate_up: bool,
     /// Dimensions of each head RoPE rotates (all when `None`).
@@ -412,6 +418,9 @@ impl Blocks {
             qk_norm: QkNorm::None,
             qkv_bias: false,
             fused_qkv: false,
+            biases: false,
+            sinks: false,
+            ffn_norm: "ffn_norm",
             fused_gate_up: false,
             rope_dims: None,
             rope_factors: false,
@@ -491,6 +500,12 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                 .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
         };
         f = f.tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
+        if b.biases {
+            f = f.tensor(&p("attn_output.bias"), &[u(h)], F32, f32_bytes(&random(h, 0.5)));
+        }
+        if b.sinks {
+            f = f.tensor(&p("attn_sinks.weight"), &[u(b.heads)], F32, f32_bytes(&random(b.heads, 2.0)));
+        }
         if b.qkv_bias && b.fused_qkv {
             f = f.tensor(&p("attn_qkv.bias"), &[u(q + 2 * kv)], F32, f32_bytes(&random(q + 2 * kv, 0.5)));
         } else if b.qkv_bias {
@@ -508,7 +523,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
             f = f.tensor(&p("attn_q_norm.weight"), &[u(q_norm)], F32, norm(&mut random, q_norm)).tensor(&p("attn_k_norm.weight"), &[u(k_norm)], F32, norm(&mut random, k_norm));
         }
         if b.pre_norms {
-            f = f.tensor(&p("attn_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("ffn_norm.weight"), &[u(h)], F32, norm(&mut random, h));
+            f = f.tensor(&p("attn_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p(&format!("{}.weight", b.ffn_norm)), &[u(h)], F32, norm(&mut random, h));
         }
         if b.post_norms {
             f = f.tensor(&p("post_attention_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("post_ffw_norm.weight"), &[u(h)], F32, norm(&mut random, h));
@@ -531,6 +546,13 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                     .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], wtype, linear(&mut random, h, ff * n))
                     .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], wtype, linear(&mut random, h, ff * n))
                     .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], wtype, linear(&mut random, ff, h * n));
+                if b.biases {
+                    f = f
+                        .tensor(&p("ffn_gate_inp.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.5)))
+                        .tensor(&p("ffn_gate_exps.bias"), &[u(ff), u(n)], F32, f32_bytes(&random(ff * n, 0.5)))
+                        .tensor(&p("ffn_up_exps.bias"), &[u(ff), u(n)], F32, f32_bytes(&random(ff * n, 0.5)))
+                        .tensor(&p("ffn_down_exps.bias"), &[u(h), u(n)], F32, f32_bytes(&random(h * n, 0.5)));
+                }
             }
         }
         if let Some((sf, gated)) = b.shared_expert {
