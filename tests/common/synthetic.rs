@@ -8,6 +8,7 @@ use candlewick::gguf::{ggml_type_block, Gguf, Value};
 use candlewick::kernels::QMatrix;
 
 use super::gguf_writer::{s, GgufFile, Meta};
+use super::quants::random_blocks;
 
 /// A deterministic xorshift generator.
 pub struct Rng(u64);
@@ -33,6 +34,8 @@ impl Rng {
 /// ggml type ids.
 pub const F32: u32 = 0;
 pub const Q8_0: u32 = 8;
+pub const Q4_K: u32 = 12;
+pub const MXFP4: u32 = 39;
 
 /// `values` quantized to Q8_0 blocks (32 values: an f16 scale, 32 signed bytes).
 pub fn q8_0(values: &[f32]) -> Vec<u8> {
@@ -45,6 +48,23 @@ pub fn q8_0(values: &[f32]) -> Vec<u8> {
         out.extend(block.iter().map(|v| (v * inv).round() as i8 as u8));
     }
     out
+}
+
+/// `values` as ggml type `ggml_type`: f32, Q8_0 quantized, or random blocks of another type
+/// with the values' root mean square (any blocks with finite scales are valid weights; these
+/// formats have no quantizer here).
+fn encoded(ggml_type: u32, values: &[f32]) -> Vec<u8> {
+    match ggml_type {
+        F32 => f32_bytes(values),
+        Q8_0 => q8_0(values),
+        _ => {
+            let rms = (values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() / values.len().max(1) as f64).sqrt() as f32;
+            // Seeded by the values, so the same file comes out every time.
+            let first = values.first().map_or(0, |v| u64::from(v.to_bits()));
+            let mut rng = Rng::new((first ^ ((values.len() as u64) << 32)) | 1);
+            random_blocks(ggml_type, values.len(), rms, &mut rng)
+        }
+    }
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -398,8 +418,12 @@ pub struct Blocks {
     /// The architecture's own keys (without the `<arch>.` prefix) and values.
     pub metadata: Vec<(&'static str, Meta)>,
 
-    /// Every weight stored as f32 rather than Q8_0 (see [`DeepSeek2::f32_weights`]).
-    pub f32_weights: bool,
+    /// The ggml type of every matrix: [`F32`] (see [`DeepSeek2::f32_weights`]), [`Q8_0`]
+    /// (quantized from the random values) or any type [`random_blocks`] writes (random blocks
+    /// with the values' spread).
+    pub weights: u32,
+    /// The experts' type when it is not `weights` (gpt-oss's MXFP4).
+    pub expert_weights: Option<u32>,
 }
 
 impl Blocks {
@@ -428,7 +452,8 @@ impl Blocks {
             shared_expert: None,
             tied_output: false,
             metadata: Vec::new(),
-            f32_weights: true,
+            weights: F32,
+            expert_weights: None,
         }
     }
 }
@@ -471,9 +496,11 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         f = f.meta(&key, meta);
     }
     let norm = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, n: usize| -> Vec<u8> { f32_bytes(&rng(n, 0.2).iter().map(|v| 1.0 + v).collect::<Vec<_>>()) };
-    let wtype = if b.f32_weights { F32 } else { Q8_0 };
-    let encode = |values: &[f32]| if b.f32_weights { f32_bytes(values) } else { q8_0(values) };
-    let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| encode(&rng(inputs * outputs, 2.0 / (inputs as f32).sqrt()));
+    let wtype = b.weights;
+    let etype = b.expert_weights.unwrap_or(wtype);
+    let encode = |values: &[f32]| encoded(wtype, values);
+    let linear_as = |ggml_type: u32, rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| encoded(ggml_type, &rng(inputs * outputs, 2.0 / (inputs as f32).sqrt()));
+    let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| linear_as(wtype, rng, inputs, outputs);
     let u = |n: usize| n as u64;
     f = f.tensor("token_embd.weight", &[u(h), u(vocab)], wtype, encode(&random(h * vocab, 1.0)));
     f = f.tensor("output_norm.weight", &[u(h)], F32, norm(&mut random, h));
@@ -543,9 +570,9 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
             Some((n, _, ff)) => {
                 f = f
                     .tensor(&p("ffn_gate_inp.weight"), &[u(h), u(n)], F32, f32_bytes(&random(h * n, 0.5)))
-                    .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], wtype, linear(&mut random, h, ff * n))
-                    .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], wtype, linear(&mut random, h, ff * n))
-                    .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], wtype, linear(&mut random, ff, h * n));
+                    .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], etype, linear_as(etype, &mut random, h, ff * n))
+                    .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], etype, linear_as(etype, &mut random, h, ff * n))
+                    .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], etype, linear_as(etype, &mut random, ff, h * n));
                 if b.biases {
                     f = f
                         .tensor(&p("ffn_gate_inp.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.5)))
