@@ -160,11 +160,27 @@ impl<B: Backend> State<B> {
 
     /// Forgets every position from `len` on, keeping the prefix. Also brings every layer back
     /// to the state's length after a forward pass that failed half way.
+    ///
+    /// A sliding-window layer keeps a ring of its last positions, so it cannot go back to a
+    /// `len` whose window it has overwritten: the state then forgets everything, and the next
+    /// pass recomputes the prefix ([`State::len`] says what was kept; sessions and generations
+    /// run the tokens from there).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        let mut kept = true;
         for cache in &mut self.caches {
-            cache.truncate(self.len);
+            kept &= cache.truncate(self.len);
         }
+        if !kept {
+            self.caches.iter_mut().for_each(KvStore::clear);
+            self.len = 0;
+        }
+    }
+
+    /// Positions of memory each layer's cache has: the capacity, or a sliding-window layer's
+    /// ring (its window and [`super::attention::RING_PART`] positions).
+    pub fn layer_rows(&self) -> Vec<usize> {
+        self.caches.iter().map(KvStore::rows).collect()
     }
 
     /// Makes room for `capacity` positions, keeping those filled (a session's cache grows as
@@ -184,11 +200,17 @@ impl<B: Backend> State<B> {
     /// The filled positions of every layer as bytes (f16, little-endian), for
     /// [`State::restore`].
     pub fn save(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len * self.kv_bytes_per_token());
+        let mut out = Vec::with_capacity(self.saved_bytes(self.len));
         for cache in &self.caches {
             cache.save(&mut out);
         }
         out
+    }
+
+    /// The bytes [`State::save`] writes for `len` positions: every position of a global
+    /// layer, the last `window - 1` of a sliding-window layer.
+    fn saved_bytes(&self, len: usize) -> usize {
+        self.caches.iter().map(|c| c.saved_positions(len).saturating_mul(c.bytes_per_position())).fold(0, usize::saturating_add)
     }
 
     /// Fills the first `len` positions from what [`State::save`] wrote for the same model,
@@ -199,7 +221,7 @@ impl<B: Backend> State<B> {
     /// model's cache take.
     pub fn restore(&mut self, len: usize, bytes: &[u8]) -> Result<()> {
         let invalid = || Error::InvalidParameter { name: "bytes", reason: format!("they do not hold {len} positions of this model's KV cache") };
-        if len.checked_mul(self.kv_bytes_per_token()) != Some(bytes.len()) {
+        if self.saved_bytes(len) != bytes.len() {
             return Err(invalid());
         }
         self.grow(len)?;
@@ -422,15 +444,25 @@ impl<B: Backend> Weights<B> {
             });
         }
         let values_in_keys = c.latent.is_some_and(|l| l.absorbed);
+        // Sliding-window layers keep a ring of their window (see `CacheSpec::rows`).
+        let specs: Vec<CacheSpec> = (0..c.layers)
+            .map(|i| CacheSpec {
+                kv_heads: c.kv_heads,
+                capacity,
+                head_dim: c.head_dim,
+                value_dim: c.value_dim,
+                values_in_keys,
+                window: c.sliding_window.filter(|_| c.is_local(i)).map(|(w, _)| w),
+            })
+            .collect();
         // f16 keys (and values) for every layer, refused up front when the memory is not there.
         let width = c.head_dim + if values_in_keys { 0 } else { c.value_dim };
-        let bytes = [c.layers, c.kv_heads, capacity, width, 2].iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let bytes = specs.iter().map(|s| [c.kv_heads, s.rows(), width, 2].iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))).fold(0u64, u64::saturating_add);
         let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes };
         if bytes > isize::MAX as u64 || crate::platform::available_memory().is_some_and(|free| bytes > free) {
             return Err(too_large());
         }
-        let spec = CacheSpec { kv_heads: c.kv_heads, capacity, head_dim: c.head_dim, value_dim: c.value_dim, values_in_keys };
-        let caches = (0..c.layers).map(|_| self.backend.cache(&spec).map_err(|_| too_large())).collect::<Result<_>>()?;
+        let caches = specs.iter().map(|spec| self.backend.cache(spec).map_err(|_| too_large())).collect::<Result<_>>()?;
         Ok(State { caches, len: 0, capacity })
     }
 

@@ -86,7 +86,7 @@ impl Backend for Cpu {
     }
 
     fn cache(&self, s: &CacheSpec) -> Result<KvCache> {
-        KvCache::new(s.kv_heads, s.capacity, s.head_dim, s.value_dim, s.values_in_keys)
+        KvCache::new(s)
     }
 
     fn embed(&self, table: &QLinear, tokens: &[u32]) -> Result<Tensor> {
@@ -138,8 +138,8 @@ impl Backend for Cpu {
     }
 
     fn attend(&self, q: &Tensor, k: &Tensor, v: Option<&Tensor>, cache: &mut KvCache, pos: usize, spec: &Spec) -> Result<Tensor> {
-        cache.append(&k.data, v.map_or(&[][..], |v| &v.data), k.rows)?;
-        Ok(Tensor { rows: q.rows, data: attention::attend(&q.data, q.rows, pos, cache, spec) })
+        let data = attention::append_and_attend(cache, &q.data, &k.data, v.map_or(&[][..], |v| &v.data), q.rows, pos, spec)?;
+        Ok(Tensor { rows: q.rows, data })
     }
 
     /// Row by row over the pool: a prompt's activations took as long as its products when one
@@ -270,8 +270,12 @@ impl Backend for Cpu {
 }
 
 impl KvStore for KvCache {
-    fn truncate(&mut self, len: usize) {
-        KvCache::truncate(self, len);
+    fn truncate(&mut self, len: usize) -> bool {
+        KvCache::truncate(self, len)
+    }
+
+    fn clear(&mut self) {
+        KvCache::clear(self);
     }
 
     fn grow(&mut self, capacity: usize) -> Result<()> {
@@ -282,12 +286,20 @@ impl KvStore for KvCache {
         self.filled_bytes(out);
     }
 
+    fn saved_positions(&self, len: usize) -> usize {
+        KvCache::saved_positions(self, len)
+    }
+
     fn restore(&mut self, len: usize, bytes: &[u8]) -> Option<usize> {
         self.fill_from_bytes(len, bytes)
     }
 
     fn bytes_per_position(&self) -> usize {
         KvCache::bytes_per_position(self)
+    }
+
+    fn rows(&self) -> usize {
+        KvCache::rows(self)
     }
 }
 

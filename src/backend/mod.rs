@@ -171,22 +171,46 @@ pub struct CacheSpec {
     pub value_dim: usize,
     /// Whether a value is the start of its key (latent attention), not stored twice.
     pub values_in_keys: bool,
+    /// Positions a query sees, when the layer is a sliding-window layer: its cache is then a
+    /// ring of [`CacheSpec::rows`] rows.
+    pub window: Option<usize>,
+}
+
+impl CacheSpec {
+    /// Positions of memory the cache needs: `capacity`, or for a sliding-window layer at most
+    /// the window's last `window - 1` positions and one part of a batch
+    /// ([`crate::arch::attention::RING_PART`]) to attend over.
+    pub fn rows(&self) -> usize {
+        match self.window {
+            Some(w) => self.capacity.min(w.saturating_sub(1) + crate::arch::attention::RING_PART),
+            None => self.capacity,
+        }
+    }
 }
 
 /// What a generation's state does with one layer's cache, on any device.
 pub trait KvStore {
-    /// Forgets every position from `len` on.
-    fn truncate(&mut self, len: usize);
+    /// Forgets every position from `len` on; `false` when it cannot (a sliding-window ring
+    /// that has overwritten what the next query would see), and it is then unchanged.
+    fn truncate(&mut self, len: usize) -> bool;
+    /// Forgets every position.
+    fn clear(&mut self);
     /// Makes room for `capacity` positions, keeping those filled.
     ///
     /// # Errors
     /// [`crate::Error::KvCacheTooLarge`] when the memory is not there.
     fn grow(&mut self, capacity: usize) -> Result<()>;
-    /// Appends the filled positions to `out` (f16, little-endian).
+    /// Appends the filled positions it keeps ([`KvStore::saved_positions`]) to `out` (f16,
+    /// little-endian).
     fn save(&self, out: &mut Vec<u8>);
-    /// Fills the first `len` positions from `bytes`; the bytes used, or `None` when there are
-    /// too few.
+    /// How many of `len` filled positions a save keeps: all, or a sliding-window layer's last
+    /// `window - 1`.
+    fn saved_positions(&self, len: usize) -> usize;
+    /// Fills the cache to `len` positions from what a save wrote; the bytes used, or `None`
+    /// when there are too few.
     fn restore(&mut self, len: usize, bytes: &[u8]) -> Option<usize>;
     /// Bytes one position takes.
     fn bytes_per_position(&self) -> usize;
+    /// Positions it has memory for.
+    fn rows(&self) -> usize;
 }

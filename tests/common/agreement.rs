@@ -34,9 +34,14 @@ pub struct Agreement {
 /// Runs the raw prompts through the model at `path` and through llama.cpp, 16 greedy tokens each,
 /// and prints what differs (`name` labels the lines).
 pub fn compare(path: &Path, name: &str) -> Agreement {
+    compare_prompts(path, name, &PROMPTS)
+}
+
+/// [`compare`] on `texts` instead of the raw prompts.
+pub fn compare_prompts(path: &Path, name: &str, texts: &[&str]) -> Agreement {
     let model = Model::open(path).unwrap();
     let weights = model.weights().unwrap();
-    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| model.tokenizer().encode(p, true, false).unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|p| model.tokenizer().encode(p, true, false).unwrap()).collect();
     let reference = llama_cpp("generate.mjs", &[path.to_str().unwrap()], &json!({ "prompts": prompts, "maxTokens": 16, "topK": 5 }));
     let mut a = Agreement { equal: 0, same_top5: 0, exact_steps: 0, steps: 0, worst_gap: 0.0, worst_relative_gap: 0.0, worst_logprob: 0.0, worst_top5_relative_gap: 0.0 };
     for (i, prompt) in prompts.iter().enumerate() {
