@@ -131,6 +131,12 @@ fn gpt_oss() -> Blocks {
     }
 }
 
+/// Granite 3's mixture of experts: Granite's multipliers over 8 experts (2 per token, softmax
+/// weights renormalised) as wide as the dense feed-forward (llama.cpp sizes them by it).
+fn granitemoe() -> Blocks {
+    Blocks { arch: "granitemoe", experts: Some((8, 2, 384)), ..granite() }
+}
+
 /// Qwen2-MoE: QKV bias, 8 experts (2 per token, weights not renormalised) and a shared expert
 /// behind a sigmoid gate.
 fn qwen2moe() -> Blocks {
@@ -145,6 +151,11 @@ fn gemma2_matches_llama_cpp() {
 #[test]
 fn granite_matches_llama_cpp() {
     assert_matches_llama_cpp(&granite(), "granite");
+}
+
+#[test]
+fn granitemoe_matches_llama_cpp() {
+    assert_matches_llama_cpp(&granitemoe(), "granitemoe");
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "glm4", "gpt-oss", "deepseek2"];
+    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "gpt-oss", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,8 @@ pub enum Family {
     Gemma2,
     /// `gemma3`: scaled embeddings, GELU, post-norms, sliding-window layers.
     Gemma3,
-    /// `granite`: Llama layers with embedding, residual, attention and logit multipliers.
+    /// `granite`: Llama layers with embedding, residual, attention and logit multipliers;
+    /// `granitemoe` the same with experts (softmax gating, weights renormalised).
     Granite,
     /// `olmo2`: norms after attention and feed-forward instead of before, Q/K norms over the
     /// whole projection.
@@ -246,7 +247,7 @@ impl Config {
             "qwen3moe" => Family::Qwen3Moe,
             "gemma2" => Family::Gemma2,
             "gemma3" => Family::Gemma3,
-            "granite" => Family::Granite,
+            "granite" | "granitemoe" => Family::Granite,
             "olmo2" => Family::Olmo2,
             "smollm3" => Family::SmolLm3,
             "phi3" => Family::Phi3,
