@@ -137,6 +137,15 @@ fn granitemoe() -> Blocks {
     Blocks { arch: "granitemoe", experts: Some((8, 2, 384)), ..granite() }
 }
 
+/// Mistral 3 (Ministral 3): Llama's layers with the attention temperature, over an original
+/// context of 4 positions so that it grows within the prompts (×1.24 at position 40).
+fn mistral3() -> Blocks {
+    Blocks {
+        metadata: vec![("attention.temperature_scale", Meta::F32(0.1)), ("rope.scaling.original_context_length", Meta::U32(4))],
+        ..Blocks::llama_like("mistral3")
+    }
+}
+
 /// Qwen2-MoE: QKV bias, 8 experts (2 per token, weights not renormalised) and a shared expert
 /// behind a sigmoid gate.
 fn qwen2moe() -> Blocks {
@@ -156,6 +165,11 @@ fn granite_matches_llama_cpp() {
 #[test]
 fn granitemoe_matches_llama_cpp() {
     assert_matches_llama_cpp(&granitemoe(), "granitemoe");
+}
+
+#[test]
+fn mistral3_matches_llama_cpp() {
+    assert_matches_llama_cpp(&mistral3(), "mistral3");
 }
 
 #[test]

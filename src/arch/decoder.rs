@@ -615,6 +615,9 @@ impl<B: Backend> Weights<B> {
             b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
             b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
         }
+        if let Some((by, length)) = c.attention_temperature {
+            b.scale_rows(&mut q, c.heads * c.head_dim, &|s| math::ln(((pos + s) / length) as f32 + 1.0) * by + 1.0)?;
+        }
         // Gemma and Phi-3 scale the queries before the product (llama.cpp does so too); the
         // others scale each product. The two differ in rounding, not in value.
         let product_scale = if c.scale_queries {

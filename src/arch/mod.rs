@@ -22,7 +22,7 @@ use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "gpt-oss", "deepseek2"];
+    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "gpt-oss", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +210,10 @@ pub struct Config {
     pub scale_queries: bool,
     /// Attention scores are soft-capped to `±cap`: `cap · tanh(score / cap)` (Gemma 2).
     pub attention_softcap: Option<f32>,
+    /// `(scale, length)`: the queries at position `p` are multiplied by
+    /// `ln(⌊p / length⌋ + 1) · scale + 1` after RoPE (Mistral 3's attention temperature; the
+    /// length is the original context's).
+    pub attention_temperature: Option<(f32, usize)>,
     /// The output logits are soft-capped the same way (Gemma 2).
     pub final_softcap: Option<f32>,
     /// Factor the attention and feed-forward outputs are multiplied by before each residual
@@ -240,7 +244,7 @@ impl Config {
     pub fn from_gguf(gguf: &Gguf) -> Result<Config> {
         let arch = gguf.architecture()?;
         let family = match arch {
-            "llama" => Family::Llama,
+            "llama" | "mistral3" => Family::Llama,
             "qwen2" => Family::Qwen2,
             "qwen2moe" => Family::Qwen2Moe,
             "qwen3" => Family::Qwen3,
@@ -487,6 +491,13 @@ impl Config {
             no_rope_every: (family == Family::SmolLm3).then_some(4),
             scale_queries: gemma || family == Family::Phi3,
             attention_softcap: if family == Family::Gemma2 { Some(required("attn_logit_softcapping")?) } else { None },
+            attention_temperature: match factor("attention.temperature_scale")? {
+                Some(scale) if arch == "mistral3" => Some((scale, match gguf.opt_u64(&key("rope.scaling.original_context_length"))? {
+                    Some(_) => positive("rope.scaling.original_context_length")?,
+                    None => positive("context_length")?,
+                })),
+                _ => None,
+            },
             final_softcap: if family == Family::Gemma2 { Some(required("final_logit_softcapping")?) } else { None },
             residual_scale: if granite { factor("residual_scale")? } else { None },
             logit_scale: if granite { Some(required("logit_scale")?) } else { None },

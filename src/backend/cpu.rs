@@ -171,6 +171,14 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn scale_rows(&self, x: &mut Tensor, width: usize, by: &dyn Fn(usize) -> f32) -> Result<()> {
+        for (i, row) in x.data.chunks_exact_mut(width.max(1)).enumerate() {
+            let f = by(i);
+            row.iter_mut().for_each(|v| *v *= f);
+        }
+        Ok(())
+    }
+
     fn split(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
         let group: usize = widths.iter().sum();
         if group == 0 || !x.data.len().is_multiple_of(group) {

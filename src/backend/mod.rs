@@ -113,6 +113,12 @@ pub trait Backend: Sized {
     /// # Errors
     /// None on the CPU; a device error elsewhere.
     fn soft_cap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()>;
+    /// Each `width`-wide row `i` of `x` times `by(i)`, in place (Mistral 3's attention
+    /// temperature, by position).
+    ///
+    /// # Errors
+    /// None on the CPU; a device error elsewhere.
+    fn scale_rows(&self, x: &mut Self::Tensor, width: usize, by: &dyn Fn(usize) -> f32) -> Result<()>;
     /// Cuts each `sum(widths)`-wide group of `x` into parts of `widths`: one tensor per part,
     /// the parts of consecutive groups one after the other.
     ///
