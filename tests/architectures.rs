@@ -1,6 +1,7 @@
-//! The architectures built from Llama's parts (`gemma2`, `granite`, `olmo2`, `phi3`, `smollm3`,
-//! `qwen2moe`): small synthetic files with random f32 weights, the architecture's own metadata
-//! keys and tensor names as llama.cpp reads them, and a real tokenizer, checked against
+//! The architectures built from Llama's parts (`gemma2`, `granite`, `granitemoe`, `olmo2`,
+//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `gpt-oss`, `mistral3`): small synthetic files with
+//! random f32 weights, the architecture's own metadata keys and tensor names as llama.cpp
+//! reads them, and a real tokenizer, checked against
 //! llama.cpp (node-llama-cpp) on the raw prompts: at least 7 of 8 greedy continuations of 16
 //! tokens identical, and every first step's five most likely tokens in the same order.
 //!
