@@ -26,7 +26,7 @@
 mod gbnf;
 pub mod json_schema;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use gbnf::Elem;
@@ -39,6 +39,11 @@ pub use json_schema::json_schema_to_gbnf;
 /// an ambiguous grammar can multiply them with every character, so a bound keeps a pathological
 /// grammar from taking all memory and time.
 const MAX_STACKS: usize = 1024;
+
+/// Most rule positions those stacks may hold in all. A grammar that nests a rule once more with
+/// every character (`root ::= . root*`) keeps few stacks but ever deeper ones; this bounds the
+/// work of a step as [`MAX_STACKS`] bounds their number.
+const MAX_POSITIONS: usize = 1 << 16;
 
 /// A parsed and checked GBNF grammar (llama.cpp's syntax), starting at the rule `root`.
 ///
@@ -290,10 +295,11 @@ impl GrammarState {
     pub fn new(grammar: &Grammar) -> Result<GrammarState> {
         let rules = &grammar.inner;
         let mut stacks = Vec::new();
+        let mut gather = Gather::new(&mut stacks);
         let root_start = rules.starts.get(rules.root as usize).copied().unwrap_or(0);
         for alt in alternatives(&rules.elems, root_start) {
             let stack = if rules.elems.get(alt as usize).is_some_and(|e| !e.ends_sequence()) { vec![alt] } else { Vec::new() };
-            advance(&rules.elems, &rules.starts, stack, &mut stacks)?;
+            advance(&rules.elems, &rules.starts, stack, &mut gather)?;
         }
         Ok(GrammarState { grammar: grammar.clone(), stacks, partial: Partial::default(), ascii_next: None, mask: Vec::new(), walks: Vec::new(), chars: Vec::new(), scratch: Vec::new() })
     }
@@ -670,11 +676,16 @@ fn alternatives(elems: &[Elem], start: u32) -> impl Iterator<Item = u32> + '_ {
 
 /// Expands rule references at the top of `stack` until every resulting stack has a character
 /// set on top (or is empty: the grammar is complete), adding each new one to `out`.
-fn advance(elems: &[Elem], starts: &[u32], stack: Vec<u32>, out: &mut Vec<Vec<u32>>) -> Result<()> {
+fn advance(elems: &[Elem], starts: &[u32], stack: Vec<u32>, out: &mut Gather) -> Result<()> {
     let mut work = vec![stack];
     while let Some(stack) = work.pop() {
         match stack.last().and_then(|&pos| elems.get(pos as usize).map(|e| (pos, *e))) {
             Some((pos, Elem::RuleRef(rule))) => {
+                // Popping a finished rule off many stacks leads to the same stack again and
+                // again (one per depth of a rule nested in itself); its expansion is the same.
+                if !out.expanded.insert(stack.clone()) {
+                    continue;
+                }
                 let after = pos + 1;
                 let start = starts.get(rule as usize).copied().unwrap_or(0);
                 for alt in alternatives(elems, start) {
@@ -688,21 +699,51 @@ fn advance(elems: &[Elem], starts: &[u32], stack: Vec<u32>, out: &mut Vec<Vec<u3
                     work.push(next);
                 }
             }
-            _ => {
-                if !out.contains(&stack) {
-                    if out.len() >= MAX_STACKS {
-                        return Err(Error::Grammar { line: 1, column: 1, message: format!("the grammar is too ambiguous: more than {MAX_STACKS} ways to read the text") });
-                    }
-                    out.push(stack);
-                }
-            }
+            _ => out.add(stack)?,
         }
     }
     Ok(())
 }
 
+/// The stacks of one step, each kept once (a hash set finds a repeat, so a step costs what its
+/// stacks hold, not the square of it), within [`MAX_STACKS`] and [`MAX_POSITIONS`].
+struct Gather<'o> {
+    out: &'o mut Vec<Vec<u32>>,
+    seen: HashSet<Vec<u32>>,
+    /// The stacks with a rule reference on top already expanded in this step.
+    expanded: HashSet<Vec<u32>>,
+    positions: usize,
+}
+
+impl<'o> Gather<'o> {
+    /// Gathers into `out`, which must start empty.
+    fn new(out: &'o mut Vec<Vec<u32>>) -> Gather<'o> {
+        debug_assert!(out.is_empty());
+        Gather { out, seen: HashSet::new(), expanded: HashSet::new(), positions: 0 }
+    }
+
+    fn add(&mut self, stack: Vec<u32>) -> Result<()> {
+        if self.seen.contains(&stack) {
+            return Ok(());
+        }
+        let too_ambiguous = |what: String| Error::Grammar { line: 1, column: 1, message: format!("the grammar is too ambiguous: {what}") };
+        if self.out.len() >= MAX_STACKS {
+            return Err(too_ambiguous(format!("more than {MAX_STACKS} ways to read the text")));
+        }
+        self.positions += stack.len();
+        if self.positions > MAX_POSITIONS {
+            return Err(too_ambiguous(format!("its ways to read the text hold more than {MAX_POSITIONS} rule positions")));
+        }
+        self.seen.insert(stack.clone());
+        self.out.push(stack);
+        Ok(())
+    }
+}
+
 /// The stacks after matching character `c` from each of `stacks`.
+/// `out` must start empty.
 fn step(elems: &[Elem], starts: &[u32], stacks: &[Vec<u32>], c: u32, out: &mut Vec<Vec<u32>>) -> Result<()> {
+    let mut out = Gather::new(out);
     for stack in stacks {
         let Some(&pos) = stack.last() else { continue };
         if !matches(elems, pos, c) {
@@ -713,7 +754,7 @@ fn step(elems: &[Elem], starts: &[u32], stacks: &[Vec<u32>], c: u32, out: &mut V
         if elems.get(end as usize).is_some_and(|e| !e.ends_sequence()) {
             next.push(end);
         }
-        advance(elems, starts, next, out)?;
+        advance(elems, starts, next, &mut out)?;
     }
     Ok(())
 }

@@ -377,3 +377,32 @@ fn remembered_walks_equal_new_walks() {
     let distinct: std::collections::HashSet<_> = state.walks.iter().map(|w| (w.vocabulary, w.stacks.clone(), w.partial)).collect();
     assert_eq!(distinct.len(), state.walks.len(), "a walk remembered twice");
 }
+
+/// Found by the fuzzer (a 264-byte input took 25 s): a grammar that nests its rule once more
+/// with each character keeps one stack per depth, and each step compared every new stack with
+/// every kept one. Repeats are now found by hashing and the stacks' total size is bounded, so a
+/// long text either goes through or meets a clear error, in time proportional to its stacks.
+#[test]
+fn a_rule_nested_with_every_character_stays_bounded() {
+    let grammar = g("root ::= . root*");
+    let mut state = GrammarState::new(&grammar).unwrap();
+    let mut accepted = 0;
+    for _ in 0..2000 {
+        if !state.allows(b"[") {
+            break;
+        }
+        match state.accept(b"[") {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("too ambiguous"), "{e}");
+                break;
+            }
+        }
+        let unique: HashSet<&Vec<u32>> = state.stacks.iter().collect();
+        assert_eq!(unique.len(), state.stacks.len(), "a stack kept twice after {accepted} characters");
+        assert!(state.stacks.len() <= MAX_STACKS);
+        assert!(state.stacks.iter().map(Vec::len).sum::<usize>() <= MAX_POSITIONS);
+    }
+    assert!(accepted >= 300, "only {accepted} characters of a grammar that allows any text");
+    assert!(state.can_end() || accepted < 2000);
+}
