@@ -750,50 +750,16 @@ fn iq1s_products(block: &Iq1s, a: &[i8; 256]) -> __m512i {
     acc
 }
 
-/// The sums of the 16 i32 lanes of `v` and of `w`, as f32 (exact below 2^24).
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn sum_pair(v: __m512i, w: __m512i) -> (f32, f32) {
-    // 128-bit quarters: v's halves summed in quarters 0, 1, w's in 2, 3; then within them.
-    let t = _mm512_add_epi32(_mm512_shuffle_i64x2::<0b01_00_01_00>(v, w), _mm512_shuffle_i64x2::<0b11_10_11_10>(v, w));
-    let t = _mm512_add_epi32(t, _mm512_shuffle_i64x2::<0b10_11_00_01>(t, t));
-    let t = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
-    let t = _mm512_cvtepi32_ps(_mm512_add_epi32(t, _mm512_shuffle_epi32::<0b10_11_00_01>(t)));
-    (_mm512_cvtss_f32(t), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(t)))
-}
-
-/// IQ1_S with AVX-512 VNNI, for one or several activation rows: each block decoded
-/// once ([`iq1s_block`]) into the weights `ls·(8·g + delta)`, so that one `vpdpbusd` chain
-/// per activation row gives `8·sumi + sumi1`, the scalar code's two sums in one; two blocks'
-/// sums are reduced together ([`sum_pair`]). Every integer is below 2^24, so
-/// `(8·sumi + sumi1) / 8` in f32 is exactly the scalar code's `sumi + IQ1_DELTA·sumi1` (both
-/// are that rational number, which f32 holds: at most 20 integer bits and 3 fractional), and
-/// the rest of the f32 arithmetic per block is the scalar code's: bit-identical to
-/// [`dot_iq1s`].
+/// IQ1_S with AVX-512 VNNI, for one or several activation rows ([`pairs_avx512`]): each block
+/// decoded once ([`iq1s_block`]) into the weights `ls·(8·g + delta)`, so that one `vpdpbusd`
+/// chain per activation row gives `8·sumi + sumi1`, the scalar code's two sums in one. Every
+/// integer is below 2^24, so `(8·sumi + sumi1) · IQ1_DELTA` in f32 is exactly the scalar
+/// code's `sumi + IQ1_DELTA·sumi1` (both are that rational number, which f32 holds: at most 20
+/// integer bits and 3 fractional), and the rest of the f32 arithmetic per block is the scalar
+/// code's: bit-identical to [`dot_iq1s`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
-    let (blocks, _) = row.as_chunks::<50>();
-    for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
-        let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
-        out.iter_mut().for_each(|o| *o = 0.0);
-        for (pair, two) in blocks.chunks(2).enumerate() {
-            let (j, b0, b1) = (2 * pair, &two[0], two.get(1));
-            let first = iq1s_block(b0);
-            let second = b1.map(|b| iq1s_block(b));
-            for (o, q8) in out.iter_mut().zip(&q8) {
-                let Some((a, _, da)) = q8.block(j) else { continue };
-                let products = iq1s_products(&first, a);
-                match (b1, &second, q8.block(j + 1)) {
-                    (Some(b1), Some(second), Some((a1, _, da1))) => {
-                        let (s0, s1) = sum_pair(products, iq1s_products(second, a1));
-                        *o += half(b0, 0) * da * (s0 * IQ1_DELTA);
-                        *o += half(b1, 0) * da1 * (s1 * IQ1_DELTA);
-                    }
-                    _ => *o += half(b0, 0) * da * (sum_pair(products, _mm512_setzero_si512()).0 * IQ1_DELTA),
-                }
-            }
-        }
-    }
+    pairs_avx512::<50, Iq1s>(row, acts, out, IQ1_DELTA, |b| iq1s_block(b), |block, a| iq1s_products(block, a));
 }
 
 /// Each entry of an IQ2 grid (IQ2_XXS, IQ2_XS, IQ2_S) as 2-bit codes of its eight magnitudes
@@ -856,31 +822,74 @@ struct Decoded {
 
 /// The codebook formats' AVX-512 driver: each block decoded once ([`Decoded`]) for up to
 /// [`ROWS_AT_ONCE`] activation rows, then, per row, 64 products in one `vpdpbusd` (the
-/// activations negated where the weights are), scaled per lane and summed. The f32 arithmetic
-/// per block is the scalar code's; `multiplier` is the format's final factor.
+/// activations negated where the weights are), scaled per lane and summed
+/// ([`pairs_avx512`]). The f32 arithmetic per block is the scalar code's; `multiplier` is the
+/// format's final factor.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 fn rows_avx512<const N: usize>(row: &[u8], acts: &[Activations], out: &mut [f32], multiplier: f32, decode: impl Fn(&[u8; N]) -> Decoded) {
+    pairs_avx512(row, acts, out, 1.0, decode, |block, a| {
+        let mut acc = _mm512_setzero_si512();
+        for p in 0..4 {
+            // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
+            let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
+            let signed = _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av);
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed), block.scales[p]));
+        }
+        acc
+    });
+    out.iter_mut().for_each(|o| *o *= multiplier);
+}
+
+/// The sums of the 16 i32 lanes of `v` and of `w`, as f32 (each rounded as `as f32` rounds).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sum_pair(v: __m512i, w: __m512i) -> (f32, f32) {
+    // 128-bit quarters: v's halves summed in quarters 0, 1, w's in 2, 3; then within them.
+    let t = _mm512_add_epi32(_mm512_shuffle_i64x2::<0b01_00_01_00>(v, w), _mm512_shuffle_i64x2::<0b11_10_11_10>(v, w));
+    let t = _mm512_add_epi32(t, _mm512_shuffle_i64x2::<0b10_11_00_01>(t, t));
+    let t = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
+    let t = _mm512_cvtepi32_ps(_mm512_add_epi32(t, _mm512_shuffle_epi32::<0b10_11_00_01>(t)));
+    (_mm512_cvtss_f32(t), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(t)))
+}
+
+/// The AVX-512 codebook kernels' loop over a weight row and up to [`ROWS_AT_ONCE`] activation
+/// rows at a time: each block decoded once (`decode`), then for each activation row its
+/// integer products in 16 i32 lanes (`products`); two blocks' lanes are summed together
+/// ([`sum_pair`]: half the shuffles of two sums), and each block adds, in order, the scalar
+/// code's `d · d8 · (sum · inner)` to its row's result.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn pairs_avx512<const N: usize, B>(
+    row: &[u8],
+    acts: &[Activations],
+    out: &mut [f32],
+    inner: f32,
+    decode: impl Fn(&[u8; N]) -> B,
+    products: impl Fn(&B, &[i8; 256]) -> __m512i,
+) {
     let (blocks, _) = row.as_chunks::<N>();
     for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
         let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
         out.iter_mut().for_each(|o| *o = 0.0);
-        for (j, b) in blocks.iter().enumerate() {
-            let block = decode(b);
+        for (pair, two) in blocks.chunks(2).enumerate() {
+            let (j, b0, b1) = (2 * pair, &two[0], two.get(1));
+            let first = decode(b0);
+            let second = b1.map(&decode);
             for (o, q8) in out.iter_mut().zip(&q8) {
                 let Some((a, _, da)) = q8.block(j) else { continue };
-                let mut acc = _mm512_setzero_si512();
-                for p in 0..4 {
-                    // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
-                    let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
-                    let signed = _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av);
-                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed), block.scales[p]));
+                let sums = products(&first, a);
+                match (b1, &second, q8.block(j + 1)) {
+                    (Some(b1), Some(second), Some((a1, _, da1))) => {
+                        let (s0, s1) = sum_pair(sums, products(second, a1));
+                        *o += half(b0, 0) * da * (s0 * inner);
+                        *o += half(b1, 0) * da1 * (s1 * inner);
+                    }
+                    _ => *o += half(b0, 0) * da * (sum_pair(sums, _mm512_setzero_si512()).0 * inner),
                 }
-                *o += half(b, 0) * da * _mm512_reduce_add_epi32(acc) as f32;
             }
         }
     }
-    out.iter_mut().for_each(|o| *o *= multiplier);
 }
 
 /// Looks up 32 entries of a 256-entry table of u16 held in eight registers: `index` holds the
