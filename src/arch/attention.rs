@@ -29,9 +29,16 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// Soft-caps every value of `x` to `±cap` as llama.cpp's graph does (Gemma 2's final logits):
+/// times `1/cap`, then tanh, then times `cap`, each step rounded to f32.
+pub fn soft_cap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    x.iter_mut().for_each(|v| *v = math::tanh(*v * inv) * cap);
+}
+
 /// How positions turn into rotation angles.
 #[derive(Debug, Clone, Copy)]
-pub struct Rope {
+pub struct Rope<'a> {
     /// Dimensions rotated at the start of each head.
     pub dims: usize,
     /// Base frequency.
@@ -40,9 +47,14 @@ pub struct Rope {
     pub style: RopeStyle,
     /// YaRN: (frequency scale, the low and high correction dimensions).
     pub yarn: Option<(f32, [f32; 2])>,
+    /// Per-pair divisors of the angles, `[dims / 2]` (LongRoPE's factors, Llama 3.1's
+    /// `rope_freqs`).
+    pub factors: Option<&'a [f32]>,
+    /// Factor the cosines and sines are multiplied by (LongRoPE's attention factor; 1 else).
+    pub mscale: f32,
 }
 
-impl Rope {
+impl Rope<'_> {
     /// YaRN's correction dimensions for `dims` rotated dimensions, `base`, and the original
     /// context length (with the usual β_fast = 32, β_slow = 1).
     pub fn yarn_correction(dims: usize, base: f32, original_context: usize) -> [f32; 2] {
@@ -61,8 +73,9 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
     let mut sin = vec![0f32; half];
     for (p, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
         // The angle of pair i is position · theta_scale^i, stepped in f32.
-        let mut theta = (pos + p) as f32;
+        let mut theta_base = (pos + p) as f32;
         for i in 0..half {
+            let theta = rope.factors.map_or(theta_base, |f| theta_base / f[i]);
             let angle = match rope.yarn {
                 None => theta,
                 Some((freq_scale, [low, high])) => {
@@ -71,9 +84,9 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
                     freq_scale * theta * (1.0 - ramp) + theta * ramp
                 }
             };
-            cos[i] = math::cos(angle);
-            sin[i] = math::sin(angle);
-            theta *= theta_scale;
+            cos[i] = math::cos(angle) * rope.mscale;
+            sin[i] = math::sin(angle) * rope.mscale;
+            theta_base *= theta_scale;
         }
         for head in row.chunks_exact_mut(head_dim) {
             for i in 0..half {
@@ -258,10 +271,34 @@ pub struct Spec {
     pub heads: usize,
     /// Factor applied to each query·key product.
     pub scale: f32,
+    /// Scores are soft-capped to `±cap` (Gemma 2): `cap · tanh(score / cap)`. llama.cpp's flash
+    /// attention scales the products before capping them, its unfused attention after; the two
+    /// agree where the scale is 1, as for Gemma 2, whose queries carry the scale.
+    pub softcap: Option<f32>,
     /// Keys further back than this are not attended to (sliding-window layers).
     pub window: Option<usize>,
     /// Whose rounding to follow.
     pub kernel: AttentionKernel,
+}
+
+impl Spec {
+    /// A query·key product as llama.cpp's flash attention scores it: the soft-cap divides the
+    /// scale before the product is scaled.
+    fn flash_score(&self, dot: f32) -> f32 {
+        match self.softcap {
+            None => dot * self.scale,
+            Some(cap) => cap * math::tanh(dot * (self.scale / cap)),
+        }
+    }
+
+    /// A query·key product as llama.cpp's unfused attention scores it: soft-capped by its own
+    /// graph operations (see [`soft_cap`]), then scaled by its softmax.
+    fn unfused_score(&self, dot: f32) -> f32 {
+        match self.softcap {
+            None => dot * self.scale,
+            Some(cap) => math::tanh(dot * (1.0 / cap)) * cap * self.scale,
+        }
+    }
 }
 
 /// Attends queries `q` (`[seq][heads][head_dim]`, at positions `pos..pos+seq`, whose keys and
@@ -299,7 +336,7 @@ fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec)
                 continue;
             }
             cache.key(kv, key_at).convert_to_f32_slice(&mut key);
-            let score = dot_lanes(&key, &query) * spec.scale;
+            let score = spec.flash_score(dot_lanes(&key, &query));
             // Online softmax: rescale what was accumulated when the maximum grows.
             let (mut old_scale, mut weight) = (1f32, 1f32);
             if score > max {
@@ -355,7 +392,7 @@ fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spe
                 continue;
             }
             cache.key(kv, key_at).convert_to_f32_slice(&mut key);
-            *score = order.dot(&key, &query) * spec.scale;
+            *score = spec.unfused_score(order.dot(&key, &query));
         }
         let max = probs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0f64;
@@ -514,12 +551,18 @@ mod tests {
         let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
         cache.append(&k, &v, n).unwrap();
         let q: Vec<f32> = (0..heads * hd).map(|i| value(i + 5)).collect();
-        for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
-            let spec = Spec { heads, scale: 0.125, window: None, kernel };
+        // Without a soft-cap, and with one small enough to bite, at the scale 1 of the only
+        // model that caps (Gemma 2 scales its queries instead): llama.cpp's flash attention
+        // scales before capping, its unfused attention after.
+        for (kernel, softcap) in [(AttentionKernel::Flash, None), (AttentionKernel::Unfused, None), (AttentionKernel::Flash, Some(0.5)), (AttentionKernel::Unfused, Some(0.5))] {
+            let scale = if softcap.is_some() { 1.0 } else { 0.125 };
+            let spec = Spec { heads, scale, softcap, window: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             for h in 0..heads {
                 let kv = h / 2;
-                let scores: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * 0.125).collect();
+                let capped = |s: f32| softcap.map_or(s, |cap| cap * (s / cap).tanh());
+                let scores: Vec<f32> = (0..n).map(|t| capped((0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * scale)).collect();
+                assert!(softcap.is_none_or(|cap| scores.iter().all(|s| s.abs() <= cap)));
                 let max = scores.iter().cloned().fold(f32::MIN, f32::max);
                 let weights: Vec<f32> = scores.iter().map(|s| math::exp(s - max)).collect();
                 let total: f32 = weights.iter().sum();
@@ -529,10 +572,21 @@ mod tests {
                 }
             }
             // A window of 1 attends to the newest position only.
-            let spec = Spec { heads, scale: 0.125, window: Some(1), kernel };
+            let spec = Spec { heads, scale: 0.125, softcap: None, window: Some(1), kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3, "{kernel:?}");
         }
+    }
+
+    #[test]
+    fn soft_cap_bounds_and_keeps_order() {
+        let mut x = vec![-1000.0, -30.0, -0.01, 0.0, 0.01, 29.0, 30.0, 1000.0];
+        soft_cap(&mut x, 30.0);
+        assert!(x.windows(2).all(|w| w[0] <= w[1]), "{x:?}");
+        assert!(x.iter().all(|v| v.abs() <= 30.0), "{x:?}");
+        // Near zero it is the identity; at the cap it is 30·tanh(1).
+        assert!((x[4] - 0.01).abs() < 1e-7 && x[3] == 0.0 && (x[2] + x[4]).abs() == 0.0);
+        assert!((x[6] - 30.0 * 1f32.tanh()).abs() < 1e-5, "{}", x[6]);
     }
 
     /// The previous, element-at-a-time form of `attend`: the fast form must equal it bit for bit.
@@ -586,7 +640,7 @@ mod tests {
             let seq = 3;
             let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
             for window in [None, Some(5)] {
-                let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Flash };
+                let spec = Spec { heads, scale: 0.11, softcap: None, window, kernel: AttentionKernel::Flash };
                 let fast = attend_flash(&q, seq, n - seq, &cache, &spec);
                 let slow = attend_reference(&q, seq, n - seq, &cache, &spec);
                 assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}, shared values {values_in_keys}");
@@ -639,7 +693,7 @@ mod tests {
             for seq in [1, 3] {
                 let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
                 for window in [None, Some(5)] {
-                    let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Unfused };
+                    let spec = Spec { heads, scale: 0.11, softcap: None, window, kernel: AttentionKernel::Unfused };
                     let fast = attend(&q, seq, n - seq, &cache, &spec);
                     let padded = attend_unfused_padded(&q, seq, n - seq, &cache, &spec);
                     assert!(fast.iter().zip(&padded).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n}, seq {seq}, window {window:?}, shared values {values_in_keys}");
@@ -651,7 +705,7 @@ mod tests {
     #[test]
     fn rope_rotates_pairs() {
         // At position 0 nothing turns; at position 1 the first pair turns by one radian.
-        let plain = |style| Rope { dims: 4, base: 10_000.0, style, yarn: None };
+        let plain = |style| Rope { dims: 4, base: 10_000.0, style, yarn: None, factors: None, mscale: 1.0 };
         let mut x = vec![1.0, 0.0, 1.0, 0.0];
         rope(&mut x, 1, 4, 0, &plain(RopeStyle::Interleaved));
         assert_eq!(x, [1.0, 0.0, 1.0, 0.0]);
@@ -662,7 +716,7 @@ mod tests {
         rope(&mut x, 1, 4, 1, &plain(RopeStyle::Halves));
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
         // YaRN: the fastest pair keeps its angle (extrapolated), the slowest is interpolated.
-        let yarn = Rope { dims: 64, base: 10_000.0, style: RopeStyle::Interleaved, yarn: Some((0.25, Rope::yarn_correction(64, 10_000.0, 4096))) };
+        let yarn = Rope { dims: 64, base: 10_000.0, style: RopeStyle::Interleaved, yarn: Some((0.25, Rope::yarn_correction(64, 10_000.0, 4096))), factors: None, mscale: 1.0 };
         let mut x = vec![0f32; 64];
         x[0] = 1.0;
         x[62] = 1.0;
@@ -670,6 +724,14 @@ mod tests {
         assert!((x[1] - 100f32.sin()).abs() < 1e-4);
         let slow = 100.0 * 10_000f32.powf(-62.0 / 64.0) * 0.25;
         assert!((x[63] - slow.sin()).abs() < 1e-4, "{} vs {}", x[63], slow.sin());
+        // Factors divide each pair's angle; the attention factor scales the rotation.
+        let factors = [2.0, 4.0];
+        let long = Rope { factors: Some(&factors), mscale: 1.5, ..plain(RopeStyle::Halves) };
+        let mut x = vec![1.0, 1.0, 0.0, 0.0];
+        rope(&mut x, 1, 4, 1, &long);
+        assert!((x[0] - 1.5 * 0.5f32.cos()).abs() < 1e-6 && (x[2] - 1.5 * 0.5f32.sin()).abs() < 1e-6, "{x:?}");
+        let second = 0.01f32 / 4.0;
+        assert!((x[1] - 1.5 * second.cos()).abs() < 1e-6 && (x[3] - 1.5 * second.sin()).abs() < 1e-6, "{x:?}");
     }
 
     #[test]

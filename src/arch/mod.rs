@@ -1,11 +1,12 @@
 //! Architectures: one decoder built from parts, configured from the file's `<arch>.*` metadata.
 //!
 //! `general.architecture` picks a [`Family`]; the family fixes what the metadata cannot say
-//! (RoPE layout, activation, embedding scaling, Gemma 3's sliding-window layer pattern), and the
-//! tensors present say the rest (QKV bias, per-head Q/K norms, post-norms, experts).
+//! (RoPE layout, activation, embedding scaling, the sliding-window layer pattern, where the norms
+//! sit), the metadata gives sizes, multipliers and soft-caps, and the tensors present say the
+//! rest (QKV bias, Q/K norms, post-norms, experts, a shared expert's gate).
 
-mod attention;
-mod math;
+pub mod attention;
+pub(crate) mod math;
 mod decoder;
 
 /// The most values one token's row may hold (heads × head width, experts × their width):
@@ -13,13 +14,15 @@ mod decoder;
 /// the tensors, which must have those shapes and lie in the file, bound them further.
 const MAX_WIDTH: u64 = 1 << 28;
 
-pub use decoder::{State, Weights};
+pub use decoder::{Mlp, Moe, State, Weights};
+pub(crate) use decoder::{route, shared_gate_weight};
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "deepseek2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "olmo2", "phi3", "smollm3", "glm4", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,12 +31,29 @@ pub enum Family {
     Llama,
     /// `qwen2`: QKV bias.
     Qwen2,
+    /// `qwen2moe`: Qwen2 attention with experts and a shared expert behind a sigmoid gate.
+    Qwen2Moe,
     /// `qwen3`: per-head Q/K RMS norms.
     Qwen3,
     /// `qwen3moe`: Qwen3 attention with a mixture of experts.
     Qwen3Moe,
+    /// `gemma2`: scaled embeddings, GELU, post-norms, soft-capped attention scores and logits,
+    /// sliding-window attention on every other layer.
+    Gemma2,
     /// `gemma3`: scaled embeddings, GELU, post-norms, sliding-window layers.
     Gemma3,
+    /// `granite`: Llama layers with embedding, residual, attention and logit multipliers.
+    Granite,
+    /// `olmo2`: norms after attention and feed-forward instead of before, Q/K norms over the
+    /// whole projection.
+    Olmo2,
+    /// `smollm3`: Llama layers, every fourth without RoPE.
+    SmolLm3,
+    /// `phi3`: fused QKV and gate/up projections, partial rotary, LongRoPE factors.
+    Phi3,
+    /// `glm4`: GLM-4-0414: fused QKV (with bias) and gate/up projections, partial rotary,
+    /// norms before and after attention and feed-forward.
+    Glm4,
     /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
     /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
     DeepSeek2,
@@ -95,8 +115,9 @@ pub struct Experts {
     /// Group-limited routing: (groups, groups used); experts come only from the groups with the
     /// best sums of their two best scores.
     pub groups: Option<(usize, usize)>,
-    /// Shared experts every token goes through (their feed-forward is `shared × ffn` wide).
-    pub shared: usize,
+    /// Width of the shared experts' feed-forward every token goes through (0: none); DeepSeek's
+    /// `n` shared experts are one feed-forward `n × ffn` wide.
+    pub shared_ffn: usize,
     /// Leading blocks with a dense feed-forward instead of experts.
     pub leading_dense: usize,
 }
@@ -172,6 +193,31 @@ pub struct Config {
     pub latent: Option<Latent>,
     /// YaRN RoPE scaling, when the file declares it.
     pub yarn: Option<Yarn>,
+    /// Every `n`-th layer (`(i + 1) % n == 0`) has no RoPE (SmolLM3's NoPE layers).
+    pub no_rope_every: Option<usize>,
+    /// Whether the attention scale multiplies the queries before their products with the keys
+    /// (Gemma) rather than each product: equal in value, not in rounding.
+    pub scale_queries: bool,
+    /// Attention scores are soft-capped to `±cap`: `cap · tanh(score / cap)` (Gemma 2).
+    pub attention_softcap: Option<f32>,
+    /// The output logits are soft-capped the same way (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Factor the attention and feed-forward outputs are multiplied by before each residual
+    /// addition (Granite).
+    pub residual_scale: Option<f32>,
+    /// The output logits are divided by this (Granite).
+    pub logit_scale: Option<f32>,
+    /// Whether each block normalises its input before attention and before the feed-forward;
+    /// OLMo 2 normalises only their outputs (its post-norms).
+    pub pre_norms: bool,
+    /// Whether the Q/K norms span the whole projection (OLMo 2) rather than each head.
+    pub qk_norm_whole: bool,
+    /// The context length up to which RoPE takes the short factors (`rope_factors_short`) and
+    /// beyond which the long ones, when the file has them (LongRoPE).
+    pub rope_original_context: usize,
+    /// Factor RoPE's cosines and sines are multiplied by (`rope.scaling.attn_factor`, Phi-3's
+    /// LongRoPE).
+    pub rope_mscale: f32,
 }
 
 impl Config {
@@ -186,9 +232,16 @@ impl Config {
         let family = match arch {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
+            "qwen2moe" => Family::Qwen2Moe,
             "qwen3" => Family::Qwen3,
             "qwen3moe" => Family::Qwen3Moe,
+            "gemma2" => Family::Gemma2,
             "gemma3" => Family::Gemma3,
+            "granite" => Family::Granite,
+            "olmo2" => Family::Olmo2,
+            "smollm3" => Family::SmolLm3,
+            "phi3" => Family::Phi3,
+            "glm4" => Family::Glm4,
             "deepseek2" => Family::DeepSeek2,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
@@ -246,6 +299,10 @@ impl Config {
             });
         }
         let rope_base = gguf.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        // GLM-4.1V's multimodal RoPE splits the rotated dimensions into sections by axis.
+        if family == Family::Glm4 && gguf.get(&key("rope.dimension_sections")).is_some() {
+            return Err(Error::InvalidMetadata { key: key("rope.dimension_sections"), reason: "multimodal RoPE (GLM-4.1V) is not supported".into() });
+        }
         let eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
         let deepseek = family == Family::DeepSeek2;
         let experts = match count_of("expert_count")? {
@@ -273,20 +330,30 @@ impl Config {
                     Some(2) => Gating::Sigmoid,
                     Some(other) => return Err(Error::InvalidMetadata { key: key("expert_gating_func"), reason: format!("unknown gating function {other}") }),
                 };
+                let ffn = match gguf.get(&key("expert_feed_forward_length")) {
+                    Some(_) => positive("expert_feed_forward_length")?,
+                    None if !deepseek && family != Family::Qwen2Moe => positive("feed_forward_length")?,
+                    None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
+                };
                 Some(Experts {
                     count,
                     used,
-                    ffn: match gguf.get(&key("expert_feed_forward_length")) {
-                        Some(_) => positive("expert_feed_forward_length")?,
-                        None if !deepseek => positive("feed_forward_length")?,
-                        None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
+                    ffn,
+                    // Qwen3-MoE and Mixtral renormalise the chosen experts' weights, Qwen2-MoE does
+                    // not; DeepSeek says.
+                    normalize: match family {
+                        Family::DeepSeek2 => gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+                        Family::Qwen2Moe => false,
+                        _ => true,
                     },
-                    // Qwen3-MoE and Mixtral renormalise the chosen experts' weights; DeepSeek says.
-                    normalize: if deepseek { gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false) } else { true },
                     scale: if deepseek { gguf.f64(&key("expert_weights_scale"))? as f32 } else { 1.0 },
                     gating,
                     groups,
-                    shared: if deepseek { gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? } else { 0 },
+                    shared_ffn: match family {
+                        Family::DeepSeek2 => gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? * ffn,
+                        Family::Qwen2Moe => positive("expert_shared_feed_forward_length")?,
+                        _ => 0,
+                    },
                     leading_dense: if deepseek { gguf.u64(&key("leading_dense_block_count")).and_then(|_| count_of("leading_dense_block_count"))? } else { 0 },
                 })
             }
@@ -319,9 +386,21 @@ impl Config {
         let sliding_window = match (family, gguf.opt_u64(&key("attention.sliding_window"))?) {
             // Gemma 3 alternates five local layers with one global layer (llama.cpp's pattern).
             (Family::Gemma3, Some(w)) if w > 0 => Some((w as usize, 6)),
+            // Gemma 2 alternates one and one, over 4096 positions unless the file says otherwise.
+            (Family::Gemma2, w) => Some((w.filter(|&w| w > 0).unwrap_or(4096) as usize, 2)),
             _ => None,
         };
-        let gemma = family == Family::Gemma3;
+        let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
+        let granite = family == Family::Granite;
+        // A multiplier the file may give (0 and absent mean none), and one it must give.
+        let factor = |k: &str| -> Result<Option<f32>> {
+            match gguf.opt_f64(&key(k))? {
+                Some(v) if !(v.is_finite()) || v < 0.0 => Err(Error::InvalidMetadata { key: key(k), reason: format!("{v} is not a positive factor") }),
+                Some(v) if v != 0.0 => Ok(Some(v as f32)),
+                _ => Ok(None),
+            }
+        };
+        let required = |k: &str| factor(k)?.ok_or_else(|| Error::MissingMetadata { key: key(k) });
         // DeepSeek's YaRN also corrects the attention scale by mscale².
         let attention_scale = match (latent, yarn) {
             (Some(l), Some(y)) => {
@@ -338,7 +417,11 @@ impl Config {
                 (mscale * mscale / ((l.nope + l.rope) as f32).sqrt()) as f64
             }
             (Some(l), None) => 1.0 / ((l.nope + l.rope) as f64).sqrt(),
-            _ => 1.0 / (head_dim as f64).sqrt(),
+            // Granite's file gives it; the others take llama.cpp's f32 1/√head_dim.
+            _ => match factor("attention.scale")?.filter(|_| granite) {
+                Some(scale) => scale as f64,
+                None => (1.0 / (head_dim as f32).sqrt()) as f64,
+            },
         };
         // Each value is at most 2^24, but the decoder multiplies them out into buffer sizes:
         // those must not wrap a 32-bit usize (wasm32), so the widths a token needs are bounded.
@@ -362,23 +445,50 @@ impl Config {
             value_dim,
             rope_dims,
             rope_base,
-            rope_base_local: gguf.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0),
-            rope_style: if matches!(family, Family::Llama | Family::DeepSeek2) { RopeStyle::Interleaved } else { RopeStyle::Halves },
+            // llama.cpp fixes Gemma 3's local base at 10 000; the others keep the global one.
+            rope_base_local: gguf.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(if family == Family::Gemma3 { 10_000.0 } else { rope_base }),
+            rope_style: match family {
+                Family::Llama | Family::DeepSeek2 | Family::Granite | Family::SmolLm3 | Family::Glm4 => RopeStyle::Interleaved,
+                _ => RopeStyle::Halves,
+            },
             eps,
             context_length: positive("context_length")?,
             sliding_window,
             experts,
             activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-            embedding_scale: gemma.then(|| (hidden as f64).sqrt()),
+            embedding_scale: match family {
+                _ if gemma => Some((hidden as f64).sqrt()),
+                Family::Granite => factor("embedding_scale")?.map(f64::from),
+                _ => None,
+            },
             attention_scale,
             attention_kernel,
             latent,
             yarn,
+            // llama.cpp fixes the step at 4 for SmolLM3; the file does not say it.
+            no_rope_every: (family == Family::SmolLm3).then_some(4),
+            scale_queries: gemma || family == Family::Phi3,
+            attention_softcap: if family == Family::Gemma2 { Some(required("attn_logit_softcapping")?) } else { None },
+            final_softcap: if family == Family::Gemma2 { Some(required("final_logit_softcapping")?) } else { None },
+            residual_scale: if granite { factor("residual_scale")? } else { None },
+            logit_scale: if granite { Some(required("logit_scale")?) } else { None },
+            pre_norms: family != Family::Olmo2,
+            qk_norm_whole: family == Family::Olmo2,
+            rope_original_context: match gguf.get(&key("rope.scaling.original_context_length")) {
+                Some(_) => positive("rope.scaling.original_context_length")?,
+                None => positive("context_length")?,
+            },
+            rope_mscale: factor("rope.scaling.attn_factor")?.unwrap_or(1.0),
         })
     }
 
     /// Whether layer `i` attends within the sliding window only.
     pub fn is_local(&self, layer: usize) -> bool {
         self.sliding_window.is_some_and(|(_, pattern)| !(layer + 1).is_multiple_of(pattern))
+    }
+
+    /// Whether layer `i` rotates its queries and keys.
+    pub fn has_rope(&self, layer: usize) -> bool {
+        !self.no_rope_every.is_some_and(|n| (layer + 1).is_multiple_of(n))
     }
 }
