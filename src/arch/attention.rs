@@ -555,17 +555,21 @@ fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spe
         // out[d] = Σ p·v[d] over the positions, each term fused into its lane's sum in
         // position order (masked and padded positions add nothing, and those before the
         // window may no longer be in a ring).
+        // The partial sums slot by slot (`vd` of them each), so that a position's terms go to
+        // consecutive sums; each sum still takes its terms in position order.
         let slots = order.slots();
-        let mut lanes = vec![0f32; vd * slots];
+        let mut partial = vec![0f32; slots * vd];
         for (key_at, &p) in (base..visible).zip(&probs).skip(first - base) {
             cache.value(kv, key_at).convert_to_f32_slice(&mut value);
             let slot = key_at % slots;
-            for (lane, v) in lanes.chunks_exact_mut(slots).zip(&value) {
-                lane[slot] = math::fma(*v, p, lane[slot]);
+            for (sum, v) in partial[slot * vd..(slot + 1) * vd].iter_mut().zip(&value) {
+                *sum = math::fma(*v, p, *sum);
             }
         }
-        for (o, lane) in out.iter_mut().zip(lanes.chunks_exact(slots)) {
-            *o = order.fold(lane);
+        let mut lane = vec![0f32; slots];
+        for (d, o) in out.iter_mut().enumerate() {
+            lane.iter_mut().enumerate().for_each(|(slot, l)| *l = partial[slot * vd + d]);
+            *o = order.fold(&lane);
         }
     });
     out
