@@ -43,7 +43,7 @@ const MAX_STACKS: usize = 1024;
 /// Most rule positions those stacks may hold in all. A grammar that nests a rule once more with
 /// every character (`root ::= . root*`) keeps few stacks but ever deeper ones; this bounds the
 /// work of a step as [`MAX_STACKS`] bounds their number.
-const MAX_POSITIONS: usize = 1 << 16;
+const MAX_POSITIONS: usize = 1 << 14;
 
 /// A parsed and checked GBNF grammar (llama.cpp's syntax), starting at the rule `root`.
 ///

@@ -403,6 +403,6 @@ fn a_rule_nested_with_every_character_stays_bounded() {
         assert!(state.stacks.len() <= MAX_STACKS);
         assert!(state.stacks.iter().map(Vec::len).sum::<usize>() <= MAX_POSITIONS);
     }
-    assert!(accepted >= 300, "only {accepted} characters of a grammar that allows any text");
+    assert!(accepted >= 150, "only {accepted} characters of a grammar that allows any text");
     assert!(state.can_end() || accepted < 2000);
 }
