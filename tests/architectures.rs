@@ -1,5 +1,5 @@
 //! The architectures built from Llama's parts (`gemma2`, `granite`, `granitemoe`, `olmo2`,
-//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `gpt-oss`, `mistral3`): small synthetic files with
+//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `glm4moe`, `gpt-oss`, `mistral3`): small synthetic files with
 //! random f32 weights, the architecture's own metadata keys and tensor names as llama.cpp
 //! reads them, and a real tokenizer, checked against
 //! llama.cpp (node-llama-cpp) on the raw prompts: at least 7 of 8 greedy continuations of 16
@@ -110,6 +110,28 @@ fn glm4() -> Blocks {
     Blocks { fused_qkv: true, qkv_bias: true, fused_gate_up: true, rope_dims: Some(32), post_norms: true, ..Blocks::llama_like("glm4") }
 }
 
+/// GLM-4.5 (as GLM-4.5-Air, with GLM-4.5's Q/K norms): a leading dense block, then 8 experts of
+/// which 4 chosen by their sigmoid scores plus a selection bias (no gating key: llama.cpp's
+/// default for `glm4moe`), their weights normalised and scaled by 2.5, and a shared expert; QKV
+/// bias, per-head Q/K norms, RoPE (halves) over 32 of 64 dimensions, the feed-forward norm named
+/// `post_attention_norm`; and a multi-token-prediction block at the end, which inference leaves
+/// out.
+fn glm4moe() -> Blocks {
+    Blocks {
+        qkv_bias: true,
+        qk_norm: QkNorm::PerHead,
+        rope_dims: Some(32),
+        ffn_norm: "post_attention_norm",
+        experts: Some((8, 4, 64)),
+        shared_expert: Some((64, false)),
+        leading_dense: 1,
+        probs_bias: true,
+        nextn: 1,
+        metadata: vec![("expert_shared_count", Meta::U32(1)), ("expert_weights_norm", Meta::Bool(true)), ("expert_weights_scale", Meta::F32(2.5))],
+        ..Blocks::llama_like("glm4moe")
+    }
+}
+
 /// gpt-oss: attention sinks, biases on every projection (experts' and router's too), a sliding
 /// window of 8 positions on every other layer, YaRN (factor 32 over 4096 positions, so its
 /// rotation scale applies and the slow pairs are interpolated), 8 experts of which 4 chosen by
@@ -186,6 +208,11 @@ fn phi3_matches_llama_cpp() {
 #[test]
 fn glm4_matches_llama_cpp() {
     assert_matches_llama_cpp(&glm4(), "glm4");
+}
+
+#[test]
+fn glm4moe_matches_llama_cpp() {
+    assert_matches_llama_cpp(&glm4moe(), "glm4moe");
 }
 
 #[test]
@@ -298,7 +325,7 @@ fn sliding_window_rings_match_llama_cpp_beyond_the_window() {
 /// A key an architecture cannot run without is named when it is missing.
 #[test]
 fn a_missing_key_is_named() {
-    for (blocks, key) in [(gemma2(), "gemma2.final_logit_softcapping"), (granite(), "granite.logit_scale"), (qwen2moe(), "qwen2moe.expert_shared_feed_forward_length")] {
+    for (blocks, key) in [(gemma2(), "gemma2.final_logit_softcapping"), (granite(), "granite.logit_scale"), (qwen2moe(), "qwen2moe.expert_shared_feed_forward_length"), (glm4moe(), "glm4moe.expert_shared_count")] {
         let path = blocks_file(&source(blocks.arch), &blocks, 1, "missing-key", Some(key));
         let err = Model::open(&path).and_then(|m| m.weights().map(|_| ())).unwrap_err();
         std::fs::remove_file(&path).ok();

@@ -403,9 +403,9 @@ impl<B: Backend> Weights<B> {
                     }
                 }
             };
-            // gpt-oss names its feed-forward norm `post_attention_norm`.
+            // gpt-oss and GLM-4.5 name their feed-forward norm `post_attention_norm`.
             let (post_attn_norm, ffn_norm) = match c.family {
-                Family::GptOss => (None, "post_attention_norm.weight"),
+                Family::GptOss | Family::Glm4Moe => (None, "post_attention_norm.weight"),
                 _ => (loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?, "ffn_norm.weight"),
             };
             let post_ffn_norm = loader.opt_vector(&p("post_ffw_norm.weight"), c.hidden)?;

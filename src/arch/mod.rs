@@ -22,7 +22,7 @@ use crate::gguf::Gguf;
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "gpt-oss", "deepseek2"];
+    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,10 @@ pub enum Family {
     /// `glm4`: GLM-4-0414: fused QKV (with bias) and gate/up projections, partial rotary,
     /// norms before and after attention and feed-forward.
     Glm4,
+    /// `glm4moe`: GLM-4.5 / 4.5-Air / 4.6: leading dense blocks, then sigmoid-gated experts
+    /// (selection bias, normalised and scaled weights) with shared experts; QKV bias, optional
+    /// per-head Q/K norms, partial rotary; the feed-forward norm named `post_attention_norm`.
+    Glm4Moe,
     /// `gpt-oss`: attention sinks, biases everywhere, sliding window on every other layer,
     /// YaRN, experts chosen by raw router logits and weighted by their softmax, a clamped
     /// SwiGLU.
@@ -256,6 +260,7 @@ impl Config {
             "smollm3" => Family::SmolLm3,
             "phi3" => Family::Phi3,
             "glm4" => Family::Glm4,
+            "glm4moe" => Family::Glm4Moe,
             "gpt-oss" => Family::GptOss,
             "deepseek2" => Family::DeepSeek2,
             other => {
@@ -314,12 +319,16 @@ impl Config {
             });
         }
         let rope_base = gguf.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
-        // GLM-4.1V's multimodal RoPE splits the rotated dimensions into sections by axis.
-        if family == Family::Glm4 && gguf.get(&key("rope.dimension_sections")).is_some() {
-            return Err(Error::InvalidMetadata { key: key("rope.dimension_sections"), reason: "multimodal RoPE (GLM-4.1V) is not supported".into() });
+        // GLM-4.1V's and GLM-4.5V's multimodal RoPE splits the rotated dimensions into sections
+        // by axis.
+        if matches!(family, Family::Glm4 | Family::Glm4Moe) && gguf.get(&key("rope.dimension_sections")).is_some() {
+            return Err(Error::InvalidMetadata { key: key("rope.dimension_sections"), reason: "multimodal RoPE (GLM-4.1V, GLM-4.5V) is not supported".into() });
         }
         let eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
         let deepseek = family == Family::DeepSeek2;
+        // DeepSeek's and GLM-4.5's mixtures: shared experts counted in experts' widths, leading
+        // dense blocks, the chosen weights normalised and scaled as the file says.
+        let deepseek_moe = matches!(family, Family::DeepSeek2 | Family::Glm4Moe);
         let experts = match count_of("expert_count")? {
             0 => None,
             count => {
@@ -342,13 +351,15 @@ impl Config {
                 };
                 let gating = match gguf.opt_u64(&key("expert_gating_func"))? {
                     _ if family == Family::GptOss => Gating::SoftmaxOfChosen,
+                    // GLM-4.5's files may leave it out: llama.cpp then takes the sigmoid.
+                    None | Some(0) if family == Family::Glm4Moe => Gating::Sigmoid,
                     None | Some(0) | Some(1) => Gating::Softmax,
                     Some(2) => Gating::Sigmoid,
                     Some(other) => return Err(Error::InvalidMetadata { key: key("expert_gating_func"), reason: format!("unknown gating function {other}") }),
                 };
                 let ffn = match gguf.get(&key("expert_feed_forward_length")) {
                     Some(_) => positive("expert_feed_forward_length")?,
-                    None if !deepseek && family != Family::Qwen2Moe => positive("feed_forward_length")?,
+                    None if !deepseek_moe && family != Family::Qwen2Moe => positive("feed_forward_length")?,
                     None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
                 };
                 Some(Experts {
@@ -356,21 +367,29 @@ impl Config {
                     used,
                     ffn,
                     // Qwen3-MoE and Mixtral renormalise the chosen experts' weights, Qwen2-MoE does
-                    // not; DeepSeek says.
+                    // not; DeepSeek and GLM-4.5 say.
                     normalize: match family {
-                        Family::DeepSeek2 => gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+                        Family::DeepSeek2 | Family::Glm4Moe => gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false),
                         Family::Qwen2Moe | Family::GptOss => false,
                         _ => true,
                     },
-                    scale: if deepseek { gguf.f64(&key("expert_weights_scale"))? as f32 } else { 1.0 },
+                    scale: match family {
+                        Family::DeepSeek2 => gguf.f64(&key("expert_weights_scale"))? as f32,
+                        Family::Glm4Moe => gguf.opt_f64(&key("expert_weights_scale"))?.map_or(1.0, |v| v as f32),
+                        _ => 1.0,
+                    },
                     gating,
                     groups,
                     shared_ffn: match family {
-                        Family::DeepSeek2 => gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? * ffn,
+                        Family::DeepSeek2 | Family::Glm4Moe => gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? * ffn,
                         Family::Qwen2Moe => positive("expert_shared_feed_forward_length")?,
                         _ => 0,
                     },
-                    leading_dense: if deepseek { gguf.u64(&key("leading_dense_block_count")).and_then(|_| count_of("leading_dense_block_count"))? } else { 0 },
+                    leading_dense: match family {
+                        Family::DeepSeek2 => gguf.u64(&key("leading_dense_block_count")).and_then(|_| count_of("leading_dense_block_count"))?,
+                        Family::Glm4Moe => count_of("leading_dense_block_count")?,
+                        _ => 0,
+                    },
                 })
             }
         };
@@ -453,9 +472,17 @@ impl Config {
                 return Err(Error::InvalidMetadata { key: key(k), reason: format!("makes rows of {width} values (at most {MAX_WIDTH})") });
             }
         }
+        // The last `nextn_predict_layers` blocks predict tokens further ahead (GLM-4.5's and
+        // DeepSeek-V3's multi-token prediction); llama.cpp leaves them out of inference, and so
+        // does this decoder: their tensors stay unread.
+        let blocks = positive("block_count")?;
+        let nextn = count_of("nextn_predict_layers")?;
+        if nextn >= blocks {
+            return Err(Error::InvalidMetadata { key: key("nextn_predict_layers"), reason: format!("{nextn} of {blocks} blocks leave none to run") });
+        }
         Ok(Config {
             family,
-            layers: positive("block_count")?,
+            layers: blocks - nextn,
             hidden,
             heads,
             kv_heads,

@@ -411,8 +411,17 @@ pub struct Blocks {
     pub rope_factors: bool,
     /// (experts, used per token, expert ffn width).
     pub experts: Option<(usize, usize, usize)>,
-    /// A shared expert's ffn width, and whether a sigmoid gate `ffn_gate_inp_shexp` weighs it.
+    /// A shared expert's ffn width, and whether a sigmoid gate `ffn_gate_inp_shexp` weighs it
+    /// (Qwen2-MoE's, whose width `expert_shared_feed_forward_length` gives; an ungated one's
+    /// count is the architecture's own key).
     pub shared_expert: Option<(usize, bool)>,
+    /// Leading blocks with a dense feed-forward before the experts' blocks.
+    pub leading_dense: usize,
+    /// An expert-selection bias `exp_probs_b` in each experts' block.
+    pub probs_bias: bool,
+    /// Multi-token-prediction blocks after the others (`nextn_predict_layers`), with their
+    /// `nextn.*` tensors, which inference leaves out.
+    pub nextn: usize,
     /// No `output.weight`: the output layer is the embedding table.
     pub tied_output: bool,
     /// The architecture's own keys (without the `<arch>.` prefix) and values.
@@ -450,6 +459,9 @@ impl Blocks {
             rope_factors: false,
             experts: None,
             shared_expert: None,
+            leading_dense: 0,
+            probs_bias: false,
+            nextn: 0,
             tied_output: false,
             metadata: Vec::new(),
             weights: F32,
@@ -469,7 +481,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
     let mut f = GgufFile::new()
         .meta("general.architecture", s(b.arch))
         .meta("general.name", s(name))
-        .meta(&k("block_count"), Meta::U32(b.layers as u32))
+        .meta(&k("block_count"), Meta::U32((b.layers + b.nextn) as u32))
         .meta(&k("context_length"), Meta::U32(4096))
         .meta(&k("embedding_length"), Meta::U32(h as u32))
         .meta(&k("feed_forward_length"), Meta::U32(b.ffn as u32))
@@ -486,8 +498,14 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
             .meta(&k("expert_used_count"), Meta::U32(used as u32))
             .meta(&k("expert_feed_forward_length"), Meta::U32(ffn as u32));
     }
-    if let Some((ffn, _)) = b.shared_expert {
+    if let Some((ffn, true)) = b.shared_expert {
         f = f.meta(&k("expert_shared_feed_forward_length"), Meta::U32(ffn as u32));
+    }
+    if b.leading_dense > 0 {
+        f = f.meta(&k("leading_dense_block_count"), Meta::U32(b.leading_dense as u32));
+    }
+    if b.nextn > 0 {
+        f = f.meta(&k("nextn_predict_layers"), Meta::U32(b.nextn as u32));
     }
     for (key, meta) in &b.metadata {
         f = f.meta(&k(key), meta.clone());
@@ -516,9 +534,17 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         let grow = |top: f32| f32_bytes(&(0..pairs).map(|i| 1.0 + top * (i as f32 / pairs as f32).powi(2)).collect::<Vec<_>>());
         f = f.tensor("rope_factors_long.weight", &[u(pairs)], F32, grow(30.0)).tensor("rope_factors_short.weight", &[u(pairs)], F32, grow(1.5));
     }
-    for i in 0..b.layers {
+    for i in 0..b.layers + b.nextn {
         let p = |n: &str| format!("blk.{i}.{n}");
         let (q, kv) = (b.heads * hd, b.kv_heads * hd);
+        if i >= b.layers {
+            // A multi-token-prediction block's own tensors, beside a block's usual ones.
+            f = f
+                .tensor(&p("nextn.eh_proj.weight"), &[u(2 * h), u(h)], wtype, linear(&mut random, 2 * h, h))
+                .tensor(&p("nextn.enorm.weight"), &[u(h)], F32, norm(&mut random, h))
+                .tensor(&p("nextn.hnorm.weight"), &[u(h)], F32, norm(&mut random, h))
+                .tensor(&p("nextn.shared_head_norm.weight"), &[u(h)], F32, norm(&mut random, h));
+        }
         f = if b.fused_qkv {
             f.tensor(&p("attn_qkv.weight"), &[u(h), u(q + 2 * kv)], wtype, linear(&mut random, h, q + 2 * kv))
         } else {
@@ -555,7 +581,8 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         if b.post_norms {
             f = f.tensor(&p("post_attention_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("post_ffw_norm.weight"), &[u(h)], F32, norm(&mut random, h));
         }
-        match b.experts {
+        let experts = b.experts.filter(|_| i >= b.leading_dense);
+        match experts {
             None if b.fused_gate_up => {
                 f = f
                     .tensor(&p("ffn_up.weight"), &[u(h), u(2 * b.ffn)], wtype, linear(&mut random, h, 2 * b.ffn))
@@ -573,6 +600,9 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                     .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], etype, linear_as(etype, &mut random, h, ff * n))
                     .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], etype, linear_as(etype, &mut random, h, ff * n))
                     .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], etype, linear_as(etype, &mut random, ff, h * n));
+                if b.probs_bias {
+                    f = f.tensor(&p("exp_probs_b.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.1)));
+                }
                 if b.biases {
                     f = f
                         .tensor(&p("ffn_gate_inp.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.5)))
@@ -582,7 +612,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                 }
             }
         }
-        if let Some((sf, gated)) = b.shared_expert {
+        if let Some((sf, gated)) = b.shared_expert.filter(|_| experts.is_some()) {
             f = f
                 .tensor(&p("ffn_gate_shexp.weight"), &[u(h), u(sf)], wtype, linear(&mut random, h, sf))
                 .tensor(&p("ffn_up_shexp.weight"), &[u(h), u(sf)], wtype, linear(&mut random, h, sf))
