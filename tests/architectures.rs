@@ -1,5 +1,5 @@
 //! The architectures built from Llama's parts (`gemma2`, `granite`, `granitemoe`, `olmo2`,
-//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `glm4moe`, `gpt-oss`, `mistral3`): small synthetic files with
+//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `glm4moe`, `gpt-oss`, `mistral3`, `lfm2`): small synthetic files with
 //! random f32 weights, the architecture's own metadata keys and tensor names as llama.cpp
 //! reads them, and a real tokenizer, checked against
 //! llama.cpp (node-llama-cpp) on the raw prompts: at least 7 of 8 greedy continuations of 16
@@ -11,6 +11,7 @@
 mod common;
 
 use candlewick::gguf::Gguf;
+use candlewick::arch::State;
 use candlewick::{Error, Model};
 use candlewick::arch::attention::RING_PART;
 use common::agreement::{compare, compare_prompts, Agreement};
@@ -154,6 +155,13 @@ fn gpt_oss() -> Blocks {
     }
 }
 
+/// LFM2 (as LFM2-350M, smaller): six layers of which the third and the sixth attend (per-head
+/// Q/K norms, RoPE) and the others run the gated short convolution over 3 positions; the output
+/// tied to the embedding, the final norm named `token_embd_norm`.
+fn lfm2() -> Blocks {
+    Blocks { layers: 6, qk_norm: QkNorm::PerHead, short_conv: Some((3, &[2, 5])), output_norm: "token_embd_norm", tied_output: true, ..Blocks::llama_like("lfm2") }
+}
+
 /// Granite 3's mixture of experts: Granite's multipliers over 8 experts (2 per token, softmax
 /// weights renormalised) as wide as the dense feed-forward (llama.cpp sizes them by it).
 fn granitemoe() -> Blocks {
@@ -188,6 +196,11 @@ fn granite_matches_llama_cpp() {
 #[test]
 fn granitemoe_matches_llama_cpp() {
     assert_matches_llama_cpp(&granitemoe(), "granitemoe");
+}
+
+#[test]
+fn lfm2_matches_llama_cpp() {
+    assert_matches_llama_cpp(&lfm2(), "lfm2");
 }
 
 #[test]
@@ -279,37 +292,54 @@ const LONG_PROMPTS: [&str; 3] = [
     "Monday: bought apples, pears, bread, milk and eggs. Tuesday: repaired the fence on the north side of the garden, painted the shed, and planted two rows of beans. Wednesday: took the train to the city, met Anna for lunch at the little cafe near the museum, and walked along the river until the sun went down. Thursday: rain all day, so I stayed inside, read two chapters of the history book, wrote letters to my brother and to the bank, and made a large pot of soup. Friday: the neighbours came for dinner and we talked until midnight about",
 ];
 
+/// The long prompts through `blocks`' model and llama.cpp, and its state cut back and restored:
+/// cut back within what every layer keeps, the state keeps what the next position needs; cut
+/// back past what a ring overwrote, it starts again; saved and restored into a fresh state, it
+/// goes on as the original; either way the prompt's rest gives the same logits. Returns the
+/// agreement, the first prompt's length and the positions of memory per layer.
+fn long_prompts_and_their_state(blocks: &Blocks) -> (Agreement, usize, Vec<usize>) {
+    let name = format!("{}-long", blocks.arch);
+    let path = blocks_file(&source(blocks.arch), blocks, 0xA2C4_1515, &name, None);
+    let result = std::panic::catch_unwind(|| {
+        let a = compare_prompts(&path, &name, &LONG_PROMPTS);
+        let model = Model::open(&path).unwrap();
+        let weights = model.weights().unwrap();
+        let prompt = model.tokenizer().encode(LONG_PROMPTS[0], true, false).unwrap();
+        let mut state = weights.new_state(1024).unwrap();
+        let logits = weights.forward(&mut state, &prompt).unwrap();
+        let n = prompt.len();
+        let same = |again: &mut State, kept: usize, how: &str| {
+            assert_eq!(again.len(), kept, "{name}: {how}");
+            let redone = weights.forward(again, &prompt[kept..]).unwrap();
+            assert!(redone.iter().zip(&logits).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: {how}");
+        };
+        for (back, kept) in [(n - 2, n - 2), (20, 0)] {
+            let mut again = state.clone();
+            again.truncate(back);
+            same(&mut again, kept, &format!("truncated to {back}"));
+        }
+        let mut part = state.clone();
+        part.truncate(n - 3);
+        let mut restored = weights.new_state(8).unwrap();
+        restored.restore(n - 3, &part.save()).unwrap();
+        restored.grow(1024).unwrap();
+        same(&mut restored, n - 3, "saved and restored");
+        (a, n, state.layer_rows())
+    });
+    std::fs::remove_file(&path).ok();
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// Sliding-window layers keep a ring of their window, not the context: on prompts longer than
-/// the ring (so it wraps while the prompt runs, a part at a time, and again while generating), Gemma 2 and gpt-oss give llama.cpp's tokens as they do on short prompts, and
-/// their local layers' caches hold the ring's 71 positions while the global layers hold them
-/// all; a state cut back past what a ring overwrote starts again (see `State::truncate`).
+/// the ring (so it wraps while the prompt runs, a part at a time, and again while generating),
+/// Gemma 2 and gpt-oss give llama.cpp's tokens as they do on short prompts, and their local
+/// layers' caches hold the ring's 71 positions while the global layers hold them all; a state
+/// cut back past what a ring overwrote starts again (see `State::truncate`).
 #[test]
 fn sliding_window_rings_match_llama_cpp_beyond_the_window() {
     for blocks in [gemma2(), gpt_oss()] {
-        let name = format!("{}-long", blocks.arch);
-        let path = blocks_file(&source(blocks.arch), &blocks, 0xA2C4_1515, &name, None);
-        let result = std::panic::catch_unwind(|| {
-            let a = compare_prompts(&path, &name, &LONG_PROMPTS);
-            let model = Model::open(&path).unwrap();
-            let weights = model.weights().unwrap();
-            let prompt = model.tokenizer().encode(LONG_PROMPTS[0], true, false).unwrap();
-            let mut state = weights.new_state(1024).unwrap();
-            let logits = weights.forward(&mut state, &prompt).unwrap();
-            // Cut back within the window, the rings keep what the next query sees; cut back
-            // past what they overwrote, the state starts again, and either way the prompt's
-            // rest gives the same logits.
-            let n = prompt.len();
-            for (back, kept) in [(n - 2, n - 2), (20, 0)] {
-                let mut again = state.clone();
-                again.truncate(back);
-                assert_eq!(again.len(), kept, "{name}: truncated to {back}");
-                let redone = weights.forward(&mut again, &prompt[kept..]).unwrap();
-                assert!(redone.iter().zip(&logits).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: truncated to {back}");
-            }
-            (a, n, state.layer_rows())
-        });
-        std::fs::remove_file(&path).ok();
-        let (a, prompt, rows) = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let name = blocks.arch;
+        let (a, prompt, rows) = long_prompts_and_their_state(&blocks);
         assert!(prompt > 8 - 1 + RING_PART, "{name}: the prompt is {prompt} tokens");
         // Layers alternate local and global, the local first.
         let expected: Vec<usize> = (0..blocks.layers).map(|i| if i % 2 == 0 { 8 - 1 + RING_PART } else { 1024 }).collect();
@@ -322,10 +352,25 @@ fn sliding_window_rings_match_llama_cpp_beyond_the_window() {
     }
 }
 
+/// LFM2's convolution layers keep their last inputs (f32, as llama.cpp keeps its convolution
+/// state) in a ring of the kernel's 3 positions and 64 more, as sliding-window layers keep
+/// theirs: on prompts longer than the ring its tokens are llama.cpp's, and a state cut back
+/// within the ring goes on from there, one cut back further starts again.
+#[test]
+fn lfm2_convolution_state_matches_llama_cpp_beyond_its_ring() {
+    let blocks = lfm2();
+    let (a, prompt, rows) = long_prompts_and_their_state(&blocks);
+    assert!(prompt > 3 - 1 + RING_PART, "lfm2: the prompt is {prompt} tokens");
+    let expected: Vec<usize> = (0..blocks.layers).map(|i| if [2, 5].contains(&i) { 1024 } else { 3 - 1 + RING_PART }).collect();
+    assert_eq!(rows, expected, "lfm2: positions of memory per layer");
+    assert_eq!(a.equal, LONG_PROMPTS.len(), "lfm2: only {} of {} long prompts match llama.cpp's first 16 greedy tokens", a.equal, LONG_PROMPTS.len());
+    assert_eq!(a.same_top5, LONG_PROMPTS.len(), "lfm2: the first step's top 5 differ from llama.cpp's");
+}
+
 /// A key an architecture cannot run without is named when it is missing.
 #[test]
 fn a_missing_key_is_named() {
-    for (blocks, key) in [(gemma2(), "gemma2.final_logit_softcapping"), (granite(), "granite.logit_scale"), (qwen2moe(), "qwen2moe.expert_shared_feed_forward_length"), (glm4moe(), "glm4moe.expert_shared_count")] {
+    for (blocks, key) in [(gemma2(), "gemma2.final_logit_softcapping"), (granite(), "granite.logit_scale"), (qwen2moe(), "qwen2moe.expert_shared_feed_forward_length"), (glm4moe(), "glm4moe.expert_shared_count"), (lfm2(), "lfm2.shortconv.l_cache")] {
         let path = blocks_file(&source(blocks.arch), &blocks, 1, "missing-key", Some(key));
         let err = Model::open(&path).and_then(|m| m.weights().map(|_| ())).unwrap_err();
         std::fs::remove_file(&path).ok();

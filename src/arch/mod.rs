@@ -6,6 +6,7 @@
 //! rest (QKV bias, Q/K norms, post-norms, experts, a shared expert's gate).
 
 pub mod attention;
+pub mod conv;
 pub(crate) mod math;
 mod decoder;
 
@@ -18,11 +19,11 @@ pub use decoder::{Mlp, Moe, State, Weights};
 pub(crate) use decoder::{route, shared_gate_weight};
 
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf::{Gguf, Value};
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2"];
+    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2", "lfm2"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,9 @@ pub enum Family {
     /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
     /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
     DeepSeek2,
+    /// `lfm2`: LiquidAI's LFM2: gated short convolutions in most layers' attention's place,
+    /// attention with per-head Q/K norms in the others.
+    Lfm2,
 }
 
 /// How RoPE pairs the dimensions it rotates.
@@ -152,6 +156,15 @@ pub struct Latent {
     pub absorbed: bool,
 }
 
+/// LFM2's short convolutions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortConv {
+    /// Positions the kernel spans, the current one included (`shortconv.l_cache`).
+    pub kernel: usize,
+    /// Whether each layer convolves (its `head_count_kv` is 0) rather than attends.
+    pub layers: Vec<bool>,
+}
+
 /// YaRN RoPE scaling.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Yarn {
@@ -236,6 +249,8 @@ pub struct Config {
     /// Factor RoPE's cosines and sines are multiplied by (`rope.scaling.attn_factor`, Phi-3's
     /// LongRoPE).
     pub rope_mscale: f32,
+    /// Layers that convolve instead of attending (LFM2).
+    pub short_conv: Option<ShortConv>,
 }
 
 impl Config {
@@ -263,6 +278,7 @@ impl Config {
             "glm4moe" => Family::Glm4Moe,
             "gpt-oss" => Family::GptOss,
             "deepseek2" => Family::DeepSeek2,
+            "lfm2" => Family::Lfm2,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
             }
@@ -284,7 +300,22 @@ impl Config {
         };
         let hidden = positive("embedding_length")?;
         let heads = positive("attention.head_count")?;
+        // One count for every layer, or one per layer (LFM2's: 0 where a layer convolves, and
+        // the same count in every layer that attends).
+        let mut per_layer_kv = None;
         let kv_heads = match gguf.get(&key("attention.head_count_kv")) {
+            Some(Value::Array(_)) => {
+                let counts = gguf.int_array(&key("attention.head_count_kv"))?;
+                let attending: Vec<i128> = counts.iter().copied().filter(|&n| n != 0).collect();
+                let Some(&first) = attending.first().filter(|&&n| n > 0 && n <= 1 << 24 && attending.iter().all(|&m| m == n)) else {
+                    return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: format!("{counts:?} is not one count for the layers that attend") });
+                };
+                if family != Family::Lfm2 && attending.len() != counts.len() {
+                    return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: format!("{counts:?}: a layer without key/value heads in {arch}") });
+                }
+                per_layer_kv = Some(counts);
+                first as usize
+            }
             Some(_) => positive("attention.head_count_kv")?,
             None => heads,
         };
@@ -419,6 +450,9 @@ impl Config {
             _ => None,
         };
         let sliding_window = match (family, gguf.opt_u64(&key("attention.sliding_window"))?) {
+            (Family::Lfm2, Some(w)) if w > 0 => {
+                return Err(Error::InvalidMetadata { key: key("attention.sliding_window"), reason: "LFM2 with sliding-window attention is not supported yet".into() })
+            }
             // Gemma 3 alternates five local layers with one global layer (llama.cpp's pattern).
             (Family::Gemma3, Some(w)) if w > 0 => Some((w as usize, 6)),
             // Gemma 2 alternates one and one, over 4096 positions unless the file says otherwise.
@@ -480,9 +514,23 @@ impl Config {
         if nextn >= blocks {
             return Err(Error::InvalidMetadata { key: key("nextn_predict_layers"), reason: format!("{nextn} of {blocks} blocks leave none to run") });
         }
+        let layers = blocks - nextn;
+        let short_conv = match family {
+            Family::Lfm2 => {
+                let kernel = positive("shortconv.l_cache")?;
+                if kernel < 2 {
+                    return Err(Error::InvalidMetadata { key: key("shortconv.l_cache"), reason: format!("a kernel of {kernel} positions remembers none") });
+                }
+                let Some(counts) = per_layer_kv.filter(|c| c.len() >= layers) else {
+                    return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: "LFM2 needs a count per layer, 0 for the layers that convolve".into() });
+                };
+                Some(ShortConv { kernel, layers: counts[..layers].iter().map(|&n| n == 0).collect() })
+            }
+            _ => None,
+        };
         Ok(Config {
             family,
-            layers: blocks - nextn,
+            layers,
             hidden,
             heads,
             kv_heads,
@@ -545,12 +593,18 @@ impl Config {
                 }
                 _ => factor("rope.scaling.attn_factor")?.unwrap_or(1.0),
             },
+            short_conv,
         })
     }
 
     /// Whether layer `i` attends within the sliding window only.
     pub fn is_local(&self, layer: usize) -> bool {
         self.sliding_window.is_some_and(|(_, pattern)| !(layer + 1).is_multiple_of(pattern))
+    }
+
+    /// Whether layer `i` convolves instead of attending (LFM2).
+    pub fn is_conv(&self, layer: usize) -> bool {
+        self.short_conv.as_ref().is_some_and(|s| s.layers.get(layer).copied().unwrap_or(false))
     }
 
     /// Whether layer `i` rotates its queries and keys.

@@ -8,6 +8,7 @@ use half::f16;
 
 use super::{Backend, CacheSpec, KvStore, Products};
 use crate::arch::attention::{self, KvCache, Rope, Spec};
+use crate::arch::conv::ConvState;
 use crate::arch::{math, route, shared_gate_weight, Activation, Experts, Moe};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
@@ -57,6 +58,7 @@ impl Backend for Cpu {
     type Tensor = Tensor;
     type Matrix = QLinear;
     type Cache = KvCache;
+    type Conv = ConvState;
 
     /// Repacks the matrix for this CPU's kernels when that pays for its `products`, the
     /// kernels would and the budget holds it; the file bytes of a repacked matrix are released.
@@ -87,6 +89,10 @@ impl Backend for Cpu {
 
     fn cache(&self, s: &CacheSpec) -> Result<KvCache> {
         KvCache::new(s)
+    }
+
+    fn conv_state(&self, width: usize, kernel: usize, capacity: usize) -> Result<ConvState> {
+        ConvState::new(width, kernel, capacity)
     }
 
     fn embed(&self, table: &QLinear, tokens: &[u32]) -> Result<Tensor> {
@@ -140,6 +146,10 @@ impl Backend for Cpu {
     fn attend(&self, q: &Tensor, k: &Tensor, v: Option<&Tensor>, cache: &mut KvCache, pos: usize, spec: &Spec) -> Result<Tensor> {
         let data = attention::append_and_attend(cache, &q.data, &k.data, v.map_or(&[][..], |v| &v.data), q.rows, pos, spec)?;
         Ok(Tensor { rows: q.rows, data })
+    }
+
+    fn short_conv(&self, bcx: &Tensor, weights: &Tensor, state: &mut ConvState) -> Result<Tensor> {
+        Ok(Tensor { rows: bcx.rows, data: state.convolve(&bcx.data, bcx.rows, &weights.data)? })
     }
 
     /// Row by row over the pool: a prompt's activations took as long as its products when one

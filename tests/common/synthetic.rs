@@ -422,6 +422,11 @@ pub struct Blocks {
     /// Multi-token-prediction blocks after the others (`nextn_predict_layers`), with their
     /// `nextn.*` tensors, which inference leaves out.
     pub nextn: usize,
+    /// LFM2's short convolutions: the kernel's length and the layers that attend (the others
+    /// convolve; `head_count_kv` is then one count per layer, 0 where a layer convolves).
+    pub short_conv: Option<(usize, &'static [usize])>,
+    /// The final norm's name (`token_embd_norm` in LFM2).
+    pub output_norm: &'static str,
     /// No `output.weight`: the output layer is the embedding table.
     pub tied_output: bool,
     /// The architecture's own keys (without the `<arch>.` prefix) and values.
@@ -462,6 +467,8 @@ impl Blocks {
             leading_dense: 0,
             probs_bias: false,
             nextn: 0,
+            short_conv: None,
+            output_norm: "output_norm",
             tied_output: false,
             metadata: Vec::new(),
             weights: F32,
@@ -507,6 +514,10 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
     if b.nextn > 0 {
         f = f.meta(&k("nextn_predict_layers"), Meta::U32(b.nextn as u32));
     }
+    if let Some((kernel, attending)) = b.short_conv {
+        let counts = (0..b.layers).map(|i| if attending.contains(&i) { b.kv_heads as i32 } else { 0 }).collect();
+        f = f.meta(&k("shortconv.l_cache"), Meta::U32(kernel as u32)).meta(&k("attention.head_count_kv"), Meta::I32s(counts));
+    }
     for (key, meta) in &b.metadata {
         f = f.meta(&k(key), meta.clone());
     }
@@ -521,7 +532,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
     let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| linear_as(wtype, rng, inputs, outputs);
     let u = |n: usize| n as u64;
     f = f.tensor("token_embd.weight", &[u(h), u(vocab)], wtype, encode(&random(h * vocab, 1.0)));
-    f = f.tensor("output_norm.weight", &[u(h)], F32, norm(&mut random, h));
+    f = f.tensor(&format!("{}.weight", b.output_norm), &[u(h)], F32, norm(&mut random, h));
     // Output weights as large as the embedding's, so that the top logits are well separated
     // (no near-ties that float rounding alone could reorder).
     if !b.tied_output {
@@ -545,35 +556,45 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                 .tensor(&p("nextn.hnorm.weight"), &[u(h)], F32, norm(&mut random, h))
                 .tensor(&p("nextn.shared_head_norm.weight"), &[u(h)], F32, norm(&mut random, h));
         }
-        f = if b.fused_qkv {
-            f.tensor(&p("attn_qkv.weight"), &[u(h), u(q + 2 * kv)], wtype, linear(&mut random, h, q + 2 * kv))
-        } else {
-            f.tensor(&p("attn_q.weight"), &[u(h), u(q)], wtype, linear(&mut random, h, q))
-                .tensor(&p("attn_k.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
-                .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
-        };
-        f = f.tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
-        if b.biases {
-            f = f.tensor(&p("attn_output.bias"), &[u(h)], F32, f32_bytes(&random(h, 0.5)));
-        }
-        if b.sinks {
-            f = f.tensor(&p("attn_sinks.weight"), &[u(b.heads)], F32, f32_bytes(&random(b.heads, 2.0)));
-        }
-        if b.qkv_bias && b.fused_qkv {
-            f = f.tensor(&p("attn_qkv.bias"), &[u(q + 2 * kv)], F32, f32_bytes(&random(q + 2 * kv, 0.5)));
-        } else if b.qkv_bias {
+        let convolves = b.short_conv.is_some_and(|(_, attending)| !attending.contains(&i));
+        if convolves {
+            // LFM2's convolution: `b`, `c` and `x` in one projection, each channel's taps.
+            let kernel = b.short_conv.map_or(0, |(kernel, _)| kernel);
             f = f
-                .tensor(&p("attn_q.bias"), &[u(q)], F32, f32_bytes(&random(q, 0.5)))
-                .tensor(&p("attn_k.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)))
-                .tensor(&p("attn_v.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)));
-        }
-        let (q_norm, k_norm) = match b.qk_norm {
-            QkNorm::None => (0, 0),
-            QkNorm::PerHead => (hd, hd),
-            QkNorm::Whole => (q, kv),
-        };
-        if q_norm > 0 {
-            f = f.tensor(&p("attn_q_norm.weight"), &[u(q_norm)], F32, norm(&mut random, q_norm)).tensor(&p("attn_k_norm.weight"), &[u(k_norm)], F32, norm(&mut random, k_norm));
+                .tensor(&p("shortconv.conv.weight"), &[u(kernel), u(h)], F32, f32_bytes(&random(kernel * h, 1.0)))
+                .tensor(&p("shortconv.in_proj.weight"), &[u(h), u(3 * h)], wtype, linear(&mut random, h, 3 * h))
+                .tensor(&p("shortconv.out_proj.weight"), &[u(h), u(h)], wtype, linear(&mut random, h, h));
+        } else {
+            f = if b.fused_qkv {
+                f.tensor(&p("attn_qkv.weight"), &[u(h), u(q + 2 * kv)], wtype, linear(&mut random, h, q + 2 * kv))
+            } else {
+                f.tensor(&p("attn_q.weight"), &[u(h), u(q)], wtype, linear(&mut random, h, q))
+                    .tensor(&p("attn_k.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
+                    .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
+            };
+            f = f.tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
+            if b.biases {
+                f = f.tensor(&p("attn_output.bias"), &[u(h)], F32, f32_bytes(&random(h, 0.5)));
+            }
+            if b.sinks {
+                f = f.tensor(&p("attn_sinks.weight"), &[u(b.heads)], F32, f32_bytes(&random(b.heads, 2.0)));
+            }
+            if b.qkv_bias && b.fused_qkv {
+                f = f.tensor(&p("attn_qkv.bias"), &[u(q + 2 * kv)], F32, f32_bytes(&random(q + 2 * kv, 0.5)));
+            } else if b.qkv_bias {
+                f = f
+                    .tensor(&p("attn_q.bias"), &[u(q)], F32, f32_bytes(&random(q, 0.5)))
+                    .tensor(&p("attn_k.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)))
+                    .tensor(&p("attn_v.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)));
+            }
+            let (q_norm, k_norm) = match b.qk_norm {
+                QkNorm::None => (0, 0),
+                QkNorm::PerHead => (hd, hd),
+                QkNorm::Whole => (q, kv),
+            };
+            if q_norm > 0 {
+                f = f.tensor(&p("attn_q_norm.weight"), &[u(q_norm)], F32, norm(&mut random, q_norm)).tensor(&p("attn_k_norm.weight"), &[u(k_norm)], F32, norm(&mut random, k_norm));
+            }
         }
         if b.pre_norms {
             f = f.tensor(&p("attn_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p(&format!("{}.weight", b.ffn_norm)), &[u(h)], F32, norm(&mut random, h));
