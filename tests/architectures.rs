@@ -1,5 +1,5 @@
 //! The architectures built from Llama's parts (`gemma2`, `granite`, `granitemoe`, `olmo2`,
-//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `glm4moe`, `gpt-oss`, `mistral3`, `lfm2`): small synthetic files with
+//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `glm4moe`, `gpt-oss`, `mistral3`, `lfm2`, `llama4`): small synthetic files with
 //! random f32 weights, the architecture's own metadata keys and tensor names as llama.cpp
 //! reads them, and a real tokenizer, checked against
 //! llama.cpp (node-llama-cpp) on the raw prompts: at least 7 of 8 greedy continuations of 16
@@ -155,6 +155,21 @@ fn gpt_oss() -> Blocks {
     }
 }
 
+/// Llama 4 (as Maverick, with Scout's Q/K norms): four layers, the first three with RoPE and
+/// chunked attention (chunks of 8192 positions), the fourth without RoPE and global;
+/// weightless Q/K norms after RoPE; every other block with 8 experts, each token's one expert
+/// chosen by its router logit and its input weighed by the logit's sigmoid, beside a shared
+/// expert as wide.
+fn llama4() -> Blocks {
+    Blocks {
+        experts: Some((8, 1, 64)),
+        shared_expert: Some((64, false)),
+        moe_every: 2,
+        metadata: vec![("interleave_moe_layer_step", Meta::U32(2))],
+        ..Blocks::llama_like("llama4")
+    }
+}
+
 /// LFM2 (as LFM2-350M, smaller): six layers of which the third and the sixth attend (per-head
 /// Q/K norms, RoPE) and the others run the gated short convolution over 3 positions; the output
 /// tied to the embedding, the final norm named `token_embd_norm`.
@@ -201,6 +216,11 @@ fn granitemoe_matches_llama_cpp() {
 #[test]
 fn lfm2_matches_llama_cpp() {
     assert_matches_llama_cpp(&lfm2(), "lfm2");
+}
+
+#[test]
+fn llama4_matches_llama_cpp() {
+    assert_matches_llama_cpp(&llama4(), "llama4");
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub struct Weights<B: Backend = Cpu> {
     rope_freqs: Option<Vec<f32>>,
     rope_long: Option<Vec<f32>>,
     rope_short: Option<Vec<f32>>,
+    /// `[head_dim]` ones: the weight of the weightless Q/K norms (Llama 4).
+    unit_norm: Option<B::Tensor>,
     forward_passes: AtomicU64,
 }
 
@@ -376,7 +378,7 @@ impl<B: Backend> Weights<B> {
         for i in 0..c.layers {
             let p = |name: &str| format!("blk.{i}.{name}");
             let ffn = match c.experts {
-                Some(e) if i >= e.leading_dense => FeedForward::Experts(Moe {
+                Some(e) if e.in_layer(i) => FeedForward::Experts(Moe {
                     router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?,
                     bias: loader.opt_values(&p("exp_probs_b.bias"), e.count)?,
                     experts: loader.experts(i, e.count, e.ffn, c.hidden)?,
@@ -469,7 +471,8 @@ impl<B: Backend> Weights<B> {
             layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm(ffn_norm)?, ffn, post_ffn_norm });
         }
         drop(loader);
-        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, forward_passes: AtomicU64::new(0) })
+        let unit_norm = if c.qk_unit_norm { Some(backend.vector(vec![1.0; c.head_dim])?) } else { None };
+        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, unit_norm, forward_passes: AtomicU64::new(0) })
     }
 
     /// The hyper-parameters.
@@ -510,7 +513,8 @@ impl<B: Backend> Weights<B> {
                     head_dim: c.head_dim,
                     value_dim: c.value_dim,
                     values_in_keys,
-                    window: c.sliding_window.filter(|_| c.is_local(i)).map(|(w, _)| w),
+                    // Chunked layers keep every position (the queries of a chunk see its start).
+                    window: c.sliding_window.filter(|_| c.is_local(i) && !c.chunked).map(|(w, _)| w),
                 })
             })
             .collect();
@@ -667,7 +671,8 @@ impl<B: Backend> Weights<B> {
             heads: c.heads,
             scale,
             softcap: c.attention_softcap,
-            window: if local { c.sliding_window.map(|(w, _)| w) } else { None },
+            window: if local && !c.chunked { c.sliding_window.map(|(w, _)| w) } else { None },
+            chunk: if local && c.chunked { c.sliding_window.map(|(w, _)| w) } else { None },
             sinks,
             kernel: c.attention_kernel,
         };
@@ -692,9 +697,13 @@ impl<B: Backend> Weights<B> {
         if c.has_rope(index) {
             b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
             b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
+            if let Some(ones) = &self.unit_norm {
+                b.rms_norm(&mut q, ones, eps)?;
+                b.rms_norm(&mut k, ones, eps)?;
+            }
         }
-        if let Some((by, length)) = c.attention_temperature {
-            b.scale_rows(&mut q, c.heads * c.head_dim, &|s| math::ln(((pos + s) / length) as f32 + 1.0) * by + 1.0)?;
+        if let Some(t) = c.attention_temperature.filter(|t| !t.nope_only || !c.has_rope(index)) {
+            b.scale_rows(&mut q, c.heads * c.head_dim, &|s| t.at(pos + s))?;
         }
         // Gemma and Phi-3 scale the queries before the product (llama.cpp does so too); the
         // others scale each product. The two differ in rounding, not in value.
@@ -770,8 +779,8 @@ fn two<T>(parts: Vec<T>) -> Result<[T; 2]> {
 pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
     let probs = match spec.gating {
         Gating::Softmax => softmax(logits),
-        Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
-        Gating::SoftmaxOfChosen => logits.to_vec(),
+        Gating::Sigmoid => logits.iter().map(|&v| sigmoid(v)).collect(),
+        Gating::SoftmaxOfChosen | Gating::SigmoidOfChosen => logits.to_vec(),
     };
     let mut selection = probs.clone();
     if let Some(bias) = bias {
@@ -792,8 +801,10 @@ pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32])
     }
     let chosen = top(&selection, spec.used);
     let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
-    if spec.gating == Gating::SoftmaxOfChosen {
-        weights = softmax(&weights);
+    match spec.gating {
+        Gating::SoftmaxOfChosen => weights = softmax(&weights),
+        Gating::SigmoidOfChosen => weights.iter_mut().for_each(|w| *w = sigmoid(*w)),
+        _ => {}
     }
     if spec.normalize {
         let sum = weights.iter().sum::<f32>().max(6.103_515_6e-5);
@@ -817,6 +828,11 @@ fn top(values: &[f32], k: usize) -> Vec<usize> {
     order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     order.truncate(k);
     order
+}
+
+/// The logistic sigmoid as ggml computes it.
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + math::exp(-x))
 }
 
 /// Softmax of `x`, summed in f64 as llama.cpp sums it.
@@ -1079,7 +1095,7 @@ mod tests {
         for (gating, bias, groups, shared, normalize, scale) in
             [(Gating::Softmax, false, None, 0, true, 1.0), (Gating::Sigmoid, true, Some((4, 2)), 1, true, 2.5), (Gating::Sigmoid, false, None, 1, false, 1.0)]
         {
-            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0 };
+            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0, interleave: 1, weigh_inputs: false };
             let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
             let moe = Moe {
                 router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),

@@ -23,7 +23,7 @@ use crate::gguf::{Gguf, Value};
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2", "lfm2"];
+    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2", "lfm2", "llama4"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,10 @@ pub enum Family {
     /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
     /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
     DeepSeek2,
+    /// `llama4`: Llama 4 (text): chunked attention on three layers of four, the fourth without
+    /// RoPE and with the attention temperature; weightless Q/K norms after RoPE; experts chosen
+    /// by their router logits, each weighing its input by its sigmoid, beside a shared expert.
+    Llama4,
     /// `lfm2`: LiquidAI's LFM2: gated short convolutions in most layers' attention's place,
     /// attention with per-head Q/K norms in the others.
     Lfm2,
@@ -113,6 +117,8 @@ pub enum Gating {
     Sigmoid,
     /// The raw logits choose; the chosen ones' softmax weighs (gpt-oss).
     SoftmaxOfChosen,
+    /// The raw logits choose; each chosen one's sigmoid weighs (Llama 4).
+    SigmoidOfChosen,
 }
 
 /// Mixture-of-experts settings.
@@ -138,6 +144,18 @@ pub struct Experts {
     pub shared_ffn: usize,
     /// Leading blocks with a dense feed-forward instead of experts.
     pub leading_dense: usize,
+    /// Every `interleave`-th block has experts (`(i + 1) % interleave == 0`), the others a dense
+    /// feed-forward (Llama 4 Maverick's 2; 1 for the others: every block).
+    pub interleave: usize,
+    /// Whether each expert's weight multiplies its input rather than its output (Llama 4).
+    pub weigh_inputs: bool,
+}
+
+impl Experts {
+    /// Whether block `layer` has experts (else a dense feed-forward).
+    pub fn in_layer(&self, layer: usize) -> bool {
+        layer >= self.leading_dense && (layer + 1).is_multiple_of(self.interleave.max(1))
+    }
 }
 
 /// Multi-head latent attention sizes (`deepseek2`).
@@ -154,6 +172,30 @@ pub struct Latent {
     /// Whether the file stores the split `attn_k_b`/`attn_v_b` layout; attention then runs on
     /// the latent form and the KV cache holds `kv_rank + rope` values per token.
     pub absorbed: bool,
+}
+
+/// An attention temperature: the queries at position `p` are multiplied by
+/// `ln(⌊(p + offset) / length⌋ + 1) · scale + 1` (Mistral 3 after RoPE, Llama 4 on its layers
+/// without RoPE).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Temperature {
+    /// The logarithm's factor.
+    pub scale: f32,
+    /// Positions per step of the floor.
+    pub length: usize,
+    /// Added to the position (Llama 4's 1).
+    pub offset: f32,
+    /// Whether only the layers without RoPE take it (Llama 4).
+    pub nope_only: bool,
+}
+
+impl Temperature {
+    /// The queries' factor at position `pos`, as llama.cpp computes it: the position and the
+    /// floor in f32, the rest in f64, rounded once.
+    pub fn at(&self, pos: usize) -> f32 {
+        let step = ((pos as f32 + self.offset) / self.length as f32).floor();
+        (libm::log(f64::from(step) + 1.0) * f64::from(self.scale) + 1.0) as f32
+    }
 }
 
 /// LFM2's short convolutions.
@@ -227,10 +269,14 @@ pub struct Config {
     pub scale_queries: bool,
     /// Attention scores are soft-capped to `±cap`: `cap · tanh(score / cap)` (Gemma 2).
     pub attention_softcap: Option<f32>,
-    /// `(scale, length)`: the queries at position `p` are multiplied by
-    /// `ln(⌊p / length⌋ + 1) · scale + 1` after RoPE (Mistral 3's attention temperature; the
-    /// length is the original context's).
-    pub attention_temperature: Option<(f32, usize)>,
+    /// The attention temperature (Mistral 3's over the original context, Llama 4's).
+    pub attention_temperature: Option<Temperature>,
+    /// Whether the local layers attend within chunks of the window's size (Llama 4: the
+    /// positions from the query's multiple of it) rather than over a sliding window.
+    pub chunked: bool,
+    /// Queries and keys of the layers with RoPE are RMS-normalised, without weights, after RoPE
+    /// (Llama 4's L2 norm, except in its 128-expert Maverick).
+    pub qk_unit_norm: bool,
     /// The output logits are soft-capped the same way (Gemma 2).
     pub final_softcap: Option<f32>,
     /// Factor the attention and feed-forward outputs are multiplied by before each residual
@@ -279,6 +325,7 @@ impl Config {
             "gpt-oss" => Family::GptOss,
             "deepseek2" => Family::DeepSeek2,
             "lfm2" => Family::Lfm2,
+            "llama4" => Family::Llama4,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
             }
@@ -382,6 +429,8 @@ impl Config {
                 };
                 let gating = match gguf.opt_u64(&key("expert_gating_func"))? {
                     _ if family == Family::GptOss => Gating::SoftmaxOfChosen,
+                    // llama.cpp fixes Llama 4's.
+                    _ if family == Family::Llama4 => Gating::SigmoidOfChosen,
                     // GLM-4.5's files may leave it out: llama.cpp then takes the sigmoid.
                     None | Some(0) if family == Family::Glm4Moe => Gating::Sigmoid,
                     None | Some(0) | Some(1) => Gating::Softmax,
@@ -390,7 +439,7 @@ impl Config {
                 };
                 let ffn = match gguf.get(&key("expert_feed_forward_length")) {
                     Some(_) => positive("expert_feed_forward_length")?,
-                    None if !deepseek_moe && family != Family::Qwen2Moe => positive("feed_forward_length")?,
+                    None if !deepseek_moe && !matches!(family, Family::Qwen2Moe | Family::Llama4) => positive("feed_forward_length")?,
                     None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
                 };
                 Some(Experts {
@@ -401,7 +450,7 @@ impl Config {
                     // not; DeepSeek and GLM-4.5 say.
                     normalize: match family {
                         Family::DeepSeek2 | Family::Glm4Moe => gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false),
-                        Family::Qwen2Moe | Family::GptOss => false,
+                        Family::Qwen2Moe | Family::GptOss | Family::Llama4 => false,
                         _ => true,
                     },
                     scale: match family {
@@ -414,6 +463,8 @@ impl Config {
                     shared_ffn: match family {
                         Family::DeepSeek2 | Family::Glm4Moe => gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? * ffn,
                         Family::Qwen2Moe => positive("expert_shared_feed_forward_length")?,
+                        // Llama 4's one shared expert is as wide as the others.
+                        Family::Llama4 => ffn,
                         _ => 0,
                     },
                     leading_dense: match family {
@@ -421,9 +472,14 @@ impl Config {
                         Family::Glm4Moe => count_of("leading_dense_block_count")?,
                         _ => 0,
                     },
+                    interleave: if family == Family::Llama4 { positive("interleave_moe_layer_step")? } else { 1 },
+                    weigh_inputs: family == Family::Llama4,
                 })
             }
         };
+        if family == Family::Llama4 && experts.is_none() {
+            return Err(Error::MissingMetadata { key: key("expert_count") });
+        }
         let mut latent = None;
         if deepseek {
             let absorbed = gguf.get(&key("attention.key_length_mla")).is_some();
@@ -450,6 +506,13 @@ impl Config {
             _ => None,
         };
         let sliding_window = match (family, gguf.opt_u64(&key("attention.sliding_window"))?) {
+            // llama.cpp fixes Llama 4's chunks at 8192 positions and its pattern at three chunked
+            // layers to one global unless the file gives another; a window of 0 would leave
+            // every layer global and the last without RoPE, which llama.cpp does not run either.
+            (Family::Llama4, Some(0)) => {
+                return Err(Error::InvalidMetadata { key: key("attention.sliding_window"), reason: "Llama 4 without chunked attention is not supported".into() })
+            }
+            (Family::Llama4, _) => Some((8192, gguf.opt_u64(&key("attention.sliding_window_pattern"))?.map_or(Ok(4), |_| positive("attention.sliding_window_pattern"))?)),
             (Family::Lfm2, Some(w)) if w > 0 => {
                 return Err(Error::InvalidMetadata { key: key("attention.sliding_window"), reason: "LFM2 with sliding-window attention is not supported yet".into() })
             }
@@ -541,7 +604,7 @@ impl Config {
             // llama.cpp fixes Gemma 3's local base at 10 000; the others keep the global one.
             rope_base_local: gguf.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(if family == Family::Gemma3 { 10_000.0 } else { rope_base }),
             rope_style: match family {
-                Family::Llama | Family::DeepSeek2 | Family::Granite | Family::SmolLm3 | Family::Glm4 => RopeStyle::Interleaved,
+                Family::Llama | Family::DeepSeek2 | Family::Granite | Family::SmolLm3 | Family::Glm4 | Family::Llama4 => RopeStyle::Interleaved,
                 _ => RopeStyle::Halves,
             },
             eps,
@@ -562,17 +625,26 @@ impl Config {
             attention_kernel,
             latent,
             yarn,
-            // llama.cpp fixes the step at 4 for SmolLM3; the file does not say it.
-            no_rope_every: (family == Family::SmolLm3).then_some(4),
+            // llama.cpp fixes the step at 4 for SmolLM3 and Llama 4; the file does not say it.
+            no_rope_every: matches!(family, Family::SmolLm3 | Family::Llama4).then_some(4),
             scale_queries: gemma || family == Family::Phi3,
             attention_softcap: if family == Family::Gemma2 { Some(required("attn_logit_softcapping")?) } else { None },
             attention_temperature: match factor("attention.temperature_scale")? {
-                Some(scale) if arch == "mistral3" => Some((scale, match gguf.opt_u64(&key("rope.scaling.original_context_length"))? {
-                    Some(_) => positive("rope.scaling.original_context_length")?,
-                    None => positive("context_length")?,
-                })),
+                Some(scale) if arch == "mistral3" => Some(Temperature {
+                    scale,
+                    length: match gguf.opt_u64(&key("rope.scaling.original_context_length"))? {
+                        Some(_) => positive("rope.scaling.original_context_length")?,
+                        None => positive("context_length")?,
+                    },
+                    offset: 0.0,
+                    nope_only: false,
+                }),
+                // llama.cpp fixes Llama 4's.
+                _ if family == Family::Llama4 => Some(Temperature { scale: 0.1, length: 8192, offset: 1.0, nope_only: true }),
                 _ => None,
             },
+            chunked: family == Family::Llama4,
+            qk_unit_norm: family == Family::Llama4 && experts.is_some_and(|e| e.count != 128),
             final_softcap: if family == Family::Gemma2 { Some(required("final_logit_softcapping")?) } else { None },
             residual_scale: if granite { factor("residual_scale")? } else { None },
             logit_scale: if granite { Some(required("logit_scale")?) } else { None },

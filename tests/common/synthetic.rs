@@ -417,6 +417,9 @@ pub struct Blocks {
     pub shared_expert: Option<(usize, bool)>,
     /// Leading blocks with a dense feed-forward before the experts' blocks.
     pub leading_dense: usize,
+    /// Every `moe_every`-th block has the experts (`(i + 1) % moe_every == 0`), the others a
+    /// dense feed-forward (Llama 4's `interleave_moe_layer_step`, which the test gives).
+    pub moe_every: usize,
     /// An expert-selection bias `exp_probs_b` in each experts' block.
     pub probs_bias: bool,
     /// Multi-token-prediction blocks after the others (`nextn_predict_layers`), with their
@@ -465,6 +468,7 @@ impl Blocks {
             experts: None,
             shared_expert: None,
             leading_dense: 0,
+            moe_every: 1,
             probs_bias: false,
             nextn: 0,
             short_conv: None,
@@ -602,7 +606,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         if b.post_norms {
             f = f.tensor(&p("post_attention_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("post_ffw_norm.weight"), &[u(h)], F32, norm(&mut random, h));
         }
-        let experts = b.experts.filter(|_| i >= b.leading_dense);
+        let experts = b.experts.filter(|_| i >= b.leading_dense && (i + 1) % b.moe_every == 0);
         match experts {
             None if b.fused_gate_up => {
                 f = f
