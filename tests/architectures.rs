@@ -14,7 +14,7 @@ use candlewick::gguf::Gguf;
 use candlewick::arch::State;
 use candlewick::{Error, Model};
 use candlewick::arch::attention::RING_PART;
-use common::agreement::{compare, compare_prompts, Agreement};
+use common::agreement::{compare, compare_prompts, compare_prompts_in, Agreement};
 use common::gguf_writer::Meta;
 use common::model;
 use common::synthetic::{blocks_file, Blocks, QkNorm, MXFP4, Q4_K, Q8_0};
@@ -385,6 +385,39 @@ fn lfm2_convolution_state_matches_llama_cpp_beyond_its_ring() {
     assert_eq!(rows, expected, "lfm2: positions of memory per layer");
     assert_eq!(a.equal, LONG_PROMPTS.len(), "lfm2: only {} of {} long prompts match llama.cpp's first 16 greedy tokens", a.equal, LONG_PROMPTS.len());
     assert_eq!(a.same_top5, LONG_PROMPTS.len(), "lfm2: the first step's top 5 differ from llama.cpp's");
+}
+
+/// Llama 4 past its first chunk of 8192 positions: on a prompt of over 8,300 tokens (the long
+/// prompts over and over), the chunked layers' queries from position 8192 on see their own
+/// chunk only, and the global layer's queries from position 8191 on are scaled by the
+/// attention temperature (by 1.069); a narrower model (hidden 64) keeps the attention's cost
+/// down.
+#[test]
+fn llama4_matches_llama_cpp_past_its_first_chunk() {
+    let blocks = Blocks {
+        hidden: 64,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 32,
+        ffn: 128,
+        experts: Some((8, 1, 32)),
+        shared_expert: Some((32, false)),
+        metadata: vec![("interleave_moe_layer_step", Meta::U32(2)), ("context_length", Meta::U32(16384))],
+        ..llama4()
+    };
+    let text = LONG_PROMPTS.concat().repeat(18);
+    let name = "llama4-chunks";
+    let path = blocks_file(&source(blocks.arch), &blocks, 0xA2C4_1515, name, None);
+    let result = std::panic::catch_unwind(|| {
+        let tokens = Model::open(&path).unwrap().tokenizer().encode(&text, true, false).unwrap().len();
+        (tokens, compare_prompts_in(&path, name, &[text.as_str()], 8704))
+    });
+    std::fs::remove_file(&path).ok();
+    let (tokens, a) = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!((8192 + 16..8704 - 16).contains(&tokens), "{name}: the prompt is {tokens} tokens");
+    assert_eq!(a.equal, 1, "{name}: the 16 greedy tokens differ from llama.cpp's");
+    assert_eq!(a.same_top5, 1, "{name}: the first step's top 5 differ from llama.cpp's");
+    assert_same_distribution(&a, name);
 }
 
 /// A key an architecture cannot run without is named when it is missing.
