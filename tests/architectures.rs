@@ -391,7 +391,8 @@ fn lfm2_convolution_state_matches_llama_cpp_beyond_its_ring() {
 /// prompts over and over), the chunked layers' queries from position 8192 on see their own
 /// chunk only, and the global layer's queries from position 8191 on are scaled by the
 /// attention temperature (by 1.069); a narrower model (hidden 64) keeps the attention's cost
-/// down.
+/// down. The chunked layers keep a ring of a chunk and 64 positions (8,255), which wraps while
+/// the continuation is generated.
 #[test]
 fn llama4_matches_llama_cpp_past_its_first_chunk() {
     let blocks = Blocks {
@@ -409,11 +410,14 @@ fn llama4_matches_llama_cpp_past_its_first_chunk() {
     let name = "llama4-chunks";
     let path = blocks_file(&source(blocks.arch), &blocks, 0xA2C4_1515, name, None);
     let result = std::panic::catch_unwind(|| {
-        let tokens = Model::open(&path).unwrap().tokenizer().encode(&text, true, false).unwrap().len();
-        (tokens, compare_prompts_in(&path, name, &[text.as_str()], 8704))
+        let model = Model::open(&path).unwrap();
+        let tokens = model.tokenizer().encode(&text, true, false).unwrap().len();
+        let rows = model.weights().unwrap().new_state(8704).unwrap().layer_rows();
+        (tokens, rows, compare_prompts_in(&path, name, &[text.as_str()], 8704))
     });
     std::fs::remove_file(&path).ok();
-    let (tokens, a) = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let (tokens, rows, a) = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_eq!(rows, [8191 + RING_PART, 8191 + RING_PART, 8191 + RING_PART, 8704], "{name}: positions of memory per layer");
     assert!((8192 + 16..8704 - 16).contains(&tokens), "{name}: the prompt is {tokens} tokens");
     assert_eq!(a.equal, 1, "{name}: the 16 greedy tokens differ from llama.cpp's");
     assert_eq!(a.same_top5, 1, "{name}: the first step's top 5 differ from llama.cpp's");

@@ -513,8 +513,9 @@ impl<B: Backend> Weights<B> {
                     head_dim: c.head_dim,
                     value_dim: c.value_dim,
                     values_in_keys,
-                    // Chunked layers keep every position (the queries of a chunk see its start).
-                    window: c.sliding_window.filter(|_| c.is_local(i) && !c.chunked).map(|(w, _)| w),
+                    // A chunked layer's queries see at most a chunk back, so its ring is a
+                    // sliding window's of the chunk's size.
+                    window: c.sliding_window.filter(|_| c.is_local(i)).map(|(w, _)| w),
                 })
             })
             .collect();

@@ -195,7 +195,8 @@ pub struct CacheSpec {
     pub value_dim: usize,
     /// Whether a value is the start of its key (latent attention), not stored twice.
     pub values_in_keys: bool,
-    /// Positions a query sees, when the layer is a sliding-window layer: its cache is then a
+    /// Positions a query sees at most, when the layer is a sliding-window layer (or a chunked
+    /// one, whose queries see their chunk's start: at most a chunk back): its cache is then a
     /// ring of [`CacheSpec::rows`] rows.
     pub window: Option<usize>,
 }
