@@ -1,7 +1,7 @@
 //! The architectures built from Llama's parts (`gemma2`, `granite`, `granitemoe`, `olmo2`,
-//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `glm4moe`, `gpt-oss`, `mistral3`, `lfm2`, `llama4`): small synthetic files with
-//! random f32 weights, the architecture's own metadata keys and tensor names as llama.cpp
-//! reads them, and a real tokenizer, checked against
+//! `phi3`, `smollm3`, `qwen2moe`, `glm4`, `glm4moe`, `gpt-oss`, `mistral3`, `lfm2`, `lfm2moe`,
+//! `llama4`): small synthetic files with random f32 weights, the architecture's own metadata
+//! keys and tensor names as llama.cpp reads them, and a real tokenizer, checked against
 //! llama.cpp (node-llama-cpp) on the raw prompts: at least 7 of 8 greedy continuations of 16
 //! tokens identical, and every first step's five most likely tokens in the same order.
 //!
@@ -177,6 +177,20 @@ fn lfm2() -> Blocks {
     Blocks { layers: 6, qk_norm: QkNorm::PerHead, short_conv: Some((3, &[2, 5])), output_norm: "token_embd_norm", tied_output: true, ..Blocks::llama_like("lfm2") }
 }
 
+/// LFM2-MoE (as LFM2-8B-A1B, smaller): LFM2's layers with a leading dense block, then 8
+/// experts of which 2 chosen by their sigmoid scores plus a selection bias, their weights
+/// normalised.
+fn lfm2moe() -> Blocks {
+    Blocks {
+        arch: "lfm2moe",
+        experts: Some((8, 2, 64)),
+        leading_dense: 1,
+        probs_bias: true,
+        metadata: vec![("expert_gating_func", Meta::U32(2))],
+        ..lfm2()
+    }
+}
+
 /// Granite 3's mixture of experts: Granite's multipliers over 8 experts (2 per token, softmax
 /// weights renormalised) as wide as the dense feed-forward (llama.cpp sizes them by it).
 fn granitemoe() -> Blocks {
@@ -216,6 +230,11 @@ fn granitemoe_matches_llama_cpp() {
 #[test]
 fn lfm2_matches_llama_cpp() {
     assert_matches_llama_cpp(&lfm2(), "lfm2");
+}
+
+#[test]
+fn lfm2moe_matches_llama_cpp() {
+    assert_matches_llama_cpp(&lfm2moe(), "lfm2moe");
 }
 
 #[test]
@@ -453,7 +472,7 @@ fn llama4_matches_llama_cpp_past_its_first_chunk() {
 /// A key an architecture cannot run without is named when it is missing.
 #[test]
 fn a_missing_key_is_named() {
-    for (blocks, key) in [(gemma2(), "gemma2.final_logit_softcapping"), (granite(), "granite.logit_scale"), (qwen2moe(), "qwen2moe.expert_shared_feed_forward_length"), (glm4moe(), "glm4moe.expert_shared_count"), (lfm2(), "lfm2.shortconv.l_cache")] {
+    for (blocks, key) in [(gemma2(), "gemma2.final_logit_softcapping"), (granite(), "granite.logit_scale"), (qwen2moe(), "qwen2moe.expert_shared_feed_forward_length"), (glm4moe(), "glm4moe.expert_shared_count"), (lfm2(), "lfm2.shortconv.l_cache"), (lfm2moe(), "lfm2moe.expert_gating_func")] {
         let path = blocks_file(&source(blocks.arch), &blocks, 1, "missing-key", Some(key));
         let err = Model::open(&path).and_then(|m| m.weights().map(|_| ())).unwrap_err();
         std::fs::remove_file(&path).ok();

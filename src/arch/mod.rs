@@ -23,7 +23,7 @@ use crate::gguf::{Gguf, Value};
 
 /// The `general.architecture` values candlewick runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2", "lfm2", "llama4"];
+    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2", "lfm2", "lfm2moe", "llama4"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,8 @@ pub enum Family {
     /// by their router logits, each weighing its input by its sigmoid, beside a shared expert.
     Llama4,
     /// `lfm2`: LiquidAI's LFM2: gated short convolutions in most layers' attention's place,
-    /// attention with per-head Q/K norms in the others.
+    /// attention with per-head Q/K norms in the others; `lfm2moe` the same with leading dense
+    /// blocks, then experts (the gating the file names, a selection bias, weights normalised).
     Lfm2,
 }
 
@@ -324,7 +325,7 @@ impl Config {
             "glm4moe" => Family::Glm4Moe,
             "gpt-oss" => Family::GptOss,
             "deepseek2" => Family::DeepSeek2,
-            "lfm2" => Family::Lfm2,
+            "lfm2" | "lfm2moe" => Family::Lfm2,
             "llama4" => Family::Llama4,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
@@ -433,13 +434,15 @@ impl Config {
                     _ if family == Family::Llama4 => Gating::SigmoidOfChosen,
                     // GLM-4.5's files may leave it out: llama.cpp then takes the sigmoid.
                     None | Some(0) if family == Family::Glm4Moe => Gating::Sigmoid,
+                    // llama.cpp needs LFM2-MoE's files to name it.
+                    None if family == Family::Lfm2 => return Err(Error::MissingMetadata { key: key("expert_gating_func") }),
                     None | Some(0) | Some(1) => Gating::Softmax,
                     Some(2) => Gating::Sigmoid,
                     Some(other) => return Err(Error::InvalidMetadata { key: key("expert_gating_func"), reason: format!("unknown gating function {other}") }),
                 };
                 let ffn = match gguf.get(&key("expert_feed_forward_length")) {
                     Some(_) => positive("expert_feed_forward_length")?,
-                    None if !deepseek_moe && !matches!(family, Family::Qwen2Moe | Family::Llama4) => positive("feed_forward_length")?,
+                    None if !deepseek_moe && !matches!(family, Family::Qwen2Moe | Family::Llama4 | Family::Lfm2) => positive("feed_forward_length")?,
                     None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
                 };
                 Some(Experts {
@@ -469,7 +472,7 @@ impl Config {
                     },
                     leading_dense: match family {
                         Family::DeepSeek2 => gguf.u64(&key("leading_dense_block_count")).and_then(|_| count_of("leading_dense_block_count"))?,
-                        Family::Glm4Moe => count_of("leading_dense_block_count")?,
+                        Family::Glm4Moe | Family::Lfm2 => count_of("leading_dense_block_count")?,
                         _ => 0,
                     },
                     interleave: if family == Family::Llama4 { positive("interleave_moe_layer_step")? } else { 1 },
