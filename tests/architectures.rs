@@ -420,16 +420,19 @@ fn sliding_window_rings_match_llama_cpp_beyond_the_window() {
 /// LFM2's convolution layers keep their last inputs (f32, as llama.cpp keeps its convolution
 /// state) in a ring of the kernel's 3 positions and 64 more, as sliding-window layers keep
 /// theirs: on prompts longer than the ring its tokens are llama.cpp's, and a state cut back
-/// within the ring goes on from there, one cut back further starts again.
+/// within the ring goes on from there, one cut back further starts again. The same with a
+/// sliding window of 8 positions on every attention layer (LFM2's files may give one).
 #[test]
 fn lfm2_convolution_state_matches_llama_cpp_beyond_its_ring() {
-    let blocks = lfm2();
-    let (a, prompt, rows) = long_prompts_and_their_state(&blocks);
-    assert!(prompt > 3 - 1 + RING_PART, "lfm2: the prompt is {prompt} tokens");
-    let expected: Vec<usize> = (0..blocks.layers).map(|i| if [2, 5].contains(&i) { 1024 } else { 3 - 1 + RING_PART }).collect();
-    assert_eq!(rows, expected, "lfm2: positions of memory per layer");
-    assert_eq!(a.equal, LONG_PROMPTS.len(), "lfm2: only {} of {} long prompts match llama.cpp's first 16 greedy tokens", a.equal, LONG_PROMPTS.len());
-    assert_eq!(a.same_top5, LONG_PROMPTS.len(), "lfm2: the first step's top 5 differ from llama.cpp's");
+    let windowed = Blocks { metadata: vec![("attention.sliding_window", Meta::U32(8))], ..lfm2() };
+    for (blocks, attention_rows) in [(lfm2(), 1024), (windowed, 8 - 1 + RING_PART)] {
+        let (a, prompt, rows) = long_prompts_and_their_state(&blocks);
+        assert!(prompt > 8 - 1 + RING_PART, "lfm2: the prompt is {prompt} tokens");
+        let expected: Vec<usize> = (0..blocks.layers).map(|i| if [2, 5].contains(&i) { attention_rows } else { 3 - 1 + RING_PART }).collect();
+        assert_eq!(rows, expected, "lfm2: positions of memory per layer");
+        assert_eq!(a.equal, LONG_PROMPTS.len(), "lfm2: only {} of {} long prompts match llama.cpp's first 16 greedy tokens", a.equal, LONG_PROMPTS.len());
+        assert_eq!(a.same_top5, LONG_PROMPTS.len(), "lfm2: the first step's top 5 differ from llama.cpp's");
+    }
 }
 
 /// Llama 4 past its first chunk of 8192 positions: on a prompt of over 8,300 tokens (the long

@@ -199,7 +199,8 @@ impl<B: Backend> State<B> {
         self.capacity
     }
 
-    /// Bytes the KV cache takes per token, over all layers.
+    /// Bytes one position takes in a save, over all layers: its keys and values, or a
+    /// convolution layer's input.
     pub fn kv_bytes_per_token(&self) -> usize {
         self.caches.iter().map(|c| c.store().bytes_per_position()).sum()
     }

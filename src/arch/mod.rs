@@ -516,9 +516,9 @@ impl Config {
                 return Err(Error::InvalidMetadata { key: key("attention.sliding_window"), reason: "Llama 4 without chunked attention is not supported".into() })
             }
             (Family::Llama4, _) => Some((8192, gguf.opt_u64(&key("attention.sliding_window_pattern"))?.map_or(Ok(4), |_| positive("attention.sliding_window_pattern"))?)),
-            (Family::Lfm2, Some(w)) if w > 0 => {
-                return Err(Error::InvalidMetadata { key: key("attention.sliding_window"), reason: "LFM2 with sliding-window attention is not supported yet".into() })
-            }
+            // Every attention layer of an LFM2 with a window is local (the pattern never comes
+            // round).
+            (Family::Lfm2, Some(w)) if w > 0 => Some((w as usize, usize::MAX)),
             // Gemma 3 alternates five local layers with one global layer (llama.cpp's pattern).
             (Family::Gemma3, Some(w)) if w > 0 => Some((w as usize, 6)),
             // Gemma 2 alternates one and one, over 4096 positions unless the file says otherwise.
@@ -587,10 +587,15 @@ impl Config {
                 if kernel < 2 {
                     return Err(Error::InvalidMetadata { key: key("shortconv.l_cache"), reason: format!("a kernel of {kernel} positions remembers none") });
                 }
-                let Some(counts) = per_layer_kv.filter(|c| c.len() >= layers) else {
-                    return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: "LFM2 needs a count per layer, 0 for the layers that convolve".into() });
+                // One count for all layers: they all attend, as llama.cpp reads it.
+                let convolves = match per_layer_kv {
+                    Some(counts) if counts.len() >= layers => counts[..layers].iter().map(|&n| n == 0).collect(),
+                    Some(counts) => {
+                        return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: format!("{} counts for {layers} layers", counts.len()) })
+                    }
+                    None => vec![false; layers],
                 };
-                Some(ShortConv { kernel, layers: counts[..layers].iter().map(|&n| n == 0).collect() })
+                Some(ShortConv { kernel, layers: convolves })
             }
             _ => None,
         };
