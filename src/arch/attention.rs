@@ -374,6 +374,9 @@ pub struct Spec<'a> {
     pub softcap: Option<f32>,
     /// Keys further back than this are not attended to (sliding-window layers).
     pub window: Option<usize>,
+    /// Queries attend only within their chunk of this many positions, from the largest
+    /// multiple of it not after them (Llama 4's chunked layers).
+    pub chunk: Option<usize>,
     /// A logit per query head that joins the softmax without a value (gpt-oss's attention
     /// sinks): it takes part of the weight and gives nothing back.
     pub sinks: Option<&'a [f32]>,
@@ -384,7 +387,8 @@ pub struct Spec<'a> {
 impl Spec<'_> {
     /// The first position a query at `at` sees.
     fn first_seen(&self, at: usize) -> usize {
-        self.window.map_or(0, |w| (at + 1).saturating_sub(w))
+        let windowed = self.window.map_or(0, |w| (at + 1).saturating_sub(w));
+        windowed.max(self.chunk.map_or(0, |c| at / c.max(1) * c))
     }
 
     /// A query·key product as llama.cpp's flash attention scores it: the soft-cap divides the
@@ -713,7 +717,7 @@ mod tests {
         let q: Vec<f32> = (0..n * heads * hd).map(|i| value(i + 3)).collect();
         let rows = |first: usize, seq: usize, width: usize, x: &[f32]| x[first * width..(first + seq) * width].to_vec();
         for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
-            let spec = Spec { heads, scale: 0.11, softcap: None, window: Some(window), sinks: None, kernel };
+            let spec = Spec { heads, scale: 0.11, softcap: None, window: Some(window), chunk: None, sinks: None, kernel };
             let mut full = empty_cache(kv_heads, 200, hd, hd, false, None);
             let mut ring = empty_cache(kv_heads, 200, hd, hd, false, Some(window));
             assert_eq!(ring.rows(), window - 1 + RING_PART);
@@ -753,7 +757,7 @@ mod tests {
         // scales before capping, its unfused attention after.
         for (kernel, softcap) in [(AttentionKernel::Flash, None), (AttentionKernel::Unfused, None), (AttentionKernel::Flash, Some(0.5)), (AttentionKernel::Unfused, Some(0.5))] {
             let scale = if softcap.is_some() { 1.0 } else { 0.125 };
-            let spec = Spec { heads, scale, softcap, window: None, sinks: None, kernel };
+            let spec = Spec { heads, scale, softcap, window: None, chunk: None, sinks: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             for h in 0..heads {
                 let kv = h / 2;
@@ -769,7 +773,7 @@ mod tests {
                 }
             }
             // A window of 1 attends to the newest position only.
-            let spec = Spec { heads, scale: 0.125, softcap: None, window: Some(1), sinks: None, kernel };
+            let spec = Spec { heads, scale: 0.125, softcap: None, window: Some(1), chunk: None, sinks: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3, "{kernel:?}");
         }
@@ -837,7 +841,7 @@ mod tests {
             let seq = 3;
             let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
             for window in [None, Some(5)] {
-                let spec = Spec { heads, scale: 0.11, softcap: None, window, sinks: None, kernel: AttentionKernel::Flash };
+                let spec = Spec { heads, scale: 0.11, softcap: None, window, chunk: None, sinks: None, kernel: AttentionKernel::Flash };
                 let fast = attend_flash(&q, seq, n - seq, &cache, &spec);
                 let slow = attend_reference(&q, seq, n - seq, &cache, &spec);
                 assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}, shared values {values_in_keys}");
@@ -890,7 +894,7 @@ mod tests {
             for seq in [1, 3] {
                 let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
                 for window in [None, Some(5)] {
-                    let spec = Spec { heads, scale: 0.11, softcap: None, window, sinks: None, kernel: AttentionKernel::Unfused };
+                    let spec = Spec { heads, scale: 0.11, softcap: None, window, chunk: None, sinks: None, kernel: AttentionKernel::Unfused };
                     let fast = attend(&q, seq, n - seq, &cache, &spec);
                     let padded = attend_unfused_padded(&q, seq, n - seq, &cache, &spec);
                     assert!(fast.iter().zip(&padded).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n}, seq {seq}, window {window:?}, shared values {values_in_keys}");

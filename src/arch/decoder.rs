@@ -1,13 +1,13 @@
-//! The decoder every supported architecture runs: embedding → blocks of (attention, gated
-//! feed-forward or mixture of experts), each with RMS norms and residuals → final norm →
-//! output projection.
+//! The decoder every supported architecture runs: embedding → blocks of (attention or a short
+//! convolution, gated feed-forward or mixture of experts), each with RMS norms and residuals →
+//! final norm → output projection.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::attention::{Rope, Spec};
-use super::{math, Activation, Config, Family, Gating};
+use super::{conv, math, Activation, Config, Family, Gating};
 use crate::backend::{Backend, CacheSpec, Cpu, KvStore, Products};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
@@ -32,6 +32,8 @@ pub struct Weights<B: Backend = Cpu> {
     rope_freqs: Option<Vec<f32>>,
     rope_long: Option<Vec<f32>>,
     rope_short: Option<Vec<f32>>,
+    /// `[head_dim]` ones: the weight of the weightless Q/K norms (Llama 4).
+    unit_norm: Option<B::Tensor>,
     forward_passes: AtomicU64,
 }
 
@@ -62,6 +64,16 @@ enum Attention<B: Backend> {
         /// whole projection, `[heads·head_dim]` and `[kv_heads·head_dim]` (OLMo 2).
         q_norm: Option<B::Tensor>,
         k_norm: Option<B::Tensor>,
+    },
+    /// LFM2's gated short convolution, in attention's place: `out(c · conv(b · x))` of the
+    /// parts `b`, `c`, `x` of `in_proj`, run by [`Backend::short_conv`].
+    ShortConv {
+        /// `(3·hidden, hidden)`: `b`, `c` and `x`, in turn.
+        in_proj: B::Matrix,
+        /// `[hidden][kernel]`: each channel's taps, oldest first.
+        weights: B::Tensor,
+        /// `(hidden, hidden)`
+        out_proj: B::Matrix,
     },
     /// Multi-head latent attention (`deepseek2`).
     Latent {
@@ -117,12 +129,46 @@ pub struct Moe<B: Backend> {
     pub(crate) shared_gate: Option<B::Matrix>,
 }
 
-/// The per-generation state: the KV cache of every layer. Cloning copies the cache (a fork of
-/// a conversation); the default state holds no position, and a forward pass on it fails.
+/// The per-generation state: the memory of every layer (its KV cache, or a convolution's
+/// recurrent state). Cloning copies it (a fork of a conversation); the default state holds no
+/// position, and a forward pass on it fails.
 pub struct State<B: Backend = Cpu> {
-    caches: Vec<B::Cache>,
+    caches: Vec<Memory<B>>,
     len: usize,
     capacity: usize,
+}
+
+/// One layer's memory of the positions filled so far.
+enum Memory<B: Backend> {
+    /// An attention layer's keys and values.
+    Kv(B::Cache),
+    /// A short-convolution layer's last inputs.
+    Conv(B::Conv),
+}
+
+impl<B: Backend> Clone for Memory<B> {
+    fn clone(&self) -> Memory<B> {
+        match self {
+            Memory::Kv(c) => Memory::Kv(c.clone()),
+            Memory::Conv(c) => Memory::Conv(c.clone()),
+        }
+    }
+}
+
+impl<B: Backend> Memory<B> {
+    fn store(&self) -> &dyn KvStore {
+        match self {
+            Memory::Kv(c) => c,
+            Memory::Conv(c) => c,
+        }
+    }
+
+    fn store_mut(&mut self) -> &mut dyn KvStore {
+        match self {
+            Memory::Kv(c) => c,
+            Memory::Conv(c) => c,
+        }
+    }
 }
 
 impl<B: Backend> Clone for State<B> {
@@ -153,34 +199,37 @@ impl<B: Backend> State<B> {
         self.capacity
     }
 
-    /// Bytes the KV cache takes per token, over all layers.
+    /// Bytes one position takes in a save, over all layers: its keys and values, or a
+    /// convolution layer's input.
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.caches.iter().map(KvStore::bytes_per_position).sum()
+        self.caches.iter().map(|c| c.store().bytes_per_position()).sum()
     }
 
     /// Forgets every position from `len` on, keeping the prefix. Also brings every layer back
     /// to the state's length after a forward pass that failed half way.
     ///
-    /// A sliding-window layer keeps a ring of its last positions, so it cannot go back to a
-    /// `len` whose window it has overwritten: the state then forgets everything, and the next
-    /// pass recomputes the prefix ([`State::len`] says what was kept; sessions and generations
-    /// run the tokens from there).
+    /// A sliding-window layer keeps a ring of its last positions, and a convolution layer
+    /// (LFM2) a ring of its last inputs, so neither can go back to a `len` whose window or
+    /// kernel it has overwritten: the state then forgets everything, and the next pass
+    /// recomputes the prefix ([`State::len`] says what was kept; sessions and generations run
+    /// the tokens from there).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
         let mut kept = true;
         for cache in &mut self.caches {
-            kept &= cache.truncate(self.len);
+            kept &= cache.store_mut().truncate(self.len);
         }
         if !kept {
-            self.caches.iter_mut().for_each(KvStore::clear);
+            self.caches.iter_mut().for_each(|c| c.store_mut().clear());
             self.len = 0;
         }
     }
 
-    /// Positions of memory each layer's cache has: the capacity, or a sliding-window layer's
-    /// ring (its window and [`super::attention::RING_PART`] positions).
+    /// Positions of memory each layer has: the capacity, a sliding-window layer's ring (its
+    /// window and [`super::attention::RING_PART`] positions), or a convolution layer's (its
+    /// kernel's and as many).
     pub fn layer_rows(&self) -> Vec<usize> {
-        self.caches.iter().map(KvStore::rows).collect()
+        self.caches.iter().map(|c| c.store().rows()).collect()
     }
 
     /// Makes room for `capacity` positions, keeping those filled (a session's cache grows as
@@ -191,26 +240,27 @@ impl<B: Backend> State<B> {
     /// their larger room, and the state still holds what it held.
     pub fn grow(&mut self, capacity: usize) -> Result<()> {
         for cache in &mut self.caches {
-            cache.grow(capacity)?;
+            cache.store_mut().grow(capacity)?;
         }
         self.capacity = self.capacity.max(capacity);
         Ok(())
     }
 
-    /// The filled positions of every layer as bytes (f16, little-endian), for
-    /// [`State::restore`].
+    /// The filled positions of every layer as bytes (little-endian; keys and values as f16, a
+    /// convolution's inputs as f32), for [`State::restore`].
     pub fn save(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.saved_bytes(self.len));
         for cache in &self.caches {
-            cache.save(&mut out);
+            cache.store().save(&mut out);
         }
         out
     }
 
     /// The bytes [`State::save`] writes for `len` positions: every position of a global
-    /// layer, the last `window - 1` of a sliding-window layer.
+    /// layer, the last `window - 1` of a sliding-window layer, the last `kernel - 1` of a
+    /// convolution layer.
     fn saved_bytes(&self, len: usize) -> usize {
-        self.caches.iter().map(|c| c.saved_positions(len).saturating_mul(c.bytes_per_position())).fold(0, usize::saturating_add)
+        self.caches.iter().map(|c| c.store().saved_positions(len).saturating_mul(c.store().bytes_per_position())).fold(0, usize::saturating_add)
     }
 
     /// Fills the first `len` positions from what [`State::save`] wrote for the same model,
@@ -227,7 +277,7 @@ impl<B: Backend> State<B> {
         self.grow(len)?;
         let mut at = 0;
         for cache in &mut self.caches {
-            at += cache.restore(len, &bytes[at..]).ok_or_else(invalid)?;
+            at += cache.store_mut().restore(len, &bytes[at..]).ok_or_else(invalid)?;
         }
         self.len = len;
         Ok(())
@@ -318,7 +368,8 @@ impl<B: Backend> Weights<B> {
             false => loader.linear_placed("output", Some(vocab_size), c.hidden, Products::OneRow)?,
             true => table.clone(), // the embedding table itself
         };
-        let output_norm = loader.vector("output_norm.weight", c.hidden)?;
+        // LFM2's converter names its final norm `token_embd_norm` (llama.cpp reads it so).
+        let output_norm = loader.vector(if c.family == Family::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" }, c.hidden)?;
         let pairs = c.rope_dims / 2;
         let rope_freqs = loader.opt_values("rope_freqs.weight", pairs)?;
         let rope_long = loader.opt_values("rope_factors_long.weight", pairs)?;
@@ -328,7 +379,7 @@ impl<B: Backend> Weights<B> {
         for i in 0..c.layers {
             let p = |name: &str| format!("blk.{i}.{name}");
             let ffn = match c.experts {
-                Some(e) if i >= e.leading_dense => FeedForward::Experts(Moe {
+                Some(e) if e.in_layer(i) => FeedForward::Experts(Moe {
                     router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?,
                     bias: loader.opt_values(&p("exp_probs_b.bias"), e.count)?,
                     experts: loader.experts(i, e.count, e.ffn, c.hidden)?,
@@ -356,8 +407,16 @@ impl<B: Backend> Weights<B> {
                     down: loader.linear(&p("ffn_down"), Some(c.hidden), 0)?,
                 }),
             };
-            let attention = match c.latent {
-                None => {
+            let attention = match (&c.short_conv, c.latent) {
+                (Some(conv), _) if c.is_conv(i) => Attention::ShortConv {
+                    in_proj: loader.linear(&p("shortconv.in_proj"), Some(3 * c.hidden), c.hidden)?,
+                    weights: {
+                        let taps = loader.table(&p("shortconv.conv.weight"), c.hidden, conv.kernel)?;
+                        backend.vector(taps)?
+                    },
+                    out_proj: loader.linear(&p("shortconv.out_proj"), Some(c.hidden), c.hidden)?,
+                },
+                (_, None) => {
                     let (q_norm, k_norm) = if c.qk_norm_whole { (c.heads * c.head_dim, c.kv_heads * c.head_dim) } else { (c.head_dim, c.head_dim) };
                     let widths = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.value_dim];
                     // One fused projection (Phi-3, GLM-4), its rows the queries', keys' and
@@ -377,7 +436,7 @@ impl<B: Backend> Weights<B> {
                         o: loader.linear(&p("attn_output"), Some(c.hidden), c.heads * c.value_dim)?,
                     }
                 }
-                Some(l) => {
+                (_, Some(l)) => {
                     let q_width = c.heads * (l.nope + l.rope);
                     let query = if loader.index.contains_key(p("attn_q_a.weight").as_str()) {
                         let down = loader.linear(&p("attn_q_a"), None, c.hidden)?;
@@ -403,9 +462,9 @@ impl<B: Backend> Weights<B> {
                     }
                 }
             };
-            // gpt-oss names its feed-forward norm `post_attention_norm`.
+            // gpt-oss and GLM-4.5 name their feed-forward norm `post_attention_norm`.
             let (post_attn_norm, ffn_norm) = match c.family {
-                Family::GptOss => (None, "post_attention_norm.weight"),
+                Family::GptOss | Family::Glm4Moe => (None, "post_attention_norm.weight"),
                 _ => (loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?, "ffn_norm.weight"),
             };
             let post_ffn_norm = loader.opt_vector(&p("post_ffw_norm.weight"), c.hidden)?;
@@ -413,7 +472,8 @@ impl<B: Backend> Weights<B> {
             layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm(ffn_norm)?, ffn, post_ffn_norm });
         }
         drop(loader);
-        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, forward_passes: AtomicU64::new(0) })
+        let unit_norm = if c.qk_unit_norm { Some(backend.vector(vec![1.0; c.head_dim])?) } else { None };
+        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, unit_norm, forward_passes: AtomicU64::new(0) })
     }
 
     /// The hyper-parameters.
@@ -444,25 +504,44 @@ impl<B: Backend> Weights<B> {
             });
         }
         let values_in_keys = c.latent.is_some_and(|l| l.absorbed);
-        // Sliding-window layers keep a ring of their window (see `CacheSpec::rows`).
-        let specs: Vec<CacheSpec> = (0..c.layers)
-            .map(|i| CacheSpec {
-                kv_heads: c.kv_heads,
-                capacity,
-                head_dim: c.head_dim,
-                value_dim: c.value_dim,
-                values_in_keys,
-                window: c.sliding_window.filter(|_| c.is_local(i)).map(|(w, _)| w),
+        // Sliding-window layers keep a ring of their window (see `CacheSpec::rows`); a
+        // convolution layer keeps its last inputs instead (`None` here).
+        let specs: Vec<Option<CacheSpec>> = (0..c.layers)
+            .map(|i| {
+                (!c.is_conv(i)).then(|| CacheSpec {
+                    kv_heads: c.kv_heads,
+                    capacity,
+                    head_dim: c.head_dim,
+                    value_dim: c.value_dim,
+                    values_in_keys,
+                    // A chunked layer's queries see at most a chunk back, so its ring is a
+                    // sliding window's of the chunk's size.
+                    window: c.sliding_window.filter(|_| c.is_local(i)).map(|(w, _)| w),
+                })
             })
             .collect();
-        // f16 keys (and values) for every layer, refused up front when the memory is not there.
+        // f16 keys (and values) for every attention layer, f32 inputs for every convolution
+        // layer, refused up front when the memory is not there.
         let width = c.head_dim + if values_in_keys { 0 } else { c.value_dim };
-        let bytes = specs.iter().map(|s| [c.kv_heads, s.rows(), width, 2].iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))).fold(0u64, u64::saturating_add);
+        let kernel = c.short_conv.as_ref().map_or(0, |s| s.kernel);
+        let layer_bytes = |spec: &Option<CacheSpec>| match spec {
+            Some(s) => [c.kv_heads, s.rows(), width, 2],
+            None => [1, conv::ring_rows(kernel, capacity), c.hidden, 4],
+        };
+        let bytes = specs.iter().map(|s| layer_bytes(s).iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))).fold(0u64, u64::saturating_add);
         let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes };
         if bytes > isize::MAX as u64 || crate::platform::available_memory().is_some_and(|free| bytes > free) {
             return Err(too_large());
         }
-        let caches = specs.iter().map(|spec| self.backend.cache(spec).map_err(|_| too_large())).collect::<Result<_>>()?;
+        let b = &self.backend;
+        let caches = specs
+            .iter()
+            .map(|spec| match spec {
+                Some(spec) => b.cache(spec).map(Memory::Kv),
+                None => b.conv_state(c.hidden, kernel, capacity).map(Memory::Conv),
+            })
+            .map(|memory| memory.map_err(|_| too_large()))
+            .collect::<Result<_>>()?;
         Ok(State { caches, len: 0, capacity })
     }
 
@@ -522,7 +601,11 @@ impl<B: Backend> Weights<B> {
                 }
                 None => &x,
             };
-            let mut a = self.attention(layer, i, h, &mut state.caches[i], pos, rope_factors.map(Vec::as_slice))?;
+            let mut a = match (&layer.attention, &mut state.caches[i]) {
+                (Attention::ShortConv { in_proj, weights, out_proj }, Memory::Conv(conv)) => b.matmul(&b.short_conv(&b.matmul(h, in_proj)?, weights, conv)?, out_proj)?,
+                (_, Memory::Kv(cache)) => self.attention(layer, i, h, cache, pos, rope_factors.map(Vec::as_slice))?,
+                _ => return Err(Error::Compute(format!("layer {i}'s memory is not of its kind"))),
+            };
             if let Some(n) = &layer.post_attn_norm {
                 b.rms_norm(&mut a, n, eps)?;
             }
@@ -584,13 +667,14 @@ impl<B: Backend> Weights<B> {
         };
         let sinks = match &layer.attention {
             Attention::Standard { sinks, .. } => sinks.as_deref(),
-            Attention::Latent { .. } => None,
+            _ => None,
         };
         let spec = |scale: f32| Spec {
             heads: c.heads,
             scale,
             softcap: c.attention_softcap,
-            window: if local { c.sliding_window.map(|(w, _)| w) } else { None },
+            window: if local && !c.chunked { c.sliding_window.map(|(w, _)| w) } else { None },
+            chunk: if local && c.chunked { c.sliding_window.map(|(w, _)| w) } else { None },
             sinks,
             kernel: c.attention_kernel,
         };
@@ -600,6 +684,7 @@ impl<B: Backend> Weights<B> {
                 return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, cache, pos, &rope, &spec(scale));
             }
             Attention::Standard { q, k, v, o, q_norm, k_norm, .. } => (q, k, v, k_norm, q_norm, o),
+            Attention::ShortConv { .. } => return Err(Error::Compute(format!("layer {index} convolves; it has no attention"))),
         };
         // [seq][heads][head_dim], [seq][kv_heads][head_dim], [seq][kv_heads][value_dim]
         let mut q = b.matmul(h, q)?;
@@ -614,9 +699,13 @@ impl<B: Backend> Weights<B> {
         if c.has_rope(index) {
             b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
             b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
+            if let Some(ones) = &self.unit_norm {
+                b.rms_norm(&mut q, ones, eps)?;
+                b.rms_norm(&mut k, ones, eps)?;
+            }
         }
-        if let Some((by, length)) = c.attention_temperature {
-            b.scale_rows(&mut q, c.heads * c.head_dim, &|s| math::ln(((pos + s) / length) as f32 + 1.0) * by + 1.0)?;
+        if let Some(t) = c.attention_temperature.filter(|t| !t.nope_only || !c.has_rope(index)) {
+            b.scale_rows(&mut q, c.heads * c.head_dim, &|s| t.at(pos + s))?;
         }
         // Gemma and Phi-3 scale the queries before the product (llama.cpp does so too); the
         // others scale each product. The two differ in rounding, not in value.
@@ -692,8 +781,8 @@ fn two<T>(parts: Vec<T>) -> Result<[T; 2]> {
 pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
     let probs = match spec.gating {
         Gating::Softmax => softmax(logits),
-        Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
-        Gating::SoftmaxOfChosen => logits.to_vec(),
+        Gating::Sigmoid => logits.iter().map(|&v| sigmoid(v)).collect(),
+        Gating::SoftmaxOfChosen | Gating::SigmoidOfChosen => logits.to_vec(),
     };
     let mut selection = probs.clone();
     if let Some(bias) = bias {
@@ -714,8 +803,10 @@ pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32])
     }
     let chosen = top(&selection, spec.used);
     let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
-    if spec.gating == Gating::SoftmaxOfChosen {
-        weights = softmax(&weights);
+    match spec.gating {
+        Gating::SoftmaxOfChosen => weights = softmax(&weights),
+        Gating::SigmoidOfChosen => weights.iter_mut().for_each(|w| *w = sigmoid(*w)),
+        _ => {}
     }
     if spec.normalize {
         let sum = weights.iter().sum::<f32>().max(6.103_515_6e-5);
@@ -739,6 +830,11 @@ fn top(values: &[f32], k: usize) -> Vec<usize> {
     order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     order.truncate(k);
     order
+}
+
+/// The logistic sigmoid as ggml computes it.
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + math::exp(-x))
 }
 
 /// Softmax of `x`, summed in f64 as llama.cpp sums it.
@@ -935,12 +1031,18 @@ impl<B: Backend> Loader<'_, B> {
         if !self.index.contains_key(name) {
             return Ok(None);
         }
+        Ok(Some(self.table(name, count, width)?.chunks_exact(width.max(1)).map(<[f32]>::to_vec).collect()))
+    }
+
+    /// The values of a 2-D tensor `(count, width)`, row after row, dequantized if stored
+    /// quantized (LFM2's convolution taps).
+    fn table(&mut self, name: &str, count: usize, width: usize) -> Result<Vec<f32>> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         if shape != [count, width] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {width}]") });
         }
         let m = QMatrix::load(ggml_type, bytes, count, width, false).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
-        Ok(Some(m.to_f32()?.chunks_exact(width.max(1)).map(<[f32]>::to_vec).collect()))
+        m.to_f32()
     }
 
     /// A 3-D tensor `(count, rows, cols)` as `count` matrices (with their `biases`, `count`
@@ -995,7 +1097,7 @@ mod tests {
         for (gating, bias, groups, shared, normalize, scale) in
             [(Gating::Softmax, false, None, 0, true, 1.0), (Gating::Sigmoid, true, Some((4, 2)), 1, true, 2.5), (Gating::Sigmoid, false, None, 1, false, 1.0)]
         {
-            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0 };
+            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0, interleave: 1, weigh_inputs: false };
             let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
             let moe = Moe {
                 router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),

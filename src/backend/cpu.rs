@@ -8,6 +8,7 @@ use half::f16;
 
 use super::{Backend, CacheSpec, KvStore, Products};
 use crate::arch::attention::{self, KvCache, Rope, Spec};
+use crate::arch::conv::ConvState;
 use crate::arch::{math, route, shared_gate_weight, Activation, Experts, Moe};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
@@ -57,6 +58,7 @@ impl Backend for Cpu {
     type Tensor = Tensor;
     type Matrix = QLinear;
     type Cache = KvCache;
+    type Conv = ConvState;
 
     /// Repacks the matrix for this CPU's kernels when that pays for its `products`, the
     /// kernels would and the budget holds it; the file bytes of a repacked matrix are released.
@@ -87,6 +89,10 @@ impl Backend for Cpu {
 
     fn cache(&self, s: &CacheSpec) -> Result<KvCache> {
         KvCache::new(s)
+    }
+
+    fn conv_state(&self, width: usize, kernel: usize, capacity: usize) -> Result<ConvState> {
+        ConvState::new(width, kernel, capacity)
     }
 
     fn embed(&self, table: &QLinear, tokens: &[u32]) -> Result<Tensor> {
@@ -140,6 +146,10 @@ impl Backend for Cpu {
     fn attend(&self, q: &Tensor, k: &Tensor, v: Option<&Tensor>, cache: &mut KvCache, pos: usize, spec: &Spec) -> Result<Tensor> {
         let data = attention::append_and_attend(cache, &q.data, &k.data, v.map_or(&[][..], |v| &v.data), q.rows, pos, spec)?;
         Ok(Tensor { rows: q.rows, data })
+    }
+
+    fn short_conv(&self, bcx: &Tensor, weights: &Tensor, state: &mut ConvState) -> Result<Tensor> {
+        Ok(Tensor { rows: bcx.rows, data: state.convolve(&bcx.data, bcx.rows, &weights.data)? })
     }
 
     /// Row by row over the pool: a prompt's activations took as long as its products when one
@@ -231,11 +241,13 @@ impl Backend for Cpu {
         }
         // routes[token] = its (expert, weight) pairs, best first.
         let routes: Vec<Vec<(usize, f32)>> = logits.data.chunks_exact(spec.count).map(|logits| route(spec, moe.bias.as_deref(), logits)).collect();
-        // by_expert[e] = the tokens routed to expert e, in order.
-        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); spec.count];
+        // weight[token][slot] = what its expert's input row is multiplied by (Llama 4), or 1.
+        let input_weight = |token: usize, slot: usize| if spec.weigh_inputs { routes[token][slot].1 } else { 1.0 };
+        // by_expert[e] = the (token, slot) pairs routed to expert e, in token order.
+        let mut by_expert: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.count];
         for (token, chosen) in routes.iter().enumerate() {
-            for &(e, _) in chosen {
-                by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push(token);
+            for (slot, &(e, _)) in chosen.iter().enumerate() {
+                by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push((token, slot));
             }
         }
         // outputs[e] = `[rows][hidden]`: expert e over its tokens' rows (none for an expert no
@@ -244,8 +256,8 @@ impl Backend for Cpu {
         crate::platform::parallel_chunks(&mut outputs, 1, |e, slot| {
             let tokens = &by_expert[e];
             if !tokens.is_empty() {
-                let rows = Tensor { rows: tokens.len(), data: tokens.iter().flat_map(|&t| x.data[t * hidden..(t + 1) * hidden].iter().copied()).collect() };
-                slot[0] = moe.experts[e].forward(self, &rows, activation);
+                let rows = tokens.iter().flat_map(|&(t, s)| x.data[t * hidden..(t + 1) * hidden].iter().map(move |v| v * input_weight(t, s)));
+                slot[0] = moe.experts[e].forward(self, &Tensor { rows: tokens.len(), data: rows.collect() }, activation);
             }
         });
         let outputs: Vec<Tensor> = outputs.into_iter().collect::<Result<_>>()?;
@@ -257,6 +269,8 @@ impl Backend for Cpu {
             for &(e, w) in chosen {
                 let y = &outputs[e].data[cursor[e] * hidden..(cursor[e] + 1) * hidden];
                 cursor[e] += 1;
+                // An input already weighed gives its output as it is.
+                let w = if spec.weigh_inputs { 1.0 } else { w };
                 routed.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
             }
             add(&mut out.data[token * hidden..(token + 1) * hidden], &routed);

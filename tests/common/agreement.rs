@@ -39,10 +39,16 @@ pub fn compare(path: &Path, name: &str) -> Agreement {
 
 /// [`compare`] on `texts` instead of the raw prompts.
 pub fn compare_prompts(path: &Path, name: &str, texts: &[&str]) -> Agreement {
+    compare_prompts_in(path, name, texts, 1024)
+}
+
+/// [`compare_prompts`] with llama.cpp's context `context_size` positions long (for prompts
+/// longer than its default 1024).
+pub fn compare_prompts_in(path: &Path, name: &str, texts: &[&str], context_size: usize) -> Agreement {
     let model = Model::open(path).unwrap();
     let weights = model.weights().unwrap();
     let prompts: Vec<Vec<u32>> = texts.iter().map(|p| model.tokenizer().encode(p, true, false).unwrap()).collect();
-    let reference = llama_cpp("generate.mjs", &[path.to_str().unwrap()], &json!({ "prompts": prompts, "maxTokens": 16, "topK": 5 }));
+    let reference = llama_cpp("generate.mjs", &[path.to_str().unwrap()], &json!({ "prompts": prompts, "maxTokens": 16, "topK": 5, "contextSize": context_size }));
     let mut a = Agreement { equal: 0, same_top5: 0, exact_steps: 0, steps: 0, worst_gap: 0.0, worst_relative_gap: 0.0, worst_logprob: 0.0, worst_top5_relative_gap: 0.0 };
     for (i, prompt) in prompts.iter().enumerate() {
         let want: Vec<u32> = reference["outputs"][i].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();

@@ -411,8 +411,25 @@ pub struct Blocks {
     pub rope_factors: bool,
     /// (experts, used per token, expert ffn width).
     pub experts: Option<(usize, usize, usize)>,
-    /// A shared expert's ffn width, and whether a sigmoid gate `ffn_gate_inp_shexp` weighs it.
+    /// A shared expert's ffn width, and whether a sigmoid gate `ffn_gate_inp_shexp` weighs it
+    /// (Qwen2-MoE's, whose width `expert_shared_feed_forward_length` gives; an ungated one's
+    /// count is the architecture's own key).
     pub shared_expert: Option<(usize, bool)>,
+    /// Leading blocks with a dense feed-forward before the experts' blocks.
+    pub leading_dense: usize,
+    /// Every `moe_every`-th block has the experts (`(i + 1) % moe_every == 0`), the others a
+    /// dense feed-forward (Llama 4's `interleave_moe_layer_step`, which the test gives).
+    pub moe_every: usize,
+    /// An expert-selection bias `exp_probs_b` in each experts' block.
+    pub probs_bias: bool,
+    /// Multi-token-prediction blocks after the others (`nextn_predict_layers`), with their
+    /// `nextn.*` tensors, which inference leaves out.
+    pub nextn: usize,
+    /// LFM2's short convolutions: the kernel's length and the layers that attend (the others
+    /// convolve; `head_count_kv` is then one count per layer, 0 where a layer convolves).
+    pub short_conv: Option<(usize, &'static [usize])>,
+    /// The final norm's name (`token_embd_norm` in LFM2).
+    pub output_norm: &'static str,
     /// No `output.weight`: the output layer is the embedding table.
     pub tied_output: bool,
     /// The architecture's own keys (without the `<arch>.` prefix) and values.
@@ -450,6 +467,12 @@ impl Blocks {
             rope_factors: false,
             experts: None,
             shared_expert: None,
+            leading_dense: 0,
+            moe_every: 1,
+            probs_bias: false,
+            nextn: 0,
+            short_conv: None,
+            output_norm: "output_norm",
             tied_output: false,
             metadata: Vec::new(),
             weights: F32,
@@ -469,7 +492,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
     let mut f = GgufFile::new()
         .meta("general.architecture", s(b.arch))
         .meta("general.name", s(name))
-        .meta(&k("block_count"), Meta::U32(b.layers as u32))
+        .meta(&k("block_count"), Meta::U32((b.layers + b.nextn) as u32))
         .meta(&k("context_length"), Meta::U32(4096))
         .meta(&k("embedding_length"), Meta::U32(h as u32))
         .meta(&k("feed_forward_length"), Meta::U32(b.ffn as u32))
@@ -486,8 +509,18 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
             .meta(&k("expert_used_count"), Meta::U32(used as u32))
             .meta(&k("expert_feed_forward_length"), Meta::U32(ffn as u32));
     }
-    if let Some((ffn, _)) = b.shared_expert {
+    if let Some((ffn, true)) = b.shared_expert {
         f = f.meta(&k("expert_shared_feed_forward_length"), Meta::U32(ffn as u32));
+    }
+    if b.leading_dense > 0 {
+        f = f.meta(&k("leading_dense_block_count"), Meta::U32(b.leading_dense as u32));
+    }
+    if b.nextn > 0 {
+        f = f.meta(&k("nextn_predict_layers"), Meta::U32(b.nextn as u32));
+    }
+    if let Some((kernel, attending)) = b.short_conv {
+        let counts = (0..b.layers).map(|i| if attending.contains(&i) { b.kv_heads as i32 } else { 0 }).collect();
+        f = f.meta(&k("shortconv.l_cache"), Meta::U32(kernel as u32)).meta(&k("attention.head_count_kv"), Meta::I32s(counts));
     }
     for (key, meta) in &b.metadata {
         f = f.meta(&k(key), meta.clone());
@@ -503,7 +536,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
     let linear = |rng: &mut dyn FnMut(usize, f32) -> Vec<f32>, inputs: usize, outputs: usize| linear_as(wtype, rng, inputs, outputs);
     let u = |n: usize| n as u64;
     f = f.tensor("token_embd.weight", &[u(h), u(vocab)], wtype, encode(&random(h * vocab, 1.0)));
-    f = f.tensor("output_norm.weight", &[u(h)], F32, norm(&mut random, h));
+    f = f.tensor(&format!("{}.weight", b.output_norm), &[u(h)], F32, norm(&mut random, h));
     // Output weights as large as the embedding's, so that the top logits are well separated
     // (no near-ties that float rounding alone could reorder).
     if !b.tied_output {
@@ -516,38 +549,56 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         let grow = |top: f32| f32_bytes(&(0..pairs).map(|i| 1.0 + top * (i as f32 / pairs as f32).powi(2)).collect::<Vec<_>>());
         f = f.tensor("rope_factors_long.weight", &[u(pairs)], F32, grow(30.0)).tensor("rope_factors_short.weight", &[u(pairs)], F32, grow(1.5));
     }
-    for i in 0..b.layers {
+    for i in 0..b.layers + b.nextn {
         let p = |n: &str| format!("blk.{i}.{n}");
         let (q, kv) = (b.heads * hd, b.kv_heads * hd);
-        f = if b.fused_qkv {
-            f.tensor(&p("attn_qkv.weight"), &[u(h), u(q + 2 * kv)], wtype, linear(&mut random, h, q + 2 * kv))
-        } else {
-            f.tensor(&p("attn_q.weight"), &[u(h), u(q)], wtype, linear(&mut random, h, q))
-                .tensor(&p("attn_k.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
-                .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
-        };
-        f = f.tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
-        if b.biases {
-            f = f.tensor(&p("attn_output.bias"), &[u(h)], F32, f32_bytes(&random(h, 0.5)));
-        }
-        if b.sinks {
-            f = f.tensor(&p("attn_sinks.weight"), &[u(b.heads)], F32, f32_bytes(&random(b.heads, 2.0)));
-        }
-        if b.qkv_bias && b.fused_qkv {
-            f = f.tensor(&p("attn_qkv.bias"), &[u(q + 2 * kv)], F32, f32_bytes(&random(q + 2 * kv, 0.5)));
-        } else if b.qkv_bias {
+        if i >= b.layers {
+            // A multi-token-prediction block's own tensors, beside a block's usual ones.
             f = f
-                .tensor(&p("attn_q.bias"), &[u(q)], F32, f32_bytes(&random(q, 0.5)))
-                .tensor(&p("attn_k.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)))
-                .tensor(&p("attn_v.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)));
+                .tensor(&p("nextn.eh_proj.weight"), &[u(2 * h), u(h)], wtype, linear(&mut random, 2 * h, h))
+                .tensor(&p("nextn.enorm.weight"), &[u(h)], F32, norm(&mut random, h))
+                .tensor(&p("nextn.hnorm.weight"), &[u(h)], F32, norm(&mut random, h))
+                .tensor(&p("nextn.shared_head_norm.weight"), &[u(h)], F32, norm(&mut random, h));
         }
-        let (q_norm, k_norm) = match b.qk_norm {
-            QkNorm::None => (0, 0),
-            QkNorm::PerHead => (hd, hd),
-            QkNorm::Whole => (q, kv),
-        };
-        if q_norm > 0 {
-            f = f.tensor(&p("attn_q_norm.weight"), &[u(q_norm)], F32, norm(&mut random, q_norm)).tensor(&p("attn_k_norm.weight"), &[u(k_norm)], F32, norm(&mut random, k_norm));
+        let convolves = b.short_conv.is_some_and(|(_, attending)| !attending.contains(&i));
+        if convolves {
+            // LFM2's convolution: `b`, `c` and `x` in one projection, each channel's taps.
+            let kernel = b.short_conv.map_or(0, |(kernel, _)| kernel);
+            f = f
+                .tensor(&p("shortconv.conv.weight"), &[u(kernel), u(h)], F32, f32_bytes(&random(kernel * h, 1.0)))
+                .tensor(&p("shortconv.in_proj.weight"), &[u(h), u(3 * h)], wtype, linear(&mut random, h, 3 * h))
+                .tensor(&p("shortconv.out_proj.weight"), &[u(h), u(h)], wtype, linear(&mut random, h, h));
+        } else {
+            f = if b.fused_qkv {
+                f.tensor(&p("attn_qkv.weight"), &[u(h), u(q + 2 * kv)], wtype, linear(&mut random, h, q + 2 * kv))
+            } else {
+                f.tensor(&p("attn_q.weight"), &[u(h), u(q)], wtype, linear(&mut random, h, q))
+                    .tensor(&p("attn_k.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
+                    .tensor(&p("attn_v.weight"), &[u(h), u(kv)], wtype, linear(&mut random, h, kv))
+            };
+            f = f.tensor(&p("attn_output.weight"), &[u(q), u(h)], wtype, linear(&mut random, q, h));
+            if b.biases {
+                f = f.tensor(&p("attn_output.bias"), &[u(h)], F32, f32_bytes(&random(h, 0.5)));
+            }
+            if b.sinks {
+                f = f.tensor(&p("attn_sinks.weight"), &[u(b.heads)], F32, f32_bytes(&random(b.heads, 2.0)));
+            }
+            if b.qkv_bias && b.fused_qkv {
+                f = f.tensor(&p("attn_qkv.bias"), &[u(q + 2 * kv)], F32, f32_bytes(&random(q + 2 * kv, 0.5)));
+            } else if b.qkv_bias {
+                f = f
+                    .tensor(&p("attn_q.bias"), &[u(q)], F32, f32_bytes(&random(q, 0.5)))
+                    .tensor(&p("attn_k.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)))
+                    .tensor(&p("attn_v.bias"), &[u(kv)], F32, f32_bytes(&random(kv, 0.5)));
+            }
+            let (q_norm, k_norm) = match b.qk_norm {
+                QkNorm::None => (0, 0),
+                QkNorm::PerHead => (hd, hd),
+                QkNorm::Whole => (q, kv),
+            };
+            if q_norm > 0 {
+                f = f.tensor(&p("attn_q_norm.weight"), &[u(q_norm)], F32, norm(&mut random, q_norm)).tensor(&p("attn_k_norm.weight"), &[u(k_norm)], F32, norm(&mut random, k_norm));
+            }
         }
         if b.pre_norms {
             f = f.tensor(&p("attn_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p(&format!("{}.weight", b.ffn_norm)), &[u(h)], F32, norm(&mut random, h));
@@ -555,7 +606,8 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         if b.post_norms {
             f = f.tensor(&p("post_attention_norm.weight"), &[u(h)], F32, norm(&mut random, h)).tensor(&p("post_ffw_norm.weight"), &[u(h)], F32, norm(&mut random, h));
         }
-        match b.experts {
+        let experts = b.experts.filter(|_| i >= b.leading_dense && (i + 1) % b.moe_every == 0);
+        match experts {
             None if b.fused_gate_up => {
                 f = f
                     .tensor(&p("ffn_up.weight"), &[u(h), u(2 * b.ffn)], wtype, linear(&mut random, h, 2 * b.ffn))
@@ -573,6 +625,9 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                     .tensor(&p("ffn_gate_exps.weight"), &[u(h), u(ff), u(n)], etype, linear_as(etype, &mut random, h, ff * n))
                     .tensor(&p("ffn_up_exps.weight"), &[u(h), u(ff), u(n)], etype, linear_as(etype, &mut random, h, ff * n))
                     .tensor(&p("ffn_down_exps.weight"), &[u(ff), u(h), u(n)], etype, linear_as(etype, &mut random, ff, h * n));
+                if b.probs_bias {
+                    f = f.tensor(&p("exp_probs_b.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.1)));
+                }
                 if b.biases {
                     f = f
                         .tensor(&p("ffn_gate_inp.bias"), &[u(n)], F32, f32_bytes(&random(n, 0.5)))
@@ -582,7 +637,7 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
                 }
             }
         }
-        if let Some((sf, gated)) = b.shared_expert {
+        if let Some((sf, gated)) = b.shared_expert.filter(|_| experts.is_some()) {
             f = f
                 .tensor(&p("ffn_gate_shexp.weight"), &[u(h), u(sf)], wtype, linear(&mut random, h, sf))
                 .tensor(&p("ffn_up_shexp.weight"), &[u(h), u(sf)], wtype, linear(&mut random, h, sf))
