@@ -171,11 +171,9 @@ fn llama4() -> Blocks {
     }
 }
 
-/// LFM2 (as LFM2-350M, smaller): six layers of which the third and the sixth attend (per-head
-/// Q/K norms, RoPE) and the others run the gated short convolution over 3 positions; the output
-/// tied to the embedding, the final norm named `token_embd_norm`.
+/// LFM2: see [`Blocks::lfm2`] (the sessions' tests run it too).
 fn lfm2() -> Blocks {
-    Blocks { layers: 6, qk_norm: QkNorm::PerHead, short_conv: Some((3, &[2, 5])), output_norm: "token_embd_norm", tied_output: true, ..Blocks::llama_like("lfm2") }
+    Blocks::lfm2()
 }
 
 /// LFM2-MoE (as LFM2-8B-A1B, smaller): LFM2's layers with a leading dense block, then 8

@@ -484,6 +484,15 @@ impl Blocks {
     }
 }
 
+impl Blocks {
+    /// LFM2 (as LFM2-350M, smaller): six layers of which the third and the sixth attend
+    /// (per-head Q/K norms, RoPE) and the others run the gated short convolution over 3
+    /// positions; the output tied to the embedding, the final norm named `token_embd_norm`.
+    pub fn lfm2() -> Blocks {
+        Blocks { layers: 6, qk_norm: QkNorm::PerHead, short_conv: Some((3, &[2, 5])), output_norm: "token_embd_norm", tied_output: true, ..Blocks::llama_like("lfm2") }
+    }
+}
+
 /// Writes a file of `b`'s architecture with random weights and the tokenizer of
 /// `tokenizer_source`, leaving out the metadata key `leave_out` when given.
 pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, leave_out: Option<&str>) -> PathBuf {
