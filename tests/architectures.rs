@@ -474,6 +474,20 @@ fn llama4_matches_llama_cpp_past_its_first_chunk() {
     assert_same_distribution(&a, name);
 }
 
+/// An architecture candlewick does not run is refused by name, with the list of those it runs.
+#[test]
+fn an_unknown_architecture_is_named_with_those_run() {
+    let path = blocks_file(&source("mamba2"), &Blocks::llama_like("mamba2"), 1, "unknown-arch", None);
+    let err = Model::open(&path).and_then(|m| m.weights().map(|_| ())).unwrap_err();
+    std::fs::remove_file(&path).ok();
+    let Error::UnsupportedArchitecture { name, supported } = &err else { panic!("{err}") };
+    assert_eq!(name, "mamba2");
+    for arch in ["llama", "glm4moe", "lfm2", "lfm2moe", "llama4", "deepseek2"] {
+        assert!(supported.split(", ").any(|s| s == arch), "{arch} is not in {supported}");
+    }
+    assert!(err.to_string().contains("llama4"), "{err}");
+}
+
 /// A key an architecture cannot run without is named when it is missing.
 #[test]
 fn a_missing_key_is_named() {
