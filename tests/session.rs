@@ -1,10 +1,12 @@
 //! Sessions keep their KV cache across turns, and a turn writes what a cold generation of the
-//! same conversation writes (greedy), on real models.
+//! same conversation writes (greedy), on real models (and on a synthetic LFM2, whose convolution
+//! layers keep a recurrent state beside the KV caches).
 
 mod common;
 
 use candlewick::chat::{Message, Role};
 use candlewick::{Chunk, Error, FinishReason, GenerateOptions, Generator, Model, Prompt, SamplingConfig, Session, Usage};
+use common::synthetic::{blocks_file, Blocks};
 use common::{model, QWEN25_CODER, SMOLLM2};
 
 fn greedy(max_tokens: usize) -> GenerateOptions {
@@ -45,14 +47,17 @@ fn turn_and_cold(model: &Model, session: &mut Session, message: &str, max_tokens
 }
 
 fn check_turns(which: (&str, &str)) {
-    let model = Model::open(model(which)).unwrap();
-    let mut session = Session::new(&model).unwrap();
+    check_turns_of(&Model::open(model(which)).unwrap());
+}
+
+fn check_turns_of(model: &Model) {
+    let mut session = Session::new(model).unwrap();
     session.set_messages(vec![Message::system("You are a helpful assistant. Answer briefly.")]).unwrap();
-    let first = turn_and_cold(&model, &mut session, "Name three rivers in Europe.", 24);
+    let first = turn_and_cold(model, &mut session, "Name three rivers in Europe.", 24);
     assert_eq!(first.cached_tokens, 0);
     let mut before = first.prompt_tokens;
     for message in ["Which of them is the longest?", "Write a haiku about it.", "Thanks! 😀 One more: what is 2 + 2?"] {
-        let usage = turn_and_cold(&model, &mut session, message, 24);
+        let usage = turn_and_cold(model, &mut session, message, 24);
         // The previous prompt at least is reused; only the reply's tail and the new message run.
         assert!(usage.cached_tokens >= before, "{message}: {} cached of {} (previous prompt {before})", usage.cached_tokens, usage.prompt_tokens);
         assert!(usage.cached_tokens < usage.prompt_tokens);
@@ -68,6 +73,17 @@ fn smollm2_turns_equal_cold_generations() {
 #[test]
 fn qwen25_coder_turns_equal_cold_generations() {
     check_turns(QWEN25_CODER);
+}
+
+/// LFM2's convolution state is cut back to each turn's common prefix with the caches (within
+/// its ring), and the turns still write what cold generations write.
+#[test]
+fn lfm2_turns_equal_cold_generations() {
+    let source = candlewick::gguf::Gguf::read(&mut std::io::BufReader::new(std::fs::File::open(model(SMOLLM2)).unwrap())).unwrap();
+    let path = blocks_file(&source, &Blocks::lfm2(), 0xA2C4_1515, "lfm2-session", None);
+    let result = std::panic::catch_unwind(|| check_turns_of(&Model::open(&path).unwrap()));
+    std::fs::remove_file(&path).ok();
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
 
 #[test]

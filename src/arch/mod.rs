@@ -405,9 +405,6 @@ impl Config {
         }
         let eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
         let deepseek = family == Family::DeepSeek2;
-        // DeepSeek's and GLM-4.5's mixtures: shared experts counted in experts' widths, leading
-        // dense blocks, the chosen weights normalised and scaled as the file says.
-        let deepseek_moe = matches!(family, Family::DeepSeek2 | Family::Glm4Moe);
         let experts = match count_of("expert_count")? {
             0 => None,
             count => {
@@ -440,9 +437,11 @@ impl Config {
                     Some(2) => Gating::Sigmoid,
                     Some(other) => return Err(Error::InvalidMetadata { key: key("expert_gating_func"), reason: format!("unknown gating function {other}") }),
                 };
+                // The families whose experts' width llama.cpp reads from its own key only.
+                let own_width = matches!(family, Family::DeepSeek2 | Family::Glm4Moe | Family::Qwen2Moe | Family::Llama4 | Family::Lfm2);
                 let ffn = match gguf.get(&key("expert_feed_forward_length")) {
                     Some(_) => positive("expert_feed_forward_length")?,
-                    None if !deepseek_moe && !matches!(family, Family::Qwen2Moe | Family::Llama4 | Family::Lfm2) => positive("feed_forward_length")?,
+                    None if !own_width => positive("feed_forward_length")?,
                     None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
                 };
                 Some(Experts {

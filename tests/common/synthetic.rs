@@ -409,6 +409,8 @@ pub struct Blocks {
     pub rope_dims: Option<usize>,
     /// Global `rope_factors_long` and `rope_factors_short` tensors (LongRoPE).
     pub rope_factors: bool,
+    /// A global `rope_freqs` tensor (Llama 3.1's and Llama 4's frequency factors).
+    pub rope_freqs: bool,
     /// (experts, used per token, expert ffn width).
     pub experts: Option<(usize, usize, usize)>,
     /// A shared expert's ffn width, and whether a sigmoid gate `ffn_gate_inp_shexp` weighs it
@@ -465,6 +467,7 @@ impl Blocks {
             fused_gate_up: false,
             rope_dims: None,
             rope_factors: false,
+            rope_freqs: false,
             experts: None,
             shared_expert: None,
             leading_dense: 0,
@@ -478,6 +481,15 @@ impl Blocks {
             weights: F32,
             expert_weights: None,
         }
+    }
+}
+
+impl Blocks {
+    /// LFM2 (as LFM2-350M, smaller): six layers of which the third and the sixth attend
+    /// (per-head Q/K norms, RoPE) and the others run the gated short convolution over 3
+    /// positions; the output tied to the embedding, the final norm named `token_embd_norm`.
+    pub fn lfm2() -> Blocks {
+        Blocks { layers: 6, qk_norm: QkNorm::PerHead, short_conv: Some((3, &[2, 5])), output_norm: "token_embd_norm", tied_output: true, ..Blocks::llama_like("lfm2") }
     }
 }
 
@@ -548,6 +560,12 @@ pub fn blocks_file(tokenizer_source: &Gguf, b: &Blocks, seed: u64, name: &str, l
         let pairs = b.rope_dims.unwrap_or(hd) / 2;
         let grow = |top: f32| f32_bytes(&(0..pairs).map(|i| 1.0 + top * (i as f32 / pairs as f32).powi(2)).collect::<Vec<_>>());
         f = f.tensor("rope_factors_long.weight", &[u(pairs)], F32, grow(30.0)).tensor("rope_factors_short.weight", &[u(pairs)], F32, grow(1.5));
+    }
+    if b.rope_freqs {
+        // Llama 3's factors: 1 for the fast pairs, 8 for the slow ones, blended between.
+        let pairs = b.rope_dims.unwrap_or(hd) / 2;
+        let factor = |i: usize| 1.0 + 7.0 * ((i as f32 / pairs as f32 - 0.25) * 2.0).clamp(0.0, 1.0);
+        f = f.tensor("rope_freqs.weight", &[u(pairs)], F32, f32_bytes(&(0..pairs).map(factor).collect::<Vec<_>>()));
     }
     for i in 0..b.layers + b.nextn {
         let p = |n: &str| format!("blk.{i}.{n}");
