@@ -556,11 +556,10 @@ fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spe
         }
         let inv = (1.0 / sum) as f32;
         probs.iter_mut().for_each(|p| *p = f16::from_f32(*p * inv).to_f32());
-        // out[d] = Σ p·v[d] over the positions, each term fused into its lane's sum in
+        // out[d] = Σ p·v[d] over the positions, each term fused into its slot's partial sum in
         // position order (masked and padded positions add nothing, and those before the
-        // window may no longer be in a ring).
-        // The partial sums slot by slot (`vd` of them each), so that a position's terms go to
-        // consecutive sums; each sum still takes its terms in position order.
+        // window may no longer be in a ring). The partial sums lie slot by slot, `vd` of them
+        // each, so that a position's terms go to consecutive sums.
         let slots = order.slots();
         let mut partial = vec![0f32; slots * vd];
         for (key_at, &p) in (base..visible).zip(&probs).skip(first - base) {

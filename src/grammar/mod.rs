@@ -740,8 +740,8 @@ impl<'o> Gather<'o> {
     }
 }
 
-/// The stacks after matching character `c` from each of `stacks`.
-/// `out` must start empty.
+/// The stacks after matching character `c` from each of `stacks`, into `out` (which must start
+/// empty).
 fn step(elems: &[Elem], starts: &[u32], stacks: &[Vec<u32>], c: u32, out: &mut Vec<Vec<u32>>) -> Result<()> {
     let mut out = Gather::new(out);
     for stack in stacks {

@@ -680,6 +680,23 @@ fn iq1s_indices(b: &[u8; 50]) -> (__m512i, __m128i) {
     (_mm512_or_si512(_mm512_cvtepu8_epi16(qs), _mm512_slli_epi16::<8>(_mm512_and_si512(high, _mm512_set1_epi16(7)))), qh)
 }
 
+/// Entries `8p..8p + 8` of an IQ1_S block (their indices in [`iq1s_indices`]' 16-bit lanes
+/// `8p..8p + 8`), gathered from `grid`, one 8-byte entry per 64-bit lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn iq1s_entries<T: Copy>(grid: &[[T; 8]; 2048], index: __m512i, p: usize) -> __m512i {
+    const { assert!(std::mem::size_of::<T>() == 1) };
+    let eight = match p {
+        0 => _mm512_extracti32x4_epi32::<0>(index),
+        1 => _mm512_extracti32x4_epi32::<1>(index),
+        2 => _mm512_extracti32x4_epi32::<2>(index),
+        _ => _mm512_extracti32x4_epi32::<3>(index),
+    };
+    // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and each entry is 8
+    // bytes.
+    unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid.as_ptr().cast()) }
+}
+
 /// IQ1_S's grid with each value `v` (-1, 0 or 1) stored as the digit `v + 1`: the byte
 /// shuffles of [`rows_iq1s_avx512`] look values up by it.
 static IQ1S_DIGITS: [[u8; 8]; 2048] = {
@@ -725,18 +742,9 @@ fn iq1s_block(b: &[u8; 50]) -> Iq1s {
     let low = _mm_or_si128(below, _mm_slli_epi16::<8>(ls));
     let high = _mm_or_si128(above, _mm_slli_epi16::<8>(threshold));
     let tables = _mm512_castsi256_si512(_mm256_or_si256(_mm256_cvtepu16_epi32(low), _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(high))));
-    let grid: *const i64 = IQ1S_DIGITS.as_ptr().cast();
     let mut block = Iq1s { magnitudes: [_mm512_setzero_si512(); 4], negative: [0; 4] };
     for p in 0..4 {
-        let eight = match p {
-            0 => _mm512_extracti32x4_epi32::<0>(index),
-            1 => _mm512_extracti32x4_epi32::<1>(index),
-            2 => _mm512_extracti32x4_epi32::<2>(index),
-            _ => _mm512_extracti32x4_epi32::<3>(index),
-        };
-        // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and each entry
-        // is 8 bytes.
-        let digits = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
+        let digits = iq1s_entries(&IQ1S_DIGITS, index, p);
         // Runs 2p and 2p + 1, each over two 128-bit lanes.
         let table = _mm512_permutexvar_epi32(_mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(2 * p as i32), _mm512_set1_epi32(2 * p as i32 + 1)), tables);
         block.magnitudes[p] = _mm512_shuffle_epi8(table, digits);
@@ -783,7 +791,6 @@ fn rows_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let (blocks, _) = row.as_chunks::<50>();
-    let grid: *const i64 = IQ1S_GRID.as_ptr().cast();
     for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
         let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
         out.iter_mut().for_each(|o| *o = 0.0);
@@ -797,15 +804,7 @@ fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
             // grid says ±1, else 0; and the mask of the -1s.
             let (scaled, negative): ([__m512i; 4], [__mmask64; 4]) = {
                 let parts: [(__m512i, __mmask64); 4] = std::array::from_fn(|p| {
-                    let eight = match p {
-                        0 => _mm512_extracti32x4_epi32::<0>(index),
-                        1 => _mm512_extracti32x4_epi32::<1>(index),
-                        2 => _mm512_extracti32x4_epi32::<2>(index),
-                        _ => _mm512_extracti32x4_epi32::<3>(index),
-                    };
-                    // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and
-                    // each entry is 8 bytes.
-                    let g = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
+                    let g = iq1s_entries(&IQ1S_GRID, index, p);
                     let scales = _mm512_mask_blend_epi8(0xFFFF_FFFF_0000_0000, _mm512_set1_epi8(runs[2 * p].0 as i8), _mm512_set1_epi8(runs[2 * p + 1].0 as i8));
                     (_mm512_maskz_mov_epi8(_mm512_test_epi8_mask(g, g), scales), _mm512_movepi8_mask(g))
                 });
