@@ -569,11 +569,7 @@ fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spe
                 *sum = math::fma(*v, p, *sum);
             }
         }
-        let mut lane = vec![0f32; slots];
-        for (d, o) in out.iter_mut().enumerate() {
-            lane.iter_mut().enumerate().for_each(|(slot, l)| *l = partial[slot * vd + d]);
-            *o = order.fold(&lane);
-        }
+        order.fold_columns(&mut partial, out);
     });
     out
 }
@@ -611,12 +607,32 @@ impl SumOrder {
         }
     }
 
-    /// The sum of the partial sums (`slots()` of them).
-    fn fold(self, partial: &[f32]) -> f32 {
-        match self {
-            SumOrder::Lanes => fold_steps(partial),
-            SumOrder::Tiled => fold_halves(partial),
+    /// The sum of the partial sums (`slots()` of them), [`fold_steps`] or [`fold_halves`], of
+    /// each column of `partial` (`slots()` rows as wide as `out`) into `out`: for each column
+    /// the same additions in the same order, done a row at a time over contiguous memory.
+    /// `partial` is left as scratch.
+    fn fold_columns(self, partial: &mut [f32], out: &mut [f32]) {
+        let width = out.len();
+        let (low, high) = partial.split_at_mut(16 * width);
+        if let SumOrder::Lanes = self {
+            // fold_steps' first step: row l becomes (l + (32 + l)) + ((16 + l) + (48 + l)).
+            let row = |r: usize| &high[(r - 16) * width..(r - 15) * width];
+            for (l, a) in low.chunks_exact_mut(width).enumerate() {
+                for (((a, &p32), &p16), &p48) in a.iter_mut().zip(row(32 + l)).zip(row(16 + l)).zip(row(48 + l)) {
+                    *a = (*a + p32) + (p16 + p48);
+                }
+            }
         }
+        // fold_halves: rows 0..half += rows half..2·half, down to one row.
+        let mut half = 16;
+        while half > 1 {
+            half /= 2;
+            let (front, back) = low.split_at_mut(half * width);
+            for (a, b) in front.iter_mut().zip(&back[..half * width]) {
+                *a += *b;
+            }
+        }
+        out.copy_from_slice(&low[..width]);
     }
 }
 

@@ -36,7 +36,8 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
         Format::IQ3XXS => one(row, act, dot_iq3xxs),
         Format::IQ3S if super::super::avx512::vbmi() => one(row, act, dot_iq3s_avx512),
         Format::IQ3S => one(row, act, dot_iq3s),
-        Format::IQ1S if super::super::avx512::available() => one(row, act, dot_iq1s_avx512),
+        // SAFETY: `available` confirmed AVX-512 F, BW and VNNI.
+        Format::IQ1S if super::super::avx512::available() => unsafe { dot_iq1s_avx512(row, act) },
         Format::IQ1S => one(row, act, dot_iq1s),
         Format::IQ1M => dot_iq1m(row, act),
         Format::IQ4XS if super::super::avx512::vbmi() => one(row, act, dot_iq4xs_avx512),
@@ -780,55 +781,54 @@ fn rows_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
 }
 
 /// IQ1_S with AVX-512 VNNI for one activation row (decoding; [`rows_iq1s_avx512`] for
-/// several): a block's 32 grid entries are gathered (their 11-bit indices computed in vector lanes); each value's magnitude (0 or 1)
-/// becomes its run's scale or zero, an unsigned byte, and its sign moves onto the activation,
-/// so that `vpdpbusd` sums 64 scaled products in one instruction for each activation row. The
-/// runs' `delta` terms come from the activations' 16-value sums. Every integer sum is the
-/// scalar code's, and the f32 arithmetic per block is the same, so the result is bit-identical
-/// to [`dot_iq1s`]. Its decoding is cheaper than [`iq1s_block`]'s and its products per row
-/// dearer: for one row it is the faster (2048×7168 from memory, one thread: 0.78 against
-/// 0.90 ms), for two and more the slower.
+/// several): a block's 32 grid entries are gathered (their 11-bit indices computed in vector
+/// lanes); each value's magnitude (0 or 1) becomes its run's scale or zero, an unsigned byte,
+/// and its sign moves onto the activation, so that `vpdpbusd` sums 64 scaled products in one
+/// instruction. The runs' `delta` terms come from the activations' 16-value sums times each
+/// run's `ls·delta` (computed in vector lanes, as are the scales), and join the products as
+/// `8·sumi + sumi1` in one reduction: every integer is below 2^24, so `(8·sumi + sumi1) ·
+/// IQ1_DELTA` in f32 is exactly the scalar code's `sumi + IQ1_DELTA·sumi1` (see
+/// [`rows_iq1s_avx512`]), and the rest of the f32 arithmetic per block is the scalar code's:
+/// bit-identical to [`dot_iq1s`]. Its decoding is cheaper than [`iq1s_block`]'s and its
+/// products per row dearer: for one row it is the faster, for two and more the slower.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
-    let (blocks, _) = row.as_chunks::<50>();
-    for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
-        let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
-        out.iter_mut().for_each(|o| *o = 0.0);
-        for (j, b) in blocks.iter().enumerate() {
-            let (index, _) = iq1s_indices(b);
-            let runs: [(i32, i32); 8] = std::array::from_fn(|ib| {
-                let qh = u16_at(b, 34 + 2 * ib);
-                (2 * i32::from((qh >> 12) & 7) + 1, if qh & 0x8000 != 0 { -1 } else { 1 })
-            });
-            // Four vectors of 64 values (runs 2p and 2p + 1): each value's run scale where the
-            // grid says ±1, else 0; and the mask of the -1s.
-            let (scaled, negative): ([__m512i; 4], [__mmask64; 4]) = {
-                let parts: [(__m512i, __mmask64); 4] = std::array::from_fn(|p| {
-                    let g = iq1s_entries(&IQ1S_GRID, index, p);
-                    let scales = _mm512_mask_blend_epi8(0xFFFF_FFFF_0000_0000, _mm512_set1_epi8(runs[2 * p].0 as i8), _mm512_set1_epi8(runs[2 * p + 1].0 as i8));
-                    (_mm512_maskz_mov_epi8(_mm512_test_epi8_mask(g, g), scales), _mm512_movepi8_mask(g))
-                });
-                (parts.map(|(s, _)| s), parts.map(|(_, n)| n))
-            };
-            // The delta terms' weights, ls · delta, for each pair of 16-value sums.
-            let deltas: [i32; 16] = std::array::from_fn(|k| runs[k / 2].0 * runs[k / 2].1);
-            // SAFETY: 64 bytes from the 16-element array.
-            let deltas = unsafe { _mm512_loadu_si512(deltas.as_ptr().cast()) };
-            for (o, q8) in out.iter_mut().zip(&q8) {
-                let Some((a, bsums, da)) = q8.block(j) else { continue };
-                let mut acc = _mm512_setzero_si512();
-                for p in 0..4 {
-                    // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
-                    let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
-                    acc = _mm512_dpbusd_epi32(acc, scaled[p], _mm512_mask_sub_epi8(av, negative[p], _mm512_setzero_si512(), av));
-                }
-                // SAFETY: the block's 16 sums, 64 bytes.
-                let sums = unsafe { _mm512_loadu_si512(bsums.as_ptr().cast()) };
-                let sumi1 = _mm512_reduce_add_epi32(_mm512_mullo_epi32(sums, deltas));
-                *o += half(b, 0) * da * (_mm512_reduce_add_epi32(acc) as f32 + IQ1_DELTA * sumi1 as f32);
-            }
+fn dot_iq1s_avx512(row: &[u8], act: &Activations) -> f32 {
+    // 16-bit lane k of the scales' permutation: run 2p's scale for lanes 0..16 (bytes 0..32),
+    // run 2p + 1's for lanes 16..32.
+    let runs_of = |p: i16| _mm512_mask_blend_epi16(0xFFFF_0000, _mm512_set1_epi16(2 * p), _mm512_set1_epi16(2 * p + 1));
+    let run_pairs = [runs_of(0), runs_of(1), runs_of(2), runs_of(3)];
+    // 32-bit lane k of the deltas: run k / 2 (its pair of 16-value sums).
+    let run_of_sum = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    // 8·sumi + sumi1 of a block in 16 i32 lanes.
+    let total = |b: &[u8; 50], a: &[i8; 256], bsums: &[i32; 16]| {
+        let (index, qh) = iq1s_indices(b);
+        // Each run's scale 2·((qh >> 12) & 7) + 1, and ls·delta (delta = -1 where qh's top bit is set).
+        let ls = _mm_or_si128(_mm_slli_epi16::<1>(_mm_and_si128(_mm_srli_epi16::<12>(qh), _mm_set1_epi16(7))), _mm_set1_epi16(1));
+        let minus = _mm_srai_epi16::<15>(qh);
+        let ls_delta = _mm_sub_epi16(_mm_xor_si128(ls, minus), minus);
+        let deltas = _mm512_permutexvar_epi32(run_of_sum, _mm512_castsi256_si512(_mm256_cvtepi16_epi32(ls_delta)));
+        // The scale in both bytes of each 16-bit lane.
+        let ls_bytes = _mm512_castsi128_si512(_mm_or_si128(ls, _mm_slli_epi16::<8>(ls)));
+        let mut acc = _mm512_setzero_si512();
+        for (p, runs) in run_pairs.iter().enumerate() {
+            // Values 64p..64p + 64 (runs 2p and 2p + 1): the run's scale where the grid says ±1,
+            // else 0; the activations negated where it says -1.
+            let g = iq1s_entries(&IQ1S_GRID, index, p);
+            let scaled = _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(g, g), _mm512_permutexvar_epi16(*runs, ls_bytes));
+            // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
+            let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
+            acc = _mm512_dpbusd_epi32(acc, scaled, _mm512_mask_sub_epi8(av, _mm512_movepi8_mask(g), _mm512_setzero_si512(), av));
         }
+        // SAFETY: the block's 16 sums, 64 bytes.
+        let sums = unsafe { _mm512_loadu_si512(bsums.as_ptr().cast()) };
+        _mm512_add_epi32(_mm512_slli_epi32::<3>(acc), _mm512_mullo_epi32(sums, deltas))
+    };
+    let (blocks, _) = row.as_chunks::<50>();
+    let mut out = 0f32;
+    for (b, ((a, bsums), &da)) in blocks.iter().zip(q8k(act)) {
+        out += half(b, 0) * da * (_mm512_reduce_add_epi32(total(b, a, bsums)) as f32 * IQ1_DELTA);
     }
+    out
 }
 
 /// Each entry of an IQ2 grid (IQ2_XXS, IQ2_XS, IQ2_S) as 2-bit codes of its eight magnitudes
