@@ -892,20 +892,33 @@ struct Decoded {
 /// The codebook formats' AVX-512 driver: each block decoded once ([`Decoded`]) for up to
 /// [`ROWS_AT_ONCE`] activation rows, then, per row, 64 products in one `vpdpbusd` (the
 /// activations negated where the weights are), scaled per lane and summed
-/// ([`pairs_avx512`]). The f32 arithmetic per block is the scalar code's; `multiplier` is the
-/// format's final factor.
+/// ([`pairs_avx512`]). `PACKED` (the grids' formats, whose magnitudes are at most IQ3's 62):
+/// each lane of four products is at most 4 · 62 · 127, within an i16, so two vectors' lanes
+/// are packed to 16 bits, exactly, and scaled and summed by one `vpdpwssd` instead of two
+/// multiplications and additions of i32 lanes. Every integer sum is the scalar code's, and
+/// the f32 arithmetic per block is too; `multiplier` is the format's final factor.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-fn rows_avx512<const N: usize>(row: &[u8], acts: &[Activations], out: &mut [f32], multiplier: f32, decode: impl Fn(&[u8; N]) -> Decoded) {
-    pairs_avx512(row, acts, out, 1.0, decode, |block, a| {
-        let mut acc = _mm512_setzero_si512();
-        for p in 0..4 {
+fn rows_avx512<const N: usize, const PACKED: bool>(row: &[u8], acts: &[Activations], out: &mut [f32], multiplier: f32, decode: impl Fn(&[u8; N]) -> Decoded) {
+    // The scales packed as the products will be: vectors 2k and 2k + 1, 128-bit lane by lane.
+    let decode = |b: &[u8; N]| {
+        let block = decode(b);
+        let packed = [_mm512_packs_epi32(block.scales[0], block.scales[1]), _mm512_packs_epi32(block.scales[2], block.scales[3])];
+        (block, packed)
+    };
+    pairs_avx512(row, acts, out, 1.0, decode, |(block, packed), a| {
+        let products: [__m512i; 4] = std::array::from_fn(|p| {
             // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
             let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
             let signed = _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av);
-            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed), block.scales[p]));
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed)
+        });
+        if PACKED {
+            let acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_packs_epi32(products[0], products[1]), packed[0]);
+            _mm512_dpwssd_epi32(acc, _mm512_packs_epi32(products[2], products[3]), packed[1])
+        } else {
+            products.iter().zip(&block.scales).fold(_mm512_setzero_si512(), |acc, (p, s)| _mm512_add_epi32(acc, _mm512_mullo_epi32(*p, *s)))
         }
-        acc
     });
     out.iter_mut().for_each(|o| *o *= multiplier);
 }
@@ -1117,7 +1130,7 @@ fn dot_iq2xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let table = table256(iq2xxs_codes(), 0);
     // SAFETY: 64 bytes from the 64-byte array.
     let word_index = unsafe { _mm512_loadu_si512(WORD_INDEX.as_ptr().cast()) };
-    rows_avx512::<66>(row, acts, out, 0.125, |b| {
+    rows_avx512::<66, true>(row, acts, out, 0.125, |b| {
         // Run ib in 64-bit lane ib: four grid indices, then 4 × 7 sign-code bits and a 4-bit
         // scale. SAFETY: bytes 2..66 lie inside the 66-byte block.
         let runs = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
@@ -1134,7 +1147,7 @@ fn dot_iq2xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 fn dot_iq2xs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let tables = [table256(iq2xs_codes(), 0), table256(iq2xs_codes(), 1)];
-    rows_avx512::<74>(row, acts, out, 0.125, |b| {
+    rows_avx512::<74, true>(row, acts, out, 0.125, |b| {
         // SAFETY: bytes 2..66 lie inside the 74-byte block.
         let q = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
         let entries = lookup(&tables, _mm512_and_si512(q, _mm512_set1_epi16(511)));
@@ -1150,7 +1163,7 @@ fn dot_iq2xs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
 fn dot_iq2s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let codes = iq2s_codes();
     let tables = [table256(codes, 0), table256(codes, 1), table256(codes, 2), table256(codes, 3)];
-    rows_avx512::<82>(row, acts, out, 0.125, |b| {
+    rows_avx512::<82, true>(row, acts, out, 0.125, |b| {
         // SAFETY: bytes 2..34 (low index bytes) and 66..74 (high bits) lie inside the block.
         let (low, qh) = unsafe { (_mm256_loadu_si256(b.as_ptr().add(2).cast()), _mm_loadl_epi64(b.as_ptr().add(66).cast())) };
         let high = _mm512_and_si512(per_entry_bits(qh, 2), _mm512_set1_epi16(3));
@@ -1187,7 +1200,7 @@ const IQ3S_LEVELS: [u8; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 fn dot_iq3xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let table = table256(iq3xxs_codes(), 0);
-    rows_avx512::<98>(row, acts, out, 0.25, |b| {
+    rows_avx512::<98, true>(row, acts, out, 0.25, |b| {
         // SAFETY: bytes 2..66 (grid indices) and 66..98 (sign codes and scales) lie inside the
         // 98-byte block.
         let (indices, aux) = unsafe { (_mm512_loadu_si512(b.as_ptr().add(2).cast()), _mm256_loadu_si256(b.as_ptr().add(66).cast())) };
@@ -1214,7 +1227,7 @@ fn dot_iq3s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let bit_of_lane = _mm512_set_epi16(
         7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0,
     );
-    rows_avx512::<110>(row, acts, out, 1.0, |b| {
+    rows_avx512::<110, true>(row, acts, out, 1.0, |b| {
         // SAFETY: bytes 2..66 (low index bytes) and 66..74 (ninth bits) lie inside the block.
         let (low, qh) = unsafe { (_mm512_loadu_si512(b.as_ptr().add(2).cast()), _mm_loadl_epi64(b.as_ptr().add(66).cast())) };
         let qh = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(qh));
@@ -1237,7 +1250,7 @@ fn dot_iq3s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
 fn dot_iq4xs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     // SAFETY: 16 bytes from the 16-entry table.
     let values = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) });
-    rows_avx512::<136>(row, acts, out, 1.0, |b| {
+    rows_avx512::<136, false>(row, acts, out, 1.0, |b| {
         let parts: [(__m512i, u64); 4] = std::array::from_fn(|p| {
             // Runs 2p and 2p + 1: 16 bytes each, the low nibbles their first 16 values.
             // SAFETY: bytes 8 + 32p..8 + 32p + 32 lie inside the 136-byte block.
