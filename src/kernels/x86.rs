@@ -51,6 +51,17 @@ pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &m
     available() && unsafe { iq::dot_rows(format, row, acts, out) }
 }
 
+/// Weight rows [`dot_tiles`] takes at once, one per 32-bit lane of a 512-bit vector.
+pub(super) const TILE_ROWS: usize = 16;
+
+/// The products of [`TILE_ROWS`] weight rows (`rows`, whole rows one after the other) with
+/// several activation rows into `out` (`out[r·m + i]`), rows side by side in vector lanes
+/// (IQ1_S, IQ2_XXS), bit-identical to [`dot`]; `false` when the format has no such kernel or
+/// this CPU lacks AVX-512 VBMI and VNNI.
+pub(super) fn dot_tiles(format: Format, rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
+    iq::dot_tiles(format, rows, acts, out)
+}
+
 /// The SIMD dot product of one weight row with quantized activations, or `None` when this CPU
 /// lacks AVX2/FMA/F16C or the format has no SIMD kernel (F32 and F16, used for small tensors
 /// only), in which case the caller takes the scalar path.

@@ -831,6 +831,259 @@ fn dot_iq1s_avx512(row: &[u8], act: &Activations) -> f32 {
     out
 }
 
+// ----------------------------------------------------------------------------------------
+// Tiles: sixteen weight rows at a time, for several activation rows.
+
+/// Transposes sixteen vectors of sixteen 32-bit lanes: lane `k` of vector `i` of the result
+/// is lane `i` of vector `k`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(v: &[__m512i; 16]) -> [__m512i; 16] {
+    // Rows 2t and 2t + 1 interleaved by 32 bits, then rows 4u..4u + 4 by 64 bits: q[4u + e]
+    // holds, in its 128-bit lane L, lane 4L + e of rows 4u..4u + 4.
+    let s1: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (v[i & !1], v[i | 1]);
+        if i % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
+    });
+    let q: [__m512i; 16] = std::array::from_fn(|i| {
+        let (u, e) = (i / 4, i % 4);
+        let (a, b) = (s1[4 * u + e / 2], s1[4 * u + 2 + e / 2]);
+        if e % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
+    });
+    // Then the 128-bit lanes: result 4L + e takes lane L of q[e], q[4 + e], q[8 + e], q[12 + e].
+    let mut out = [_mm512_setzero_si512(); 16];
+    for e in 0..4 {
+        let (a, b, c, d) = (q[e], q[4 + e], q[8 + e], q[12 + e]);
+        let (t0, t1) = (_mm512_shuffle_i32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b));
+        let (t2, t3) = (_mm512_shuffle_i32x4::<0b01_00_01_00>(c, d), _mm512_shuffle_i32x4::<0b11_10_11_10>(c, d));
+        out[e] = _mm512_shuffle_i32x4::<0b10_00_10_00>(t0, t2);
+        out[4 + e] = _mm512_shuffle_i32x4::<0b11_01_11_01>(t0, t2);
+        out[8 + e] = _mm512_shuffle_i32x4::<0b10_00_10_00>(t1, t3);
+        out[12 + e] = _mm512_shuffle_i32x4::<0b11_01_11_01>(t1, t3);
+    }
+    out
+}
+
+/// What a tile needs of its rows' block besides the values, each vector one row per lane:
+/// each run's multiplier, each pair of runs' corrections (two i16s in a lane, met by the
+/// activations' pairs of 32-value sums) and the block's scale `d`.
+struct TileScales {
+    multipliers: [__m512i; 8],
+    corrections: [__m512i; 4],
+    d: __m512,
+}
+
+/// The dword at byte `at` of block `j` of each of the tile's sixteen rows (`offsets`: each
+/// row's start, in bytes from `base`).
+///
+/// # Safety
+/// Every dword read must lie inside the rows.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_rows(base: *const u8, offsets: __m512i, at: usize) -> __m512i {
+    // SAFETY: the caller vouches for the reads.
+    unsafe { _mm512_i32gather_epi32::<1>(_mm512_add_epi32(offsets, _mm512_set1_epi32(at as i32)), base.cast()) }
+}
+
+/// The products of sixteen weight rows (`rows`: `TILE_ROWS · row_bytes` bytes) in a codebook
+/// format with each activation row, into `out` (`out[r·m + i]`, row `r`, activation row `i`,
+/// as [`dot_rows`] leaves them), rows on 32-bit lanes as the strips' kernels
+/// ([`super::super::avx512`]) have them, so that no horizontal sum is needed: each block
+/// position of the sixteen rows is decoded once into unsigned bytes (`values`: values
+/// `64p..64p + 64` of a row in vector `p`) and transposed into 64 vectors of four values of
+/// every row; then, for each activation row, one `vpdpbusd` against four broadcast activation
+/// bytes adds four products to every row's lane. Per run of 32 values, the lanes are scaled by
+/// the run's multiplier, and the activations' run sums, times each row's correction, take off
+/// what the unsigned values add (`scales`). Each block's integer sum is exact, and the f32
+/// arithmetic is the scalar code's: `(d · d_a) · (sum · inner)` added block by block, times
+/// `multiplier` at the end: bit-identical to [`dot_rows`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn tiles<const N: usize>(
+    rows: &[u8],
+    acts: &[Activations],
+    out: &mut [f32],
+    multiplier: f32,
+    inner: f32,
+    values: impl Fn(&[u8; N]) -> [__m512i; 4],
+    scales: impl Fn(*const u8, __m512i, usize) -> TileScales,
+) -> bool {
+    let m = acts.len();
+    let row_bytes = rows.len() / TILE_ROWS;
+    let blocks = row_bytes / N;
+    let offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(row_bytes as i32));
+    let q8: Vec<Q8k<'_>> = acts.iter().map(|a| Q8k::of(Some(a))).collect();
+    let mut acc = vec![_mm512_setzero_ps(); m];
+    let (all, _) = rows.as_chunks::<N>();
+    if all.len() != TILE_ROWS * blocks || out.len() < TILE_ROWS * m || q8.iter().any(|q| q.qs.len() < blocks || q.bsums.len() < blocks || q.d.len() < blocks) {
+        return false;
+    }
+    // The sixteen rows' values of one block position (by_row[p][k]: vector p of row k), then
+    // tile[p][i]: lane k = row k's dword i of vector p. Kept across positions (not cleared).
+    let mut by_row = [[_mm512_setzero_si512(); TILE_ROWS]; 4];
+    let mut tile = [[_mm512_setzero_si512(); 16]; 4];
+    for j in 0..blocks {
+        for k in 0..TILE_ROWS {
+            for (p, v) in values(&all[k * blocks + j]).into_iter().enumerate() {
+                by_row[p][k] = v;
+            }
+        }
+        for (t, v) in tile.iter_mut().zip(&by_row) {
+            *t = transpose16(v);
+        }
+        // SAFETY: the closure reads inside block j of each row (its reads are checked there).
+        let sc = scales(rows.as_ptr(), _mm512_add_epi32(offsets, _mm512_set1_epi32((j * N) as i32)), j);
+        // Activation rows four at a time, each tile vector loaded once for them.
+        let (fours, rest) = q8.as_chunks::<4>();
+        for (c, four) in fours.iter().enumerate() {
+            tile_rows(&tile, &sc, four.each_ref(), j, inner, &mut acc[4 * c..4 * c + 4]);
+        }
+        // The rest in one group of their number.
+        let acc = &mut acc[4 * fours.len()..];
+        match rest {
+            [a] => tile_rows(&tile, &sc, [a], j, inner, acc),
+            [a, b] => tile_rows(&tile, &sc, [a, b], j, inner, acc),
+            [a, b, c] => tile_rows(&tile, &sc, [a, b, c], j, inner, acc),
+            _ => {}
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: sixteen f32 lanes are sixteen f32s.
+        let lanes = unsafe { std::mem::transmute::<__m512, [f32; 16]>(*acc) };
+        for (k, v) in lanes.iter().enumerate() {
+            if let Some(o) = out.get_mut(k * m + i) {
+                *o = v * multiplier;
+            }
+        }
+    }
+    true
+}
+
+/// [`tiles`]' products of one block position of its sixteen rows (`tile`, `sc`) with `C`
+/// activation rows, added to their accumulators `acc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_rows<const C: usize>(tile: &[[__m512i; 16]; 4], sc: &TileScales, q8: [&Q8k<'_>; C], j: usize, inner: f32, acc: &mut [__m512]) {
+    // Every activation row has block j ([`tiles`] checked).
+    let blocks = q8.map(|q| (&q.qs[j], &q.bsums[j], q.d[j]));
+    let words: [&[[i8; 4]]; C] = blocks.map(|(a, _, _)| a.as_chunks::<4>().0);
+    let mut sumi = [_mm512_setzero_si512(); C];
+    for r in 0..8 {
+        let mut dot = [_mm512_setzero_si512(); C];
+        for g in 0..8 {
+            let v = tile[r / 2][8 * (r % 2) + g];
+            for (dot, words) in dot.iter_mut().zip(&words) {
+                *dot = _mm512_dpbusd_epi32(*dot, v, _mm512_set1_epi32(i32::from_ne_bytes(words[8 * r + g].map(|x| x as u8))));
+            }
+        }
+        for (sumi, dot) in sumi.iter_mut().zip(dot) {
+            *sumi = _mm512_add_epi32(*sumi, _mm512_mullo_epi32(dot, sc.multipliers[r]));
+        }
+    }
+    for ((sumi, (_, bsums, da)), acc) in sumi.iter_mut().zip(blocks).zip(acc) {
+        for (q, correction) in sc.corrections.iter().enumerate() {
+            let run = |r: usize| bsums[2 * r] + bsums[2 * r + 1];
+            let pair = (run(2 * q) & 0xFFFF) | (run(2 * q + 1) << 16);
+            *sumi = _mm512_dpwssd_epi32(*sumi, *correction, _mm512_set1_epi32(pair));
+        }
+        let term = _mm512_mul_ps(_mm512_mul_ps(sc.d, _mm512_set1_ps(da)), _mm512_mul_ps(_mm512_cvtepi32_ps(*sumi), _mm512_set1_ps(inner)));
+        *acc = _mm512_add_ps(*acc, term);
+    }
+}
+
+/// Sixteen rows' blocks' f16 scales (at byte 0), widened to f32 exactly.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn tile_d(base: *const u8, offsets: __m512i) -> __m512 {
+    // SAFETY: bytes 0..4 of every block lie inside it (its blocks are at least 50 bytes).
+    let words = unsafe { gather_rows(base, offsets, 0) };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words))
+}
+
+/// Two i16 lanes per i32: `lo` in the low half.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn pack_pairs(lo: __m512i, hi: __m512i) -> __m512i {
+    _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32::<16>(hi))
+}
+
+/// IQ1_S [`tiles`]: values `g + 1` (0, 1, 2) as gathered digits; each run's multiplier
+/// `8·ls` and correction `ls·(delta − 8)`, so that a block's sum is
+/// `Σ 8·ls·Σ(g + 1)·a + ls·(delta − 8)·Σa = 8·sumi + sumi1`, and `inner` 1/8 as in
+/// [`rows_iq1s_avx512`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn tiles_iq1s(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
+    let values = |b: &[u8; 50]| {
+        let (index, _) = iq1s_indices(b);
+        std::array::from_fn(|p| iq1s_entries(&IQ1S_DIGITS, index, p))
+    };
+    let scales = |base: *const u8, offsets: __m512i, _j: usize| {
+        // Runs 2q and 2q + 1's qh words in the dword at 34 + 4q.
+        // SAFETY: bytes 34 + 4q..38 + 4q ≤ 50 lie inside each row's block.
+        let words: [__m512i; 4] = std::array::from_fn(|q| unsafe { gather_rows(base, offsets, 34 + 4 * q) });
+        let runs: [(__m512i, __m512i); 8] = std::array::from_fn(|r| {
+            let qh = if r % 2 == 0 { _mm512_and_si512(words[r / 2], _mm512_set1_epi32(0xFFFF)) } else { _mm512_srli_epi32::<16>(words[r / 2]) };
+            let ls = _mm512_add_epi32(_mm512_slli_epi32::<1>(_mm512_and_si512(_mm512_srli_epi32::<12>(qh), _mm512_set1_epi32(7))), _mm512_set1_epi32(1));
+            let minus = _mm512_test_epi32_mask(qh, _mm512_set1_epi32(0x8000));
+            // ls·(delta − 8): -7·ls, or -9·ls where delta is -1.
+            let correction = _mm512_mullo_epi32(ls, _mm512_mask_blend_epi32(minus, _mm512_set1_epi32(-7), _mm512_set1_epi32(-9)));
+            (_mm512_slli_epi32::<3>(ls), correction)
+        });
+        TileScales {
+            multipliers: runs.map(|(m, _)| m),
+            corrections: std::array::from_fn(|q| pack_pairs(runs[2 * q].1, runs[2 * q + 1].1)),
+            d: tile_d(base, offsets),
+        }
+    };
+    tiles::<50>(rows, acts, out, 1.0, IQ1_DELTA, values, scales)
+}
+
+/// IQ2_XXS [`tiles`]: values `w + 43` (`w` the signed grid value, at most 43 in magnitude);
+/// each run's multiplier `ls` and correction `-43·ls`; `multiplier` 1/8 as in
+/// [`dot_iq2xxs_avx512`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn tiles_iq2xxs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
+    const WORD_INDEX: [u8; 64] = run_bytes::<true>();
+    let table = table256(iq2xxs_codes(), 0);
+    // SAFETY: 64 bytes from the 64-byte array.
+    let word_index = unsafe { _mm512_loadu_si512(WORD_INDEX.as_ptr().cast()) };
+    let values = |b: &[u8; 66]| {
+        let block = iq2xxs_block(b, &table, word_index);
+        let offset = _mm512_set1_epi8(43);
+        std::array::from_fn(|p| _mm512_mask_sub_epi8(_mm512_add_epi8(offset, block.grid[p]), block.negative[p], offset, block.grid[p]))
+    };
+    let scales = |base: *const u8, offsets: __m512i, _j: usize| {
+        let runs: [(__m512i, __m512i); 8] = std::array::from_fn(|r| {
+            // The run's scale in the top four bits of the dword at 6 + 8r.
+            // SAFETY: bytes 6 + 8r..10 + 8r ≤ 66 lie inside each row's block.
+            let ls = _mm512_add_epi32(_mm512_slli_epi32::<1>(_mm512_srli_epi32::<28>(unsafe { gather_rows(base, offsets, 6 + 8 * r) })), _mm512_set1_epi32(1));
+            (ls, _mm512_mullo_epi32(ls, _mm512_set1_epi32(-43)))
+        });
+        TileScales {
+            multipliers: runs.map(|(m, _)| m),
+            corrections: std::array::from_fn(|q| pack_pairs(runs[2 * q].1, runs[2 * q + 1].1)),
+            d: tile_d(base, offsets),
+        }
+    };
+    tiles::<66>(rows, acts, out, 0.125, 1.0, values, scales)
+}
+
+/// [`tiles`] for `format`'s sixteen rows `rows` (`TILE_ROWS` whole rows) and the activation
+/// rows `acts`, into `out` (`out[r·m + i]`); `false` for a format without them or a CPU
+/// without AVX-512 VBMI and VNNI.
+pub(super) fn dot_tiles(format: Format, rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
+    if !super::super::avx512::vbmi() {
+        return false;
+    }
+    match format {
+        // SAFETY: `vbmi` confirmed AVX-512 F, BW, VNNI and VBMI.
+        Format::IQ1S => unsafe { tiles_iq1s(rows, acts, out) },
+        // SAFETY: as above.
+        Format::IQ2XXS => unsafe { tiles_iq2xxs(rows, acts, out) },
+        _ => false,
+    }
+}
+
 /// Each entry of an IQ2 grid (IQ2_XXS, IQ2_XS, IQ2_S) as 2-bit codes of its eight magnitudes
 /// (8, 25, 43 → 0, 1, 2), value `j` in bits `2j..2j + 2`: a table of u16 the kernels look up
 /// in registers.
@@ -1130,15 +1383,21 @@ fn dot_iq2xxs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let table = table256(iq2xxs_codes(), 0);
     // SAFETY: 64 bytes from the 64-byte array.
     let word_index = unsafe { _mm512_loadu_si512(WORD_INDEX.as_ptr().cast()) };
-    rows_avx512::<66, true>(row, acts, out, 0.125, |b| {
-        // Run ib in 64-bit lane ib: four grid indices, then 4 × 7 sign-code bits and a 4-bit
-        // scale. SAFETY: bytes 2..66 lie inside the 66-byte block.
-        let runs = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
-        // Entry k = 4·run + l's codes, in 16-bit lane k.
-        let entries = lookup256(&table, _mm512_maskz_permutexvar_epi8(0x5555_5555_5555_5555, word_index, runs));
-        let words = _mm512_srli_epi64::<32>(runs);
-        Decoded { grid: iq2_grid(entries), negative: sign_words(words), scales: run_scales(words) }
-    })
+    rows_avx512::<66, true>(row, acts, out, 0.125, |b| iq2xxs_block(b, &table, word_index))
+}
+
+/// Decodes an IQ2_XXS block ([`dot_iq2xxs_avx512`]): `table` its grid's codes
+/// ([`table256`] of [`iq2xxs_codes`]), `word_index` [`run_bytes`]`::<true>`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn iq2xxs_block(b: &[u8; 66], table: &[__m512i; 8], word_index: __m512i) -> Decoded {
+    // Run ib in 64-bit lane ib: four grid indices, then 4 × 7 sign-code bits and a 4-bit
+    // scale. SAFETY: bytes 2..66 lie inside the 66-byte block.
+    let runs = unsafe { _mm512_loadu_si512(b.as_ptr().add(2).cast()) };
+    // Entry k = 4·run + l's codes, in 16-bit lane k.
+    let entries = lookup256(table, _mm512_maskz_permutexvar_epi8(0x5555_5555_5555_5555, word_index, runs));
+    let words = _mm512_srli_epi64::<32>(runs);
+    Decoded { grid: iq2_grid(entries), negative: sign_words(words), scales: run_scales(words) }
 }
 
 /// IQ2_XS with AVX-512 VBMI and VNNI ([`rows_avx512`]): 32 u16 per block, a 9-bit grid index
