@@ -864,6 +864,9 @@ fn transpose16(v: &[__m512i; 16]) -> [__m512i; 16] {
     out
 }
 
+/// Blocks ahead of the one decoded that [`tiles`] asks for in each row.
+const PREFETCH_BLOCKS: usize = 4;
+
 /// What a tile needs of its rows' block besides the values, each vector one row per lane:
 /// each run's multiplier, each pair of runs' corrections (two i16s in a lane, met by the
 /// activations' pairs of 32-value sums) and the block's scale `d`.
@@ -905,7 +908,7 @@ fn tiles<const N: usize>(
     out: &mut [f32],
     multiplier: f32,
     inner: f32,
-    values: impl Fn(&[u8; N]) -> [__m512i; 4],
+    decode: impl Fn(&[&[u8; N]; TILE_ROWS], &mut [[__m512i; 16]; 4], &mut [[__m512i; 16]; 4]),
     scales: impl Fn(*const u8, __m512i, usize) -> TileScales,
 ) -> bool {
     let m = acts.len();
@@ -918,19 +921,18 @@ fn tiles<const N: usize>(
     if all.len() != TILE_ROWS * blocks || out.len() < TILE_ROWS * m || q8.iter().any(|q| q.qs.len() < blocks || q.bsums.len() < blocks || q.d.len() < blocks) {
         return false;
     }
-    // The sixteen rows' values of one block position (by_row[p][k]: vector p of row k), then
-    // tile[p][i]: lane k = row k's dword i of vector p. Kept across positions (not cleared).
-    let mut by_row = [[_mm512_setzero_si512(); TILE_ROWS]; 4];
+    // tile[p][i]: lane k = row k's dword i of vector p (values 64p + 4i..64p + 4i + 4), and
+    // the decoders' scratch; both kept across positions (not cleared).
+    let mut scratch = [[_mm512_setzero_si512(); 16]; 4];
     let mut tile = [[_mm512_setzero_si512(); 16]; 4];
     for j in 0..blocks {
+        // The sixteen rows are sixteen streams: ask for each one's next blocks ahead.
         for k in 0..TILE_ROWS {
-            for (p, v) in values(&all[k * blocks + j]).into_iter().enumerate() {
-                by_row[p][k] = v;
+            if let Some(ahead) = all.get(k * blocks + j + PREFETCH_BLOCKS) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().cast());
             }
         }
-        for (t, v) in tile.iter_mut().zip(&by_row) {
-            *t = transpose16(v);
-        }
+        decode(&std::array::from_fn(|k| &all[k * blocks + j]), &mut scratch, &mut tile);
         // SAFETY: the closure reads inside block j of each row (its reads are checked there).
         let sc = scales(rows.as_ptr(), _mm512_add_epi32(offsets, _mm512_set1_epi32((j * N) as i32)), j);
         // Activation rows four at a time, each tile vector loaded once for them.
@@ -991,6 +993,21 @@ fn tile_rows<const C: usize>(tile: &[[__m512i; 16]; 4], sc: &TileScales, q8: [&Q
     }
 }
 
+/// A [`tiles`] decoder from one that decodes a row's block into its four vectors of values:
+/// the sixteen rows' vectors (in `scratch`, `scratch[p][k]` vector `p` of row `k`) transposed.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn rows_transposed<const N: usize>(blocks: &[&[u8; N]; TILE_ROWS], scratch: &mut [[__m512i; 16]; 4], tile: &mut [[__m512i; 16]; 4], values: impl Fn(&[u8; N]) -> [__m512i; 4]) {
+    for (k, b) in blocks.iter().enumerate() {
+        for (p, v) in values(b).into_iter().enumerate() {
+            scratch[p][k] = v;
+        }
+    }
+    for (t, v) in tile.iter_mut().zip(scratch.iter()) {
+        *t = transpose16(v);
+    }
+}
+
 /// Sixteen rows' blocks' f16 scales (at byte 0), widened to f32 exactly.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -1013,9 +1030,32 @@ fn pack_pairs(lo: __m512i, hi: __m512i) -> __m512i {
 /// [`rows_iq1s_avx512`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 fn tiles_iq1s(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
-    let values = |b: &[u8; 50]| {
-        let (index, _) = iq1s_indices(b);
-        std::array::from_fn(|p| iq1s_entries(&IQ1S_DIGITS, index, p))
+    // The rows' grid indices transposed (two entries per 32-bit lane, row k in lane k), then
+    // each entry gathered for the sixteen rows at once: its 8 digits, two dwords of the tile.
+    let decode = |blocks: &[&[u8; 50]; TILE_ROWS], scratch: &mut [[__m512i; 16]; 4], tile: &mut [[__m512i; 16]; 4]| {
+        for (k, b) in blocks.iter().enumerate() {
+            scratch[0][k] = iq1s_indices(b).0;
+        }
+        let pairs = transpose16(&scratch[0]);
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        for (i, pair) in pairs.iter().enumerate() {
+            for half in 0..2 {
+                let index = if half == 0 { _mm512_and_si512(*pair, _mm512_set1_epi32(0xFFFF)) } else { _mm512_srli_epi32::<16>(*pair) };
+                // SAFETY: every index is below 2048 (8 + 3 bits), the table's length, and each
+                // entry is 8 bytes.
+                let (low, high) = unsafe {
+                    (
+                        _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(index), IQ1S_DIGITS.as_ptr().cast()),
+                        _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(index), IQ1S_DIGITS.as_ptr().cast()),
+                    )
+                };
+                // Entry e = 2i + half: values 8e..8e + 8, dwords 2(e % 8) and 2(e % 8) + 1 of vector e / 8.
+                let e = 2 * i + half;
+                tile[e / 8][2 * (e % 8)] = _mm512_permutex2var_epi32(low, even, high);
+                tile[e / 8][2 * (e % 8) + 1] = _mm512_permutex2var_epi32(low, odd, high);
+            }
+        }
     };
     let scales = |base: *const u8, offsets: __m512i, _j: usize| {
         // Runs 2q and 2q + 1's qh words in the dword at 34 + 4q.
@@ -1035,7 +1075,7 @@ fn tiles_iq1s(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
             d: tile_d(base, offsets),
         }
     };
-    tiles::<50>(rows, acts, out, 1.0, IQ1_DELTA, values, scales)
+    tiles::<50>(rows, acts, out, 1.0, IQ1_DELTA, decode, scales)
 }
 
 /// IQ2_XXS [`tiles`]: values `w + 43` (`w` the signed grid value, at most 43 in magnitude);
@@ -1052,6 +1092,7 @@ fn tiles_iq2xxs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
         let offset = _mm512_set1_epi8(43);
         std::array::from_fn(|p| _mm512_mask_sub_epi8(_mm512_add_epi8(offset, block.grid[p]), block.negative[p], offset, block.grid[p]))
     };
+    let decode = |blocks: &[&[u8; 66]; TILE_ROWS], scratch: &mut [[__m512i; 16]; 4], tile: &mut [[__m512i; 16]; 4]| rows_transposed(blocks, scratch, tile, values);
     let scales = |base: *const u8, offsets: __m512i, _j: usize| {
         let runs: [(__m512i, __m512i); 8] = std::array::from_fn(|r| {
             // The run's scale in the top four bits of the dword at 6 + 8r.
@@ -1065,7 +1106,7 @@ fn tiles_iq2xxs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
             d: tile_d(base, offsets),
         }
     };
-    tiles::<66>(rows, acts, out, 0.125, 1.0, values, scales)
+    tiles::<66>(rows, acts, out, 0.125, 1.0, decode, scales)
 }
 
 /// [`tiles`] for `format`'s sixteen rows `rows` (`TILE_ROWS` whole rows) and the activation
