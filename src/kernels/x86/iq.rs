@@ -1109,6 +1109,34 @@ fn tiles_iq2xxs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
     tiles::<66>(rows, acts, out, 0.125, 1.0, decode, scales)
 }
 
+/// IQ4_XS [`tiles`]: values `w + 128` (`w` the table's value, -127..113); each run's
+/// multiplier its signed 6-bit scale `ls` and correction `-128·ls`. For the shared experts a
+/// whole prompt goes through.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+fn tiles_iq4xs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
+    // SAFETY: 16 bytes from the 16-entry table.
+    let table = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) });
+    let values = |b: &[u8; 136]| std::array::from_fn(|p| _mm512_xor_si512(iq4xs_values(b, table, p), _mm512_set1_epi8(-128)));
+    let decode = |blocks: &[&[u8; 136]; TILE_ROWS], scratch: &mut [[__m512i; 16]; 4], tile: &mut [[__m512i; 16]; 4]| rows_transposed(blocks, scratch, tile, values);
+    let scales = |base: *const u8, offsets: __m512i, _j: usize| {
+        // d and scales_h in the dword at 0, scales_l's four bytes in the dword at 4.
+        // SAFETY: bytes 0..8 lie inside each row's 136-byte block.
+        let (high, low) = unsafe { (_mm512_srli_epi32::<16>(gather_rows(base, offsets, 0)), gather_rows(base, offsets, 4)) };
+        let runs: [(__m512i, __m512i); 8] = std::array::from_fn(|r| {
+            let low4 = _mm512_and_si512(_mm512_srlv_epi32(low, _mm512_set1_epi32(4 * r as i32)), _mm512_set1_epi32(0x0F));
+            let high2 = _mm512_and_si512(_mm512_srlv_epi32(high, _mm512_set1_epi32(2 * r as i32)), _mm512_set1_epi32(3));
+            let ls = _mm512_sub_epi32(_mm512_or_si512(low4, _mm512_slli_epi32::<4>(high2)), _mm512_set1_epi32(32));
+            (ls, _mm512_mullo_epi32(ls, _mm512_set1_epi32(-128)))
+        });
+        TileScales {
+            multipliers: runs.map(|(m, _)| m),
+            corrections: std::array::from_fn(|q| pack_pairs(runs[2 * q].1, runs[2 * q + 1].1)),
+            d: tile_d(base, offsets),
+        }
+    };
+    tiles::<136>(rows, acts, out, 1.0, 1.0, decode, scales)
+}
+
 /// [`tiles`] for `format`'s sixteen rows `rows` (`TILE_ROWS` whole rows) and the activation
 /// rows `acts`, into `out` (`out[r·m + i]`); `false` for a format without them or a CPU
 /// without AVX-512 VBMI and VNNI.
@@ -1121,6 +1149,8 @@ pub(super) fn dot_tiles(format: Format, rows: &[u8], acts: &[Activations], out: 
         Format::IQ1S => unsafe { tiles_iq1s(rows, acts, out) },
         // SAFETY: as above.
         Format::IQ2XXS => unsafe { tiles_iq2xxs(rows, acts, out) },
+        // SAFETY: as above.
+        Format::IQ4XS => unsafe { tiles_iq4xs(rows, acts, out) },
         _ => false,
     }
 }
@@ -1542,6 +1572,21 @@ fn dot_iq3s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     })
 }
 
+/// Values `64p..64p + 64` of an IQ4_XS block (runs 2p and 2p + 1) as signed bytes, looked up
+/// in `values` (the non-linear table in each 128-bit lane).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn iq4xs_values(b: &[u8; 136], values: __m512i, p: usize) -> __m512i {
+    // Runs 2p and 2p + 1: 16 bytes each, the low nibbles their first 16 values.
+    // SAFETY: bytes 8 + 32p..8 + 32p + 32 lie inside the 136-byte block (p < 4).
+    let q = unsafe { _mm256_loadu_si256(b.as_ptr().add(8 + 32 * (p % 4)).cast()) };
+    let low = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
+    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(q), _mm256_set1_epi8(0x0F));
+    // 128-bit lanes low₀ high₀ low₁ high₁: run 2p's values, then run 2p + 1's.
+    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
+    _mm512_shuffle_epi8(values, _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both))
+}
+
 /// IQ4_XS with AVX-512 ([`rows_avx512`]), for the shared experts a whole prompt goes through: a
 /// block's 256 nibbles looked up in the non-linear table (a byte shuffle), their magnitudes
 /// multiplied as unsigned bytes and their signs moved onto the activations; one signed 6-bit
@@ -1552,14 +1597,7 @@ fn dot_iq4xs_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let values = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) });
     rows_avx512::<136, false>(row, acts, out, 1.0, |b| {
         let parts: [(__m512i, u64); 4] = std::array::from_fn(|p| {
-            // Runs 2p and 2p + 1: 16 bytes each, the low nibbles their first 16 values.
-            // SAFETY: bytes 8 + 32p..8 + 32p + 32 lie inside the 136-byte block.
-            let q = unsafe { _mm256_loadu_si256(b.as_ptr().add(8 + 32 * p).cast()) };
-            let low = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(q), _mm256_set1_epi8(0x0F));
-            // 128-bit lanes low₀ high₀ low₁ high₁: run 2p's values, then run 2p + 1's.
-            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
-            let w = _mm512_shuffle_epi8(values, _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both));
+            let w = iq4xs_values(b, values, p);
             (_mm512_abs_epi8(w), _mm512_movepi8_mask(w))
         });
         let h = u16_at(b, 2);
