@@ -48,11 +48,17 @@ const ROWS_PER_TASK: usize = 32;
 
 /// Activation rows from which the codebook formats' rows go sixteen at a time
 /// ([`x86::dot_tiles`]) rather than one at a time: a tile's decoding costs more than a row's
-/// (its values are transposed) and each activation row less than half as much, so that two
-/// rows break even (2048×7168, one thread: IQ1_S 1.53 against 1.57 ms, 3 rows 1.61 against
-/// 1.89, 8 rows 2.08 against 3.25; IQ2_XXS 1.29 against 1.30, 8 rows 1.86 against 3.02).
+/// (its values are transposed) and each activation row less than half as much. One thread,
+/// from memory: IQ1_S 2048×7168 one row 1.18-1.22 ms against 1.24-1.26, two rows 1.26 (rows
+/// in cache: 1.53 by rows), five 1.55; IQ2_XXS 7168×2048 and IQ4_XS even at one row, IQ2_XXS
+/// two rows 1.31, five 1.60 (by rows in cache: 1.30, 2.22).
 #[cfg(target_arch = "x86_64")]
-const TILES_FROM: usize = 2;
+fn tiles_from(format: Format) -> usize {
+    match format {
+        Format::IQ1S => 1,
+        _ => 2,
+    }
+}
 
 /// Multiply-adds a parallel task takes (rows in strips): a few microseconds, unless that
 /// leaves fewer than `MIN_TASKS` tasks.
@@ -237,7 +243,7 @@ impl QMatrix {
             }
             // Codebook rows sixteen at a time, for several activation rows, where the CPU can.
             #[cfg(target_arch = "x86_64")]
-            if m >= TILES_FROM {
+            if m >= tiles_from(format) {
                 const T: usize = x86::TILE_ROWS;
                 while (done + T) * m <= out.len() && x86::dot_tiles(format, &data[(first + done) * row_bytes..(first + done + T) * row_bytes], acts, &mut out[done * m..(done + T) * m]) {
                     done += T;
@@ -614,23 +620,25 @@ mod tests {
                 let gmacs = |t: f64| (rows * cols * m) as f64 / t / 1e9;
                 println!("{format:?} {rows}×{cols} m={m}: rows {:.3} ms ({:.1} GMAC/s), strips {:.3} ms ({:.1} GMAC/s), {:.2}×", a * 1e3, gmacs(a), b * 1e3, gmacs(b), a / b);
             }
-            // Decoding reads each matrix from memory, not from the cache: one row against
-            // copies of the matrix that together exceed the last-level cache, in turn.
-            let x: Vec<f32> = (0..cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+            // Decoding reads each matrix from memory, not from the cache: one row (or
+            // `MATMUL_SPEED_MEMORY_M`, as a prompt's experts do) against copies of the matrix
+            // that together exceed the last-level cache, in turn.
+            let mm: usize = std::env::var("MATMUL_SPEED_MEMORY_M").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+            let x: Vec<f32> = (0..mm * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
             let from_memory = |matrix: &QMatrix| {
                 let copies: Vec<QMatrix> = (0..(96 << 20) / bytes + 1).map(|_| matrix.clone().deep_copy()).collect();
                 let mut best = f64::INFINITY;
                 for _ in 0..3 {
                     let start = Instant::now();
                     for matrix in &copies {
-                        black_box(matrix.matmul(black_box(&x), 1).expect("shapes"));
+                        black_box(matrix.matmul(black_box(&x), mm).expect("shapes"));
                     }
                     best = best.min(start.elapsed().as_secs_f64() / copies.len() as f64);
                 }
                 best
             };
             let (a, b) = (from_memory(&by_rows), from_memory(&repacked));
-            println!("{format:?} {rows}×{cols} m=1 from memory: rows {:.3} ms ({:.1} GB/s), strips {:.3} ms ({:.1} GB/s)", a * 1e3, bytes as f64 / a / 1e9, b * 1e3, bytes as f64 / b / 1e9);
+            println!("{format:?} {rows}×{cols} m={mm} from memory: rows {:.3} ms ({:.1} GB/s), strips {:.3} ms ({:.1} GB/s)", a * 1e3, bytes as f64 / a / 1e9, b * 1e3, bytes as f64 / b / 1e9);
         }
     }
 }

@@ -925,12 +925,18 @@ fn tiles<const N: usize>(
     // the decoders' scratch; both kept across positions (not cleared).
     let mut scratch = [[_mm512_setzero_si512(); 16]; 4];
     let mut tile = [[_mm512_setzero_si512(); 16]; 4];
+    // The next sixteen rows (they follow these in the matrix; a prefetch past its end is a
+    // hint the CPU drops), asked for a share at each block position, lines of 64 bytes.
+    let (next, lines) = (rows.as_ptr().wrapping_add(rows.len()), rows.len().div_ceil(64));
     for j in 0..blocks {
         // The sixteen rows are sixteen streams: ask for each one's next blocks ahead.
         for k in 0..TILE_ROWS {
             if let Some(ahead) = all.get(k * blocks + j + PREFETCH_BLOCKS) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().cast());
             }
+        }
+        for line in j * lines / blocks..(j + 1) * lines / blocks {
+            _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(64 * line).cast());
         }
         decode(&std::array::from_fn(|k| &all[k * blocks + j]), &mut scratch, &mut tile);
         // SAFETY: the closure reads inside block j of each row (its reads are checked there).
