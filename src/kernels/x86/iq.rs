@@ -909,7 +909,7 @@ fn tiles<const N: usize>(
     multiplier: f32,
     inner: f32,
     decode: impl Fn(&[&[u8; N]; TILE_ROWS], &mut [[__m512i; 16]; 4], &mut [[__m512i; 16]; 4]),
-    scales: impl Fn(*const u8, __m512i, usize) -> TileScales,
+    scales: impl Fn(*const u8, __m512i) -> TileScales,
 ) -> bool {
     let m = acts.len();
     let row_bytes = rows.len() / TILE_ROWS;
@@ -939,8 +939,8 @@ fn tiles<const N: usize>(
             _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(64 * line).cast());
         }
         decode(&std::array::from_fn(|k| &all[k * blocks + j]), &mut scratch, &mut tile);
-        // SAFETY: the closure reads inside block j of each row (its reads are checked there).
-        let sc = scales(rows.as_ptr(), _mm512_add_epi32(offsets, _mm512_set1_epi32((j * N) as i32)), j);
+        // Each row's block j: the scales' gathers read inside it (checked where they are made).
+        let sc = scales(rows.as_ptr(), _mm512_add_epi32(offsets, _mm512_set1_epi32((j * N) as i32)));
         // Activation rows four at a time, each tile vector loaded once for them.
         let (fours, rest) = q8.as_chunks::<4>();
         for (c, four) in fours.iter().enumerate() {
@@ -1063,7 +1063,7 @@ fn tiles_iq1s(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
             }
         }
     };
-    let scales = |base: *const u8, offsets: __m512i, _j: usize| {
+    let scales = |base: *const u8, offsets: __m512i| {
         // Runs 2q and 2q + 1's qh words in the dword at 34 + 4q.
         // SAFETY: bytes 34 + 4q..38 + 4q ≤ 50 lie inside each row's block.
         let words: [__m512i; 4] = std::array::from_fn(|q| unsafe { gather_rows(base, offsets, 34 + 4 * q) });
@@ -1099,7 +1099,7 @@ fn tiles_iq2xxs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
         std::array::from_fn(|p| _mm512_mask_sub_epi8(_mm512_add_epi8(offset, block.grid[p]), block.negative[p], offset, block.grid[p]))
     };
     let decode = |blocks: &[&[u8; 66]; TILE_ROWS], scratch: &mut [[__m512i; 16]; 4], tile: &mut [[__m512i; 16]; 4]| rows_transposed(blocks, scratch, tile, values);
-    let scales = |base: *const u8, offsets: __m512i, _j: usize| {
+    let scales = |base: *const u8, offsets: __m512i| {
         let runs: [(__m512i, __m512i); 8] = std::array::from_fn(|r| {
             // The run's scale in the top four bits of the dword at 6 + 8r.
             // SAFETY: bytes 6 + 8r..10 + 8r ≤ 66 lie inside each row's block.
@@ -1124,7 +1124,7 @@ fn tiles_iq4xs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
     let table = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) });
     let values = |b: &[u8; 136]| std::array::from_fn(|p| _mm512_xor_si512(iq4xs_values(b, table, p), _mm512_set1_epi8(-128)));
     let decode = |blocks: &[&[u8; 136]; TILE_ROWS], scratch: &mut [[__m512i; 16]; 4], tile: &mut [[__m512i; 16]; 4]| rows_transposed(blocks, scratch, tile, values);
-    let scales = |base: *const u8, offsets: __m512i, _j: usize| {
+    let scales = |base: *const u8, offsets: __m512i| {
         // d and scales_h in the dword at 0, scales_l's four bytes in the dword at 4.
         // SAFETY: bytes 0..8 lie inside each row's 136-byte block.
         let (high, low) = unsafe { (_mm512_srli_epi32::<16>(gather_rows(base, offsets, 0)), gather_rows(base, offsets, 4)) };
