@@ -72,7 +72,6 @@ fn run(mut stream: candlewick::ChunkStream, keep: usize) -> usize {
                 Chunk::Text { .. } | Chunk::ToolCall { .. } => read += 1,
                 Chunk::Error { message } => panic!("{message}"),
                 Chunk::Complete { .. } => break,
-                Chunk::ToolCall { .. } => {}
             }
             if read == keep {
                 break; // dropping the stream cancels the generation

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod backend;
 pub mod bytes;
 pub mod catalog;
 pub mod chat;

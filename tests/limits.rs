@@ -68,7 +68,8 @@ fn a_kv_cache_larger_than_memory_is_refused_before_it_is_allocated() {
 
 #[test]
 fn tensors_past_the_end_or_too_large_are_refused_in_words() {
-    let cases: [(&str, fn(&mut [u8])); 4] = [
+    type Corruption = fn(&mut [u8]);
+    let cases: [(&str, Corruption); 4] = [
         ("an element count over 2^32", |f| set_dim(f, "blk.0.attn_q.weight", 1, (1 << 32) + 1)),
         ("an element count over 2^64", |f| set_dim(f, "blk.0.attn_q.weight", 1, u64::MAX / 2)),
         ("an offset past the end", |f| set_offset(f, "output_norm.weight", 1 << 40)),

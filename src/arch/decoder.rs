@@ -6,112 +6,126 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::attention::{self, rms_norm, KvCache, Rope, Spec};
+use super::attention::{Rope, Spec};
 use super::{math, Activation, Config, Family, Gating};
+use crate::backend::{Backend, CacheSpec, Cpu, KvStore, Products};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::gguf::{ggml_type_block, Gguf, TensorInfo};
-use crate::kernels::{QEmbedding, QLinear, QMatrix};
-use half::f16;
+use crate::kernels::QMatrix;
 
-/// A model's weights, loaded once and shared by every generation on it.
-pub struct Weights {
+/// A model's weights, placed on a [`Backend`] once and shared by every generation on it.
+pub struct Weights<B: Backend = Cpu> {
+    backend: B,
     config: Config,
     vocab_size: usize,
-    embedding: QEmbedding,
-    layers: Vec<Layer>,
+    /// `(vocab, hidden)`, looked up by token.
+    embedding: B::Matrix,
+    layers: Vec<Layer<B>>,
     /// `[hidden]`
-    output_norm: Vec<f32>,
+    output_norm: B::Tensor,
     /// `(vocab, hidden)`; the embedding table itself when the file ties them.
-    output: QLinear,
+    output: B::Matrix,
     forward_passes: AtomicU64,
 }
 
-struct Layer {
+struct Layer<B: Backend> {
     /// `[hidden]` each.
-    attn_norm: Vec<f32>,
-    attention: Attention,
+    attn_norm: B::Tensor,
+    attention: Attention<B>,
     /// Norms applied to the attention and feed-forward outputs before the residual (Gemma 3).
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
-    ffn: FeedForward,
-    post_ffn_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<B::Tensor>,
+    ffn_norm: B::Tensor,
+    ffn: FeedForward<B>,
+    post_ffn_norm: Option<B::Tensor>,
 }
 
-enum Attention {
+enum Attention<B: Backend> {
     /// Grouped-query attention.
     Standard {
         /// `(heads·head_dim, hidden)`, `(kv_heads·head_dim, hidden)`, `(kv_heads·value_dim, hidden)`.
-        q: QLinear,
-        k: QLinear,
-        v: QLinear,
+        q: B::Matrix,
+        k: B::Matrix,
+        v: B::Matrix,
         /// `(hidden, heads·value_dim)`
-        o: QLinear,
+        o: B::Matrix,
         /// Per-head RMS norms of queries and keys, `[head_dim]` (Qwen 3, Gemma 3).
-        q_norm: Option<Vec<f32>>,
-        k_norm: Option<Vec<f32>>,
+        q_norm: Option<B::Tensor>,
+        k_norm: Option<B::Tensor>,
     },
     /// Multi-head latent attention (`deepseek2`).
     Latent {
-        query: Query,
+        query: Query<B>,
         /// `(kv_rank + rope, hidden)`: the compressed key-value vector and the shared rotary key.
-        kv_a: QLinear,
+        kv_a: B::Matrix,
         /// `[kv_rank]`
-        kv_a_norm: Vec<f32>,
-        kv_up: KvUp,
+        kv_a_norm: B::Tensor,
+        kv_up: KvUp<B>,
         /// `(hidden, heads·value)`
-        o: QLinear,
+        o: B::Matrix,
     },
 }
 
 /// How latent attention forms its queries, `heads·(nope + rope)` wide.
-enum Query {
+enum Query<B: Backend> {
     /// One projection `(heads·(nope+rope), hidden)`.
-    Plain(QLinear),
+    Plain(B::Matrix),
     /// Down to `rank`, RMS norm, up: `(rank, hidden)`, `[rank]`, `(heads·(nope+rope), rank)`.
-    LowRank { down: QLinear, norm: Vec<f32>, up: QLinear },
+    LowRank { down: B::Matrix, norm: B::Tensor, up: B::Matrix },
 }
 
 /// How latent attention gets per-head keys and values from the compressed vector.
-enum KvUp {
+enum KvUp<B: Backend> {
     /// `attn_kv_b`: `(heads·(nope + value), kv_rank)`; attention runs on full heads.
-    Combined(QLinear),
+    Combined(B::Matrix),
     /// `attn_k_b` / `attn_v_b`, one matrix per head: `(kv_rank, nope)` absorbed into the
     /// queries and `(value, kv_rank)` applied after attention; attention runs on the latent form.
-    Split { k: Vec<QMatrix>, v: Vec<QMatrix> },
+    Split { k: Vec<B::Matrix>, v: Vec<B::Matrix> },
 }
 
 /// A gated MLP: `down(act(gate(x)) * up(x))`; gate/up `(ffn, hidden)`, down `(hidden, ffn)`.
-struct Mlp {
-    gate: QLinear,
-    up: QLinear,
-    down: QLinear,
+pub struct Mlp<B: Backend> {
+    pub(crate) gate: B::Matrix,
+    pub(crate) up: B::Matrix,
+    pub(crate) down: B::Matrix,
 }
 
-enum FeedForward {
-    Dense(Mlp),
-    Experts(Moe),
+enum FeedForward<B: Backend> {
+    Dense(Mlp<B>),
+    Experts(Moe<B>),
 }
 
 /// A mixture of experts: `router` is `(experts, hidden)`; each token goes to its top experts
-/// (chosen with `bias` added, when there is one) and through the shared experts.
-struct Moe {
-    router: QLinear,
-    bias: Option<Vec<f32>>,
-    experts: Vec<Mlp>,
-    shared: Option<Mlp>,
+/// (chosen with `bias` added, when there is one) and through the shared experts. Run by
+/// [`Backend::experts`].
+pub struct Moe<B: Backend> {
+    pub(crate) router: B::Matrix,
+    pub(crate) bias: Option<Vec<f32>>,
+    pub(crate) experts: Vec<Mlp<B>>,
+    pub(crate) shared: Option<Mlp<B>>,
 }
 
 /// The per-generation state: the KV cache of every layer. Cloning copies the cache (a fork of
 /// a conversation); the default state holds no position, and a forward pass on it fails.
-#[derive(Clone, Default)]
-pub struct State {
-    caches: Vec<KvCache>,
+pub struct State<B: Backend = Cpu> {
+    caches: Vec<B::Cache>,
     len: usize,
     capacity: usize,
 }
 
-impl State {
+impl<B: Backend> Clone for State<B> {
+    fn clone(&self) -> State<B> {
+        State { caches: self.caches.clone(), len: self.len, capacity: self.capacity }
+    }
+}
+
+impl<B: Backend> Default for State<B> {
+    fn default() -> State<B> {
+        State { caches: Vec::new(), len: 0, capacity: 0 }
+    }
+}
+
+impl<B: Backend> State<B> {
     /// Positions filled so far.
     pub fn len(&self) -> usize {
         self.len
@@ -129,7 +143,7 @@ impl State {
 
     /// Bytes the KV cache takes per token, over all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.caches.iter().map(KvCache::bytes_per_position).sum()
+        self.caches.iter().map(KvStore::bytes_per_position).sum()
     }
 
     /// Forgets every position from `len` on, keeping the prefix. Also brings every layer back
@@ -160,7 +174,7 @@ impl State {
     pub fn save(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len * self.kv_bytes_per_token());
         for cache in &self.caches {
-            cache.filled_bytes(&mut out);
+            cache.save(&mut out);
         }
         out
     }
@@ -179,14 +193,14 @@ impl State {
         self.grow(len)?;
         let mut at = 0;
         for cache in &mut self.caches {
-            at += cache.fill_from_bytes(len, &bytes[at..]).ok_or_else(invalid)?;
+            at += cache.restore(len, &bytes[at..]).ok_or_else(invalid)?;
         }
         self.len = len;
         Ok(())
     }
 }
 
-impl Weights {
+impl Weights<Cpu> {
     /// Loads the weights the header describes from `reader`, each tensor read into a buffer of
     /// its own.
     ///
@@ -196,7 +210,7 @@ impl Weights {
     /// data cannot be read, and the metadata errors of [`Config::from_gguf`].
     pub fn load<R: Read + Seek>(gguf: &Gguf, reader: &mut R) -> Result<Weights> {
         let base = gguf.data_offset;
-        Weights::load_from(gguf, &mut |shard, offset, len| {
+        Weights::load_from(Cpu::default(), gguf, &mut |shard, offset, len| {
             if shard != 0 {
                 return Err(std::io::Error::other(format!("the data is in shard {} of a split model: open the model from its files", shard + 1)));
             }
@@ -227,12 +241,23 @@ impl Weights {
     /// # Errors
     /// As [`Weights::load`].
     pub fn load_from_files(gguf: &Gguf, files: &[(Bytes, u64)], progress: &mut dyn FnMut(u64, u64)) -> Result<Weights> {
+        Weights::place(Cpu::default(), gguf, files, progress)
+    }
+}
+
+impl<B: Backend> Weights<B> {
+    /// Places the weights the header describes, from the files of a model in memory (as
+    /// [`Weights::load_from_files`] reads them), on `backend`.
+    ///
+    /// # Errors
+    /// As [`Weights::load`], and the backend's when it cannot hold a tensor.
+    pub fn place(backend: B, gguf: &Gguf, files: &[(Bytes, u64)], progress: &mut dyn FnMut(u64, u64)) -> Result<Weights<B>> {
         let total = files.iter().map(|(f, _)| f.len() as u64).sum();
         let truncated = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         // Tensors are placed in the order the model needs them, not in file order: report the
         // header and the bytes placed so far, which only grows.
         let mut placed = gguf.data_offset;
-        Weights::load_from(gguf, &mut |shard, offset, len| {
+        Weights::load_from(backend, gguf, &mut |shard, offset, len| {
             let (file, data_offset) = files.get(shard).ok_or_else(|| std::io::Error::other(format!("shard {} of the model was not given", shard + 1)))?;
             let start = data_offset.checked_add(offset).and_then(|at| usize::try_from(at).ok()).ok_or_else(truncated)?;
             let tensor = file.slice(start..start.checked_add(len).ok_or_else(truncated)?).ok_or_else(truncated)?;
@@ -242,22 +267,22 @@ impl Weights {
         })
     }
 
-    fn load_from(gguf: &Gguf, source: &mut TensorSource<'_>) -> Result<Weights> {
+    fn load_from(backend: B, gguf: &Gguf, source: &mut TensorSource<'_>) -> Result<Weights<B>> {
         let config = Config::from_gguf(gguf)?;
-        let mut loader = Loader { source, index: gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect(), budget: REPACK_BUDGET };
+        let mut loader = Loader { backend: &backend, source, index: gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect() };
         let c = &config;
 
         // The embedding table is only looked up, row by row, unless the output layer is tied to
         // it: then it is a matrix of products like any other.
         let tied = !loader.index.contains_key("output.weight");
-        let table = loader.matrix_placed("token_embd.weight", if tied { Products::OneRow } else { Products::InPlace })?;
-        let vocab_size = table.rows();
-        if table.cols() != c.hidden {
-            return Err(Error::InvalidTensor { name: "token_embd.weight".into(), reason: format!("rows of {}, expected the hidden width {}", table.cols(), c.hidden) });
+        let table = loader.matrix_placed("token_embd.weight", None, if tied { Products::OneRow } else { Products::InPlace })?;
+        let (vocab_size, width) = backend.shape(&table);
+        if width != c.hidden {
+            return Err(Error::InvalidTensor { name: "token_embd.weight".into(), reason: format!("rows of {width}, expected the hidden width {}", c.hidden) });
         }
-        let output = match loader.index.contains_key("output.weight") {
-            true => loader.linear_placed("output", Some(vocab_size), c.hidden, Products::OneRow)?,
-            false => QLinear::new(table.clone(), None), // tied to the embedding
+        let output = match tied {
+            false => loader.linear_placed("output", Some(vocab_size), c.hidden, Products::OneRow)?,
+            true => table.clone(), // the embedding table itself
         };
         let output_norm = loader.vector("output_norm.weight", c.hidden)?;
 
@@ -267,7 +292,7 @@ impl Weights {
             let ffn = match c.experts {
                 Some(e) if i >= e.leading_dense => FeedForward::Experts(Moe {
                     router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?,
-                    bias: loader.opt_vector(&p("exp_probs_b.bias"), e.count)?,
+                    bias: loader.opt_values(&p("exp_probs_b.bias"), e.count)?,
                     experts: loader.experts(i, e.count, e.ffn, c.hidden)?,
                     shared: match e.shared {
                         0 => None,
@@ -286,7 +311,7 @@ impl Weights {
             };
             let attention = match c.latent {
                 None => {
-                    let head_norm = |loader: &mut Loader<'_>, name: &str| -> Result<Option<Vec<f32>>> {
+                    let head_norm = |loader: &mut Loader<'_, B>, name: &str| -> Result<Option<B::Tensor>> {
                         if loader.index.contains_key(p(name).as_str()) {
                             Ok(Some(loader.vector(&p(name), c.head_dim)?))
                         } else {
@@ -306,7 +331,7 @@ impl Weights {
                     let q_width = c.heads * (l.nope + l.rope);
                     let query = if loader.index.contains_key(p("attn_q_a.weight").as_str()) {
                         let down = loader.linear(&p("attn_q_a"), None, c.hidden)?;
-                        let rank = down.out_features();
+                        let rank = backend.shape(&down).0;
                         Query::LowRank { norm: loader.vector(&p("attn_q_a_norm.weight"), rank)?, up: loader.linear(&p("attn_q_b"), Some(q_width), rank)?, down }
                     } else {
                         Query::Plain(loader.linear(&p("attn_q"), Some(q_width), c.hidden)?)
@@ -339,7 +364,8 @@ impl Weights {
                 post_ffn_norm,
             });
         }
-        Ok(Weights { config, vocab_size, embedding: QEmbedding::new(table), layers, output_norm, output, forward_passes: AtomicU64::new(0) })
+        drop(loader);
+        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, forward_passes: AtomicU64::new(0) })
     }
 
     /// The hyper-parameters.
@@ -361,7 +387,7 @@ impl Weights {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] when `capacity` is 0 or beyond the context length.
-    pub fn new_state(&self, capacity: usize) -> Result<State> {
+    pub fn new_state(&self, capacity: usize) -> Result<State<B>> {
         let c = &self.config;
         if capacity == 0 || capacity > c.context_length {
             return Err(Error::InvalidParameter {
@@ -377,9 +403,8 @@ impl Weights {
         if bytes > isize::MAX as u64 || crate::platform::available_memory().is_some_and(|free| bytes > free) {
             return Err(too_large());
         }
-        let caches = (0..c.layers)
-            .map(|_| KvCache::new(c.kv_heads, capacity, c.head_dim, c.value_dim, values_in_keys).map_err(|_| too_large()))
-            .collect::<Result<_>>()?;
+        let spec = CacheSpec { kv_heads: c.kv_heads, capacity, head_dim: c.head_dim, value_dim: c.value_dim, values_in_keys };
+        let caches = (0..c.layers).map(|_| self.backend.cache(&spec).map_err(|_| too_large())).collect::<Result<_>>()?;
         Ok(State { caches, len: 0, capacity })
     }
 
@@ -389,7 +414,7 @@ impl Weights {
     /// # Errors
     /// [`Error::TokenOutOfRange`] for an id outside the vocabulary, [`Error::PromptTooLong`]
     /// when the tokens do not fit in the cache, [`Error::Compute`] if a product fails.
-    pub fn forward(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
+    pub fn forward(&self, state: &mut State<B>, tokens: &[u32]) -> Result<Vec<f32>> {
         self.forward_rows(state, tokens, tokens.len().saturating_sub(1))
     }
 
@@ -399,7 +424,7 @@ impl Weights {
     /// # Errors
     /// As [`Weights::forward`]; [`Error::InvalidParameter`] when `from` is not below
     /// `tokens.len()`.
-    pub fn forward_rows(&self, state: &mut State, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
+    pub fn forward_rows(&self, state: &mut State<B>, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
         let c = &self.config;
         if from >= tokens.len().max(1) {
             return Err(Error::InvalidParameter { name: "from", reason: format!("row {from} of {} tokens", tokens.len()) });
@@ -414,52 +439,46 @@ impl Weights {
             return Err(Error::PromptTooLong { tokens: state.len + tokens.len(), context: state.capacity });
         }
         self.forward_passes.fetch_add(1, Ordering::Relaxed);
+        let b = &self.backend;
         let pos = state.len;
-        let seq = tokens.len();
         let eps = c.eps as f32;
-        let norm = |x: &[f32], w: &[f32]| {
-            let mut y = x.to_vec();
-            rms_norm(&mut y, w, eps);
-            y
-        };
 
         // x: [seq][hidden]
-        let mut x = self.embedding.lookup(tokens)?;
+        let mut x = b.embed(&self.embedding, tokens)?;
         if let Some(scale) = c.embedding_scale {
-            let scale = scale as f32;
-            x.iter_mut().for_each(|v| *v *= scale);
+            b.scale(&mut x, scale as f32)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = norm(&x, &layer.attn_norm);
-            let mut a = self.attention(layer, i, &h, seq, &mut state.caches[i], pos)?;
+            let h = b.normed(&x, &layer.attn_norm, eps)?;
+            let mut a = self.attention(layer, i, &h, &mut state.caches[i], pos)?;
             if let Some(n) = &layer.post_attn_norm {
-                rms_norm(&mut a, n, eps);
+                b.rms_norm(&mut a, n, eps)?;
             }
-            add(&mut x, &a);
-            let h = norm(&x, &layer.ffn_norm);
+            b.add(&mut x, &a)?;
+            let h = b.normed(&x, &layer.ffn_norm, eps)?;
             let mut f = match &layer.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(&h, seq, c.activation)?,
+                FeedForward::Dense(mlp) => mlp.forward(b, &h, c.activation)?,
                 FeedForward::Experts(moe) => {
                     let Some(spec) = &c.experts else { return Err(Error::Compute("experts without an expert count".into())) };
-                    moe.forward(spec, self.config.activation, &h, seq)?
+                    b.experts(&h, moe, spec, c.activation)?
                 }
             };
             if let Some(n) = &layer.post_ffn_norm {
-                rms_norm(&mut f, n, eps);
+                b.rms_norm(&mut f, n, eps)?;
             }
-            add(&mut x, &f);
+            b.add(&mut x, &f)?;
         }
-        state.len += seq;
+        state.len += tokens.len();
 
         // Only the asked-for positions' logits (the last one, to pick the next token).
-        let mut rows = x.split_off(from * c.hidden);
-        rms_norm(&mut rows, &self.output_norm, eps);
-        self.output.forward(&rows, seq - from)
+        let mut rows = b.tail(x, from)?;
+        b.rms_norm(&mut rows, &self.output_norm, eps)?;
+        b.read(&b.matmul(&rows, &self.output)?)
     }
 
     /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`.
-    fn attention(&self, layer: &Layer, index: usize, h: &[f32], seq: usize, cache: &mut KvCache, pos: usize) -> Result<Vec<f32>> {
-        let c = &self.config;
+    fn attention(&self, layer: &Layer<B>, index: usize, h: &B::Tensor, cache: &mut B::Cache, pos: usize) -> Result<B::Tensor> {
+        let (b, c) = (&self.backend, &self.config);
         let eps = c.eps as f32;
         let local = c.is_local(index);
         let rope = Rope {
@@ -472,33 +491,32 @@ impl Weights {
         let scale = c.attention_scale as f32;
         let (q, k, v, k_norm, q_norm, o) = match &layer.attention {
             Attention::Latent { query, kv_a, kv_a_norm, kv_up, o } => {
-                return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, seq, cache, pos, &rope, &spec(scale));
+                return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, cache, pos, &rope, &spec(scale));
             }
             Attention::Standard { q, k, v, o, q_norm, k_norm } => (q, k, v, k_norm, q_norm, o),
         };
         // [seq][heads][head_dim], [seq][kv_heads][head_dim], [seq][kv_heads][value_dim]
-        let mut q = q.forward(h, seq)?;
-        let mut k = k.forward(h, seq)?;
-        let v = v.forward(h, seq)?;
+        let mut q = b.matmul(h, q)?;
+        let mut k = b.matmul(h, k)?;
+        let v = b.matmul(h, v)?;
         if let Some(n) = q_norm {
-            rms_norm(&mut q, n, eps);
+            b.rms_norm(&mut q, n, eps)?;
         }
         if let Some(n) = k_norm {
-            rms_norm(&mut k, n, eps);
+            b.rms_norm(&mut k, n, eps)?;
         }
-        attention::rope(&mut q, c.heads, c.head_dim, pos, &rope);
-        attention::rope(&mut k, c.kv_heads, c.head_dim, pos, &rope);
+        b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
+        b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
         // Gemma scales the queries before the product (llama.cpp does so too); the others scale
         // each product. The two differ in rounding, not in value.
         let product_scale = if c.family == Family::Gemma3 {
-            q.iter_mut().for_each(|v| *v *= scale);
+            b.scale(&mut q, scale)?;
             1.0
         } else {
             scale
         };
-        cache.append(&k, &v, seq)?;
-        let out = attention::attend(&q, seq, pos, cache, &spec(product_scale));
-        o.forward(&out, seq)
+        let out = b.attend(&q, &k, Some(&v), cache, pos, &spec(product_scale))?;
+        b.matmul(&out, o)
     }
 
     /// Multi-head latent attention: queries (`nope` + `rope` per head), a compressed key-value
@@ -506,136 +524,61 @@ impl Weights {
     /// (`KvUp::Combined`) or attended in latent form with the key up-projection absorbed into
     /// the queries and the value up-projection applied afterwards (`KvUp::Split`).
     #[allow(clippy::too_many_arguments)]
-    fn latent_attention(&self, query: &Query, kv_a: &QLinear, kv_a_norm: &[f32], kv_up: &KvUp, o: &QLinear, h: &[f32], seq: usize, cache: &mut KvCache, pos: usize, rope: &Rope, spec: &Spec) -> Result<Vec<f32>> {
-        let c = &self.config;
+    fn latent_attention(&self, query: &Query<B>, kv_a: &B::Matrix, kv_a_norm: &B::Tensor, kv_up: &KvUp<B>, o: &B::Matrix, h: &B::Tensor, cache: &mut B::Cache, pos: usize, rope: &Rope, spec: &Spec) -> Result<B::Tensor> {
+        let (b, c) = (&self.backend, &self.config);
         let Some(l) = c.latent else { return Err(Error::Compute("latent attention without latent sizes".into())) };
         let (heads, eps) = (c.heads, c.eps as f32);
         // q: [seq][heads][nope + rope]
         let q = match query {
-            Query::Plain(w) => w.forward(h, seq)?,
+            Query::Plain(w) => b.matmul(h, w)?,
             Query::LowRank { down, norm, up } => {
-                let mut t = down.forward(h, seq)?;
-                rms_norm(&mut t, norm, eps);
-                up.forward(&t, seq)?
+                let mut t = b.matmul(h, down)?;
+                b.rms_norm(&mut t, norm, eps)?;
+                b.matmul(&t, up)?
             }
         };
-        let mut q_nope = Vec::with_capacity(seq * heads * l.nope);
-        let mut q_pe = Vec::with_capacity(seq * heads * l.rope);
-        for head in q.chunks_exact(l.nope + l.rope) {
-            q_nope.extend_from_slice(&head[..l.nope]);
-            q_pe.extend_from_slice(&head[l.nope..]);
-        }
+        let [q_nope, mut q_pe] = two(b.split(&q, &[l.nope, l.rope])?)?;
         // [seq][kv_rank + rope] → the normalised latent vector and the shared rotary key.
-        let kv = kv_a.forward(h, seq)?;
-        let mut latent = Vec::with_capacity(seq * l.kv_rank);
-        let mut k_pe = Vec::with_capacity(seq * l.rope);
-        for row in kv.chunks_exact(l.kv_rank + l.rope) {
-            latent.extend_from_slice(&row[..l.kv_rank]);
-            k_pe.extend_from_slice(&row[l.kv_rank..]);
-        }
-        attention::rope(&mut q_pe, heads, l.rope, pos, rope);
-        attention::rope(&mut k_pe, 1, l.rope, pos, rope);
-        rms_norm(&mut latent, kv_a_norm, eps);
+        let kv = b.matmul(h, kv_a)?;
+        let [mut latent, mut k_pe] = two(b.split(&kv, &[l.kv_rank, l.rope])?)?;
+        b.rope(&mut q_pe, heads, l.rope, pos, rope)?;
+        b.rope(&mut k_pe, 1, l.rope, pos, rope)?;
+        b.rms_norm(&mut latent, kv_a_norm, eps)?;
 
-        // Per token and head: `first` (width a) then the rotary part, into one row.
-        let join = |first: &[f32], a: usize, pe: &[f32], per_token_pe: bool| -> Vec<f32> {
-            let rows = first.len() / a;
-            let mut out = Vec::with_capacity(rows * (a + l.rope));
-            for r in 0..rows {
-                out.extend_from_slice(&first[r * a..(r + 1) * a]);
-                let pe_row = if per_token_pe { r / heads } else { r };
-                out.extend_from_slice(&pe[pe_row * l.rope..(pe_row + 1) * l.rope]);
-            }
-            out
-        };
-        let out = match kv_up {
+        // Each head's part then its rotary part, in one row per head.
+        match kv_up {
             KvUp::Combined(w) => {
                 // [seq][heads][nope + value]
-                let kv = w.forward(&latent, seq)?;
-                let mut k_nope = Vec::with_capacity(seq * heads * l.nope);
-                let mut v = Vec::with_capacity(seq * heads * l.value);
-                for head in kv.chunks_exact(l.nope + l.value) {
-                    k_nope.extend_from_slice(&head[..l.nope]);
-                    v.extend_from_slice(&head[l.nope..]);
-                }
-                let keys = join(&k_nope, l.nope, &k_pe, true);
-                cache.append(&keys, &v, seq)?;
-                attention::attend(&join(&q_nope, l.nope, &q_pe, false), seq, pos, cache, spec)
+                let kv = b.matmul(&latent, w)?;
+                let [k_nope, v] = two(b.split(&kv, &[l.nope, l.value])?)?;
+                let keys = b.join(&k_nope, l.nope, &k_pe, l.rope, heads)?;
+                let queries = b.join(&q_nope, l.nope, &q_pe, l.rope, 1)?;
+                let out = b.attend(&queries, &keys, Some(&v), cache, pos, spec)?;
+                b.matmul(&out, o)
             }
             KvUp::Split { k, v } => {
                 // Queries absorb each head's key up-projection: [seq][heads][kv_rank].
-                let absorbed = per_head(k, &q_nope, seq, l.nope, l.kv_rank)?;
-                let keys = join(&latent, l.kv_rank, &k_pe, false);
-                cache.append(&keys, &[], seq)?;
+                let absorbed = b.matmul_heads(&q_nope, k)?;
+                let keys = b.join(&latent, l.kv_rank, &k_pe, l.rope, 1)?;
+                let queries = b.join(&absorbed, l.kv_rank, &q_pe, l.rope, 1)?;
                 // [seq][heads][kv_rank], then each head's value up-projection: [seq][heads][value].
-                let latent_out = attention::attend(&join(&absorbed, l.kv_rank, &q_pe, false), seq, pos, cache, spec);
-                per_head(v, &latent_out, seq, l.kv_rank, l.value)?
+                let latent_out = b.attend(&queries, &keys, None, cache, pos, spec)?;
+                b.matmul(&b.matmul_heads(&latent_out, v)?, o)
             }
-        };
-        o.forward(&out, seq)
+        }
     }
 }
 
-impl Moe {
-    /// Mixture of experts for `x` (`[seq][hidden]`): each token's router scores (softmax or
-    /// sigmoid) pick its top experts — among the best groups when routing is group-limited,
-    /// with the selection bias added when there is one — whose outputs are summed with the
-    /// (renormalised, scaled) scores; shared experts are added for every token.
-    ///
-    /// The (token, expert) pairs are grouped by expert, and each chosen expert runs once over
-    /// all its tokens' rows, as llama.cpp's `MUL_MAT_ID` does: a prompt reads each expert's
-    /// matrices once rather than once per token, and decoding touches only the chosen experts'
-    /// weights. The experts run side by side on the thread pool. Every row's products are the
-    /// same as one token's alone, and each token's expert outputs are summed in its routing
-    /// order, so the result does not depend on the batch.
-    fn forward(&self, spec: &super::Experts, activation: Activation, x: &[f32], seq: usize) -> Result<Vec<f32>> {
-        let hidden = x.len() / seq.max(1);
-        let logits = self.router.forward(x, seq)?;
-        let mut out = match &self.shared {
-            Some(mlp) => mlp.forward(x, seq, activation)?,
-            None => vec![0f32; seq * hidden],
-        };
-        // routes[token] = its (expert, weight) pairs, best first.
-        let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(spec.count).map(|logits| route(spec, self.bias.as_deref(), logits)).collect();
-        // by_expert[e] = the tokens routed to expert e, in order.
-        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); spec.count];
-        for (token, chosen) in routes.iter().enumerate() {
-            for &(e, _) in chosen {
-                by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push(token);
-            }
-        }
-        // outputs[e] = `[rows][hidden]`: expert e over its tokens' rows (none for an expert no
-        // token chose).
-        let mut outputs: Vec<Result<Vec<f32>>> = (0..spec.count).map(|_| Ok(Vec::new())).collect();
-        crate::platform::parallel_chunks(&mut outputs, 1, |e, slot| {
-            let tokens = &by_expert[e];
-            if !tokens.is_empty() {
-                let rows: Vec<f32> = tokens.iter().flat_map(|&t| x[t * hidden..(t + 1) * hidden].iter().copied()).collect();
-                slot[0] = self.experts[e].forward(&rows, tokens.len(), activation);
-            }
-        });
-        let outputs: Vec<Vec<f32>> = outputs.into_iter().collect::<Result<_>>()?;
-        // cursor[e] = the next of expert e's output rows, taken in token order.
-        let mut cursor = vec![0usize; spec.count];
-        let mut routed = vec![0f32; hidden];
-        for (token, chosen) in routes.iter().enumerate() {
-            routed.iter_mut().for_each(|v| *v = 0.0);
-            for &(e, w) in chosen {
-                let y = &outputs[e][cursor[e] * hidden..(cursor[e] + 1) * hidden];
-                cursor[e] += 1;
-                routed.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
-            }
-            add(&mut out[token * hidden..(token + 1) * hidden], &routed);
-        }
-        Ok(out)
-    }
+/// The two parts of a [`Backend::split`] in two.
+fn two<T>(parts: Vec<T>) -> Result<[T; 2]> {
+    parts.try_into().map_err(|_| Error::Compute("a split into two gave another count of parts".into()))
 }
 
 /// The experts one token is routed to and their weights, best first, from its router
 /// `logits`: softmax or sigmoid scores; the selection bias added for choosing (not for the
 /// weights); group-limited routing keeping the groups whose two best scores sum highest; the
 /// chosen weights renormalised and scaled as the file says.
-fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
+pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
     let probs = match spec.gating {
         Gating::Softmax => softmax(logits),
         Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
@@ -677,27 +620,6 @@ fn top(values: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
-/// Applies head `h`'s matrix (`(width_out, width_in)`) to head `h` of every token:
-/// `x` is `[seq][heads][width_in]`, the result `[seq][heads][width_out]`.
-fn per_head(matrices: &[QMatrix], x: &[f32], seq: usize, width_in: usize, width_out: usize) -> Result<Vec<f32>> {
-    let heads = matrices.len();
-    let mut out = vec![0f32; seq * heads * width_out];
-    for (head, m) in matrices.iter().enumerate() {
-        let rows: Vec<f32> = (0..seq).flat_map(|t| x[(t * heads + head) * width_in..][..width_in].iter().copied()).collect();
-        let y = m.matmul(&rows, seq)?;
-        for (t, y) in y.chunks_exact(width_out).enumerate() {
-            out[(t * heads + head) * width_out..][..width_out].copy_from_slice(y);
-        }
-    }
-    Ok(out)
-}
-
-fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
 /// Softmax of `x`, summed in f64 as llama.cpp sums it.
 fn softmax(x: &[f32]) -> Vec<f32> {
     let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -707,83 +629,26 @@ fn softmax(x: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e * inv).collect()
 }
 
-/// GELU (tanh form) as llama.cpp reads it from its table: the input rounded to f16, the result
-/// rounded to f16; saturated beyond ±10.
-fn gelu(x: f32) -> f32 {
-    if x <= -10.0 {
-        return 0.0;
+impl<B: Backend> Mlp<B> {
+    /// `down(act(gate(x)) · up(x))` for the rows of `x`.
+    pub(crate) fn forward(&self, b: &B, x: &B::Tensor, activation: Activation) -> Result<B::Tensor> {
+        let gate = b.matmul(x, &self.gate)?;
+        let up = b.matmul(x, &self.up)?;
+        b.matmul(&b.gated(gate, &up, activation)?, &self.down)
     }
-    if x >= 10.0 {
-        return x;
-    }
-    let x = f16::from_f32(x).to_f32();
-    let y = 0.5 * x * (1.0 + math::tanh(0.797_884_6 * x * (1.0 + 0.044_715 * x * x)));
-    f16::from_f32(y).to_f32()
-}
-
-/// `activation(gate) · up` for one row, in place in `gate`. (SiLU's e^-x is the C library's,
-/// [`math::exp`]: ggml's vectorised exponential here made fewer greedy continuations match
-/// llama.cpp's — Qwen2.5-Coder 6 of 8 raw prompts instead of 8, SmolLM2 1 of 4 chats instead
-/// of 2.)
-fn gated(activation: Activation, gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = match activation {
-            Activation::Silu => *g / (1.0 + math::exp(-*g)) * u,
-            Activation::GeluTanh => gelu(*g) * u,
-        };
-    }
-}
-
-impl Mlp {
-    fn forward(&self, x: &[f32], seq: usize, activation: Activation) -> Result<Vec<f32>> {
-        let mut gate = self.gate.forward(x, seq)?;
-        let up = self.up.forward(x, seq)?;
-        // Row by row over the pool: a prompt's activations took as long as its products when
-        // one thread did them all.
-        let width = gate.len() / seq.max(1);
-        crate::platform::parallel_chunks(&mut gate, width, |row, gate| gated(activation, gate, &up[row * width..][..gate.len()]));
-        self.down.forward(&gate, seq)
-    }
-}
-
-
-
-
-/// Bytes of weights a model may repack for this CPU's kernels (the AVX-512 VNNI strips), beyond
-/// which matrices are used in place, in the file's layout. A repacked matrix is a copy: its file
-/// bytes are released, but a copy of more than this would crowd out the page cache that a
-/// memory-mapped file larger than memory runs from. Matrices are repacked in the order the
-/// model loads them (output first, then block by block) where it pays ([`Products`]), experts
-/// never: they are most of a mixture-of-experts model's bytes, and decoding reads only the
-/// chosen few.
-pub const REPACK_BUDGET: usize = 1 << 30;
-
-/// The products a matrix takes part in, which decide whether repacking it pays.
-#[derive(Clone, Copy)]
-enum Products {
-    /// A prompt's rows at once, then one row per decoded token: the layers.
-    Batched,
-    /// One activation row at a time: the output layer, which only the last position goes
-    /// through. Repacked only for the formats whose strips multiply one row faster than their
-    /// rows do (see [`QMatrix::repacking_pays_for_one_row`]).
-    OneRow,
-    /// Never repacked: the experts (most of a mixture's bytes, a few rows each) and an
-    /// embedding table that is only looked up.
-    InPlace,
 }
 
 /// The data of a tensor: `(shard, offset into its data section, length)` to its bytes.
 type TensorSource<'a> = dyn FnMut(usize, u64, usize) -> std::io::Result<Bytes> + 'a;
 
-/// Reads tensors by name from the file.
-struct Loader<'a> {
+/// Reads tensors by name from the file and places them on the backend.
+struct Loader<'a, B: Backend> {
+    backend: &'a B,
     source: &'a mut TensorSource<'a>,
     index: HashMap<&'a str, &'a TensorInfo>,
-    /// Bytes that may still be repacked (see [`REPACK_BUDGET`]).
-    budget: usize,
 }
 
-impl Loader<'_> {
+impl<B: Backend> Loader<'_, B> {
     fn info(&self, name: &str) -> Result<&TensorInfo> {
         self.index.get(name).copied().ok_or_else(|| Error::MissingTensor { name: name.to_string() })
     }
@@ -806,35 +671,24 @@ impl Loader<'_> {
         Ok((bytes, info.ggml_type, shape))
     }
 
-    /// A 2-D tensor as a matrix `(rows, cols)`; repacked for this CPU's kernels only where that
-    /// pays for the `products` it takes part in and the budget allows.
-    fn matrix_placed(&mut self, name: &str, products: Products) -> Result<QMatrix> {
+    /// A 2-D tensor as a matrix `(rows, cols)` with `bias`, placed for the `products` it
+    /// takes part in.
+    fn matrix_placed(&mut self, name: &str, bias: Option<Vec<f32>>, products: Products) -> Result<B::Matrix> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         let [rows, cols] = shape[..] else {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?} is not 2-D") });
         };
-        self.place(name, ggml_type, bytes, rows, cols, products)
+        self.place(name, ggml_type, bytes, rows, cols, bias, products)
     }
 
-    /// The matrix over `bytes`, repacked when that pays for its `products`, the kernels would
-    /// and the budget holds it; the file bytes of a repacked matrix are released.
-    fn place(&mut self, name: &str, ggml_type: u32, bytes: Bytes, rows: usize, cols: usize, products: Products) -> Result<QMatrix> {
-        let pays = match products {
-            Products::Batched => true,
-            Products::OneRow => QMatrix::repacking_pays_for_one_row(ggml_type),
-            Products::InPlace => false,
-        };
-        let repack = pays && bytes.len() <= self.budget && QMatrix::would_repack(ggml_type, rows, cols);
-        let matrix = QMatrix::load(ggml_type, bytes.clone(), rows, cols, repack).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
-        if repack {
-            self.budget -= bytes.len();
-            bytes.release();
-        }
-        Ok(matrix)
+    #[allow(clippy::too_many_arguments)]
+    fn place(&mut self, name: &str, ggml_type: u32, bytes: Bytes, rows: usize, cols: usize, bias: Option<Vec<f32>>, products: Products) -> Result<B::Matrix> {
+        self.backend.matrix(ggml_type, bytes, rows, cols, bias, products).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })
     }
 
-    /// A 1-D tensor of `len` floats (norm weights, biases), dequantized if stored quantized.
-    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+    /// The values of a 1-D tensor of `len` floats (norm weights, biases), dequantized if stored
+    /// quantized.
+    fn values(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         if shape != [len] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{len}]") });
@@ -843,7 +697,21 @@ impl Loader<'_> {
         m.to_f32()
     }
 
-    fn opt_vector(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+    /// A 1-D tensor of `len` floats (norm weights) on the backend.
+    fn vector(&mut self, name: &str, len: usize) -> Result<B::Tensor> {
+        let values = self.values(name, len)?;
+        self.backend.vector(values)
+    }
+
+    fn opt_values(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        if self.index.contains_key(name) {
+            self.values(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn opt_vector(&mut self, name: &str, len: usize) -> Result<Option<B::Tensor>> {
         if self.index.contains_key(name) {
             self.vector(name, len).map(Some)
         } else {
@@ -853,47 +721,46 @@ impl Loader<'_> {
 
     /// `<name>.weight` (and `<name>.bias` if present) as a linear layer; `out` and `inputs`
     /// are checked when given (`None` / 0 take what the file has).
-    fn linear(&mut self, name: &str, out: Option<usize>, inputs: usize) -> Result<QLinear> {
+    fn linear(&mut self, name: &str, out: Option<usize>, inputs: usize) -> Result<B::Matrix> {
         self.linear_placed(name, out, inputs, Products::Batched)
     }
 
     /// [`Loader::linear`] of a layer that takes part in `products`.
-    fn linear_placed(&mut self, name: &str, out: Option<usize>, inputs: usize, products: Products) -> Result<QLinear> {
+    fn linear_placed(&mut self, name: &str, out: Option<usize>, inputs: usize, products: Products) -> Result<B::Matrix> {
         let weight_name = format!("{name}.weight");
-        let w = self.matrix_placed(&weight_name, products)?;
-        let (rows, cols) = (w.rows(), w.cols());
-        if out.is_some_and(|o| o != rows) || (inputs != 0 && inputs != cols) {
+        let shape = self.info(&weight_name)?.dims.iter().rev().copied().collect::<Vec<_>>();
+        let [rows, cols] = shape[..] else {
+            return Err(Error::InvalidTensor { name: weight_name, reason: format!("shape {shape:?} is not 2-D") });
+        };
+        if out.is_some_and(|o| o as u64 != rows) || (inputs != 0 && inputs as u64 != cols) {
             return Err(Error::InvalidTensor {
                 name: weight_name,
                 reason: format!("shape ({rows}, {cols}), expected ({}, {})", out.map_or("any".into(), |o| o.to_string()), if inputs == 0 { "any".into() } else { inputs.to_string() }),
             });
         }
-        let bias = self.opt_vector(&format!("{name}.bias"), rows)?;
-        Ok(QLinear::new(w, bias))
+        let bias = match usize::try_from(rows) {
+            Ok(rows) => self.opt_values(&format!("{name}.bias"), rows)?,
+            Err(_) => None, // refused by `raw` as too large for this target
+        };
+        self.matrix_placed(&weight_name, bias, products)
     }
 
     /// The experts of layer `layer`: `ffn_{gate,up,down}_exps` hold every expert's matrix in
     /// one 3-D tensor; each expert's slice becomes its own matrix.
-    fn experts(&mut self, layer: usize, count: usize, ffn: usize, hidden: usize) -> Result<Vec<Mlp>> {
+    fn experts(&mut self, layer: usize, count: usize, ffn: usize, hidden: usize) -> Result<Vec<Mlp<B>>> {
         let gates = self.split_placed(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden, Products::InPlace)?;
         let ups = self.split_placed(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden, Products::InPlace)?;
         let downs = self.split_placed(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn, Products::InPlace)?;
-        Ok(gates
-            .into_iter()
-            .zip(ups)
-            .zip(downs)
-            .map(|((gate, up), down)| Mlp { gate: QLinear::new(gate, None), up: QLinear::new(up, None), down: QLinear::new(down, None) })
-            .collect())
+        Ok(gates.into_iter().zip(ups).zip(downs).map(|((gate, up), down)| Mlp { gate, up, down }).collect())
     }
 
-    /// A 3-D tensor `(count, rows, cols)` as `count` matrices (repacked when the budget allows).
-    fn split(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<QMatrix>> {
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices.
+    fn split(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<B::Matrix>> {
         self.split_placed(name, count, rows, cols, Products::Batched)
     }
 
-    /// A 3-D tensor `(count, rows, cols)` as `count` matrices, repacked only where that pays
-    /// for their `products` and the budget allows.
-    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, products: Products) -> Result<Vec<QMatrix>> {
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices, placed for their `products`.
+    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, products: Products) -> Result<Vec<B::Matrix>> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         if shape != [count, rows, cols] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {rows}, {cols}]") });
@@ -902,7 +769,7 @@ impl Loader<'_> {
         (0..count)
             .map(|i| {
                 let part = bytes.slice(i * per..(i + 1) * per).ok_or_else(|| Error::InvalidTensor { name: name.into(), reason: "data does not split into equal parts".into() })?;
-                self.place(name, ggml_type, part, rows, cols, products)
+                self.place(name, ggml_type, part, rows, cols, None, products)
             })
             .collect()
     }
@@ -911,7 +778,10 @@ impl Loader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::QLinear;
+    use crate::backend::cpu::Tensor;
     use crate::xorshift;
+    use half::f16;
 
     /// A `(rows, cols)` matrix of random Q8_0 blocks with scales near 0.02.
     fn q8_0(rows: usize, cols: usize, next: &mut impl FnMut() -> u64) -> QMatrix {
@@ -923,7 +793,7 @@ mod tests {
         QMatrix::new(8, data, rows, cols).expect("a well-formed matrix")
     }
 
-    fn mlp(ffn: usize, hidden: usize, next: &mut impl FnMut() -> u64) -> Mlp {
+    fn mlp(ffn: usize, hidden: usize, next: &mut impl FnMut() -> u64) -> Mlp<Cpu> {
         Mlp { gate: QLinear::new(q8_0(ffn, hidden, next), None), up: QLinear::new(q8_0(ffn, hidden, next), None), down: QLinear::new(q8_0(hidden, ffn, next), None) }
     }
 
@@ -947,9 +817,10 @@ mod tests {
                 shared: (shared > 0).then(|| mlp(ffn, hidden, &mut next)),
             };
             let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
-            let batched = moe.forward(&spec, Activation::Silu, &x, seq).expect("a forward pass");
+            let cpu = Cpu::default();
+            let batched = cpu.experts(&Tensor { rows: seq, data: x.clone() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
             for (t, row) in x.chunks_exact(hidden).enumerate() {
-                let alone = moe.forward(&spec, Activation::Silu, row, 1).expect("a forward pass");
+                let alone = cpu.experts(&Tensor { rows: 1, data: row.to_vec() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
                 let got = &batched[t * hidden..(t + 1) * hidden];
                 assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{gating:?} token {t}: {:?} vs {:?}", &got[..4], &alone[..4]);
                 assert!(alone.iter().any(|&v| v != 0.0));

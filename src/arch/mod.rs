@@ -4,8 +4,8 @@
 //! (RoPE layout, activation, embedding scaling, Gemma 3's sliding-window layer pattern), and the
 //! tensors present say the rest (QKV bias, per-head Q/K norms, post-norms, experts).
 
-mod attention;
-mod math;
+pub mod attention;
+pub(crate) mod math;
 mod decoder;
 
 /// The most values one token's row may hold (heads × head width, experts × their width):
@@ -13,7 +13,8 @@ mod decoder;
 /// the tensors, which must have those shapes and lie in the file, bound them further.
 const MAX_WIDTH: u64 = 1 << 28;
 
-pub use decoder::{State, Weights};
+pub use decoder::{Mlp, Moe, State, Weights};
+pub(crate) use decoder::route;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;

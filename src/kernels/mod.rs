@@ -1,6 +1,6 @@
-//! The kernel seam: every quantized matrix product and embedding lookup of the models goes
-//! through [`QMatrix`] (wrapped as [`QLinear`] and [`QEmbedding`]), so model code never sees how
-//! products are computed.
+//! The CPU's kernels: every quantized matrix product and embedding lookup the CPU backend
+//! ([`crate::backend::Cpu`]) runs goes through [`QMatrix`] (with a bias, [`QLinear`]), so the
+//! backend never sees how products are computed.
 //!
 //! The block formats real GGUF files use are computed here with llama.cpp's arithmetic
 //! ([`blocks`]): activations quantized per block exactly as llama.cpp quantizes them, exact
@@ -367,6 +367,7 @@ impl QMatrix {
 }
 
 /// A linear layer `y = x · Wᵀ (+ b)` over a quantized weight of shape `(out, in)`.
+#[derive(Clone)]
 pub struct QLinear {
     weight: QMatrix,
     /// `[out]`
@@ -399,30 +400,10 @@ impl QLinear {
     pub fn out_features(&self) -> usize {
         self.weight.rows()
     }
-}
 
-/// A token-embedding table kept quantized; rows are dequantized as they are looked up.
-pub struct QEmbedding {
-    table: QMatrix,
-}
-
-impl QEmbedding {
-    /// A table of shape `(vocab, hidden)`.
-    pub fn new(table: QMatrix) -> QEmbedding {
-        QEmbedding { table }
-    }
-
-    /// The rows of `ids`, one after the other.
-    ///
-    /// # Errors
-    /// [`Error::TokenOutOfRange`] when an id is outside the table.
-    pub fn lookup(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        self.table.gather(ids)
-    }
-
-    /// The table, for an output layer tied to the embedding (shared, not copied).
-    pub fn table(&self) -> QMatrix {
-        self.table.clone()
+    /// The weight matrix.
+    pub fn weight(&self) -> &QMatrix {
+        &self.weight
     }
 }
 

@@ -1,0 +1,313 @@
+//! The CPU backend: activations as host vectors, weights in their GGUF blocks (or repacked
+//! where that pays), the kernels of [`crate::kernels`], attention of [`crate::arch::attention`].
+//! Its operations are the references every other backend is tested against.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use half::f16;
+
+use super::{Backend, CacheSpec, KvStore, Products};
+use crate::arch::attention::{self, KvCache, Rope, Spec};
+use crate::arch::{math, route, Activation, Experts, Moe};
+use crate::bytes::Bytes;
+use crate::error::{Error, Result};
+use crate::kernels::{QLinear, QMatrix};
+
+/// Bytes of weights a model may repack for this CPU's kernels (the AVX-512 VNNI strips), beyond
+/// which matrices are used in place, in the file's layout. A repacked matrix is a copy: its file
+/// bytes are released, but a copy of more than this would crowd out the page cache that a
+/// memory-mapped file larger than memory runs from. Matrices are repacked in the order the
+/// model loads them (output first, then block by block) where it pays ([`Products`]), experts
+/// never: they are most of a mixture-of-experts model's bytes, and decoding reads only the
+/// chosen few.
+pub const REPACK_BUDGET: usize = 1 << 30;
+
+/// The CPU. One per loaded model: it keeps what is left of the model's [`REPACK_BUDGET`].
+pub struct Cpu {
+    budget: AtomicUsize,
+}
+
+impl Default for Cpu {
+    fn default() -> Cpu {
+        Cpu { budget: AtomicUsize::new(REPACK_BUDGET) }
+    }
+}
+
+/// `rows × width` values on the host, row after row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Positions of the batch.
+    pub rows: usize,
+    /// `[rows][width]`
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// The values of each row.
+    pub fn width(&self) -> usize {
+        self.data.len() / self.rows.max(1)
+    }
+}
+
+fn mismatch(what: &str, got: usize, expected: usize) -> Error {
+    Error::Compute(format!("{what}: {got} values where {expected} were expected"))
+}
+
+impl Backend for Cpu {
+    type Tensor = Tensor;
+    type Matrix = QLinear;
+    type Cache = KvCache;
+
+    /// Repacks the matrix for this CPU's kernels when that pays for its `products`, the
+    /// kernels would and the budget holds it; the file bytes of a repacked matrix are released.
+    fn matrix(&self, ggml_type: u32, bytes: Bytes, rows: usize, cols: usize, bias: Option<Vec<f32>>, products: Products) -> Result<QLinear> {
+        let pays = match products {
+            Products::Batched => true,
+            Products::OneRow => QMatrix::repacking_pays_for_one_row(ggml_type),
+            Products::InPlace => false,
+        };
+        let len = bytes.len();
+        let repack = pays
+            && QMatrix::would_repack(ggml_type, rows, cols)
+            && self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len)).is_ok();
+        let matrix = QMatrix::load(ggml_type, bytes.clone(), rows, cols, repack)?;
+        if repack {
+            bytes.release();
+        }
+        Ok(QLinear::new(matrix, bias))
+    }
+
+    fn shape(&self, matrix: &QLinear) -> (usize, usize) {
+        (matrix.weight().rows(), matrix.weight().cols())
+    }
+
+    fn vector(&self, values: Vec<f32>) -> Result<Tensor> {
+        Ok(Tensor { rows: 1, data: values })
+    }
+
+    fn cache(&self, s: &CacheSpec) -> Result<KvCache> {
+        KvCache::new(s.kv_heads, s.capacity, s.head_dim, s.value_dim, s.values_in_keys)
+    }
+
+    fn embed(&self, table: &QLinear, tokens: &[u32]) -> Result<Tensor> {
+        Ok(Tensor { rows: tokens.len(), data: table.weight().gather(tokens)? })
+    }
+
+    fn matmul(&self, x: &Tensor, w: &QLinear) -> Result<Tensor> {
+        Ok(Tensor { rows: x.rows, data: w.forward(&x.data, x.rows)? })
+    }
+
+    fn matmul_heads(&self, x: &Tensor, matrices: &[QLinear]) -> Result<Tensor> {
+        let (heads, seq) = (matrices.len(), x.rows);
+        let Some(first) = matrices.first() else { return Err(Error::Compute("per-head products without heads".into())) };
+        let (width_out, width_in) = self.shape(first);
+        if x.data.len() != seq * heads * width_in {
+            return Err(mismatch("per-head products", x.data.len(), seq * heads * width_in));
+        }
+        let mut out = vec![0f32; seq * heads * width_out];
+        for (head, m) in matrices.iter().enumerate() {
+            let rows: Vec<f32> = (0..seq).flat_map(|t| x.data[(t * heads + head) * width_in..][..width_in].iter().copied()).collect();
+            let y = m.forward(&rows, seq)?;
+            for (t, y) in y.chunks_exact(width_out).enumerate() {
+                out[(t * heads + head) * width_out..][..width_out].copy_from_slice(y);
+            }
+        }
+        Ok(Tensor { rows: seq, data: out })
+    }
+
+    fn rms_norm(&self, x: &mut Tensor, weight: &Tensor, eps: f32) -> Result<()> {
+        if weight.data.is_empty() || !x.data.len().is_multiple_of(weight.data.len()) {
+            return Err(mismatch("RMS norm", x.data.len(), weight.data.len()));
+        }
+        attention::rms_norm(&mut x.data, &weight.data, eps);
+        Ok(())
+    }
+
+    fn normed(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        let mut y = x.clone();
+        self.rms_norm(&mut y, weight, eps)?;
+        Ok(y)
+    }
+
+    fn rope(&self, x: &mut Tensor, heads: usize, head_dim: usize, pos: usize, rope: &Rope) -> Result<()> {
+        if x.data.len() != x.rows * heads * head_dim {
+            return Err(mismatch("RoPE", x.data.len(), x.rows * heads * head_dim));
+        }
+        attention::rope(&mut x.data, heads, head_dim, pos, rope);
+        Ok(())
+    }
+
+    fn attend(&self, q: &Tensor, k: &Tensor, v: Option<&Tensor>, cache: &mut KvCache, pos: usize, spec: &Spec) -> Result<Tensor> {
+        cache.append(&k.data, v.map_or(&[][..], |v| &v.data), k.rows)?;
+        Ok(Tensor { rows: q.rows, data: attention::attend(&q.data, q.rows, pos, cache, spec) })
+    }
+
+    /// Row by row over the pool: a prompt's activations took as long as its products when one
+    /// thread did them all.
+    fn gated(&self, mut gate: Tensor, up: &Tensor, activation: Activation) -> Result<Tensor> {
+        if gate.data.len() != up.data.len() {
+            return Err(mismatch("gated activation", up.data.len(), gate.data.len()));
+        }
+        let width = gate.width();
+        crate::platform::parallel_chunks(&mut gate.data, width.max(1), |row, gate| gated(activation, gate, &up.data[row * width..][..gate.len()]));
+        Ok(gate)
+    }
+
+    fn add(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
+        if x.data.len() != y.data.len() {
+            return Err(mismatch("residual", y.data.len(), x.data.len()));
+        }
+        add(&mut x.data, &y.data);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Tensor, by: f32) -> Result<()> {
+        x.data.iter_mut().for_each(|v| *v *= by);
+        Ok(())
+    }
+
+    fn split(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+        let group: usize = widths.iter().sum();
+        if group == 0 || !x.data.len().is_multiple_of(group) {
+            return Err(mismatch("split", x.data.len(), group));
+        }
+        let groups = x.data.len() / group;
+        let mut parts: Vec<Tensor> = widths.iter().map(|w| Tensor { rows: x.rows, data: Vec::with_capacity(groups * w) }).collect();
+        for g in x.data.chunks_exact(group) {
+            let mut at = 0;
+            for (part, &w) in parts.iter_mut().zip(widths) {
+                part.data.extend_from_slice(&g[at..at + w]);
+                at += w;
+            }
+        }
+        Ok(parts)
+    }
+
+    fn join(&self, a: &Tensor, a_width: usize, b: &Tensor, b_width: usize, repeat_b: usize) -> Result<Tensor> {
+        let groups = a.data.len() / a_width.max(1);
+        if a_width == 0 || !a.data.len().is_multiple_of(a_width) || repeat_b == 0 || b.data.len() != groups.div_ceil(repeat_b) * b_width {
+            return Err(mismatch("join", b.data.len(), groups.div_ceil(repeat_b.max(1)) * b_width));
+        }
+        let mut out = Vec::with_capacity(groups * (a_width + b_width));
+        for (i, first) in a.data.chunks_exact(a_width).enumerate() {
+            out.extend_from_slice(first);
+            out.extend_from_slice(&b.data[i / repeat_b * b_width..][..b_width]);
+        }
+        Ok(Tensor { rows: a.rows, data: out })
+    }
+
+    /// The (token, expert) pairs are grouped by expert, and each chosen expert runs once over
+    /// all its tokens' rows, as llama.cpp's `MUL_MAT_ID` does: a prompt reads each expert's
+    /// matrices once rather than once per token, and decoding touches only the chosen experts'
+    /// weights. The experts run side by side on the thread pool. Every row's products are the
+    /// same as one token's alone, and each token's expert outputs are summed in its routing
+    /// order, so the result does not depend on the batch.
+    fn experts(&self, x: &Tensor, moe: &Moe<Cpu>, spec: &Experts, activation: Activation) -> Result<Tensor> {
+        let (seq, hidden) = (x.rows, x.width());
+        let logits = self.matmul(x, &moe.router)?;
+        let mut out = match &moe.shared {
+            Some(mlp) => mlp.forward(self, x, activation)?,
+            None => Tensor { rows: seq, data: vec![0f32; seq * hidden] },
+        };
+        // routes[token] = its (expert, weight) pairs, best first.
+        let routes: Vec<Vec<(usize, f32)>> = logits.data.chunks_exact(spec.count).map(|logits| route(spec, moe.bias.as_deref(), logits)).collect();
+        // by_expert[e] = the tokens routed to expert e, in order.
+        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); spec.count];
+        for (token, chosen) in routes.iter().enumerate() {
+            for &(e, _) in chosen {
+                by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push(token);
+            }
+        }
+        // outputs[e] = `[rows][hidden]`: expert e over its tokens' rows (none for an expert no
+        // token chose).
+        let mut outputs: Vec<Result<Tensor>> = (0..spec.count).map(|_| Ok(Tensor { rows: 0, data: Vec::new() })).collect();
+        crate::platform::parallel_chunks(&mut outputs, 1, |e, slot| {
+            let tokens = &by_expert[e];
+            if !tokens.is_empty() {
+                let rows = Tensor { rows: tokens.len(), data: tokens.iter().flat_map(|&t| x.data[t * hidden..(t + 1) * hidden].iter().copied()).collect() };
+                slot[0] = moe.experts[e].forward(self, &rows, activation);
+            }
+        });
+        let outputs: Vec<Tensor> = outputs.into_iter().collect::<Result<_>>()?;
+        // cursor[e] = the next of expert e's output rows, taken in token order.
+        let mut cursor = vec![0usize; spec.count];
+        let mut routed = vec![0f32; hidden];
+        for (token, chosen) in routes.iter().enumerate() {
+            routed.iter_mut().for_each(|v| *v = 0.0);
+            for &(e, w) in chosen {
+                let y = &outputs[e].data[cursor[e] * hidden..(cursor[e] + 1) * hidden];
+                cursor[e] += 1;
+                routed.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
+            }
+            add(&mut out.data[token * hidden..(token + 1) * hidden], &routed);
+        }
+        Ok(out)
+    }
+
+    fn tail(&self, mut x: Tensor, from: usize) -> Result<Tensor> {
+        if from > x.rows {
+            return Err(Error::Compute(format!("rows from {from} of {}", x.rows)));
+        }
+        let width = x.width();
+        Ok(Tensor { rows: x.rows - from, data: x.data.split_off(from * width) })
+    }
+
+    fn read(&self, x: &Tensor) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+}
+
+impl KvStore for KvCache {
+    fn truncate(&mut self, len: usize) {
+        KvCache::truncate(self, len);
+    }
+
+    fn grow(&mut self, capacity: usize) -> Result<()> {
+        KvCache::grow(self, capacity)
+    }
+
+    fn save(&self, out: &mut Vec<u8>) {
+        self.filled_bytes(out);
+    }
+
+    fn restore(&mut self, len: usize, bytes: &[u8]) -> Option<usize> {
+        self.fill_from_bytes(len, bytes)
+    }
+
+    fn bytes_per_position(&self) -> usize {
+        KvCache::bytes_per_position(self)
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// GELU (tanh form) as llama.cpp reads it from its table: the input rounded to f16, the result
+/// rounded to f16; saturated beyond ±10.
+fn gelu(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let x = f16::from_f32(x).to_f32();
+    let y = 0.5 * x * (1.0 + math::tanh(0.797_884_6 * x * (1.0 + 0.044_715 * x * x)));
+    f16::from_f32(y).to_f32()
+}
+
+/// `activation(gate) · up` for one row, in place in `gate`. (SiLU's e^-x is the C library's,
+/// [`math::exp`]: ggml's vectorised exponential here made fewer greedy continuations match
+/// llama.cpp's — Qwen2.5-Coder 6 of 8 raw prompts instead of 8, SmolLM2 1 of 4 chats instead
+/// of 2.)
+fn gated(activation: Activation, gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = match activation {
+            Activation::Silu => *g / (1.0 + math::exp(-*g)) * u,
+            Activation::GeluTanh => gelu(*g) * u,
+        };
+    }
+}
