@@ -11,11 +11,13 @@
 #   make soak               1,000 mixed generations natively and in Node.js, memory before and after
 #   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
+#   make test-gpu           the GPU's WGSL products against the CPU kernels: natively on Vulkan
+#                           (Mesa's lavapipe without a GPU) and in Chromium's WebGPU (SwiftShader)
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser soak run
+.PHONY: test test-gpu pkg-webgpu models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser soak run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -68,6 +70,17 @@ pkg: wasm-target rust-src wasm-tools
 	RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' CARGO_TARGET_DIR='$(THREADS_TARGET_DIR)' \
 		wasm-pack build --release --target web --out-dir pkg/threads --out-name candlewick --no-pack -- --features threads -Z build-std=panic_abort,std
 	node js/finish-package.mjs
+
+# The `webgpu` build, for tests/browser/gpu.mjs (not part of the npm package).
+WEBGPU_PKG = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/pkg-webgpu
+pkg-webgpu: wasm-target wasm-tools
+	wasm-pack build --release --target web --out-dir '$(WEBGPU_PKG)' --out-name candlewick --no-pack -- --features webgpu
+
+# The GPU's products natively (needs a Vulkan driver: `apt-get install mesa-vulkan-drivers` gives
+# lavapipe) and in headless Chromium on WebGPU. Not yet part of `make test`: see the README.
+test-gpu: pkg-webgpu browser-deps
+	$(CARGO) test --release --features webgpu --lib gpu::
+	node tests/browser/gpu.mjs '$(WEBGPU_PKG)'
 
 # In Node.js through wasm-bindgen-test: the simd128 kernels against the scalar code, and the
 # JavaScript API on a real model (tests/web.rs).

@@ -37,9 +37,14 @@ async function main() {
       if (!navigator.gpu) return { error: "navigator.gpu is undefined: this Chromium has no WebGPU (flags, or not a secure context)" };
       const timeout = new Promise((resolve) => setTimeout(() => resolve({ error: `no result within ${timeoutMs / 1000} s` }), timeoutMs));
       const run = (async () => {
+        // wgpu does not see the browser adapter's name: ask for it here.
+        const adapter = await navigator.gpu.requestAdapter();
+        if (!adapter) return { error: "navigator.gpu.requestAdapter() gave no adapter" };
+        const { vendor, architecture } = adapter.info ?? {};
         const wasm = await import("/gpu-pkg/candlewick.js");
         await wasm.default();
-        return await wasm.gpuKernelCheck();
+        const result = await wasm.gpuKernelCheck();
+        return { ...result, adapter: `${vendor} ${architecture} (WebGPU)` };
       })().catch((e) => ({ error: String(e?.message ?? e) }));
       return Promise.race([run, timeout]);
     }, RUN_TIMEOUT_MS);
