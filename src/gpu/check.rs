@@ -180,9 +180,8 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<KernelReport>> {
 /// `x · Wᵀ` on the GPU, read back.
 async fn product(gpu: &Gpu, w: &GpuMatrix, x: &[f32], batch: usize) -> Result<Vec<f32>> {
     let x = gpu.tensor(x, batch, w.cols)?;
-    let mut encoder = gpu.encoder();
-    let y = gpu.matmul(&mut encoder, &x, w)?;
-    gpu.read(encoder, &y).await
+    let y = gpu.matmul(&x, w)?;
+    gpu.read(&y).await
 }
 
 /// The values the CPU kernel multiplies by: the 8-bit activations times their block's scale.

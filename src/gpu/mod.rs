@@ -16,7 +16,12 @@
 //! Greedy decoding then agrees except at near-ties (DESIGN decision 4), as llama.cpp's own GPU
 //! backends agree with its CPU backend.
 
+mod backend;
 pub mod check;
+
+pub use backend::{GpuCache, GpuLinear, GpuWeights};
+
+use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
@@ -47,23 +52,39 @@ fn format_source(format: Format) -> Option<String> {
     })
 }
 
-/// A GPU device with the pipelines of the products.
+/// A GPU device with the pipelines of the products and the other operations.
+///
+/// Operations are recorded into one command encoder (`pending`) as they are called, and
+/// submitted together by [`Gpu::read`]: a forward pass is one submission.
 pub struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: wgpu::AdapterInfo,
-    layout: wgpu::BindGroupLayout,
     /// The product's pipeline for each of [`GPU_FORMATS`].
     matvec: Vec<(Format, wgpu::ComputePipeline)>,
+    ops: Ops,
+    pending: Mutex<Option<wgpu::CommandEncoder>>,
 }
 
-/// A weight matrix on the GPU: its GGUF blocks, row after row, as they are in the file.
+/// The pipelines of the operations other than products (`gpu/wgsl/<name>.wgsl`).
+struct Ops {
+    rms_norm: wgpu::ComputePipeline,
+    rope: wgpu::ComputePipeline,
+    elementwise: wgpu::ComputePipeline,
+    copy: wgpu::ComputePipeline,
+    attend: wgpu::ComputePipeline,
+}
+
+/// A weight matrix on the GPU: its GGUF blocks, row after row, as they are in the file, in
+/// parts of whole rows that each fit in a storage buffer binding.
+#[derive(Clone)]
 pub struct GpuMatrix {
     format: Format,
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    buffer: wgpu::Buffer,
+    /// (first row, rows, buffer) of each part.
+    parts: Vec<(usize, usize, wgpu::Buffer)>,
 }
 
 /// Activations on the GPU: `rows × width` f32 values.
@@ -78,6 +99,10 @@ impl GpuTensor {
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.width)
     }
+
+    fn len(&self) -> usize {
+        self.rows * self.width
+    }
 }
 
 impl GpuMatrix {
@@ -89,6 +114,23 @@ impl GpuMatrix {
 
 fn gpu_error(what: impl std::fmt::Display) -> Error {
     Error::Gpu(what.to_string())
+}
+
+/// Workgroups (x, y) for `n` workgroups: a dimension holds at most [`MAX_GROUPS`].
+fn groups(n: usize) -> Result<(u32, u32)> {
+    let x = n.clamp(1, MAX_GROUPS as usize);
+    let y = n.div_ceil(x).max(1);
+    if y > MAX_GROUPS as usize {
+        return Err(gpu_error(format!("{n} workgroups are more than one dispatch holds")));
+    }
+    Ok((x as u32, y as u32))
+}
+
+/// A uniform buffer's words: u32s, and f32s by their bits.
+#[derive(Clone, Copy)]
+enum Word {
+    U(usize),
+    F(f32),
 }
 
 impl Gpu {
@@ -117,61 +159,33 @@ impl Gpu {
             })
             .await
             .map_err(|e| gpu_error(format!("the GPU adapter refused a device: {e}")))?;
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("matvec"),
-            entries: &[
-                storage(0, true),
-                storage(1, true),
-                storage(2, false),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 3,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-            ],
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("matvec"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let mut matvec = Vec::new();
-        for format in GPU_FORMATS {
-            let Some(block) = format_source(format) else { continue };
-            let source = format!("{block}\n{}", include_str!("wgsl/matvec.wgsl"));
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&format!("matvec {format:?}")),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&format!("matvec {format:?}")),
-                layout: Some(&pipeline_layout),
+        let pipeline = |name: &str, source: String| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
                 cache: None,
-            });
-            matvec.push((format, pipeline));
+            })
+        };
+        let mut matvec = Vec::new();
+        for format in GPU_FORMATS {
+            let Some(block) = format_source(format) else { continue };
+            matvec.push((format, pipeline(&format!("matvec {format:?}"), format!("{block}\n{}", include_str!("wgsl/matvec.wgsl")))));
         }
-        Ok(Gpu { device, queue, adapter: adapter.get_info(), layout, matvec })
+        let ops = Ops {
+            rms_norm: pipeline("rms_norm", include_str!("wgsl/rms_norm.wgsl").into()),
+            rope: pipeline("rope", include_str!("wgsl/rope.wgsl").into()),
+            elementwise: pipeline("elementwise", include_str!("wgsl/elementwise.wgsl").into()),
+            copy: pipeline("copy", include_str!("wgsl/copy.wgsl").into()),
+            attend: pipeline("attend", include_str!("wgsl/attend.wgsl").into()),
+        };
+        Ok(Gpu { device, queue, adapter: adapter.get_info(), matvec, ops, pending: Mutex::new(None) })
     }
 
-    /// The adapter's name and backend, e.g. `"SwiftShader Device (Subzero) (vulkan)"`.
+    /// The adapter's name and backend, e.g. `"llvmpipe (llvm 15.0.6, 256 bits) (vulkan)"`.
     pub fn adapter_name(&self) -> String {
         let info = &self.adapter;
         let name = if info.name.is_empty() { format!("{} {}", info.vendor, info.device) } else { info.name.clone() };
@@ -182,7 +196,7 @@ impl Gpu {
     /// values), as they are.
     ///
     /// # Errors
-    /// [`Error::Gpu`] when the GPU has no kernel for the type or the matrix is larger than the
+    /// [`Error::Gpu`] when the GPU has no kernel for the type or a row is larger than the
     /// device's largest storage buffer; [`Error::Compute`] when the bytes do not fit the shape.
     pub fn matrix(&self, ggml_type: u32, bytes: &[u8], rows: usize, cols: usize) -> Result<GpuMatrix> {
         let format = Format::from_ggml(ggml_type).ok_or_else(|| Error::Compute(format!("unknown ggml type {ggml_type}")))?;
@@ -197,22 +211,26 @@ impl Gpu {
             return Err(Error::Compute(format!("{cols} columns are not whole {format:?} blocks")));
         }
         let row_bytes = cols / block_len * block_bytes;
-        if rows.checked_mul(row_bytes) != Some(bytes.len()) {
+        if rows == 0 || rows.checked_mul(row_bytes) != Some(bytes.len()) {
             return Err(Error::Compute(format!("{} bytes are not {rows} rows of {row_bytes}", bytes.len())));
         }
-        // Padded to whole words (the shader reads u32s), plus one word: the byte readers never
-        // look past the buffer even for the last block.
-        let padded = (bytes.len() + 4).next_multiple_of(4);
-        self.check_size(padded, "a weight matrix")?;
-        let mut data = Vec::with_capacity(padded);
-        data.extend_from_slice(bytes);
-        data.resize(padded, 0);
-        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("weights"),
-            contents: &data,
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        Ok(GpuMatrix { format, rows, cols, row_bytes, buffer })
+        // Parts of as many rows as a binding holds, each padded to whole words (the shader
+        // reads u32s) plus one word, so the byte readers never look past the buffer.
+        let per_part = (self.binding_limit().saturating_sub(8) / row_bytes as u64) as usize;
+        if per_part == 0 {
+            return Err(gpu_error(format!("a row of {row_bytes} bytes is larger than the largest storage buffer of {}", self.adapter_name())));
+        }
+        let mut parts = Vec::new();
+        for first in (0..rows).step_by(per_part) {
+            let n = per_part.min(rows - first);
+            let part = &bytes[first * row_bytes..(first + n) * row_bytes];
+            let mut data = Vec::with_capacity((part.len() + 4).next_multiple_of(4));
+            data.extend_from_slice(part);
+            data.resize((part.len() + 4).next_multiple_of(4), 0);
+            let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("weights"), contents: &data, usage: wgpu::BufferUsages::STORAGE });
+            parts.push((first, n, buffer));
+        }
+        Ok(GpuMatrix { format, rows, cols, row_bytes, parts })
     }
 
     /// Uploads `rows × width` activations.
@@ -223,14 +241,35 @@ impl Gpu {
         if rows.checked_mul(width) != Some(values.len()) || values.is_empty() {
             return Err(gpu_error(format!("{} values are not {rows} rows of {width}", values.len())));
         }
-        self.check_size(values.len() * 4, "activations")?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("activations"),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        });
+        let buffer = self.storage(values.len(), "activations")?;
+        self.queue.write_buffer(&buffer, 0, &f32_bytes(values));
         Ok(GpuTensor { rows, width, buffer })
+    }
+
+    /// The largest storage buffer binding, in bytes.
+    fn binding_limit(&self) -> u64 {
+        let limits = self.device.limits();
+        u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
+    }
+
+    /// A storage buffer of `values` f32s (at least one), uninitialized by us (zeros by WebGPU).
+    fn storage(&self, values: usize, what: &str) -> Result<wgpu::Buffer> {
+        let bytes = values.max(1) as u64 * 4;
+        let limit = self.binding_limit();
+        if bytes > limit {
+            return Err(gpu_error(format!(
+                "{what} of {:.1} MiB is larger than the largest storage buffer of {} ({:.1} MiB)",
+                bytes as f64 / 1048576.0,
+                self.adapter_name(),
+                limit as f64 / 1048576.0
+            )));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
     }
 
     /// The product's pipeline for `format`.
@@ -242,103 +281,118 @@ impl Gpu {
             .ok_or_else(|| gpu_error(format!("no GPU kernel for {format:?} weights")))
     }
 
-    fn check_size(&self, bytes: usize, what: &str) -> Result<()> {
-        let limits = self.device.limits();
-        let limit = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
-        if bytes as u64 > limit {
-            return Err(gpu_error(format!(
-                "{what} of {:.1} MiB is larger than the largest storage buffer of {} ({:.1} MiB)",
-                bytes as f64 / 1048576.0,
-                self.adapter_name(),
-                limit as f64 / 1048576.0
-            )));
-        }
-        Ok(())
+    /// Runs `f` on the pending command encoder (a new one when none is pending).
+    fn record<T>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> T) -> Result<T> {
+        let mut pending = self.pending.lock().map_err(|_| gpu_error("a previous GPU operation panicked"))?;
+        let encoder = pending.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("candlewick") }));
+        Ok(f(encoder))
     }
 
-    /// `x · Wᵀ`: each of `x`'s rows multiplied by the matrix, `x.rows × w.rows` values, recorded
-    /// into `encoder`.
+    /// Records a dispatch of `pipeline` over `groups` workgroups, its bindings `buffers` (in
+    /// binding order) and then a uniform buffer of `params`.
+    fn dispatch(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], params: &[Word], groups: (u32, u32, u32)) -> Result<()> {
+        let mut words: Vec<u8> = params
+            .iter()
+            .flat_map(|w| match *w {
+                Word::U(v) => (v as u32).to_le_bytes(),
+                Word::F(v) => v.to_le_bytes(),
+            })
+            .collect();
+        words.resize(words.len().next_multiple_of(16).max(16), 0);
+        let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: &words, usage: wgpu::BufferUsages::UNIFORM });
+        let mut entries: Vec<wgpu::BindGroupEntry> =
+            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
+        entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: params.as_entire_binding() });
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.get_bind_group_layout(0), entries: &entries });
+        self.record(|encoder| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        })
+    }
+
+    /// Records an operation of one thread per value (`total` of them, 64 to a workgroup):
+    /// `params` are followed by the row stride of the dispatch.
+    fn per_value(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], params: &[Word], total: usize) -> Result<()> {
+        let (x, y) = groups(total.div_ceil(64))?;
+        let mut params = params.to_vec();
+        params.push(Word::U(x as usize * 64));
+        self.dispatch(pipeline, buffers, &params, (x, y, 1))
+    }
+
+    /// `x · Wᵀ`: each of `x`'s rows multiplied by the matrix, `x.rows × w.rows` values.
     ///
     /// # Errors
     /// [`Error::Gpu`] when the shapes do not fit or the batch is larger than a dispatch.
-    pub fn matmul(&self, encoder: &mut wgpu::CommandEncoder, x: &GpuTensor, w: &GpuMatrix) -> Result<GpuTensor> {
+    pub fn matmul(&self, x: &GpuTensor, w: &GpuMatrix) -> Result<GpuTensor> {
         if x.width != w.cols {
             return Err(gpu_error(format!("activations {} wide for a matrix of {} columns", x.width, w.cols)));
         }
-        let pipeline = self.pipeline(w.format)?;
-        let groups_x = (w.rows as u32).min(MAX_GROUPS);
-        let groups_y = (w.rows as u32).div_ceil(groups_x);
-        if x.rows > MAX_GROUPS as usize || groups_y > MAX_GROUPS {
-            return Err(gpu_error(format!("a product of {} rows by {} is larger than one dispatch", x.rows, w.rows)));
+        if x.rows > MAX_GROUPS as usize {
+            return Err(gpu_error(format!("a product of {} rows is larger than one dispatch", x.rows)));
         }
-        let bytes = x.rows * w.rows * 4;
-        self.check_size(bytes, "a product's result")?;
-        let out = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("product"),
-            size: bytes as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let params: Vec<u8> =
-            [w.rows as u32, w.cols as u32, w.row_bytes as u32, groups_x].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("matvec params"),
-            contents: &params,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("matvec"),
-            layout: &self.layout,
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: w.buffer.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: x.buffer.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: out.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 3, resource: params.as_entire_binding() },
-            ],
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("matvec"), timestamp_writes: None });
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(groups_x, groups_y, x.rows as u32);
-        drop(pass);
+        let pipeline = self.pipeline(w.format)?;
+        let out = self.storage(x.rows * w.rows, "a product's result")?;
+        for (first, rows, buffer) in &w.parts {
+            let (gx, gy) = groups(*rows)?;
+            let params = [Word::U(*rows), Word::U(w.cols), Word::U(w.row_bytes), Word::U(gx as usize), Word::U(*first), Word::U(w.rows)];
+            self.dispatch(pipeline, &[buffer, &x.buffer, &out], &params, (gx, gy, x.rows as u32))?;
+        }
         Ok(GpuTensor { rows: x.rows, width: w.rows, buffer: out })
     }
 
-    /// A new command encoder, for the operations of one submission.
-    pub fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("candlewick") })
-    }
-
-    /// Submits `encoder` with a copy of `x` at its end, and reads `x` back once the GPU is done.
+    /// Submits what was recorded, and reads `x` back once the GPU is done.
     ///
     /// # Errors
     /// [`Error::Gpu`] when the readback fails (a lost device).
-    pub async fn read(&self, mut encoder: wgpu::CommandEncoder, x: &GpuTensor) -> Result<Vec<f32>> {
-        let size = (x.rows * x.width * 4) as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        encoder.copy_buffer_to_buffer(&x.buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
-        let (sender, receiver) = futures::channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |result| {
-            let _ = sender.send(result);
-        });
-        // Natively this waits for the GPU and runs the callback; in the browser it returns at
-        // once and the callback comes from the event loop.
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(gpu_error)?;
-        receiver
-            .await
-            .map_err(|_| gpu_error("the GPU dropped a readback (device lost?)"))?
-            .map_err(|e| gpu_error(format!("reading a result back failed: {e}")))?;
-        let values = {
-            let view = staging.get_mapped_range(..).map_err(gpu_error)?;
-            view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-        };
-        staging.unmap();
-        Ok(values)
+    pub async fn read(&self, x: &GpuTensor) -> Result<Vec<f32>> {
+        self.submit()?;
+        read_back(&self.device, &self.queue, x).await
     }
+
+    /// Submits what was recorded.
+    fn submit(&self) -> Result<()> {
+        let encoder = self.pending.lock().map_err(|_| gpu_error("a previous GPU operation panicked"))?.take();
+        if let Some(encoder) = encoder {
+            self.queue.submit([encoder.finish()]);
+        }
+        Ok(())
+    }
+}
+
+/// Copies `x` into a buffer the host can map, submits the copy, and reads it once the GPU is
+/// done with everything submitted before.
+async fn read_back(device: &wgpu::Device, queue: &wgpu::Queue, x: &GpuTensor) -> Result<Vec<f32>> {
+    let size = (x.len() * 4) as u64;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+    encoder.copy_buffer_to_buffer(&x.buffer, 0, &staging, 0, size);
+    queue.submit([encoder.finish()]);
+    let (sender, receiver) = futures::channel::oneshot::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |result| {
+        let _ = sender.send(result);
+    });
+    // Natively this waits for the GPU and runs the callback; in the browser it returns at once
+    // and the callback comes from the event loop.
+    device.poll(wgpu::PollType::wait_indefinitely()).map_err(gpu_error)?;
+    receiver
+        .await
+        .map_err(|_| gpu_error("the GPU dropped a readback (device lost?)"))?
+        .map_err(|e| gpu_error(format!("reading a result back failed: {e}")))?;
+    let values = {
+        let view = staging.get_mapped_range(..).map_err(gpu_error)?;
+        view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    };
+    staging.unmap();
+    Ok(values)
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }

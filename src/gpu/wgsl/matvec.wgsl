@@ -11,11 +11,15 @@
 // Activations are f32 (not quantized as llama.cpp's CPU code quantizes them): see gpu/mod.rs.
 
 struct Params {
+    // Rows of this part of the matrix (a matrix larger than a storage buffer is in parts).
     rows: u32,
     cols: u32,
     row_bytes: u32,
     // Workgroups along x: a row index is x + y · groups_x (a dimension holds at most 65535).
     groups_x: u32,
+    // The part's first row in the whole matrix, and the whole matrix's rows: y's row width.
+    first_row: u32,
+    all_rows: u32,
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
@@ -80,6 +84,6 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         workgroupBarrier();
     }
     if (t == 0u) {
-        y[b * p.rows + row] = partial[0];
+        y[b * p.all_rows + p.first_row + row] = partial[0];
     }
 }

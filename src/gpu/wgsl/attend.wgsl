@@ -1,0 +1,104 @@
+// Causal attention of each (query row, head) over the KV cache, one workgroup each: the scores
+// (scaled query·key products), their softmax, and the probabilities' sum of the values.
+// The cache is [position][kv head][dim] f32; `scores` is scratch, [row][head][capacity].
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    value_dim: u32,
+    // The first query row's position.
+    pos: u32,
+    // Positions filled in the cache (this batch's included).
+    len: u32,
+    // Keys further back than this are not attended to (0: no window).
+    window: u32,
+    scale: f32,
+    capacity: u32,
+    groups: u32,
+    groups_x: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> keys: array<f32>;
+@group(0) @binding(3) var<storage, read> values: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, WG>;
+
+fn visible(at: u32, key: u32) -> bool {
+    return p.window == 0u || at - key < p.window;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let g = group.x + group.y * p.groups_x;
+    if (g >= p.groups) {
+        return;
+    }
+    let row = g / p.heads;
+    let h = g % p.heads;
+    let kv = h / (p.heads / p.kv_heads);
+    let at = p.pos + row;
+    let last = min(at, p.len - 1u);
+    let qa = g * p.head_dim;
+    let sa = g * p.capacity;
+
+    // The scores, and their maximum.
+    var m = -3.4e38;
+    for (var k = t; k <= last; k += WG) {
+        if (visible(at, k)) {
+            let ka = (k * p.kv_heads + kv) * p.head_dim;
+            var s = 0.0;
+            for (var d = 0u; d < p.head_dim; d++) {
+                s += q[qa + d] * keys[ka + d];
+            }
+            s *= p.scale;
+            scores[sa + k] = s;
+            m = max(m, s);
+        }
+    }
+    partial[t] = m;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            partial[t] = max(partial[t], partial[t + s]);
+        }
+        workgroupBarrier();
+    }
+    let max_score = partial[0];
+    workgroupBarrier();
+
+    // exp(score − max), and their sum.
+    var sum = 0.0;
+    for (var k = t; k <= last; k += WG) {
+        var e = 0.0;
+        if (visible(at, k)) {
+            e = exp(scores[sa + k] - max_score);
+        }
+        scores[sa + k] = e;
+        sum += e;
+    }
+    partial[t] = sum;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            partial[t] += partial[t + s];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / partial[0];
+    // The probabilities written above by other threads.
+    storageBarrier();
+
+    for (var d = t; d < p.value_dim; d += WG) {
+        var acc = 0.0;
+        for (var k = 0u; k <= last; k++) {
+            acc += scores[sa + k] * values[(k * p.kv_heads + kv) * p.value_dim + d];
+        }
+        out[g * p.value_dim + d] = acc * inv;
+    }
+}

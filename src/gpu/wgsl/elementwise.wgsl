@@ -1,0 +1,46 @@
+// Element-by-element operations, one thread per value of x, selected by `op`:
+//   0  x += y[i % y_len]            (residuals; a bias added to each row)
+//   1  x *= by
+//   2  x = silu(x) · y              (x the gate, y up)
+//   3  x = gelu_tanh(x) · y
+
+struct Params {
+    total: u32,
+    op: u32,
+    y_len: u32,
+    by: f32,
+    stride: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * p.stride;
+    if (i >= p.total) {
+        return;
+    }
+    let v = x[i];
+    switch p.op {
+        case 0u: {
+            x[i] = v + y[i % p.y_len];
+        }
+        case 1u: {
+            x[i] = v * p.by;
+        }
+        case 2u: {
+            x[i] = v / (1.0 + exp(-v)) * y[i];
+        }
+        default: {
+            var g = v;
+            if (v <= -10.0) {
+                g = 0.0;
+            } else if (v < 10.0) {
+                g = 0.5 * v * (1.0 + tanh(0.7978846 * v * (1.0 + 0.044715 * v * v)));
+            }
+            x[i] = g * y[i];
+        }
+    }
+}
