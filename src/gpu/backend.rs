@@ -201,7 +201,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     fn copy_parts(&self, to: &GpuTensor, to_width: usize, to_at: usize, from: &GpuTensor, from_width: usize, from_at: usize, width: usize, divide: usize) -> Result<()> {
         let total = to.len() / to_width * width;
-        let params = [Word::U(total), Word::U(width), Word::U(from_width), Word::U(from_at), Word::U(divide), Word::U(to_width), Word::U(to_at)];
+        let params = [Word::U(total), Word::U(width), Word::U(from_width), Word::U(from_at), Word::U(divide), Word::U(to_width), Word::U(to_at), Word::U(0)];
         self.per_value(&self.ops.copy, &[&to.buffer, &from.buffer], &params, total)
     }
 }
@@ -315,13 +315,17 @@ impl Backend for Gpu {
         if cache.len + k.rows > cache.spec.capacity {
             return Err(Error::PromptTooLong { tokens: cache.len + k.rows, context: cache.spec.capacity });
         }
-        // Keys and values appended where the cache's positions end: [position][kv head][dim].
-        let (key_row, value_row) = ((kv_heads * hd * 4) as u64, (kv_heads * vd * 4) as u64);
-        self.record(|encoder| {
-            encoder.copy_buffer_to_buffer(&k.buffer, 0, &cache.keys, cache.len as u64 * key_row, k.rows as u64 * key_row);
-            encoder.copy_buffer_to_buffer(&v.buffer, 0, &cache.values, cache.len as u64 * value_row, k.rows as u64 * value_row);
-        })?;
+        // Keys and values appended where the cache's positions end ([position][kv head][dim]),
+        // rounded to f16 as the CPU stores them; the queries rounded to f16 as the CPU's
+        // attention rounds them.
+        for (from, to, row) in [(k, &cache.keys, kv_heads * hd), (v, &cache.values, kv_heads * vd)] {
+            let n = from.len();
+            let params = [Word::U(n), Word::U(n), Word::U(n), Word::U(0), Word::U(1), Word::U(0), Word::U(cache.len * row), Word::U(1)];
+            self.per_value(&self.ops.copy, &[to, &from.buffer], &params, n)?;
+        }
         cache.len += k.rows;
+        let q = self.duplicate(q)?;
+        self.elementwise(&q, &self.storage(1, "unused")?, 4, 1, 0.0)?;
         let count = q.rows * spec.heads;
         let scores = self.storage(count * cache.spec.capacity, "attention scores")?;
         let out = self.storage(count * vd, "attention output")?;
@@ -364,8 +368,7 @@ impl Backend for Gpu {
 
     fn scale(&self, x: &mut GpuTensor, by: f32) -> Result<()> {
         // The second binding is read by no thread of this operation; any buffer but x fills it.
-        let unused = self.storage(1, "unused")?;
-        self.elementwise(x, &unused, 1, 1, by)
+        self.elementwise(x, &self.storage(1, "unused")?, 1, 1, by)
     }
 
     fn split(&self, x: &GpuTensor, widths: &[usize]) -> Result<Vec<GpuTensor>> {
@@ -424,5 +427,110 @@ impl Backend for Gpu {
     fn read(&self, x: &GpuTensor) -> Result<Vec<f32>> {
         self.submit()?;
         read_now(&self.handle(), x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each operation against the CPU backend's, on random values. The CPU's own arithmetic
+    //! rounds differently in places (its RMS norm sums in f64, its attention rounds queries,
+    //! keys, values and probabilities to f16 as llama.cpp does), so the tolerances are relative
+    //! to the values' scale: 1e-5 where both are f32 sums of the same terms, 2e-3 for attention
+    //! (f16's 2⁻¹¹ relative rounding of its inputs, a few of them per product).
+    use super::*;
+    use crate::arch::AttentionKernel;
+    use crate::backend::Cpu;
+
+    fn gpu() -> Gpu {
+        futures::executor::block_on(Gpu::new()).unwrap_or_else(|e| panic!("{e} (natively the GPU tests need a Vulkan driver: `apt-get install mesa-vulkan-drivers`)"))
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut next = crate::xorshift(seed | 1);
+        (0..n).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
+    }
+
+    fn both(gpu: &Gpu, values: &[f32], rows: usize) -> (crate::backend::cpu::Tensor, GpuTensor) {
+        (crate::backend::cpu::Tensor { rows, data: values.to_vec() }, gpu.tensor(values, rows, values.len() / rows).unwrap())
+    }
+
+    /// max |gpu − cpu| / max |cpu|, and fails above `tolerance`.
+    fn close(what: &str, gpu: &Gpu, cpu: &[f32], x: &GpuTensor, tolerance: f32) {
+        let got = Backend::read(gpu, x).unwrap();
+        assert_eq!(got.len(), cpu.len(), "{what}: length");
+        let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let worst = got.iter().zip(cpu).map(|(g, c)| (g - c).abs()).fold(0f32, f32::max) / scale;
+        eprintln!("{what}: max |gpu − cpu| = {worst:.2e} of max |cpu|");
+        assert!(worst <= tolerance, "{what}: the GPU differs from the CPU by {worst:.2e} of the largest value (allowed {tolerance:.0e})");
+    }
+
+    #[test]
+    fn operations_match_the_cpu_backend() {
+        let (gpu, cpu) = (gpu(), Cpu::default());
+        let (rows, heads, kv_heads, head_dim) = (5, 6, 2, 64);
+        let width = heads * head_dim;
+
+        let x = random(rows * width, 1);
+        let weight = random(width, 2);
+        let (mut c, mut g) = both(&gpu, &x, rows);
+        let (cw, gw) = (cpu.vector(weight.clone()).unwrap(), gpu.vector(weight).unwrap());
+        cpu.rms_norm(&mut c, &cw, 1e-5).unwrap();
+        gpu.rms_norm(&mut g, &gw, 1e-5).unwrap();
+        close("rms_norm", &gpu, &c.data, &g, 1e-5);
+
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            let rope = Rope { dims: head_dim, base: 10000.0, style, yarn: None };
+            let (mut c, mut g) = both(&gpu, &x, rows);
+            cpu.rope(&mut c, heads, head_dim, 37, &rope).unwrap();
+            gpu.rope(&mut g, heads, head_dim, 37, &rope).unwrap();
+            close(&format!("rope {style:?}"), &gpu, &c.data, &g, 1e-5);
+        }
+
+        let up = random(rows * width, 3);
+        for activation in [Activation::Silu, Activation::GeluTanh] {
+            let (c, g) = both(&gpu, &x, rows);
+            let (cu, gu) = both(&gpu, &up, rows);
+            let c = cpu.gated(c, &cu, activation).unwrap();
+            let g = gpu.gated(g, &gu, activation).unwrap();
+            // GELU: the CPU reads llama.cpp's f16 table (input and result rounded to f16).
+            close(&format!("gated {activation:?}"), &gpu, &c.data, &g, if activation == Activation::Silu { 1e-5 } else { 2e-3 });
+        }
+
+        let (mut c, mut g) = both(&gpu, &x, rows);
+        let (cu, gu) = both(&gpu, &up, rows);
+        cpu.add(&mut c, &cu).unwrap();
+        gpu.add(&mut g, &gu).unwrap();
+        cpu.scale(&mut c, 0.125).unwrap();
+        gpu.scale(&mut g, 0.125).unwrap();
+        close("add, scale", &gpu, &c.data, &g, 1e-6);
+
+        let (c, g) = both(&gpu, &x, rows);
+        let cp = cpu.split(&c, &[64, 32, 32]).unwrap();
+        let gp = gpu.split(&g, &[64, 32, 32]).unwrap();
+        for (i, (c, g)) in cp.iter().zip(&gp).enumerate() {
+            close(&format!("split part {i}"), &gpu, &c.data, g, 0.0);
+        }
+        let cj = cpu.join(&cp[1], 32, &cp[2], 32, 3).unwrap_or_else(|_| cpu.join(&cp[1], 32, &cp[0], 64, 1).unwrap());
+        let gj = gpu.join(&gp[1], 32, &gp[2], 32, 3).unwrap_or_else(|_| gpu.join(&gp[1], 32, &gp[0], 64, 1).unwrap());
+        close("join", &gpu, &cj.data, &gj, 0.0);
+        let (c, g) = both(&gpu, &x, rows);
+        close("tail", &gpu, &cpu.tail(c, 3).unwrap().data, &gpu.tail(g, 3).unwrap(), 0.0);
+
+        // Attention: a prompt of `rows` positions after 7 filled ones, then one more position.
+        for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
+            let spec = CacheSpec { kv_heads, capacity: 32, head_dim, value_dim: head_dim, values_in_keys: false };
+            let (mut cc, mut gc) = (cpu.cache(&spec).unwrap(), gpu.cache(&spec).unwrap());
+            let attention = Spec { heads, scale: 0.125, window: None, kernel };
+            let mut pos = 0;
+            for (step, n) in [7, rows, 1].into_iter().enumerate() {
+                let seed = 10 + step as u64 * 3;
+                let (q, k, v) = (random(n * width, seed), random(n * kv_heads * head_dim, seed + 1), random(n * kv_heads * head_dim, seed + 2));
+                let ((cq, gq), (ck, gk), (cv, gv)) = (both(&gpu, &q, n), both(&gpu, &k, n), both(&gpu, &v, n));
+                let c = cpu.attend(&cq, &ck, Some(&cv), &mut cc, pos, &attention).unwrap();
+                let g = gpu.attend(&gq, &gk, Some(&gv), &mut gc, pos, &attention).unwrap();
+                close(&format!("attend {kernel:?} {n} at {pos}"), &gpu, &c.data, &g, 2e-3);
+                pos += n;
+            }
+        }
     }
 }

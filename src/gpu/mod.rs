@@ -3,18 +3,23 @@
 //! the only asynchronous step that differs, waiting for a readback, is `Device::poll` natively
 //! and the browser's event loop in wasm (where `poll` does nothing).
 //!
-//! # Activations are f32
+//! # Activations as the CPU quantizes them
 //!
 //! llama.cpp's CPU code quantizes each activation row to 8 bits per block before a product
-//! (Q8_0, Q8_1 or Q8_K, [`crate::kernels::blocks`]); its Metal and WebGPU backends do not, and
-//! neither does this one: the shaders dequantize the weights and multiply them by the f32
-//! activations. The products are then closer to the exact ones than the CPU's, and they differ
-//! from the CPU kernel by the CPU's own activation rounding, `Σ w·(x̂ − x)` (x̂ the quantized
-//! activations), which is what [`check`] allows them to differ by, computed per row. Replaying
-//! the CPU's quantizer on the GPU would not make the two bit-identical either: WGSL's division
-//! may be off by 2.5 ulp, so an activation on a rounding boundary could round the other way.
-//! Greedy decoding then agrees except at near-ties (DESIGN decision 4), as llama.cpp's own GPU
-//! backends agree with its CPU backend.
+//! (Q8_0, Q8_1 or Q8_K: the weight format's `vec_dot_type`, [`crate::kernels::blocks`]); its
+//! Metal and WebGPU backends multiply by the f32 activations instead. This backend does what
+//! the CPU does: a pass (`quantize.wgsl`) rounds each block of the activations to the CPU's
+//! 8-bit values times their scale, x̂, and the products (`matvec.wgsl` and a file per format)
+//! dequantize the weights and multiply them by x̂ in f32. The GPU then computes the CPU's
+//! products to f32 rounding (the CPU's integer block sums are exact; the GPU's f32 sums of the
+//! same terms round each term by 2⁻²⁴), not to the CPU's activation rounding, which is some
+//! 5e-4 of Σ|w·x| per product and, over thirty layers, moved SmolLM2's logits by up to 1.2 and
+//! made 5 of 8 greedy continuations diverge with f32 activations. [`check`] states the
+//! tolerances. The products stay simple f32 code (no packed 8-bit arithmetic, which WGSL only
+//! has as an optional feature), at the cost of one pass over the activations per product.
+//!
+//! The decoder's other operations follow the CPU's too where it rounds: keys and values are
+//! stored rounded to f16, and queries rounded to f16 before attention.
 
 mod backend;
 pub mod check;
@@ -25,6 +30,7 @@ use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
+use crate::kernels::blocks::ActFormat;
 use crate::kernels::Format;
 use crate::error::{Error, Result};
 
@@ -73,6 +79,7 @@ struct Ops {
     elementwise: wgpu::ComputePipeline,
     copy: wgpu::ComputePipeline,
     attend: wgpu::ComputePipeline,
+    quantize: wgpu::ComputePipeline,
 }
 
 /// A weight matrix on the GPU: its GGUF blocks, row after row, as they are in the file, in
@@ -175,12 +182,14 @@ impl Gpu {
             let Some(block) = format_source(format) else { continue };
             matvec.push((format, pipeline(&format!("matvec {format:?}"), format!("{block}\n{}", include_str!("wgsl/matvec.wgsl")))));
         }
+        let f16 = include_str!("wgsl/f16.wgsl");
         let ops = Ops {
             rms_norm: pipeline("rms_norm", include_str!("wgsl/rms_norm.wgsl").into()),
             rope: pipeline("rope", include_str!("wgsl/rope.wgsl").into()),
-            elementwise: pipeline("elementwise", include_str!("wgsl/elementwise.wgsl").into()),
-            copy: pipeline("copy", include_str!("wgsl/copy.wgsl").into()),
+            elementwise: pipeline("elementwise", format!("{f16}\n{}", include_str!("wgsl/elementwise.wgsl"))),
+            copy: pipeline("copy", format!("{f16}\n{}", include_str!("wgsl/copy.wgsl"))),
             attend: pipeline("attend", include_str!("wgsl/attend.wgsl").into()),
+            quantize: pipeline("quantize", format!("{f16}\n{}", include_str!("wgsl/quantize.wgsl"))),
         };
         Ok(Gpu { device, queue, adapter: adapter.get_info(), matvec, ops, pending: Mutex::new(None) })
     }
@@ -333,11 +342,19 @@ impl Gpu {
             return Err(gpu_error(format!("a product of {} rows is larger than one dispatch", x.rows)));
         }
         let pipeline = self.pipeline(w.format)?;
+        // x̂: the activations as the CPU quantizes them for this format.
+        let (kind, block) = match w.format.act() {
+            ActFormat::Q8_0 | ActFormat::Q8_1 => (0, 32),
+            ActFormat::Q8K => (1, 256),
+            other => return Err(gpu_error(format!("no GPU quantizer for {other:?} activations"))),
+        };
+        let xq = self.storage(x.len(), "quantized activations")?;
+        self.per_value(&self.ops.quantize, &[&xq, &x.buffer], &[Word::U(x.len() / block), Word::U(kind)], x.len() / block)?;
         let out = self.storage(x.rows * w.rows, "a product's result")?;
         for (first, rows, buffer) in &w.parts {
             let (gx, gy) = groups(*rows)?;
             let params = [Word::U(*rows), Word::U(w.cols), Word::U(w.row_bytes), Word::U(gx as usize), Word::U(*first), Word::U(w.rows)];
-            self.dispatch(pipeline, &[buffer, &x.buffer, &out], &params, (gx, gy, x.rows as u32))?;
+            self.dispatch(pipeline, &[buffer, &xq, &out], &params, (gx, gy, x.rows as u32))?;
         }
         Ok(GpuTensor { rows: x.rows, width: w.rows, buffer: out })
     }

@@ -3,6 +3,7 @@
 //   1  x *= by
 //   2  x = silu(x) · y              (x the gate, y up)
 //   3  x = gelu_tanh(x) · y
+//   4  x = x rounded to f16
 
 struct Params {
     total: u32,
@@ -32,6 +33,9 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         }
         case 2u: {
             x[i] = v / (1.0 + exp(-v)) * y[i];
+        }
+        case 4u: {
+            x[i] = round_f16(v);
         }
         default: {
             var g = v;

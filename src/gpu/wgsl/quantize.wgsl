@@ -1,0 +1,63 @@
+// Each block of x as llama.cpp's CPU code quantizes activations before a product, dequantized
+// again: x̂ = q·d, the values the CPU multiplies the weights by (`kernels::blocks`,
+// `Activations::quantize_scalar`). One thread per block.
+//   kind 0: Q8_0 / Q8_1, blocks of 32: d = f16(amax / 127), q = round(x · 127 / amax)
+//   kind 1: Q8_K, blocks of 256: the value of largest magnitude (the first of equals) m,
+//           q = min(127, round(x · −127 / m)), d = 1 / (−127 / m)
+// WGSL's round() rounds half to even, as the CPU's does; its division may be off by 2.5 ulp,
+// so a value exactly on a rounding boundary can, rarely, round the other way.
+
+struct Params {
+    blocks: u32,
+    kind: u32,
+    stride: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> xq: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let block = id.x + id.y * p.stride;
+    if (block >= p.blocks) {
+        return;
+    }
+    if (p.kind == 0u) {
+        let at = block * 32u;
+        var amax = 0.0;
+        for (var i = 0u; i < 32u; i++) {
+            amax = max(amax, abs(x[at + i]));
+        }
+        var id = 0.0;
+        if (amax != 0.0) {
+            id = 127.0 / amax;
+        }
+        let d = round_f16(amax / 127.0);
+        for (var i = 0u; i < 32u; i++) {
+            xq[at + i] = round(x[at + i] * id) * d;
+        }
+    } else {
+        let at = block * 256u;
+        var m = 0.0;
+        var amax = 0.0;
+        for (var i = 0u; i < 256u; i++) {
+            let v = x[at + i];
+            if (abs(v) > amax) {
+                amax = abs(v);
+                m = v;
+            }
+        }
+        if (amax == 0.0) {
+            for (var i = 0u; i < 256u; i++) {
+                xq[at + i] = 0.0;
+            }
+            return;
+        }
+        let iscale = -127.0 / m;
+        let d = 1.0 / iscale;
+        for (var i = 0u; i < 256u; i++) {
+            xq[at + i] = min(127.0, round(iscale * x[at + i])) * d;
+        }
+    }
+}
