@@ -12,7 +12,7 @@
 
 use super::{f32_bytes, gpu_error, groups, read_back, Gpu, GpuMatrix, GpuTensor, Word};
 use crate::arch::attention::{rope_angles, Rope, Spec};
-use crate::arch::{Activation, Experts, Moe, RopeStyle, Weights};
+use crate::arch::{Activation, AttentionKernel, Experts, Moe, RopeStyle, Weights};
 use crate::backend::{Backend, CacheSpec, KvStore, Products};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
@@ -342,6 +342,7 @@ impl Backend for Gpu {
             Word::U(cache.spec.capacity),
             Word::U(count),
             Word::U(gx as usize),
+            Word::U(usize::from(spec.kernel == AttentionKernel::Flash)),
         ];
         self.dispatch(&self.ops.attend, &[&scores, &q.buffer, &cache.keys, &cache.values, &out], &params, (gx, gy, 1))?;
         Ok(GpuTensor { rows: q.rows, width: spec.heads * vd, buffer: out })
@@ -438,7 +439,6 @@ mod tests {
     //! to the values' scale: 1e-5 where both are f32 sums of the same terms, 2e-3 for attention
     //! (f16's 2⁻¹¹ relative rounding of its inputs, a few of them per product).
     use super::*;
-    use crate::arch::AttentionKernel;
     use crate::backend::Cpu;
 
     fn gpu() -> Gpu {

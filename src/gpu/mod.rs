@@ -188,7 +188,7 @@ impl Gpu {
             rope: pipeline("rope", include_str!("wgsl/rope.wgsl").into()),
             elementwise: pipeline("elementwise", format!("{f16}\n{}", include_str!("wgsl/elementwise.wgsl"))),
             copy: pipeline("copy", format!("{f16}\n{}", include_str!("wgsl/copy.wgsl"))),
-            attend: pipeline("attend", include_str!("wgsl/attend.wgsl").into()),
+            attend: pipeline("attend", format!("{f16}\n{}", include_str!("wgsl/attend.wgsl"))),
             quantize: pipeline("quantize", format!("{f16}\n{}", include_str!("wgsl/quantize.wgsl"))),
         };
         Ok(Gpu { device, queue, adapter: adapter.get_info(), matvec, ops, pending: Mutex::new(None) })

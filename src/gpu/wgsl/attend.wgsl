@@ -1,6 +1,12 @@
 // Causal attention of each (query row, head) over the KV cache, one workgroup each: the scores
-// (scaled query·key products), their softmax, and the probabilities' sum of the values.
-// The cache is [position][kv head][dim] f32; `scores` is scratch, [row][head][capacity].
+// (scaled query·key products), their softmax, and the probabilities' sum of the values, in
+// one of the CPU's two orders (`arch::attention`):
+//   flash 1: llama.cpp's flash attention: an online softmax over the keys in order, whose
+//            value accumulator is rounded to f16 after every update (each thread one value
+//            dimension, every thread the same sequence of maxima and sums);
+//   flash 0: the softmax of all scores, then the probabilities' sum of the values.
+// The cache is [position][kv head][dim] f32 (values already rounded to f16); `scores` is
+// scratch, [row][head][capacity].
 
 struct Params {
     heads: u32,
@@ -17,6 +23,7 @@ struct Params {
     capacity: u32,
     groups: u32,
     groups_x: u32,
+    flash: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> scores: array<f32>;
@@ -71,6 +78,39 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     }
     let max_score = partial[0];
     workgroupBarrier();
+
+    if (p.flash == 1u) {
+        // The scores written above by other threads.
+        storageBarrier();
+        for (var d = t; d < p.value_dim; d += WG) {
+            var running = -3.4e38;
+            var sum = 0.0;
+            var acc = 0.0;
+            for (var k = 0u; k <= last; k++) {
+                if (!visible(at, k)) {
+                    continue;
+                }
+                let score = scores[sa + k];
+                var old_scale = 1.0;
+                var weight = 1.0;
+                if (score > running) {
+                    old_scale = exp(running - score);
+                    running = score;
+                    acc = round_f16(acc * old_scale);
+                } else {
+                    weight = exp(score - running);
+                }
+                acc = round_f16(fma(values[(k * p.kv_heads + kv) * p.value_dim + d], weight, acc));
+                sum = sum * old_scale + weight;
+            }
+            var inv = 0.0;
+            if (sum != 0.0) {
+                inv = 1.0 / sum;
+            }
+            out[g * p.value_dim + d] = acc * inv;
+        }
+        return;
+    }
 
     // exp(score − max), and their sum.
     var sum = 0.0;
