@@ -3,23 +3,23 @@
 //! the only asynchronous step that differs, waiting for a readback, is `Device::poll` natively
 //! and the browser's event loop in wasm (where `poll` does nothing).
 //!
-//! # Activations as the CPU quantizes them
+//! # The CPU's arithmetic
 //!
 //! llama.cpp's CPU code quantizes each activation row to 8 bits per block before a product
-//! (Q8_0, Q8_1 or Q8_K: the weight format's `vec_dot_type`, [`crate::kernels::blocks`]); its
-//! Metal and WebGPU backends multiply by the f32 activations instead. This backend does what
-//! the CPU does: a pass (`quantize.wgsl`) rounds each block of the activations to the CPU's
-//! 8-bit values times their scale, x̂, and the products (`matvec.wgsl` and a file per format)
-//! dequantize the weights and multiply them by x̂ in f32. The GPU then computes the CPU's
-//! products to f32 rounding (the CPU's integer block sums are exact; the GPU's f32 sums of the
-//! same terms round each term by 2⁻²⁴), not to the CPU's activation rounding, which is some
-//! 5e-4 of Σ|w·x| per product and, over thirty layers, moved SmolLM2's logits by up to 1.2 and
-//! made 5 of 8 greedy continuations diverge with f32 activations. [`check`] states the
-//! tolerances. The products stay simple f32 code (no packed 8-bit arithmetic, which WGSL only
-//! has as an optional feature), at the cost of one pass over the activations per product.
+//! (Q8_0, Q8_1 or Q8_K: the weight format's `vec_dot_type`, [`crate::kernels::blocks`]) and
+//! sums each block's 8-bit products as an exact integer; its Metal and WebGPU backends multiply
+//! by the f32 activations instead. This backend does what the CPU does: a pass
+//! (`quantize.wgsl`) quantizes the activations as the CPU does, and the products
+//! (`matvec.wgsl` and a file per format) sum each block's products in i32, scale them in f32 as
+//! the CPU does, and add the blocks' terms in the CPU's order. A product is then the CPU's to
+//! the bit, or within an ulp or two where the shader compiler fuses a multiply and an add
+//! ([`check`] states the tolerances and counts the bit-identical values). With f32
+//! activations instead, each product differed from the CPU's by the CPU's activation rounding
+//! (some 5e-4 of Σ|w·x|), and SmolLM2's logits by up to 1.2 after thirty layers.
 //!
-//! The decoder's other operations follow the CPU's too where it rounds: keys and values are
-//! stored rounded to f16, and queries rounded to f16 before attention.
+//! The decoder's other operations follow the CPU's where it rounds: keys and values are stored
+//! rounded to f16, queries rounded to f16 before attention, and flash attention's online
+//! softmax runs over the keys in order with the value accumulator rounded to f16.
 
 mod backend;
 pub mod check;
@@ -38,10 +38,13 @@ use crate::error::{Error, Result};
 pub const GPU_FORMATS: [Format; 8] =
     [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K];
 
+/// Blocks a row of a matrix may have (`MAX_BLOCKS` of `matvec.wgsl`).
+const MAX_ROW_BLOCKS: usize = 1024;
+
 /// Workgroups a dispatch may have along one dimension (WebGPU's default limit).
 const MAX_GROUPS: u32 = 65_535;
 
-/// The WGSL of a format's block (`UNITS`, `BLOCK_BYTES`, `unit_dot`), or `None` where the GPU
+/// The WGSL of a format's block (`BLOCK_BYTES`, `BLOCK_LEN`, `block_term`), or `None` where the GPU
 /// has no kernel for it.
 fn format_source(format: Format) -> Option<String> {
     let kquants = include_str!("wgsl/kquants.wgsl");
@@ -342,19 +345,24 @@ impl Gpu {
             return Err(gpu_error(format!("a product of {} rows is larger than one dispatch", x.rows)));
         }
         let pipeline = self.pipeline(w.format)?;
-        // x̂: the activations as the CPU quantizes them for this format.
+        // The activations as the CPU quantizes them for this format: 8-bit values and scales.
         let (kind, block) = match w.format.act() {
             ActFormat::Q8_0 | ActFormat::Q8_1 => (0, 32),
             ActFormat::Q8K => (1, 256),
             other => return Err(gpu_error(format!("no GPU quantizer for {other:?} activations"))),
         };
+        let blocks = x.len() / block;
+        if w.cols / block > MAX_ROW_BLOCKS {
+            return Err(gpu_error(format!("rows of {} values are more than the GPU product's {MAX_ROW_BLOCKS} blocks", w.cols)));
+        }
         let xq = self.storage(x.len(), "quantized activations")?;
-        self.per_value(&self.ops.quantize, &[&xq, &x.buffer], &[Word::U(x.len() / block), Word::U(kind)], x.len() / block)?;
+        let xs = self.storage(blocks * 2, "activation scales")?;
+        self.per_value(&self.ops.quantize, &[&xq, &xs, &x.buffer], &[Word::U(blocks), Word::U(kind)], blocks)?;
         let out = self.storage(x.rows * w.rows, "a product's result")?;
         for (first, rows, buffer) in &w.parts {
             let (gx, gy) = groups(*rows)?;
             let params = [Word::U(*rows), Word::U(w.cols), Word::U(w.row_bytes), Word::U(gx as usize), Word::U(*first), Word::U(w.rows)];
-            self.dispatch(pipeline, &[buffer, &xq, &out], &params, (gx, gy, x.rows as u32))?;
+            self.dispatch(pipeline, &[buffer, &xq, &xs, &out], &params, (gx, gy, x.rows as u32))?;
         }
         Ok(GpuTensor { rows: x.rows, width: w.rows, buffer: out })
     }

@@ -54,7 +54,7 @@ async function main() {
     const failed = [];
     for (const r of result.reports) {
       console.log(
-        `${r.format.padStart(5)}: vs cpu max abs ${r.maxAbsCpu.toExponential(2)}, rel ${r.maxRelCpu.toExponential(2)}, ` +
+        `${r.format.padStart(5)}: ${r.identical}/${r.values} bit-identical to the cpu; vs cpu max abs ${r.maxAbsCpu.toExponential(2)}, rel ${r.maxRelCpu.toExponential(2)}, ` +
           `${(r.ratioCpu * 100).toFixed(0)}% of bound; vs exact max abs ${r.maxAbsExact.toExponential(2)}, rel ${r.maxRelExact.toExponential(2)}`,
       );
       if (r.failures.length) failed.push(`${r.format}: ${r.failures.join("; ")}`);

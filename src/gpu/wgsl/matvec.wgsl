@@ -1,14 +1,18 @@
-// y = W·x for a matrix of GGUF blocks: one workgroup per weight row and activation row.
+// y = W·x̂ for a matrix of GGUF blocks and activations quantized as the CPU quantizes them
+// (`quantize.wgsl`): one workgroup per weight row and activation row, in the CPU's arithmetic
+// (`kernels::blocks::dot_scalar`): each block's sum of 8-bit products is an exact integer,
+// scaled in f32 as the CPU scales it, and the blocks' terms are added in block order by one
+// thread, as the CPU adds them. The products are then the CPU's to the bit, but where the
+// shader compiler fuses a block's multiply and add (a K-quant's `d·Σ − dmin·Σ`) into one
+// rounding.
 //
 // The weights are the file's bytes, as they are, in an array of u32 words (a block's bytes do
 // not start on a word boundary in most formats, so they are read a byte at a time). The format
 // file prepended to this one defines, for its block:
-//   const UNITS: u32        how many 32-value units a block has (1, or 8 for the K-quants)
-//   const BLOCK_BYTES: u32  its size in bytes
-//   fn unit_dot(block: u32, j: u32, xo: u32) -> f32
-//                           Σ w·x over unit `j` of the block at byte `block`, with the
-//                           activations x[xo .. xo + 32]
-// Activations are f32 (not quantized as llama.cpp's CPU code quantizes them): see gpu/mod.rs.
+//   const BLOCK_BYTES: u32      its size in bytes
+//   const BLOCK_LEN: u32        its values (32 or 256)
+//   fn block_term(block: u32, a: u32) -> f32
+//                               the block at byte `block` times activation block `a`
 
 struct Params {
     // Rows of this part of the matrix (a matrix larger than a storage buffer is in parts).
@@ -23,12 +27,17 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<uniform> p: Params;
+// The activations' 8-bit values (as f32, exactly), and each block's (d, s): its scale and, for
+// Q8_1, its f16-rounded d·Σq.
+@group(0) @binding(1) var<storage, read> xq: array<f32>;
+@group(0) @binding(2) var<storage, read> xs: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
+// Blocks a row may have (checked on the host): 32768 values of a 32-value format.
+const MAX_BLOCKS: u32 = 1024u;
+var<workgroup> terms: array<f32, MAX_BLOCKS>;
 
 fn byte_at(o: u32) -> u32 {
     return (w[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
@@ -50,13 +59,9 @@ fn u32_at(o: u32) -> u32 {
     return u16_at(o) | (u16_at(o + 2u) << 16u);
 }
 
-// Σ x over 32 activations.
-fn sum32(xo: u32) -> f32 {
-    var s = 0.0;
-    for (var l = 0u; l < 32u; l++) {
-        s += x[xo + l];
-    }
-    return s;
+// Activation value i (its 8-bit integer).
+fn qa(i: u32) -> i32 {
+    return i32(xq[i]);
 }
 
 @compute @workgroup_size(64)
@@ -67,23 +72,18 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     if (row >= p.rows) {
         return;
     }
-    let units = p.cols / 32u;
+    let blocks = p.cols / BLOCK_LEN;
     let row_at = row * p.row_bytes;
-    let x_at = b * p.cols;
-    var sum = 0.0;
-    for (var u = t; u < units; u += WG) {
-        sum += unit_dot(row_at + (u / UNITS) * BLOCK_BYTES, u % UNITS, x_at + u * 32u);
+    let a_at = b * blocks;
+    for (var i = t; i < blocks; i += WG) {
+        terms[i] = block_term(row_at + i * BLOCK_BYTES, a_at + i);
     }
-    // Tree reduction of the threads' partial sums.
-    partial[t] = sum;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            partial[t] += partial[t + s];
-        }
-        workgroupBarrier();
-    }
     if (t == 0u) {
-        y[b * p.all_rows + p.first_row + row] = partial[0];
+        var sum = 0.0;
+        for (var i = 0u; i < blocks; i++) {
+            sum += terms[i];
+        }
+        y[b * p.all_rows + p.first_row + row] = sum;
     }
 }

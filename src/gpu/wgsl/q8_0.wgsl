@@ -1,11 +1,11 @@
 // Q8_0: f16 scale d, then 32 signed bytes; w = d·q.
-const UNITS: u32 = 1u;
 const BLOCK_BYTES: u32 = 34u;
+const BLOCK_LEN: u32 = 32u;
 
-fn unit_dot(block: u32, j: u32, xo: u32) -> f32 {
-    var s = 0.0;
+fn block_term(block: u32, a: u32) -> f32 {
+    var sumi = 0;
     for (var l = 0u; l < 32u; l++) {
-        s += f32(i8_at(block + 2u + l)) * x[xo + l];
+        sumi += i8_at(block + 2u + l) * qa(a * 32u + l);
     }
-    return f16_at(block) * s;
+    return f32(sumi) * (f16_at(block) * xs[a].x);
 }

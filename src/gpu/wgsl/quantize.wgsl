@@ -1,11 +1,13 @@
-// Each block of x as llama.cpp's CPU code quantizes activations before a product, dequantized
-// again: x̂ = q·d, the values the CPU multiplies the weights by (`kernels::blocks`,
-// `Activations::quantize_scalar`). One thread per block.
-//   kind 0: Q8_0 / Q8_1, blocks of 32: d = f16(amax / 127), q = round(x · 127 / amax)
+// Each block of x quantized as llama.cpp's CPU code quantizes activations before a product
+// (`kernels::blocks`, `Activations::quantize_scalar`): its 8-bit values (as f32, exactly) in
+// `xq`, its (d, s) in `xs`. One thread per block.
+//   kind 0: Q8_0 / Q8_1, blocks of 32: q = round(x · 127 / amax), d = f16(amax / 127),
+//           s = f16((amax / 127) · Σq) (Q8_1's; Q8_0's products do not read it)
 //   kind 1: Q8_K, blocks of 256: the value of largest magnitude (the first of equals) m,
 //           q = min(127, round(x · −127 / m)), d = 1 / (−127 / m)
-// WGSL's round() rounds half to even, as the CPU's does; its division may be off by 2.5 ulp,
-// so a value exactly on a rounding boundary can, rarely, round the other way.
+// WGSL's round() rounds half to even, as the CPU's does; its division may be off by 2.5 ulp
+// where the CPU's is correctly rounded, so a value on a rounding boundary can, rarely, round
+// the other way.
 
 struct Params {
     blocks: u32,
@@ -14,8 +16,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read_write> xq: array<f32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> xs: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -29,14 +32,18 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         for (var i = 0u; i < 32u; i++) {
             amax = max(amax, abs(x[at + i]));
         }
+        let d = amax / 127.0;
         var id = 0.0;
         if (amax != 0.0) {
             id = 127.0 / amax;
         }
-        let d = round_f16(amax / 127.0);
+        var sum = 0.0;
         for (var i = 0u; i < 32u; i++) {
-            xq[at + i] = round(x[at + i] * id) * d;
+            let q = round(x[at + i] * id);
+            xq[at + i] = q;
+            sum += q;
         }
+        xs[block] = vec2(round_f16(d), round_f16(d * sum));
     } else {
         let at = block * 256u;
         var m = 0.0;
@@ -52,12 +59,13 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             for (var i = 0u; i < 256u; i++) {
                 xq[at + i] = 0.0;
             }
+            xs[block] = vec2(0.0, 0.0);
             return;
         }
         let iscale = -127.0 / m;
-        let d = 1.0 / iscale;
         for (var i = 0u; i < 256u; i++) {
-            xq[at + i] = min(127.0, round(iscale * x[at + i])) * d;
+            xq[at + i] = min(127.0, round(iscale * x[at + i]));
         }
+        xs[block] = vec2(1.0 / iscale, 0.0);
     }
 }
