@@ -36,6 +36,34 @@ struct Params {
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, WG>;
 
+// The query at `qa` times the key at `ka`, summed as the CPU sums it (`dot_lanes`: llama.cpp's
+// 512-bit f16 kernel's order): 64-wide steps into 64 lanes, folded (0 + 2) + (1 + 3) into 16,
+// then in halves; a tail past the last full step added after (in f64 on the CPU).
+fn score(qa: u32, ka: u32) -> f32 {
+    var acc: array<f32, 64>;
+    let full = p.head_dim / 64u * 64u;
+    for (var s = 0u; s < full; s += 64u) {
+        for (var i = 0u; i < 64u; i++) {
+            acc[i] = fma(q[qa + s + i], keys[ka + s + i], acc[i]);
+        }
+    }
+    var lanes: array<f32, 16>;
+    for (var l = 0u; l < 16u; l++) {
+        lanes[l] = acc[l] + acc[32u + l];
+        lanes[l] += acc[16u + l] + acc[48u + l];
+    }
+    for (var width = 8u; width > 0u; width /= 2u) {
+        for (var l = 0u; l < width; l++) {
+            lanes[l] += lanes[l + width];
+        }
+    }
+    var sum = lanes[0];
+    for (var i = full; i < p.head_dim; i++) {
+        sum += q[qa + i] * keys[ka + i];
+    }
+    return sum;
+}
+
 fn visible(at: u32, key: u32) -> bool {
     return p.window == 0u || at - key < p.window;
 }
@@ -58,12 +86,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     var m = -3.4e38;
     for (var k = t; k <= last; k += WG) {
         if (visible(at, k)) {
-            let ka = (k * p.kv_heads + kv) * p.head_dim;
-            var s = 0.0;
-            for (var d = 0u; d < p.head_dim; d++) {
-                s += q[qa + d] * keys[ka + d];
-            }
-            s *= p.scale;
+            let s = score(qa, (k * p.kv_heads + kv) * p.head_dim) * p.scale;
             scores[sa + k] = s;
             m = max(m, s);
         }

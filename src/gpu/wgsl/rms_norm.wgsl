@@ -22,21 +22,65 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         return;
     }
     let at = g * p.width;
-    var sum = 0.0;
-    for (var i = t; i < p.width; i += WG) {
-        let v = x[at + i];
-        sum += v * v;
-    }
-    partial[t] = sum;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            partial[t] += partial[t + s];
+    // The CPU sums the f32 squares in f64 and rounds the mean once to f32: one thread sums
+    // them here as a pair of f32s (the sum and its rounding error, Knuth's two-sum), whose
+    // mean, corrected once, is that mean but in the rarest cases.
+    if (t == 0u) {
+        var hi = 0.0;
+        var lo = 0.0;
+        for (var i = 0u; i < p.width; i++) {
+            let v = x[at + i];
+            let sq = v * v;
+            let s = hi + sq;
+            let b = s - hi;
+            lo += (hi - (s - b)) + (sq - b);
+            hi = s;
         }
-        workgroupBarrier();
+        let n = f32(p.width);
+        var mean = hi / n;
+        mean += (fma(-mean, n, hi) + lo) / n;
+        // 1 / sqrt(mean + eps), each step correctly rounded as the CPU's: the neighbour of
+        // WGSL's result (within a few ulp) whose residual is smallest.
+        let m = mean + p.eps;
+        let root = nearest_sqrt(m);
+        partial[0] = nearest_reciprocal(root);
     }
-    let scale = 1.0 / sqrt(partial[0] / f32(p.width) + p.eps);
+    workgroupBarrier();
+    let scale = partial[0];
     for (var i = t; i < p.width; i += WG) {
         x[at + i] = (x[at + i] * scale) * weight[i];
     }
+}
+
+// The f32 nearest to √m: of WGSL's sqrt and its neighbours, the one whose square's exact
+// difference from m (an fma) is smallest.
+fn nearest_sqrt(m: f32) -> f32 {
+    var best = sqrt(m);
+    var err = abs(fma(best, best, -m));
+    let base = bitcast<u32>(best);
+    for (var d = 0u; d < 5u; d++) {
+        let c = bitcast<f32>(base + d - 2u);
+        let e = abs(fma(c, c, -m));
+        if (e < err) {
+            best = c;
+            err = e;
+        }
+    }
+    return best;
+}
+
+// The f32 nearest to 1 / r, as nearest_sqrt chooses it.
+fn nearest_reciprocal(r: f32) -> f32 {
+    var best = 1.0 / r;
+    var err = abs(fma(best, r, -1.0));
+    let base = bitcast<u32>(best);
+    for (var d = 0u; d < 5u; d++) {
+        let c = bitcast<f32>(base + d - 2u);
+        let e = abs(fma(c, r, -1.0));
+        if (e < err) {
+            best = c;
+            err = e;
+        }
+    }
+    return best;
 }
