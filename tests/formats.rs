@@ -84,8 +84,9 @@ fn dequantize_matches_python_gguf() {
 
 /// Matrices of every format load, read back as their dequantized values, and multiply, bit for
 /// bit, as the scalar dot product of each row with the scalar-quantized activations: 37 rows (a
-/// partial last parallel task), rows of 7 blocks, one, three and eleven activation rows (the
-/// codebook formats decode a row's blocks once for up to eight activation rows, then again).
+/// partial last parallel task), rows of 7 blocks (IQ1_S's kernel takes blocks in pairs: three
+/// and a last one alone), one to three, eight, nine and eleven activation rows (the codebook
+/// formats decode a row's blocks once for up to eight activation rows, then again).
 #[test]
 fn matmul_runs_every_format() {
     use candlewick::kernels::blocks::{dot_scalar, Activations};
@@ -102,7 +103,7 @@ fn matmul_runs_every_format() {
         dequantize(format, &data, &mut values);
         let read = matrix.to_f32().expect("a block matrix");
         assert!(read.iter().zip(&values).all(|(a, b)| a.to_bits() == b.to_bits()), "{format:?}: to_f32");
-        for m in [1, 3, 11] {
+        for m in [1, 2, 3, 8, 9, 11] {
             let x: Vec<f32> = (0..m * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
             let got = matrix.matmul(&x, m).expect("matching shapes");
             for (i, x) in x.chunks_exact(cols).enumerate() {

@@ -4,11 +4,12 @@
 //! with them, for each real model. Also the CLI's `perplexity` round trip.
 //!
 //! The bounds are llama.cpp's own reproducibility, not issue 14's 1e-3 nats and 98 %: llama.cpp
-//! scoring SmolLM2's chunks 16 positions per decode and again one per decode differs from
-//! itself by a mean KL divergence of 3.0e-3 (a lower bound, over the top 32) and agrees on the
-//! most likely token at 95.7 % of the positions (logprob of the next token: rms 0.09 nats).
-//! candlewick is as far from llama.cpp as that (BENCHMARKS.md has the figures), so a mean KLD
-//! above twice that, a top-token agreement below 94 % or perplexities 1 % apart fail.
+//! scoring the same chunks 16 positions per decode and again one per decode
+//! (`tests/reference/self-divergence.mjs`) differs from itself, per model, by the mean KL
+//! divergence and top-token agreement in [`LLAMA_CPP_FROM_ITSELF`]. candlewick is as far from
+//! llama.cpp as that (BENCHMARKS.md has both), so a mean KLD above 1.5 times llama.cpp's own, a
+//! top-token agreement more than 2 points below llama.cpp's own (about three standard errors at
+//! 1,020 positions) or perplexities 1 % apart fail.
 
 mod common;
 
@@ -18,10 +19,11 @@ use common::{llama_cpp, model, repo_root, GEMMA3, QWEN25_CODER, SMOLLM2};
 use serde_json::json;
 
 const TOP_K: usize = 32;
-/// Twice llama.cpp's own mean KLD between two batchings of the same chunks (3.0e-3).
-const MAX_MEAN_KLD: f64 = 6e-3;
-/// Below llama.cpp's own agreement between two batchings (95.7 %) by about its standard error.
-const MIN_SAME_TOP: f64 = 0.94;
+
+/// llama.cpp against itself on this text (`node tests/reference/self-divergence.mjs MODEL
+/// tests/data/licenses.txt`, 2 threads, 1,020 positions each): mean KLD and the fraction of
+/// positions with the same most likely token. Measured 2026-12-05 with node-llama-cpp 3.21.1.
+const LLAMA_CPP_FROM_ITSELF: [(&str, f64, f64); 3] = [(SMOLLM2.1, 0.0045, 0.955), (QWEN25_CODER.1, 0.0029, 0.977), (GEMMA3.1, 0.0052, 0.948)];
 
 fn text() -> String {
     std::fs::read_to_string(repo_root().join("tests/data/licenses.txt")).unwrap()
@@ -76,8 +78,9 @@ fn matches_llama_cpp(which: (&str, &str)) {
         d.quantile(1.0),
         100.0 * d.same_top().value
     );
-    assert!(d.mean().value <= MAX_MEAN_KLD, "mean KLD {}", d.mean().value);
-    assert!(d.same_top().value >= MIN_SAME_TOP, "same top token on {:.2} %", 100.0 * d.same_top().value);
+    let &(_, own_kld, own_same_top) = LLAMA_CPP_FROM_ITSELF.iter().find(|(name, ..)| *name == which.1).expect("llama.cpp measured against itself for this model");
+    assert!(d.mean().value <= 1.5 * own_kld, "mean KLD {} (llama.cpp from itself: {own_kld})", d.mean().value);
+    assert!(d.same_top().value >= own_same_top - 0.02, "same top token on {:.2} % (llama.cpp with itself: {:.1} %)", 100.0 * d.same_top().value, 100.0 * own_same_top);
     assert!((ppl.value / base_ppl.value).ln().abs() < 0.01, "PPL {ppl} vs llama.cpp {base_ppl}");
 }
 

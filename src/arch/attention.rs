@@ -14,6 +14,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{math, AttentionKernel, RopeStyle};
+use crate::backend::CacheSpec;
 use crate::error::{Error, Result};
 
 /// RMS norm of each `width`-long row of `x`, times `weight`, in place.
@@ -29,9 +30,16 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// Soft-caps every value of `x` to `±cap` as llama.cpp's graph does (Gemma 2's final logits):
+/// times `1/cap`, then tanh, then times `cap`, each step rounded to f32.
+pub fn soft_cap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    x.iter_mut().for_each(|v| *v = math::tanh(*v * inv) * cap);
+}
+
 /// How positions turn into rotation angles.
 #[derive(Debug, Clone, Copy)]
-pub struct Rope {
+pub struct Rope<'a> {
     /// Dimensions rotated at the start of each head.
     pub dims: usize,
     /// Base frequency.
@@ -40,9 +48,14 @@ pub struct Rope {
     pub style: RopeStyle,
     /// YaRN: (frequency scale, the low and high correction dimensions).
     pub yarn: Option<(f32, [f32; 2])>,
+    /// Per-pair divisors of the angles, `[dims / 2]` (LongRoPE's factors, Llama 3.1's
+    /// `rope_freqs`).
+    pub factors: Option<&'a [f32]>,
+    /// Factor the cosines and sines are multiplied by (LongRoPE's attention factor; 1 else).
+    pub mscale: f32,
 }
 
-impl Rope {
+impl Rope<'_> {
     /// YaRN's correction dimensions for `dims` rotated dimensions, `base`, and the original
     /// context length (with the usual β_fast = 32, β_slow = 1).
     pub fn yarn_correction(dims: usize, base: f32, original_context: usize) -> [f32; 2] {
@@ -77,12 +90,13 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
 }
 
 /// The cosines and sines of the `rope.dims / 2` rotation angles at `position` (the lengths of
-/// `cos` and `sin`).
+/// `cos` and `sin`), each times the rotation scale `rope.mscale`.
 pub(crate) fn rope_angles(position: usize, rope: &Rope, cos: &mut [f32], sin: &mut [f32]) {
     let theta_scale = math::powf(rope.base, -2.0 / rope.dims as f32);
     // The angle of pair i is position · theta_scale^i, stepped in f32.
-    let mut theta = position as f32;
+    let mut theta_base = position as f32;
     for (i, (cos, sin)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+        let theta = rope.factors.map_or(theta_base, |f| theta_base / f[i]);
         let angle = match rope.yarn {
             None => theta,
             Some((freq_scale, [low, high])) => {
@@ -91,66 +105,119 @@ pub(crate) fn rope_angles(position: usize, rope: &Rope, cos: &mut [f32], sin: &m
                 freq_scale * theta * (1.0 - ramp) + theta * ramp
             }
         };
-        *cos = math::cos(angle);
-        *sin = math::sin(angle);
-        theta *= theta_scale;
+        *cos = math::cos(angle) * rope.mscale;
+        *sin = math::sin(angle) * rope.mscale;
+        theta_base *= theta_scale;
     }
 }
 
-/// Keys and values of one layer as f16, `[kv_heads][capacity][dim]`, allocated once. With
+/// Positions a sliding-window layer's ring holds beyond its window: the most one part of a
+/// batch adds before its queries attend (llama.cpp's window cache likewise holds the window
+/// and a batch).
+pub const RING_PART: usize = 64;
+
+/// Keys and values of one layer as f16, `[kv_heads][rows][dim]`, allocated once. With
 /// `values_in_keys`, a value is the start of its key (latent attention) and is not stored twice.
+///
+/// A global layer has a row for each of its `capacity` positions. A sliding-window layer's
+/// queries see only the last `window` positions, so it keeps a ring of `window - 1 +
+/// RING_PART` rows (fewer when the capacity is smaller) and position `p` lives in row
+/// `p % rows`: its memory is bounded by the window, not the context.
 #[derive(Clone)]
 pub struct KvCache {
     keys: Vec<f16>,
     values: Vec<f16>,
     values_in_keys: bool,
     kv_heads: usize,
+    /// Positions it can be filled to.
     capacity: usize,
+    /// Rows of memory per head: `capacity`, or a sliding-window layer's ring.
+    rows: usize,
+    /// Positions its queries attend to, when it is a sliding-window layer's.
+    window: Option<usize>,
     head_dim: usize,
     value_dim: usize,
+    /// Positions filled.
     len: usize,
+    /// The first position whose keys and values it still holds (a ring overwrites the oldest).
+    oldest: usize,
 }
 
-/// `kv_heads × capacity × width` zeros, or [`Error::KvCacheTooLarge`] when that overflows a
+/// `kv_heads × rows × width` zeros, or [`Error::KvCacheTooLarge`] when that overflows a
 /// `usize` or the memory cannot be had (WebAssembly's 4 GiB).
-fn zeroed(kv_heads: usize, capacity: usize, width: usize) -> Result<Vec<f16>> {
-    let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes: u64::MAX };
-    let len = kv_heads.checked_mul(capacity).and_then(|n| n.checked_mul(width)).ok_or_else(too_large)?;
+fn zeroed(kv_heads: usize, rows: usize, width: usize) -> Result<Vec<f16>> {
+    let too_large = || Error::KvCacheTooLarge { positions: rows, bytes: u64::MAX };
+    let len = kv_heads.checked_mul(rows).and_then(|n| n.checked_mul(width)).ok_or_else(too_large)?;
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| too_large())?;
     v.resize(len, f16::ZERO);
     Ok(v)
 }
 
+/// The row of `rows` position `at` lives in (its own until a ring wraps).
+fn row_of(at: usize, rows: usize) -> usize {
+    if at < rows {
+        at
+    } else {
+        at % rows
+    }
+}
+
 impl KvCache {
-    /// An empty cache for `capacity` positions.
+    /// An empty cache of `spec`'s shape.
     ///
     /// # Errors
     /// [`Error::KvCacheTooLarge`] when its size overflows a `usize` or the memory cannot be had
     /// (WebAssembly's 4 GiB).
-    pub fn new(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize, values_in_keys: bool) -> Result<KvCache> {
+    pub fn new(spec: &CacheSpec) -> Result<KvCache> {
+        let rows = spec.rows();
         Ok(KvCache {
-            keys: zeroed(kv_heads, capacity, head_dim)?,
-            values: if values_in_keys { Vec::new() } else { zeroed(kv_heads, capacity, value_dim)? },
-            values_in_keys,
-            kv_heads,
-            capacity,
-            head_dim,
-            value_dim,
+            keys: zeroed(spec.kv_heads, rows, spec.head_dim)?,
+            values: if spec.values_in_keys { Vec::new() } else { zeroed(spec.kv_heads, rows, spec.value_dim)? },
+            values_in_keys: spec.values_in_keys,
+            kv_heads: spec.kv_heads,
+            capacity: spec.capacity,
+            rows,
+            window: spec.window,
+            head_dim: spec.head_dim,
+            value_dim: spec.value_dim,
             len: 0,
+            oldest: 0,
         })
+    }
+
+    /// The row position `at` lives in.
+    fn row(&self, at: usize) -> usize {
+        row_of(at, self.rows)
+    }
+
+    /// Positions one [`KvCache::append`] may add: all that fit, or for a ring that wraps,
+    /// [`RING_PART`], so that no position a query of the same part still sees is overwritten.
+    pub fn part(&self) -> usize {
+        match self.window {
+            Some(w) if self.rows < self.capacity => self.rows + 1 - w.min(self.rows),
+            _ => usize::MAX,
+        }
     }
 
     /// Appends `n` positions: `k` is `[n][kv_heads][head_dim]`, `v` `[n][kv_heads][value_dim]`
     /// (ignored when values live in the keys).
+    ///
+    /// # Errors
+    /// [`Error::PromptTooLong`] beyond the capacity; [`Error::Compute`] when `n` is more than
+    /// [`KvCache::part`] allows.
     pub fn append(&mut self, k: &[f32], v: &[f32], n: usize) -> Result<()> {
         if self.len + n > self.capacity {
             return Err(Error::PromptTooLong { tokens: self.len + n, context: self.capacity });
         }
+        if n > self.part() {
+            return Err(Error::Compute(format!("{n} positions at once in a ring of {} rows", self.rows)));
+        }
         for p in 0..n {
+            let row = self.row(self.len + p);
             for h in 0..self.kv_heads {
                 let src = &k[(p * self.kv_heads + h) * self.head_dim..][..self.head_dim];
-                let dst = &mut self.keys[(h * self.capacity + self.len + p) * self.head_dim..][..self.head_dim];
+                let dst = &mut self.keys[(h * self.rows + row) * self.head_dim..][..self.head_dim];
                 for (d, s) in dst.iter_mut().zip(src) {
                     *d = f16::from_f32(*s);
                 }
@@ -158,23 +225,43 @@ impl KvCache {
                     continue;
                 }
                 let src = &v[(p * self.kv_heads + h) * self.value_dim..][..self.value_dim];
-                let dst = &mut self.values[(h * self.capacity + self.len + p) * self.value_dim..][..self.value_dim];
+                let dst = &mut self.values[(h * self.rows + row) * self.value_dim..][..self.value_dim];
                 for (d, s) in dst.iter_mut().zip(src) {
                     *d = f16::from_f32(*s);
                 }
             }
         }
         self.len += n;
+        self.oldest = self.oldest.max(self.len.saturating_sub(self.rows));
         Ok(())
     }
 
-    /// Forgets every position from `len` on.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    /// The first of `len` positions a query after them sees: all of them, or a window's.
+    fn first_seen(&self, len: usize) -> usize {
+        self.window.map_or(0, |w| len.saturating_sub(w.saturating_sub(1)))
+    }
+
+    /// Forgets every position from `len` on. A ring that has overwritten positions the next
+    /// query would see cannot go back that far: it then changes nothing and says `false`.
+    pub fn truncate(&mut self, len: usize) -> bool {
+        let len = self.len.min(len);
+        if self.first_seen(len) < self.oldest {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+
+    /// Forgets every position.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.oldest = 0;
     }
 
     /// Makes room for `capacity` positions (never fewer than it has), keeping those filled.
-    /// The layout is per head, so each head's filled rows move to their new place.
+    /// The layout is per head, so each head's filled rows move to their new place. A ring
+    /// grows to at most its window and [`RING_PART`]; one that has not yet wrapped holds each
+    /// position in its own row, so its rows move as a global layer's do.
     ///
     /// # Errors
     /// [`Error::KvCacheTooLarge`] as [`KvCache::new`]; the cache is then as it was.
@@ -182,30 +269,44 @@ impl KvCache {
         if capacity <= self.capacity {
             return Ok(());
         }
-        let regrow = |old: &[f16], dim: usize| -> Result<Vec<f16>> {
-            let mut new = zeroed(self.kv_heads, capacity, dim)?;
-            for h in 0..self.kv_heads {
-                let rows = self.len * dim;
-                new[h * capacity * dim..][..rows].copy_from_slice(&old[h * self.capacity * dim..][..rows]);
+        let spec = CacheSpec { kv_heads: self.kv_heads, capacity, head_dim: self.head_dim, value_dim: self.value_dim, values_in_keys: self.values_in_keys, window: self.window };
+        let rows = spec.rows();
+        if rows > self.rows {
+            let regrow = |old: &[f16], dim: usize| -> Result<Vec<f16>> {
+                let mut new = zeroed(self.kv_heads, rows, dim)?;
+                for h in 0..self.kv_heads {
+                    let filled = self.len * dim;
+                    new[h * rows * dim..][..filled].copy_from_slice(&old[h * self.rows * dim..][..filled]);
+                }
+                Ok(new)
+            };
+            let keys = regrow(&self.keys, self.head_dim)?;
+            if !self.values_in_keys {
+                self.values = regrow(&self.values, self.value_dim)?;
             }
-            Ok(new)
-        };
-        let keys = regrow(&self.keys, self.head_dim)?;
-        if !self.values_in_keys {
-            self.values = regrow(&self.values, self.value_dim)?;
+            self.keys = keys;
+            self.rows = rows;
         }
-        self.keys = keys;
         self.capacity = capacity;
         Ok(())
     }
 
-    /// The filled positions' keys and values as little-endian f16 bytes, head by head (keys,
-    /// then values).
+    /// Positions of `len` that a save keeps: all, or the last `window - 1` of a sliding-window
+    /// layer (what the next query sees).
+    pub fn saved_positions(&self, len: usize) -> usize {
+        len - self.first_seen(len)
+    }
+
+    /// The filled positions' keys and values (those [`KvCache::saved_positions`] keeps) as
+    /// little-endian f16 bytes, head by head (keys, then values).
     pub fn filled_bytes(&self, out: &mut Vec<u8>) {
+        let first = self.first_seen(self.len);
         let mut put = |data: &[f16], dim: usize| {
             for h in 0..self.kv_heads {
-                for v in &data[h * self.capacity * dim..][..self.len * dim] {
-                    out.extend_from_slice(&v.to_le_bytes());
+                for at in first..self.len {
+                    for v in &data[(h * self.rows + self.row(at)) * dim..][..dim] {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
                 }
             }
         };
@@ -215,20 +316,23 @@ impl KvCache {
         }
     }
 
-    /// Fills the first `len` positions from what [`KvCache::filled_bytes`] wrote; returns the
-    /// bytes it read, or `None` when `bytes` is too short or `len` beyond the capacity.
+    /// Fills the cache to `len` positions from what [`KvCache::filled_bytes`] wrote; returns
+    /// the bytes it read, or `None` when `bytes` is too short or `len` beyond the capacity.
     pub fn fill_from_bytes(&mut self, len: usize, bytes: &[u8]) -> Option<usize> {
         if len > self.capacity {
             return None;
         }
+        let first = self.first_seen(len);
         let mut read = 0;
-        let (heads, capacity) = (self.kv_heads, self.capacity);
+        let (heads, rows) = (self.kv_heads, self.rows);
         let mut take = |data: &mut [f16], dim: usize| -> Option<()> {
             for h in 0..heads {
-                for v in &mut data[h * capacity * dim..][..len * dim] {
-                    let pair = bytes.get(read..read + 2)?;
-                    *v = f16::from_le_bytes([pair[0], pair[1]]);
-                    read += 2;
+                for at in first..len {
+                    for v in &mut data[(h * rows + row_of(at, rows)) * dim..][..dim] {
+                        let pair = bytes.get(read..read + 2)?;
+                        *v = f16::from_le_bytes([pair[0], pair[1]]);
+                        read += 2;
+                    }
                 }
             }
             Some(())
@@ -238,45 +342,119 @@ impl KvCache {
             take(&mut self.values, self.value_dim)?;
         }
         self.len = len;
+        self.oldest = first;
         Some(read)
     }
 
     fn key(&self, head: usize, at: usize) -> &[f16] {
-        &self.keys[(head * self.capacity + at) * self.head_dim..][..self.head_dim]
+        &self.keys[(head * self.rows + self.row(at)) * self.head_dim..][..self.head_dim]
     }
 
     fn value(&self, head: usize, at: usize) -> &[f16] {
         if self.values_in_keys {
             return &self.key(head, at)[..self.value_dim];
         }
-        &self.values[(head * self.capacity + at) * self.value_dim..][..self.value_dim]
+        &self.values[(head * self.rows + self.row(at)) * self.value_dim..][..self.value_dim]
     }
 
     /// Bytes the cache holds per position.
     pub fn bytes_per_position(&self) -> usize {
         2 * self.kv_heads * (self.head_dim + if self.values_in_keys { 0 } else { self.value_dim })
     }
+
+    /// Positions it has memory for: its capacity, or a sliding-window layer's ring.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
 }
 
 /// The shape of one attention computation.
-pub struct Spec {
+pub struct Spec<'a> {
     /// Query heads.
     pub heads: usize,
     /// Factor applied to each query·key product.
     pub scale: f32,
+    /// Scores are soft-capped to `±cap` (Gemma 2): `cap · tanh(score / cap)`. llama.cpp's flash
+    /// attention scales the products before capping them, its unfused attention after; the two
+    /// agree where the scale is 1, as for Gemma 2, whose queries carry the scale.
+    pub softcap: Option<f32>,
     /// Keys further back than this are not attended to (sliding-window layers).
     pub window: Option<usize>,
+    /// Queries attend only within their chunk of this many positions, from the largest
+    /// multiple of it not after them (Llama 4's chunked layers).
+    pub chunk: Option<usize>,
+    /// A logit per query head that joins the softmax without a value (gpt-oss's attention
+    /// sinks): it takes part of the weight and gives nothing back.
+    pub sinks: Option<&'a [f32]>,
     /// Whose rounding to follow.
     pub kernel: AttentionKernel,
+}
+
+impl Spec<'_> {
+    /// The first position a query at `at` sees.
+    fn first_seen(&self, at: usize) -> usize {
+        let windowed = self.window.map_or(0, |w| (at + 1).saturating_sub(w));
+        windowed.max(self.chunk.map_or(0, |c| at / c.max(1) * c))
+    }
+
+    /// A query·key product as llama.cpp's flash attention scores it: the soft-cap divides the
+    /// scale before the product is scaled.
+    fn flash_score(&self, dot: f32) -> f32 {
+        match self.softcap {
+            None => dot * self.scale,
+            Some(cap) => cap * math::tanh(dot * (self.scale / cap)),
+        }
+    }
+
+    /// A query·key product as llama.cpp's unfused attention scores it: soft-capped by its own
+    /// graph operations (see [`soft_cap`]), then scaled by its softmax.
+    fn unfused_score(&self, dot: f32) -> f32 {
+        match self.softcap {
+            None => dot * self.scale,
+            Some(cap) => math::tanh(dot * (1.0 / cap)) * cap * self.scale,
+        }
+    }
 }
 
 /// Attends queries `q` (`[seq][heads][head_dim]`, at positions `pos..pos+seq`, whose keys and
 /// values are already in `cache`) over the cache; returns `[seq][heads][value_dim]`.
 pub fn attend(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
+    attend_part(q, seq, pos, cache, spec, seq > 1)
+}
+
+/// [`attend`] for `seq` queries of a batch (of more than one query when `batch`).
+fn attend_part(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec, batch: bool) -> Vec<f32> {
     match spec.kernel {
         AttentionKernel::Flash => attend_flash(q, seq, pos, cache, spec),
-        AttentionKernel::Unfused => attend_unfused(q, seq, pos, cache, spec),
+        AttentionKernel::Unfused => attend_unfused(q, seq, pos, cache, spec, if batch { SumOrder::Tiled } else { SumOrder::Lanes }),
     }
+}
+
+/// Appends a batch's keys and values (`k` `[seq][kv_heads][head_dim]`, `v`
+/// `[seq][kv_heads][value_dim]`, empty when values live in the keys) to `cache` at positions
+/// `pos..pos+seq` and attends its queries `q` over it, as [`attend`]. A ring (a sliding-window
+/// layer's cache) takes the batch a part ([`KvCache::part`]) at a time, each part's queries
+/// attending before the next part overwrites the oldest rows. Each query's result is the one
+/// a single pass gives: a query's sums run over the positions it sees whatever the part, and
+/// the unfused kernel keeps the whole batch's summation order.
+///
+/// # Errors
+/// [`Error::PromptTooLong`] beyond the cache's capacity; [`Error::Compute`] when the keys or
+/// values are not `seq` rows.
+pub fn append_and_attend(cache: &mut KvCache, q: &[f32], k: &[f32], v: &[f32], seq: usize, pos: usize, spec: &Spec) -> Result<Vec<f32>> {
+    let (key_row, value_row) = (cache.kv_heads * cache.head_dim, if cache.values_in_keys { 0 } else { cache.kv_heads * cache.value_dim });
+    if k.len() != seq * key_row || v.len() < seq * value_row {
+        return Err(Error::Compute(format!("{} keys and {} values for {seq} positions", k.len(), v.len())));
+    }
+    let query_row = q.len() / seq.max(1);
+    let part = cache.part().max(1);
+    let mut out = Vec::with_capacity(seq * spec.heads * cache.value_dim);
+    for first in (0..seq).step_by(part) {
+        let n = part.min(seq - first);
+        cache.append(&k[first * key_row..][..n * key_row], &v[first * value_row..][..n * value_row], n)?;
+        out.extend(attend_part(&q[first * query_row..][..n * query_row], n, pos + first, cache, spec, seq > 1));
+    }
+    Ok(out)
 }
 
 /// [`attend`] as llama.cpp's flash attention computes it: an online softmax (rescaling what was
@@ -300,12 +478,9 @@ fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec)
         };
         let at = pos + s;
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-        for key_at in 0..=at.min(cache.len.saturating_sub(1)) {
-            if spec.window.is_some_and(|w| at - key_at >= w) {
-                continue;
-            }
+        for key_at in spec.first_seen(at)..=at.min(cache.len.saturating_sub(1)) {
             cache.key(kv, key_at).convert_to_f32_slice(&mut key);
-            let score = dot_lanes(&key, &query) * spec.scale;
+            let score = spec.flash_score(dot_lanes(&key, &query));
             // Online softmax: rescale what was accumulated when the maximum grows.
             let (mut old_scale, mut weight) = (1f32, 1f32);
             if score > max {
@@ -322,6 +497,16 @@ fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec)
             }
             round(&mut acc);
             sum = sum * old_scale + weight;
+        }
+        // The head's sink joins the softmax last, the accumulator now in f32.
+        if let Some(&sink) = spec.sinks.and_then(|sinks| sinks.get(h)) {
+            if sink > max {
+                let old_scale = math::exp(max - sink);
+                acc.iter_mut().for_each(|a| *a *= old_scale);
+                sum = sum * old_scale + 1.0;
+            } else {
+                sum += math::exp(sink - max);
+            }
         }
         let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
         for (o, a) in out.iter_mut().zip(&acc) {
@@ -341,49 +526,60 @@ fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec)
 /// but a single query with its dot product; the two group their sums differently
 /// ([`SumOrder`]). Zero terms do not change a sum, so the padding is left out here beyond what
 /// keeps the grouping.
-fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec) -> Vec<f32> {
+///
+/// A sliding window's masked positions before it are left out too: in whole 64-wide steps
+/// they add exact zeros to every sum, wherever they fall.
+fn attend_unfused(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec, order: SumOrder) -> Vec<f32> {
     let (hd, vd) = (cache.head_dim, cache.value_dim);
     let group = spec.heads / cache.kv_heads;
-    let order = if seq > 1 { SumOrder::Tiled } else { SumOrder::Lanes };
     let mut out = vec![0f32; seq * spec.heads * vd];
     crate::platform::parallel_chunks(&mut out, vd, |row, out| {
         let (s, h) = (row / spec.heads, row % spec.heads);
         let kv = h / group;
         let query: Vec<f32> = q[row * hd..(row + 1) * hd].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
         let at = pos + s;
-        // Positions 0..visible can be attended to, less those outside a sliding window.
-        let visible = at.min(cache.len.saturating_sub(1)) + 1;
+        // Positions first..visible can be attended to; the scores start at the 64-wide step
+        // the first one falls in.
+        let (first, visible) = (spec.first_seen(at), at.min(cache.len.saturating_sub(1)) + 1);
+        let base = first / 64 * 64;
         let (mut key, mut value) = (vec![0f32; hd], vec![0f32; vd]);
-        // Scaled scores, -inf where masked; a whole number of 64-wide steps.
-        let mut probs = vec![f32::NEG_INFINITY; visible.next_multiple_of(64)];
-        for (key_at, score) in probs[..visible].iter_mut().enumerate() {
-            if spec.window.is_some_and(|w| at - key_at >= w) {
-                continue;
-            }
+        // Scaled scores from position `base`, -inf where masked; a whole number of 64-wide steps.
+        let mut probs = vec![f32::NEG_INFINITY; visible.next_multiple_of(64) - base];
+        for (key_at, score) in (base..visible).zip(&mut probs).skip(first - base) {
             cache.key(kv, key_at).convert_to_f32_slice(&mut key);
-            *score = order.dot(&key, &query) * spec.scale;
+            *score = spec.unfused_score(order.dot(&key, &query));
         }
-        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        // The head's sink joins the softmax: in its maximum and its sum.
+        let sink = spec.sinks.and_then(|sinks| sinks.get(h)).copied();
+        let max = probs.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &v| m.max(v));
         let mut sum = 0f64;
         for block in probs.chunks_exact_mut(16) {
             block.iter_mut().for_each(|v| *v = math::exp_ggml(*v - max));
             sum += f64::from(fold_halves(block));
         }
+        if let Some(sink) = sink {
+            sum += f64::from(math::exp(sink - max));
+        }
         let inv = (1.0 / sum) as f32;
         probs.iter_mut().for_each(|p| *p = f16::from_f32(*p * inv).to_f32());
         // out[d] = Σ p·v[d] over the positions, each term fused into its lane's sum in
-        // position order (masked and padded positions add nothing).
+        // position order (masked and padded positions add nothing, and those before the
+        // window may no longer be in a ring).
+        // The partial sums slot by slot (`vd` of them each), so that a position's terms go to
+        // consecutive sums; each sum still takes its terms in position order.
         let slots = order.slots();
-        let mut lanes = vec![0f32; vd * slots];
-        for (key_at, &p) in probs[..visible].iter().enumerate() {
+        let mut partial = vec![0f32; slots * vd];
+        for (key_at, &p) in (base..visible).zip(&probs).skip(first - base) {
             cache.value(kv, key_at).convert_to_f32_slice(&mut value);
             let slot = key_at % slots;
-            for (lane, v) in lanes.chunks_exact_mut(slots).zip(&value) {
-                lane[slot] = math::fma(*v, p, lane[slot]);
+            for (sum, v) in partial[slot * vd..(slot + 1) * vd].iter_mut().zip(&value) {
+                *sum = math::fma(*v, p, *sum);
             }
         }
-        for (o, lane) in out.iter_mut().zip(lanes.chunks_exact(slots)) {
-            *o = order.fold(lane);
+        let mut lane = vec![0f32; slots];
+        for (d, o) in out.iter_mut().enumerate() {
+            lane.iter_mut().enumerate().for_each(|(slot, l)| *l = partial[slot * vd + d]);
+            *o = order.fold(&lane);
         }
     });
     out
@@ -482,13 +678,18 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// An empty cache of this shape.
+    fn empty_cache(kv_heads: usize, capacity: usize, head_dim: usize, value_dim: usize, values_in_keys: bool, window: Option<usize>) -> KvCache {
+        KvCache::new(&CacheSpec { kv_heads, capacity, head_dim, value_dim, values_in_keys, window }).unwrap()
+    }
+
     /// Growing a cache keeps every filled position of every head, and its bytes restore into
     /// another cache exactly.
     #[test]
     fn caches_grow_and_restore_without_changing_a_position() {
         for values_in_keys in [false, true] {
             let (kv_heads, hd, vd, n) = (3, 8, 4, 5);
-            let mut cache = KvCache::new(kv_heads, 6, hd, vd, values_in_keys).unwrap();
+            let mut cache = empty_cache(kv_heads, 6, hd, vd, values_in_keys, None);
             let k: Vec<f32> = (0..n * kv_heads * hd).map(|i| i as f32 * 0.25).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| -(i as f32)).collect();
             cache.append(&k, &v, n).unwrap();
@@ -502,7 +703,7 @@ mod tests {
             let mut bytes = Vec::new();
             cache.filled_bytes(&mut bytes);
             assert_eq!(bytes.len(), n * cache.bytes_per_position());
-            let mut other = KvCache::new(kv_heads, 8, hd, vd, values_in_keys).unwrap();
+            let mut other = empty_cache(kv_heads, 8, hd, vd, values_in_keys, None);
             assert_eq!(other.fill_from_bytes(n, &bytes), Some(bytes.len()));
             assert_eq!(rows(&other), before);
             assert_eq!(other.fill_from_bytes(n, &bytes[..bytes.len() - 1]), None);
@@ -510,22 +711,65 @@ mod tests {
         }
     }
 
+    /// A sliding-window layer's ring gives every query the bits a full cache gives, a prompt
+    /// in one batch and then a token at a time, with its memory at the window and one part;
+    /// it cannot go back past what it has overwritten, and its saved window restores exactly.
+    #[test]
+    fn a_ring_attends_as_a_full_cache_does() {
+        let (heads, kv_heads, hd, window, n, prompt) = (4, 2, 64, 5, 150, 140);
+        let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
+        let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
+        let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 17)).collect();
+        let q: Vec<f32> = (0..n * heads * hd).map(|i| value(i + 3)).collect();
+        let rows = |first: usize, seq: usize, width: usize, x: &[f32]| x[first * width..(first + seq) * width].to_vec();
+        for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
+            let spec = Spec { heads, scale: 0.11, softcap: None, window: Some(window), chunk: None, sinks: None, kernel };
+            let mut full = empty_cache(kv_heads, 200, hd, hd, false, None);
+            let mut ring = empty_cache(kv_heads, 200, hd, hd, false, Some(window));
+            assert_eq!(ring.rows(), window - 1 + RING_PART);
+            let step = |cache: &mut KvCache, first: usize, seq: usize| {
+                let (kk, vv, qq) = (rows(first, seq, kv_heads * hd, &k), rows(first, seq, kv_heads * hd, &v), rows(first, seq, heads * hd, &q));
+                append_and_attend(cache, &qq, &kk, &vv, seq, first, &spec).unwrap()
+            };
+            for (first, seq) in std::iter::once((0, prompt)).chain((prompt..n).map(|p| (p, 1))) {
+                let (a, b) = (step(&mut full, first, seq), step(&mut ring, first, seq));
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?} at {first}");
+            }
+            assert!(!ring.truncate(50) && ring.len == n);
+            assert!(ring.truncate(n - 2));
+            let mut bytes = Vec::new();
+            ring.filled_bytes(&mut bytes);
+            assert_eq!(bytes.len(), (window - 1) * ring.bytes_per_position());
+            let mut restored = empty_cache(kv_heads, 200, hd, hd, false, Some(window));
+            assert_eq!(restored.fill_from_bytes(n - 2, &bytes), Some(bytes.len()));
+            assert!(full.truncate(n - 2));
+            let (a, b) = (step(&mut full, n - 2, 2), step(&mut restored, n - 2, 2));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?} restored");
+        }
+    }
+
     /// Both computations equal a plain softmax-weighted sum (to f16 precision).
     #[test]
     fn attention_matches_plain_softmax() {
         let (heads, kv_heads, hd, n) = (4, 2, 64, 9);
-        let mut cache = KvCache::new(kv_heads, 16, hd, hd, false).unwrap();
+        let mut cache = empty_cache(kv_heads, 16, hd, hd, false, None);
         let value = |i: usize| ((i * 7919 % 97) as f32 / 97.0 - 0.5) * 2.0;
         let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
         let v: Vec<f32> = (0..n * kv_heads * hd).map(|i| value(i + 13)).collect();
         cache.append(&k, &v, n).unwrap();
         let q: Vec<f32> = (0..heads * hd).map(|i| value(i + 5)).collect();
-        for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
-            let spec = Spec { heads, scale: 0.125, window: None, kernel };
+        // Without a soft-cap, and with one small enough to bite, at the scale 1 of the only
+        // model that caps (Gemma 2 scales its queries instead): llama.cpp's flash attention
+        // scales before capping, its unfused attention after.
+        for (kernel, softcap) in [(AttentionKernel::Flash, None), (AttentionKernel::Unfused, None), (AttentionKernel::Flash, Some(0.5)), (AttentionKernel::Unfused, Some(0.5))] {
+            let scale = if softcap.is_some() { 1.0 } else { 0.125 };
+            let spec = Spec { heads, scale, softcap, window: None, chunk: None, sinks: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             for h in 0..heads {
                 let kv = h / 2;
-                let scores: Vec<f32> = (0..n).map(|t| (0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * 0.125).collect();
+                let capped = |s: f32| softcap.map_or(s, |cap| cap * (s / cap).tanh());
+                let scores: Vec<f32> = (0..n).map(|t| capped((0..hd).map(|d| cache.key(kv, t)[d].to_f32() * f16::from_f32(q[h * hd + d]).to_f32()).sum::<f32>() * scale)).collect();
+                assert!(softcap.is_none_or(|cap| scores.iter().all(|s| s.abs() <= cap)));
                 let max = scores.iter().cloned().fold(f32::MIN, f32::max);
                 let weights: Vec<f32> = scores.iter().map(|s| math::exp(s - max)).collect();
                 let total: f32 = weights.iter().sum();
@@ -535,10 +779,21 @@ mod tests {
                 }
             }
             // A window of 1 attends to the newest position only.
-            let spec = Spec { heads, scale: 0.125, window: Some(1), kernel };
+            let spec = Spec { heads, scale: 0.125, softcap: None, window: Some(1), chunk: None, sinks: None, kernel };
             let out = attend(&q, 1, n - 1, &cache, &spec);
             assert!((out[0] - cache.value(0, n - 1)[0].to_f32()).abs() < 1e-3, "{kernel:?}");
         }
+    }
+
+    #[test]
+    fn soft_cap_bounds_and_keeps_order() {
+        let mut x = vec![-1000.0, -30.0, -0.01, 0.0, 0.01, 29.0, 30.0, 1000.0];
+        soft_cap(&mut x, 30.0);
+        assert!(x.windows(2).all(|w| w[0] <= w[1]), "{x:?}");
+        assert!(x.iter().all(|v| v.abs() <= 30.0), "{x:?}");
+        // Near zero it is the identity; at the cap it is 30·tanh(1).
+        assert!((x[4] - 0.01).abs() < 1e-7 && x[3] == 0.0 && (x[2] + x[4]).abs() == 0.0);
+        assert!((x[6] - 30.0 * 1f32.tanh()).abs() < 1e-5, "{}", x[6]);
     }
 
     /// The previous, element-at-a-time form of `attend`: the fast form must equal it bit for bit.
@@ -585,14 +840,14 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
         for values_in_keys in [false, true] {
             let vd = if values_in_keys { 64 } else { hd };
-            let mut cache = KvCache::new(kv_heads, 32, hd, vd, values_in_keys).unwrap();
+            let mut cache = empty_cache(kv_heads, 32, hd, vd, values_in_keys, None);
             let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
             cache.append(&k, &v, n).unwrap();
             let seq = 3;
             let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
             for window in [None, Some(5)] {
-                let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Flash };
+                let spec = Spec { heads, scale: 0.11, softcap: None, window, chunk: None, sinks: None, kernel: AttentionKernel::Flash };
                 let fast = attend_flash(&q, seq, n - seq, &cache, &spec);
                 let slow = attend_reference(&q, seq, n - seq, &cache, &spec);
                 assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}, shared values {values_in_keys}");
@@ -638,14 +893,14 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0 - 0.5) * 6.0;
         for (values_in_keys, n) in [(false, 23), (true, 23), (false, 70), (true, 300)] {
             let vd = if values_in_keys { 64 } else { hd };
-            let mut cache = KvCache::new(kv_heads, 320, hd, vd, values_in_keys).unwrap();
+            let mut cache = empty_cache(kv_heads, 320, hd, vd, values_in_keys, None);
             let k: Vec<f32> = (0..n * kv_heads * hd).map(value).collect();
             let v: Vec<f32> = (0..n * kv_heads * vd).map(|i| value(i + 17)).collect();
             cache.append(&k, &v, n).unwrap();
             for seq in [1, 3] {
                 let q: Vec<f32> = (0..seq * heads * hd).map(|i| value(i + 3)).collect();
                 for window in [None, Some(5)] {
-                    let spec = Spec { heads, scale: 0.11, window, kernel: AttentionKernel::Unfused };
+                    let spec = Spec { heads, scale: 0.11, softcap: None, window, chunk: None, sinks: None, kernel: AttentionKernel::Unfused };
                     let fast = attend(&q, seq, n - seq, &cache, &spec);
                     let padded = attend_unfused_padded(&q, seq, n - seq, &cache, &spec);
                     assert!(fast.iter().zip(&padded).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n}, seq {seq}, window {window:?}, shared values {values_in_keys}");
@@ -657,7 +912,7 @@ mod tests {
     #[test]
     fn rope_rotates_pairs() {
         // At position 0 nothing turns; at position 1 the first pair turns by one radian.
-        let plain = |style| Rope { dims: 4, base: 10_000.0, style, yarn: None };
+        let plain = |style| Rope { dims: 4, base: 10_000.0, style, yarn: None, factors: None, mscale: 1.0 };
         let mut x = vec![1.0, 0.0, 1.0, 0.0];
         rope(&mut x, 1, 4, 0, &plain(RopeStyle::Interleaved));
         assert_eq!(x, [1.0, 0.0, 1.0, 0.0]);
@@ -668,7 +923,7 @@ mod tests {
         rope(&mut x, 1, 4, 1, &plain(RopeStyle::Halves));
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
         // YaRN: the fastest pair keeps its angle (extrapolated), the slowest is interpolated.
-        let yarn = Rope { dims: 64, base: 10_000.0, style: RopeStyle::Interleaved, yarn: Some((0.25, Rope::yarn_correction(64, 10_000.0, 4096))) };
+        let yarn = Rope { dims: 64, base: 10_000.0, style: RopeStyle::Interleaved, yarn: Some((0.25, Rope::yarn_correction(64, 10_000.0, 4096))), factors: None, mscale: 1.0 };
         let mut x = vec![0f32; 64];
         x[0] = 1.0;
         x[62] = 1.0;
@@ -676,6 +931,14 @@ mod tests {
         assert!((x[1] - 100f32.sin()).abs() < 1e-4);
         let slow = 100.0 * 10_000f32.powf(-62.0 / 64.0) * 0.25;
         assert!((x[63] - slow.sin()).abs() < 1e-4, "{} vs {}", x[63], slow.sin());
+        // Factors divide each pair's angle; the attention factor scales the rotation.
+        let factors = [2.0, 4.0];
+        let long = Rope { factors: Some(&factors), mscale: 1.5, ..plain(RopeStyle::Halves) };
+        let mut x = vec![1.0, 1.0, 0.0, 0.0];
+        rope(&mut x, 1, 4, 1, &long);
+        assert!((x[0] - 1.5 * 0.5f32.cos()).abs() < 1e-6 && (x[2] - 1.5 * 0.5f32.sin()).abs() < 1e-6, "{x:?}");
+        let second = 0.01f32 / 4.0;
+        assert!((x[1] - 1.5 * second.cos()).abs() < 1e-6 && (x[3] - 1.5 * second.sin()).abs() < 1e-6, "{x:?}");
     }
 
     #[test]

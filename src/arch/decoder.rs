@@ -1,13 +1,13 @@
-//! The decoder every supported architecture runs: embedding → blocks of (attention, gated
-//! feed-forward or mixture of experts), each with RMS norms and residuals → final norm →
-//! output projection.
+//! The decoder every supported architecture runs: embedding → blocks of (attention or a short
+//! convolution, gated feed-forward or mixture of experts), each with RMS norms and residuals →
+//! final norm → output projection.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::attention::{Rope, Spec};
-use super::{math, Activation, Config, Family, Gating};
+use super::{conv, math, Activation, Config, Family, Gating};
 use crate::backend::{Backend, CacheSpec, Cpu, KvStore, Products};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
@@ -26,16 +26,25 @@ pub struct Weights<B: Backend = Cpu> {
     output_norm: B::Tensor,
     /// `(vocab, hidden)`; the embedding table itself when the file ties them.
     output: B::Matrix,
+    /// RoPE's per-pair angle divisors, `[rope_dims / 2]` each: `rope_freqs` for every context
+    /// (Llama 3.1), else LongRoPE's long factors beyond the original context and short ones
+    /// within it (Phi-3), as llama.cpp chooses by the context size.
+    rope_freqs: Option<Vec<f32>>,
+    rope_long: Option<Vec<f32>>,
+    rope_short: Option<Vec<f32>>,
+    /// `[head_dim]` ones: the weight of the weightless Q/K norms (Llama 4).
+    unit_norm: Option<B::Tensor>,
     forward_passes: AtomicU64,
 }
 
 struct Layer<B: Backend> {
-    /// `[hidden]` each.
-    attn_norm: B::Tensor,
+    /// `[hidden]` each; absent where the family normalises outputs only (OLMo 2).
+    attn_norm: Option<B::Tensor>,
     attention: Attention<B>,
-    /// Norms applied to the attention and feed-forward outputs before the residual (Gemma 3).
+    /// Norms applied to the attention and feed-forward outputs before the residual (Gemma,
+    /// OLMo 2, GLM-4).
     post_attn_norm: Option<B::Tensor>,
-    ffn_norm: B::Tensor,
+    ffn_norm: Option<B::Tensor>,
     ffn: FeedForward<B>,
     post_ffn_norm: Option<B::Tensor>,
 }
@@ -49,9 +58,22 @@ enum Attention<B: Backend> {
         v: B::Matrix,
         /// `(hidden, heads·value_dim)`
         o: B::Matrix,
-        /// Per-head RMS norms of queries and keys, `[head_dim]` (Qwen 3, Gemma 3).
+        /// Attention sinks, one logit per query head, `[heads]` (gpt-oss).
+        sinks: Option<Vec<f32>>,
+        /// RMS norms of queries and keys: per head, `[head_dim]` (Qwen 3, Gemma 3), or over the
+        /// whole projection, `[heads·head_dim]` and `[kv_heads·head_dim]` (OLMo 2).
         q_norm: Option<B::Tensor>,
         k_norm: Option<B::Tensor>,
+    },
+    /// LFM2's gated short convolution, in attention's place: `out(c · conv(b · x))` of the
+    /// parts `b`, `c`, `x` of `in_proj`, run by [`Backend::short_conv`].
+    ShortConv {
+        /// `(3·hidden, hidden)`: `b`, `c` and `x`, in turn.
+        in_proj: B::Matrix,
+        /// `[hidden][kernel]`: each channel's taps, oldest first.
+        weights: B::Tensor,
+        /// `(hidden, hidden)`
+        out_proj: B::Matrix,
     },
     /// Multi-head latent attention (`deepseek2`).
     Latent {
@@ -96,21 +118,57 @@ enum FeedForward<B: Backend> {
 }
 
 /// A mixture of experts: `router` is `(experts, hidden)`; each token goes to its top experts
-/// (chosen with `bias` added, when there is one) and through the shared experts. Run by
-/// [`Backend::experts`].
+/// (chosen with `bias` added, when there is one) and through the shared experts, whose output
+/// `shared_gate` (`(1, hidden)`, Qwen2-MoE) weighs by [`shared_gate_weight`] of its product
+/// with the token. Run by [`Backend::experts`].
 pub struct Moe<B: Backend> {
     pub(crate) router: B::Matrix,
     pub(crate) bias: Option<Vec<f32>>,
     pub(crate) experts: Vec<Mlp<B>>,
     pub(crate) shared: Option<Mlp<B>>,
+    pub(crate) shared_gate: Option<B::Matrix>,
 }
 
-/// The per-generation state: the KV cache of every layer. Cloning copies the cache (a fork of
-/// a conversation); the default state holds no position, and a forward pass on it fails.
+/// The per-generation state: the memory of every layer (its KV cache, or a convolution's
+/// recurrent state). Cloning copies it (a fork of a conversation); the default state holds no
+/// position, and a forward pass on it fails.
 pub struct State<B: Backend = Cpu> {
-    caches: Vec<B::Cache>,
+    caches: Vec<Memory<B>>,
     len: usize,
     capacity: usize,
+}
+
+/// One layer's memory of the positions filled so far.
+enum Memory<B: Backend> {
+    /// An attention layer's keys and values.
+    Kv(B::Cache),
+    /// A short-convolution layer's last inputs.
+    Conv(B::Conv),
+}
+
+impl<B: Backend> Clone for Memory<B> {
+    fn clone(&self) -> Memory<B> {
+        match self {
+            Memory::Kv(c) => Memory::Kv(c.clone()),
+            Memory::Conv(c) => Memory::Conv(c.clone()),
+        }
+    }
+}
+
+impl<B: Backend> Memory<B> {
+    fn store(&self) -> &dyn KvStore {
+        match self {
+            Memory::Kv(c) => c,
+            Memory::Conv(c) => c,
+        }
+    }
+
+    fn store_mut(&mut self) -> &mut dyn KvStore {
+        match self {
+            Memory::Kv(c) => c,
+            Memory::Conv(c) => c,
+        }
+    }
 }
 
 impl<B: Backend> Clone for State<B> {
@@ -141,18 +199,37 @@ impl<B: Backend> State<B> {
         self.capacity
     }
 
-    /// Bytes the KV cache takes per token, over all layers.
+    /// Bytes one position takes in a save, over all layers: its keys and values, or a
+    /// convolution layer's input.
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.caches.iter().map(KvStore::bytes_per_position).sum()
+        self.caches.iter().map(|c| c.store().bytes_per_position()).sum()
     }
 
     /// Forgets every position from `len` on, keeping the prefix. Also brings every layer back
     /// to the state's length after a forward pass that failed half way.
+    ///
+    /// A sliding-window layer keeps a ring of its last positions, and a convolution layer
+    /// (LFM2) a ring of its last inputs, so neither can go back to a `len` whose window or
+    /// kernel it has overwritten: the state then forgets everything, and the next pass
+    /// recomputes the prefix ([`State::len`] says what was kept; sessions and generations run
+    /// the tokens from there).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        let mut kept = true;
         for cache in &mut self.caches {
-            cache.truncate(self.len);
+            kept &= cache.store_mut().truncate(self.len);
         }
+        if !kept {
+            self.caches.iter_mut().for_each(|c| c.store_mut().clear());
+            self.len = 0;
+        }
+    }
+
+    /// Positions of memory each layer has: the capacity, a sliding-window layer's ring (its
+    /// window and [`super::attention::RING_PART`] positions), or a convolution layer's (its
+    /// kernel's and as many).
+    pub fn layer_rows(&self) -> Vec<usize> {
+        self.caches.iter().map(|c| c.store().rows()).collect()
     }
 
     /// Makes room for `capacity` positions, keeping those filled (a session's cache grows as
@@ -163,20 +240,27 @@ impl<B: Backend> State<B> {
     /// their larger room, and the state still holds what it held.
     pub fn grow(&mut self, capacity: usize) -> Result<()> {
         for cache in &mut self.caches {
-            cache.grow(capacity)?;
+            cache.store_mut().grow(capacity)?;
         }
         self.capacity = self.capacity.max(capacity);
         Ok(())
     }
 
-    /// The filled positions of every layer as bytes (f16, little-endian), for
-    /// [`State::restore`].
+    /// The filled positions of every layer as bytes (little-endian; keys and values as f16, a
+    /// convolution's inputs as f32), for [`State::restore`].
     pub fn save(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len * self.kv_bytes_per_token());
+        let mut out = Vec::with_capacity(self.saved_bytes(self.len));
         for cache in &self.caches {
-            cache.save(&mut out);
+            cache.store().save(&mut out);
         }
         out
+    }
+
+    /// The bytes [`State::save`] writes for `len` positions: every position of a global
+    /// layer, the last `window - 1` of a sliding-window layer, the last `kernel - 1` of a
+    /// convolution layer.
+    fn saved_bytes(&self, len: usize) -> usize {
+        self.caches.iter().map(|c| c.store().saved_positions(len).saturating_mul(c.store().bytes_per_position())).fold(0, usize::saturating_add)
     }
 
     /// Fills the first `len` positions from what [`State::save`] wrote for the same model,
@@ -187,13 +271,13 @@ impl<B: Backend> State<B> {
     /// model's cache take.
     pub fn restore(&mut self, len: usize, bytes: &[u8]) -> Result<()> {
         let invalid = || Error::InvalidParameter { name: "bytes", reason: format!("they do not hold {len} positions of this model's KV cache") };
-        if len.checked_mul(self.kv_bytes_per_token()) != Some(bytes.len()) {
+        if self.saved_bytes(len) != bytes.len() {
             return Err(invalid());
         }
         self.grow(len)?;
         let mut at = 0;
         for cache in &mut self.caches {
-            at += cache.restore(len, &bytes[at..]).ok_or_else(invalid)?;
+            at += cache.store_mut().restore(len, &bytes[at..]).ok_or_else(invalid)?;
         }
         self.len = len;
         Ok(())
@@ -284,50 +368,75 @@ impl<B: Backend> Weights<B> {
             false => loader.linear_placed("output", Some(vocab_size), c.hidden, Products::OneRow)?,
             true => table.clone(), // the embedding table itself
         };
-        let output_norm = loader.vector("output_norm.weight", c.hidden)?;
+        // LFM2's converter names its final norm `token_embd_norm` (llama.cpp reads it so).
+        let output_norm = loader.vector(if c.family == Family::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" }, c.hidden)?;
+        let pairs = c.rope_dims / 2;
+        let rope_freqs = loader.opt_values("rope_freqs.weight", pairs)?;
+        let rope_long = loader.opt_values("rope_factors_long.weight", pairs)?;
+        let rope_short = loader.opt_values("rope_factors_short.weight", pairs)?;
 
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let p = |name: &str| format!("blk.{i}.{name}");
             let ffn = match c.experts {
-                Some(e) if i >= e.leading_dense => FeedForward::Experts(Moe {
+                Some(e) if e.in_layer(i) => FeedForward::Experts(Moe {
                     router: loader.linear(&p("ffn_gate_inp"), Some(e.count), c.hidden)?,
                     bias: loader.opt_values(&p("exp_probs_b.bias"), e.count)?,
                     experts: loader.experts(i, e.count, e.ffn, c.hidden)?,
-                    shared: match e.shared {
+                    shared: match e.shared_ffn {
                         0 => None,
                         n => Some(Mlp {
-                            gate: loader.linear(&p("ffn_gate_shexp"), Some(n * e.ffn), c.hidden)?,
-                            up: loader.linear(&p("ffn_up_shexp"), Some(n * e.ffn), c.hidden)?,
-                            down: loader.linear(&p("ffn_down_shexp"), Some(c.hidden), n * e.ffn)?,
+                            gate: loader.linear(&p("ffn_gate_shexp"), Some(n), c.hidden)?,
+                            up: loader.linear(&p("ffn_up_shexp"), Some(n), c.hidden)?,
+                            down: loader.linear(&p("ffn_down_shexp"), Some(c.hidden), n)?,
                         }),
                     },
+                    shared_gate: match c.family {
+                        Family::Qwen2Moe => Some(loader.row(&p("ffn_gate_inp_shexp.weight"), c.hidden)?),
+                        _ => None,
+                    },
                 }),
+                // Phi-3 and GLM-4 store the gate and up projections as one, gate rows first.
+                _ if matches!(c.family, Family::Phi3 | Family::Glm4) => {
+                    let [gate, up] = loader.linear_halves(&p("ffn_up"), c.hidden)?;
+                    FeedForward::Dense(Mlp { gate, up, down: loader.linear(&p("ffn_down"), Some(c.hidden), 0)? })
+                }
                 _ => FeedForward::Dense(Mlp {
                     gate: loader.linear(&p("ffn_gate"), None, c.hidden)?,
                     up: loader.linear(&p("ffn_up"), None, c.hidden)?,
                     down: loader.linear(&p("ffn_down"), Some(c.hidden), 0)?,
                 }),
             };
-            let attention = match c.latent {
-                None => {
-                    let head_norm = |loader: &mut Loader<'_, B>, name: &str| -> Result<Option<B::Tensor>> {
-                        if loader.index.contains_key(p(name).as_str()) {
-                            Ok(Some(loader.vector(&p(name), c.head_dim)?))
-                        } else {
-                            Ok(None)
-                        }
+            let attention = match (&c.short_conv, c.latent) {
+                (Some(conv), _) if c.is_conv(i) => Attention::ShortConv {
+                    in_proj: loader.linear(&p("shortconv.in_proj"), Some(3 * c.hidden), c.hidden)?,
+                    weights: {
+                        let taps = loader.table(&p("shortconv.conv.weight"), c.hidden, conv.kernel)?;
+                        backend.vector(taps)?
+                    },
+                    out_proj: loader.linear(&p("shortconv.out_proj"), Some(c.hidden), c.hidden)?,
+                },
+                (_, None) => {
+                    let (q_norm, k_norm) = if c.qk_norm_whole { (c.heads * c.head_dim, c.kv_heads * c.head_dim) } else { (c.head_dim, c.head_dim) };
+                    let widths = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.value_dim];
+                    // One fused projection (Phi-3, GLM-4), its rows the queries', keys' and
+                    // values' in turn, is three; each output is the same dot product either way.
+                    let [q, k, v] = if loader.index.contains_key(p("attn_qkv.weight").as_str()) {
+                        loader.linear_parts(&p("attn_qkv"), widths, c.hidden)?
+                    } else {
+                        [loader.linear(&p("attn_q"), Some(widths[0]), c.hidden)?, loader.linear(&p("attn_k"), Some(widths[1]), c.hidden)?, loader.linear(&p("attn_v"), Some(widths[2]), c.hidden)?]
                     };
                     Attention::Standard {
-                        q_norm: head_norm(&mut loader, "attn_q_norm.weight")?,
-                        k_norm: head_norm(&mut loader, "attn_k_norm.weight")?,
-                        q: loader.linear(&p("attn_q"), Some(c.heads * c.head_dim), c.hidden)?,
-                        k: loader.linear(&p("attn_k"), Some(c.kv_heads * c.head_dim), c.hidden)?,
-                        v: loader.linear(&p("attn_v"), Some(c.kv_heads * c.value_dim), c.hidden)?,
+                        sinks: loader.opt_values(&p("attn_sinks.weight"), c.heads)?,
+                        q_norm: loader.opt_vector(&p("attn_q_norm.weight"), q_norm)?,
+                        k_norm: loader.opt_vector(&p("attn_k_norm.weight"), k_norm)?,
+                        q,
+                        k,
+                        v,
                         o: loader.linear(&p("attn_output"), Some(c.hidden), c.heads * c.value_dim)?,
                     }
                 }
-                Some(l) => {
+                (_, Some(l)) => {
                     let q_width = c.heads * (l.nope + l.rope);
                     let query = if loader.index.contains_key(p("attn_q_a.weight").as_str()) {
                         let down = loader.linear(&p("attn_q_a"), None, c.hidden)?;
@@ -353,19 +462,18 @@ impl<B: Backend> Weights<B> {
                     }
                 }
             };
-            let post_attn_norm = loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?;
+            // gpt-oss and GLM-4.5 name their feed-forward norm `post_attention_norm`.
+            let (post_attn_norm, ffn_norm) = match c.family {
+                Family::GptOss | Family::Glm4Moe => (None, "post_attention_norm.weight"),
+                _ => (loader.opt_vector(&p("post_attention_norm.weight"), c.hidden)?, "ffn_norm.weight"),
+            };
             let post_ffn_norm = loader.opt_vector(&p("post_ffw_norm.weight"), c.hidden)?;
-            layers.push(Layer {
-                attn_norm: loader.vector(&p("attn_norm.weight"), c.hidden)?,
-                attention,
-                post_attn_norm,
-                ffn_norm: loader.vector(&p("ffn_norm.weight"), c.hidden)?,
-                ffn,
-                post_ffn_norm,
-            });
+            let mut pre_norm = |name: &str| if c.pre_norms { loader.vector(&p(name), c.hidden).map(Some) } else { Ok(None) };
+            layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm(ffn_norm)?, ffn, post_ffn_norm });
         }
         drop(loader);
-        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, forward_passes: AtomicU64::new(0) })
+        let unit_norm = if c.qk_unit_norm { Some(backend.vector(vec![1.0; c.head_dim])?) } else { None };
+        Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, unit_norm, forward_passes: AtomicU64::new(0) })
     }
 
     /// The hyper-parameters.
@@ -396,15 +504,44 @@ impl<B: Backend> Weights<B> {
             });
         }
         let values_in_keys = c.latent.is_some_and(|l| l.absorbed);
-        // f16 keys (and values) for every layer, refused up front when the memory is not there.
+        // Sliding-window layers keep a ring of their window (see `CacheSpec::rows`); a
+        // convolution layer keeps its last inputs instead (`None` here).
+        let specs: Vec<Option<CacheSpec>> = (0..c.layers)
+            .map(|i| {
+                (!c.is_conv(i)).then(|| CacheSpec {
+                    kv_heads: c.kv_heads,
+                    capacity,
+                    head_dim: c.head_dim,
+                    value_dim: c.value_dim,
+                    values_in_keys,
+                    // A chunked layer's queries see at most a chunk back, so its ring is a
+                    // sliding window's of the chunk's size.
+                    window: c.sliding_window.filter(|_| c.is_local(i)).map(|(w, _)| w),
+                })
+            })
+            .collect();
+        // f16 keys (and values) for every attention layer, f32 inputs for every convolution
+        // layer, refused up front when the memory is not there.
         let width = c.head_dim + if values_in_keys { 0 } else { c.value_dim };
-        let bytes = [c.layers, c.kv_heads, capacity, width, 2].iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        let kernel = c.short_conv.as_ref().map_or(0, |s| s.kernel);
+        let layer_bytes = |spec: &Option<CacheSpec>| match spec {
+            Some(s) => [c.kv_heads, s.rows(), width, 2],
+            None => [1, conv::ring_rows(kernel, capacity), c.hidden, 4],
+        };
+        let bytes = specs.iter().map(|s| layer_bytes(s).iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))).fold(0u64, u64::saturating_add);
         let too_large = || Error::KvCacheTooLarge { positions: capacity, bytes };
         if bytes > isize::MAX as u64 || crate::platform::available_memory().is_some_and(|free| bytes > free) {
             return Err(too_large());
         }
-        let spec = CacheSpec { kv_heads: c.kv_heads, capacity, head_dim: c.head_dim, value_dim: c.value_dim, values_in_keys };
-        let caches = (0..c.layers).map(|_| self.backend.cache(&spec).map_err(|_| too_large())).collect::<Result<_>>()?;
+        let b = &self.backend;
+        let caches = specs
+            .iter()
+            .map(|spec| match spec {
+                Some(spec) => b.cache(spec).map(Memory::Kv),
+                None => b.conv_state(c.hidden, kernel, capacity).map(Memory::Conv),
+            })
+            .map(|memory| memory.map_err(|_| too_large()))
+            .collect::<Result<_>>()?;
         Ok(State { caches, len: 0, capacity })
     }
 
@@ -443,28 +580,59 @@ impl<B: Backend> Weights<B> {
         let pos = state.len;
         let eps = c.eps as f32;
 
+        let rope_factors = match (&self.rope_freqs, &self.rope_long) {
+            (Some(f), _) => Some(f),
+            (None, Some(long)) if state.capacity > c.rope_original_context => Some(long),
+            _ => self.rope_short.as_ref(),
+        };
+
         // x: [seq][hidden]
         let mut x = b.embed(&self.embedding, tokens)?;
         if let Some(scale) = c.embedding_scale {
             b.scale(&mut x, scale as f32)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = b.normed(&x, &layer.attn_norm, eps)?;
-            let mut a = self.attention(layer, i, &h, &mut state.caches[i], pos)?;
+            // The block's input, normalised unless the family normalises outputs only.
+            let normed;
+            let h = match &layer.attn_norm {
+                Some(w) => {
+                    normed = b.normed(&x, w, eps)?;
+                    &normed
+                }
+                None => &x,
+            };
+            let mut a = match (&layer.attention, &mut state.caches[i]) {
+                (Attention::ShortConv { in_proj, weights, out_proj }, Memory::Conv(conv)) => b.matmul(&b.short_conv(&b.matmul(h, in_proj)?, weights, conv)?, out_proj)?,
+                (_, Memory::Kv(cache)) => self.attention(layer, i, h, cache, pos, rope_factors.map(Vec::as_slice))?,
+                _ => return Err(Error::Compute(format!("layer {i}'s memory is not of its kind"))),
+            };
             if let Some(n) = &layer.post_attn_norm {
                 b.rms_norm(&mut a, n, eps)?;
             }
+            if let Some(by) = c.residual_scale {
+                b.scale(&mut a, by)?;
+            }
             b.add(&mut x, &a)?;
-            let h = b.normed(&x, &layer.ffn_norm, eps)?;
+            let normed;
+            let h = match &layer.ffn_norm {
+                Some(w) => {
+                    normed = b.normed(&x, w, eps)?;
+                    &normed
+                }
+                None => &x,
+            };
             let mut f = match &layer.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(b, &h, c.activation)?,
+                FeedForward::Dense(mlp) => mlp.forward(b, h, c.activation)?,
                 FeedForward::Experts(moe) => {
                     let Some(spec) = &c.experts else { return Err(Error::Compute("experts without an expert count".into())) };
-                    b.experts(&h, moe, spec, c.activation)?
+                    b.experts(h, moe, spec, c.activation)?
                 }
             };
             if let Some(n) = &layer.post_ffn_norm {
                 b.rms_norm(&mut f, n, eps)?;
+            }
+            if let Some(by) = c.residual_scale {
+                b.scale(&mut f, by)?;
             }
             b.add(&mut x, &f)?;
         }
@@ -473,11 +641,19 @@ impl<B: Backend> Weights<B> {
         // Only the asked-for positions' logits (the last one, to pick the next token).
         let mut rows = b.tail(x, from)?;
         b.rms_norm(&mut rows, &self.output_norm, eps)?;
-        b.read(&b.matmul(&rows, &self.output)?)
+        let mut logits = b.matmul(&rows, &self.output)?;
+        if let Some(by) = c.logit_scale {
+            b.scale(&mut logits, 1.0 / by)?;
+        }
+        if let Some(cap) = c.final_softcap {
+            b.soft_cap(&mut logits, cap)?;
+        }
+        b.read(&logits)
     }
 
-    /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`.
-    fn attention(&self, layer: &Layer<B>, index: usize, h: &B::Tensor, cache: &mut B::Cache, pos: usize) -> Result<B::Tensor> {
+    /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`,
+    /// RoPE's angles divided by `rope_factors` when given.
+    fn attention(&self, layer: &Layer<B>, index: usize, h: &B::Tensor, cache: &mut B::Cache, pos: usize, rope_factors: Option<&[f32]>) -> Result<B::Tensor> {
         let (b, c) = (&self.backend, &self.config);
         let eps = c.eps as f32;
         let local = c.is_local(index);
@@ -486,14 +662,29 @@ impl<B: Backend> Weights<B> {
             base: if local { c.rope_base_local } else { c.rope_base } as f32,
             style: c.rope_style,
             yarn: c.yarn.map(|y| (1.0 / y.factor, Rope::yarn_correction(c.rope_dims, c.rope_base as f32, y.original_context))),
+            factors: rope_factors,
+            mscale: c.rope_mscale,
         };
-        let spec = |scale: f32| Spec { heads: c.heads, scale, window: if local { c.sliding_window.map(|(w, _)| w) } else { None }, kernel: c.attention_kernel };
+        let sinks = match &layer.attention {
+            Attention::Standard { sinks, .. } => sinks.as_deref(),
+            _ => None,
+        };
+        let spec = |scale: f32| Spec {
+            heads: c.heads,
+            scale,
+            softcap: c.attention_softcap,
+            window: if local && !c.chunked { c.sliding_window.map(|(w, _)| w) } else { None },
+            chunk: if local && c.chunked { c.sliding_window.map(|(w, _)| w) } else { None },
+            sinks,
+            kernel: c.attention_kernel,
+        };
         let scale = c.attention_scale as f32;
         let (q, k, v, k_norm, q_norm, o) = match &layer.attention {
             Attention::Latent { query, kv_a, kv_a_norm, kv_up, o } => {
                 return self.latent_attention(query, kv_a, kv_a_norm, kv_up, o, h, cache, pos, &rope, &spec(scale));
             }
-            Attention::Standard { q, k, v, o, q_norm, k_norm } => (q, k, v, k_norm, q_norm, o),
+            Attention::Standard { q, k, v, o, q_norm, k_norm, .. } => (q, k, v, k_norm, q_norm, o),
+            Attention::ShortConv { .. } => return Err(Error::Compute(format!("layer {index} convolves; it has no attention"))),
         };
         // [seq][heads][head_dim], [seq][kv_heads][head_dim], [seq][kv_heads][value_dim]
         let mut q = b.matmul(h, q)?;
@@ -505,11 +696,20 @@ impl<B: Backend> Weights<B> {
         if let Some(n) = k_norm {
             b.rms_norm(&mut k, n, eps)?;
         }
-        b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
-        b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
-        // Gemma scales the queries before the product (llama.cpp does so too); the others scale
-        // each product. The two differ in rounding, not in value.
-        let product_scale = if c.family == Family::Gemma3 {
+        if c.has_rope(index) {
+            b.rope(&mut q, c.heads, c.head_dim, pos, &rope)?;
+            b.rope(&mut k, c.kv_heads, c.head_dim, pos, &rope)?;
+            if let Some(ones) = &self.unit_norm {
+                b.rms_norm(&mut q, ones, eps)?;
+                b.rms_norm(&mut k, ones, eps)?;
+            }
+        }
+        if let Some(t) = c.attention_temperature.filter(|t| !t.nope_only || !c.has_rope(index)) {
+            b.scale_rows(&mut q, c.heads * c.head_dim, &|s| t.at(pos + s))?;
+        }
+        // Gemma and Phi-3 scale the queries before the product (llama.cpp does so too); the
+        // others scale each product. The two differ in rounding, not in value.
+        let product_scale = if c.scale_queries {
             b.scale(&mut q, scale)?;
             1.0
         } else {
@@ -581,7 +781,8 @@ fn two<T>(parts: Vec<T>) -> Result<[T; 2]> {
 pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
     let probs = match spec.gating {
         Gating::Softmax => softmax(logits),
-        Gating::Sigmoid => logits.iter().map(|&v| 1.0 / (1.0 + math::exp(-v))).collect(),
+        Gating::Sigmoid => logits.iter().map(|&v| sigmoid(v)).collect(),
+        Gating::SoftmaxOfChosen | Gating::SigmoidOfChosen => logits.to_vec(),
     };
     let mut selection = probs.clone();
     if let Some(bias) = bias {
@@ -602,6 +803,11 @@ pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32])
     }
     let chosen = top(&selection, spec.used);
     let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
+    match spec.gating {
+        Gating::SoftmaxOfChosen => weights = softmax(&weights),
+        Gating::SigmoidOfChosen => weights.iter_mut().for_each(|w| *w = sigmoid(*w)),
+        _ => {}
+    }
     if spec.normalize {
         let sum = weights.iter().sum::<f32>().max(6.103_515_6e-5);
         weights.iter_mut().for_each(|w| *w /= sum);
@@ -612,12 +818,23 @@ pub(crate) fn route(spec: &super::Experts, bias: Option<&[f32]>, logits: &[f32])
     chosen.into_iter().zip(weights).collect()
 }
 
+/// The weight of a token's shared experts from its product with the shared expert's gate: the
+/// logistic sigmoid, as llama.cpp's Qwen2-MoE graph forms it (`silu(x) / x`).
+pub(crate) fn shared_gate_weight(x: f32) -> f32 {
+    (x / (1.0 + math::exp(-x))) / x
+}
+
 /// The indices of the `k` largest values, largest first (lower index first among equals).
 fn top(values: &[f32], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     order.truncate(k);
     order
+}
+
+/// The logistic sigmoid as ggml computes it.
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + math::exp(-x))
 }
 
 /// Softmax of `x`, summed in f64 as llama.cpp sums it.
@@ -719,6 +936,50 @@ impl<B: Backend> Loader<'_, B> {
         }
     }
 
+    /// `<name>.weight` (and its bias) of `inputs`-wide rows as consecutive linear layers of
+    /// `widths` rows each: a fused projection as the projections it joins.
+    fn linear_parts<const N: usize>(&mut self, name: &str, widths: [usize; N], inputs: usize) -> Result<[B::Matrix; N]> {
+        let weight_name = format!("{name}.weight");
+        let (bytes, ggml_type, shape) = self.raw(&weight_name)?;
+        let rows: usize = widths.iter().sum();
+        if shape != [rows, inputs] {
+            return Err(Error::InvalidTensor { name: weight_name, reason: format!("shape {shape:?}, expected [{rows}, {inputs}]") });
+        }
+        let bias = self.opt_values(&format!("{name}.bias"), rows)?;
+        let row_bytes = bytes.len() / rows;
+        let uneven = || Error::InvalidTensor { name: weight_name.clone(), reason: "data does not split into its projections".into() };
+        let mut first = 0;
+        let mut parts = Vec::with_capacity(N);
+        for width in widths {
+            let part = bytes.slice(first * row_bytes..(first + width) * row_bytes).ok_or_else(uneven)?;
+            let part_bias = bias.as_ref().map(|b| b[first..first + width].to_vec());
+            parts.push(self.place(&weight_name, ggml_type, part, width, inputs, part_bias, Products::Batched)?);
+            first += width;
+        }
+        parts.try_into().map_err(|_| uneven())
+    }
+
+    /// `<name>.weight` of `inputs`-wide rows split into its first and second halves (Phi-3's
+    /// and GLM-4's gate and up projections in one).
+    fn linear_halves(&mut self, name: &str, inputs: usize) -> Result<[B::Matrix; 2]> {
+        let weight_name = format!("{name}.weight");
+        let rows = self.info(&weight_name)?.dims.get(1).copied().unwrap_or(0);
+        let half = usize::try_from(rows / 2).ok().filter(|&h| h > 0 && rows % 2 == 0);
+        let Some(half) = half else {
+            return Err(Error::InvalidTensor { name: weight_name, reason: format!("{rows} rows do not halve into gate and up projections") });
+        };
+        self.linear_parts(name, [half, half], inputs)
+    }
+
+    /// A 1-D tensor of `len` values as a matrix with one row, `(1, len)`.
+    fn row(&mut self, name: &str, len: usize) -> Result<B::Matrix> {
+        let (bytes, ggml_type, shape) = self.raw(name)?;
+        if shape != [len] {
+            return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{len}]") });
+        }
+        self.place(name, ggml_type, bytes, 1, len, None, Products::Batched)
+    }
+
     /// `<name>.weight` (and `<name>.bias` if present) as a linear layer; `out` and `inputs`
     /// are checked when given (`None` / 0 take what the file has).
     fn linear(&mut self, name: &str, out: Option<usize>, inputs: usize) -> Result<B::Matrix> {
@@ -748,28 +1009,56 @@ impl<B: Backend> Loader<'_, B> {
     /// The experts of layer `layer`: `ffn_{gate,up,down}_exps` hold every expert's matrix in
     /// one 3-D tensor; each expert's slice becomes its own matrix.
     fn experts(&mut self, layer: usize, count: usize, ffn: usize, hidden: usize) -> Result<Vec<Mlp<B>>> {
-        let gates = self.split_placed(&format!("blk.{layer}.ffn_gate_exps.weight"), count, ffn, hidden, Products::InPlace)?;
-        let ups = self.split_placed(&format!("blk.{layer}.ffn_up_exps.weight"), count, ffn, hidden, Products::InPlace)?;
-        let downs = self.split_placed(&format!("blk.{layer}.ffn_down_exps.weight"), count, hidden, ffn, Products::InPlace)?;
+        let mut part = |name: &str, rows: usize, cols: usize| -> Result<Vec<B::Matrix>> {
+            let name = format!("blk.{layer}.{name}");
+            let biases = self.opt_rows(&format!("{name}.bias"), count, rows)?;
+            self.split_placed(&format!("{name}.weight"), count, rows, cols, biases, Products::InPlace)
+        };
+        let gates = part("ffn_gate_exps", ffn, hidden)?;
+        let ups = part("ffn_up_exps", ffn, hidden)?;
+        let downs = part("ffn_down_exps", hidden, ffn)?;
         Ok(gates.into_iter().zip(ups).zip(downs).map(|((gate, up), down)| Mlp { gate, up, down }).collect())
     }
 
     /// A 3-D tensor `(count, rows, cols)` as `count` matrices.
     fn split(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<B::Matrix>> {
-        self.split_placed(name, count, rows, cols, Products::Batched)
+        self.split_placed(name, count, rows, cols, None, Products::Batched)
     }
 
-    /// A 3-D tensor `(count, rows, cols)` as `count` matrices, placed for their `products`.
-    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, products: Products) -> Result<Vec<B::Matrix>> {
+    /// A 2-D tensor `(count, width)` of values as its `count` rows, when the file has it (the
+    /// experts' biases of gpt-oss).
+    fn opt_rows(&mut self, name: &str, count: usize, width: usize) -> Result<Option<Vec<Vec<f32>>>> {
+        if !self.index.contains_key(name) {
+            return Ok(None);
+        }
+        Ok(Some(self.table(name, count, width)?.chunks_exact(width.max(1)).map(<[f32]>::to_vec).collect()))
+    }
+
+    /// The values of a 2-D tensor `(count, width)`, row after row, dequantized if stored
+    /// quantized (LFM2's convolution taps).
+    fn table(&mut self, name: &str, count: usize, width: usize) -> Result<Vec<f32>> {
+        let (bytes, ggml_type, shape) = self.raw(name)?;
+        if shape != [count, width] {
+            return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {width}]") });
+        }
+        let m = QMatrix::load(ggml_type, bytes, count, width, false).map_err(|e| Error::InvalidTensor { name: name.into(), reason: e.to_string() })?;
+        m.to_f32()
+    }
+
+    /// A 3-D tensor `(count, rows, cols)` as `count` matrices (with their `biases`, `count`
+    /// rows of `rows` values), placed for their `products`.
+    fn split_placed(&mut self, name: &str, count: usize, rows: usize, cols: usize, biases: Option<Vec<Vec<f32>>>, products: Products) -> Result<Vec<B::Matrix>> {
         let (bytes, ggml_type, shape) = self.raw(name)?;
         if shape != [count, rows, cols] {
             return Err(Error::InvalidTensor { name: name.into(), reason: format!("shape {shape:?}, expected [{count}, {rows}, {cols}]") });
         }
         let per = bytes.len() / count;
+        let mut biases = biases.map(Vec::into_iter);
         (0..count)
             .map(|i| {
                 let part = bytes.slice(i * per..(i + 1) * per).ok_or_else(|| Error::InvalidTensor { name: name.into(), reason: "data does not split into equal parts".into() })?;
-                self.place(name, ggml_type, part, rows, cols, None, products)
+                let bias = biases.as_mut().and_then(Iterator::next);
+                self.place(name, ggml_type, part, rows, cols, bias, products)
             })
             .collect()
     }
@@ -808,13 +1097,14 @@ mod tests {
         for (gating, bias, groups, shared, normalize, scale) in
             [(Gating::Softmax, false, None, 0, true, 1.0), (Gating::Sigmoid, true, Some((4, 2)), 1, true, 2.5), (Gating::Sigmoid, false, None, 1, false, 1.0)]
         {
-            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared, leading_dense: 0 };
+            let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0, interleave: 1, weigh_inputs: false };
             let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
             let moe = Moe {
                 router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
                 bias: bias.then(|| (0..count).map(|_| unit(&mut next) * 0.1).collect()),
                 experts: (0..count).map(|_| mlp(ffn, hidden, &mut next)).collect(),
                 shared: (shared > 0).then(|| mlp(ffn, hidden, &mut next)),
+                shared_gate: None,
             };
             let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
             let cpu = Cpu::default();

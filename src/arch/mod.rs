@@ -1,10 +1,12 @@
 //! Architectures: one decoder built from parts, configured from the file's `<arch>.*` metadata.
 //!
 //! `general.architecture` picks a [`Family`]; the family fixes what the metadata cannot say
-//! (RoPE layout, activation, embedding scaling, Gemma 3's sliding-window layer pattern), and the
-//! tensors present say the rest (QKV bias, per-head Q/K norms, post-norms, experts).
+//! (RoPE layout, activation, embedding scaling, the sliding-window layer pattern, where the norms
+//! sit), the metadata gives sizes, multipliers and soft-caps, and the tensors present say the
+//! rest (QKV bias, Q/K norms, post-norms, experts, a shared expert's gate).
 
 pub mod attention;
+pub mod conv;
 pub(crate) mod math;
 mod decoder;
 
@@ -14,13 +16,14 @@ mod decoder;
 const MAX_WIDTH: u64 = 1 << 28;
 
 pub use decoder::{Mlp, Moe, State, Weights};
-pub(crate) use decoder::route;
+pub(crate) use decoder::{route, shared_gate_weight};
 
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf::{Gguf, Value};
 
 /// The `general.architecture` values candlewick runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "deepseek2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma2", "gemma3", "granite", "granitemoe", "olmo2", "phi3", "smollm3", "glm4", "glm4moe", "gpt-oss", "deepseek2", "lfm2", "lfm2moe", "llama4"];
 
 /// A family of architectures sharing one layer layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +32,49 @@ pub enum Family {
     Llama,
     /// `qwen2`: QKV bias.
     Qwen2,
+    /// `qwen2moe`: Qwen2 attention with experts and a shared expert behind a sigmoid gate.
+    Qwen2Moe,
     /// `qwen3`: per-head Q/K RMS norms.
     Qwen3,
     /// `qwen3moe`: Qwen3 attention with a mixture of experts.
     Qwen3Moe,
+    /// `gemma2`: scaled embeddings, GELU, post-norms, soft-capped attention scores and logits,
+    /// sliding-window attention on every other layer.
+    Gemma2,
     /// `gemma3`: scaled embeddings, GELU, post-norms, sliding-window layers.
     Gemma3,
+    /// `granite`: Llama layers with embedding, residual, attention and logit multipliers;
+    /// `granitemoe` the same with experts (softmax gating, weights renormalised).
+    Granite,
+    /// `olmo2`: norms after attention and feed-forward instead of before, Q/K norms over the
+    /// whole projection.
+    Olmo2,
+    /// `smollm3`: Llama layers, every fourth without RoPE.
+    SmolLm3,
+    /// `phi3`: fused QKV and gate/up projections, partial rotary, LongRoPE factors.
+    Phi3,
+    /// `glm4`: GLM-4-0414: fused QKV (with bias) and gate/up projections, partial rotary,
+    /// norms before and after attention and feed-forward.
+    Glm4,
+    /// `glm4moe`: GLM-4.5 / 4.5-Air / 4.6: leading dense blocks, then sigmoid-gated experts
+    /// (selection bias, normalised and scaled weights) with shared experts; QKV bias, optional
+    /// per-head Q/K norms, partial rotary; the feed-forward norm named `post_attention_norm`.
+    Glm4Moe,
+    /// `gpt-oss`: attention sinks, biases everywhere, sliding window on every other layer,
+    /// YaRN, experts chosen by raw router logits and weighted by their softmax, a clamped
+    /// SwiGLU.
+    GptOss,
     /// `deepseek2`: multi-head latent attention, leading dense blocks, then experts with shared
     /// experts (DeepSeek-V2/V3, Kimi K2, Moonlight).
     DeepSeek2,
+    /// `llama4`: Llama 4 (text): chunked attention on three layers of four, the fourth without
+    /// RoPE and with the attention temperature; weightless Q/K norms after RoPE; experts chosen
+    /// by their router logits, each weighing its input by its sigmoid, beside a shared expert.
+    Llama4,
+    /// `lfm2`: LiquidAI's LFM2: gated short convolutions in most layers' attention's place,
+    /// attention with per-head Q/K norms in the others; `lfm2moe` the same with leading dense
+    /// blocks, then experts (the gating the file names, a selection bias, weights normalised).
+    Lfm2,
 }
 
 /// How RoPE pairs the dimensions it rotates.
@@ -56,6 +93,9 @@ pub enum Activation {
     Silu,
     /// `gelu_tanh(gate) * up`.
     GeluTanh,
+    /// gpt-oss's SwiGLU: the gate clamped above and the up projection on both sides at 7,
+    /// `gate · σ(1.702 · gate) · (up + 1)`.
+    SwigluOai,
 }
 
 /// Which of llama.cpp's two attention computations a model's numerics follow. They agree in
@@ -76,6 +116,10 @@ pub enum Gating {
     Softmax,
     /// A sigmoid per expert (DeepSeek-V3, Kimi K2), usually with a selection bias.
     Sigmoid,
+    /// The raw logits choose; the chosen ones' softmax weighs (gpt-oss).
+    SoftmaxOfChosen,
+    /// The raw logits choose; each chosen one's sigmoid weighs (Llama 4).
+    SigmoidOfChosen,
 }
 
 /// Mixture-of-experts settings.
@@ -96,10 +140,23 @@ pub struct Experts {
     /// Group-limited routing: (groups, groups used); experts come only from the groups with the
     /// best sums of their two best scores.
     pub groups: Option<(usize, usize)>,
-    /// Shared experts every token goes through (their feed-forward is `shared × ffn` wide).
-    pub shared: usize,
+    /// Width of the shared experts' feed-forward every token goes through (0: none); DeepSeek's
+    /// `n` shared experts are one feed-forward `n × ffn` wide.
+    pub shared_ffn: usize,
     /// Leading blocks with a dense feed-forward instead of experts.
     pub leading_dense: usize,
+    /// Every `interleave`-th block has experts (`(i + 1) % interleave == 0`), the others a dense
+    /// feed-forward (Llama 4 Maverick's 2; 1 for the others: every block).
+    pub interleave: usize,
+    /// Whether each expert's weight multiplies its input rather than its output (Llama 4).
+    pub weigh_inputs: bool,
+}
+
+impl Experts {
+    /// Whether block `layer` has experts (else a dense feed-forward).
+    pub fn in_layer(&self, layer: usize) -> bool {
+        layer >= self.leading_dense && (layer + 1).is_multiple_of(self.interleave.max(1))
+    }
 }
 
 /// Multi-head latent attention sizes (`deepseek2`).
@@ -116,6 +173,39 @@ pub struct Latent {
     /// Whether the file stores the split `attn_k_b`/`attn_v_b` layout; attention then runs on
     /// the latent form and the KV cache holds `kv_rank + rope` values per token.
     pub absorbed: bool,
+}
+
+/// An attention temperature: the queries at position `p` are multiplied by
+/// `ln(⌊(p + offset) / length⌋ + 1) · scale + 1` (Mistral 3 after RoPE, Llama 4 on its layers
+/// without RoPE).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Temperature {
+    /// The logarithm's factor.
+    pub scale: f32,
+    /// Positions per step of the floor.
+    pub length: usize,
+    /// Added to the position (Llama 4's 1).
+    pub offset: f32,
+    /// Whether only the layers without RoPE take it (Llama 4).
+    pub nope_only: bool,
+}
+
+impl Temperature {
+    /// The queries' factor at position `pos`, as llama.cpp computes it: the position and the
+    /// floor in f32, the rest in f64, rounded once.
+    pub fn at(&self, pos: usize) -> f32 {
+        let step = ((pos as f32 + self.offset) / self.length as f32).floor();
+        (libm::log(f64::from(step) + 1.0) * f64::from(self.scale) + 1.0) as f32
+    }
+}
+
+/// LFM2's short convolutions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortConv {
+    /// Positions the kernel spans, the current one included (`shortconv.l_cache`).
+    pub kernel: usize,
+    /// Whether each layer convolves (its `head_count_kv` is 0) rather than attends.
+    pub layers: Vec<bool>,
 }
 
 /// YaRN RoPE scaling.
@@ -173,6 +263,41 @@ pub struct Config {
     pub latent: Option<Latent>,
     /// YaRN RoPE scaling, when the file declares it.
     pub yarn: Option<Yarn>,
+    /// Every `n`-th layer (`(i + 1) % n == 0`) has no RoPE (SmolLM3's NoPE layers).
+    pub no_rope_every: Option<usize>,
+    /// Whether the attention scale multiplies the queries before their products with the keys
+    /// (Gemma) rather than each product: equal in value, not in rounding.
+    pub scale_queries: bool,
+    /// Attention scores are soft-capped to `±cap`: `cap · tanh(score / cap)` (Gemma 2).
+    pub attention_softcap: Option<f32>,
+    /// The attention temperature (Mistral 3's over the original context, Llama 4's).
+    pub attention_temperature: Option<Temperature>,
+    /// Whether the local layers attend within chunks of the window's size (Llama 4: the
+    /// positions from the query's multiple of it) rather than over a sliding window.
+    pub chunked: bool,
+    /// Queries and keys of the layers with RoPE are RMS-normalised, without weights, after RoPE
+    /// (Llama 4's L2 norm, except in its 128-expert Maverick).
+    pub qk_unit_norm: bool,
+    /// The output logits are soft-capped the same way (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Factor the attention and feed-forward outputs are multiplied by before each residual
+    /// addition (Granite).
+    pub residual_scale: Option<f32>,
+    /// The output logits are divided by this (Granite).
+    pub logit_scale: Option<f32>,
+    /// Whether each block normalises its input before attention and before the feed-forward;
+    /// OLMo 2 normalises only their outputs (its post-norms).
+    pub pre_norms: bool,
+    /// Whether the Q/K norms span the whole projection (OLMo 2) rather than each head.
+    pub qk_norm_whole: bool,
+    /// The context length up to which RoPE takes the short factors (`rope_factors_short`) and
+    /// beyond which the long ones, when the file has them (LongRoPE).
+    pub rope_original_context: usize,
+    /// Factor RoPE's cosines and sines are multiplied by (`rope.scaling.attn_factor`, Phi-3's
+    /// LongRoPE).
+    pub rope_mscale: f32,
+    /// Layers that convolve instead of attending (LFM2).
+    pub short_conv: Option<ShortConv>,
 }
 
 impl Config {
@@ -185,12 +310,23 @@ impl Config {
     pub fn from_gguf(gguf: &Gguf) -> Result<Config> {
         let arch = gguf.architecture()?;
         let family = match arch {
-            "llama" => Family::Llama,
+            "llama" | "mistral3" => Family::Llama,
             "qwen2" => Family::Qwen2,
+            "qwen2moe" => Family::Qwen2Moe,
             "qwen3" => Family::Qwen3,
             "qwen3moe" => Family::Qwen3Moe,
+            "gemma2" => Family::Gemma2,
             "gemma3" => Family::Gemma3,
+            "granite" | "granitemoe" => Family::Granite,
+            "olmo2" => Family::Olmo2,
+            "smollm3" => Family::SmolLm3,
+            "phi3" => Family::Phi3,
+            "glm4" => Family::Glm4,
+            "glm4moe" => Family::Glm4Moe,
+            "gpt-oss" => Family::GptOss,
             "deepseek2" => Family::DeepSeek2,
+            "lfm2" | "lfm2moe" => Family::Lfm2,
+            "llama4" => Family::Llama4,
             other => {
                 return Err(Error::UnsupportedArchitecture { name: other.to_string(), supported: SUPPORTED_ARCHITECTURES.join(", ") })
             }
@@ -212,7 +348,22 @@ impl Config {
         };
         let hidden = positive("embedding_length")?;
         let heads = positive("attention.head_count")?;
+        // One count for every layer, or one per layer (LFM2's: 0 where a layer convolves, and
+        // the same count in every layer that attends).
+        let mut per_layer_kv = None;
         let kv_heads = match gguf.get(&key("attention.head_count_kv")) {
+            Some(Value::Array(_)) => {
+                let counts = gguf.int_array(&key("attention.head_count_kv"))?;
+                let attending: Vec<i128> = counts.iter().copied().filter(|&n| n != 0).collect();
+                let Some(&first) = attending.first().filter(|&&n| n > 0 && n <= 1 << 24 && attending.iter().all(|&m| m == n)) else {
+                    return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: format!("{counts:?} is not one count for the layers that attend") });
+                };
+                if family != Family::Lfm2 && attending.len() != counts.len() {
+                    return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: format!("{counts:?}: a layer without key/value heads in {arch}") });
+                }
+                per_layer_kv = Some(counts);
+                first as usize
+            }
             Some(_) => positive("attention.head_count_kv")?,
             None => heads,
         };
@@ -247,8 +398,16 @@ impl Config {
             });
         }
         let rope_base = gguf.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        // GLM-4.1V's and GLM-4.5V's multimodal RoPE splits the rotated dimensions into sections
+        // by axis.
+        if matches!(family, Family::Glm4 | Family::Glm4Moe) && gguf.get(&key("rope.dimension_sections")).is_some() {
+            return Err(Error::InvalidMetadata { key: key("rope.dimension_sections"), reason: "multimodal RoPE (GLM-4.1V, GLM-4.5V) is not supported".into() });
+        }
         let eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
         let deepseek = family == Family::DeepSeek2;
+        // DeepSeek's and GLM-4.5's mixtures: shared experts counted in experts' widths, leading
+        // dense blocks, the chosen weights normalised and scaled as the file says.
+        let deepseek_moe = matches!(family, Family::DeepSeek2 | Family::Glm4Moe);
         let experts = match count_of("expert_count")? {
             0 => None,
             count => {
@@ -270,28 +429,60 @@ impl Config {
                     _ => None,
                 };
                 let gating = match gguf.opt_u64(&key("expert_gating_func"))? {
+                    _ if family == Family::GptOss => Gating::SoftmaxOfChosen,
+                    // llama.cpp fixes Llama 4's.
+                    _ if family == Family::Llama4 => Gating::SigmoidOfChosen,
+                    // GLM-4.5's files may leave it out: llama.cpp then takes the sigmoid.
+                    None | Some(0) if family == Family::Glm4Moe => Gating::Sigmoid,
+                    // llama.cpp needs LFM2-MoE's files to name it.
+                    None if family == Family::Lfm2 => return Err(Error::MissingMetadata { key: key("expert_gating_func") }),
                     None | Some(0) | Some(1) => Gating::Softmax,
                     Some(2) => Gating::Sigmoid,
                     Some(other) => return Err(Error::InvalidMetadata { key: key("expert_gating_func"), reason: format!("unknown gating function {other}") }),
                 };
+                let ffn = match gguf.get(&key("expert_feed_forward_length")) {
+                    Some(_) => positive("expert_feed_forward_length")?,
+                    None if !deepseek_moe && !matches!(family, Family::Qwen2Moe | Family::Llama4 | Family::Lfm2) => positive("feed_forward_length")?,
+                    None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
+                };
                 Some(Experts {
                     count,
                     used,
-                    ffn: match gguf.get(&key("expert_feed_forward_length")) {
-                        Some(_) => positive("expert_feed_forward_length")?,
-                        None if !deepseek => positive("feed_forward_length")?,
-                        None => return Err(Error::MissingMetadata { key: key("expert_feed_forward_length") }),
+                    ffn,
+                    // Qwen3-MoE and Mixtral renormalise the chosen experts' weights, Qwen2-MoE does
+                    // not; DeepSeek and GLM-4.5 say.
+                    normalize: match family {
+                        Family::DeepSeek2 | Family::Glm4Moe => gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false),
+                        Family::Qwen2Moe | Family::GptOss | Family::Llama4 => false,
+                        _ => true,
                     },
-                    // Qwen3-MoE and Mixtral renormalise the chosen experts' weights; DeepSeek says.
-                    normalize: if deepseek { gguf.opt_bool(&key("expert_weights_norm"))?.unwrap_or(false) } else { true },
-                    scale: if deepseek { gguf.f64(&key("expert_weights_scale"))? as f32 } else { 1.0 },
+                    scale: match family {
+                        Family::DeepSeek2 => gguf.f64(&key("expert_weights_scale"))? as f32,
+                        Family::Glm4Moe => gguf.opt_f64(&key("expert_weights_scale"))?.map_or(1.0, |v| v as f32),
+                        _ => 1.0,
+                    },
                     gating,
                     groups,
-                    shared: if deepseek { gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? } else { 0 },
-                    leading_dense: if deepseek { gguf.u64(&key("leading_dense_block_count")).and_then(|_| count_of("leading_dense_block_count"))? } else { 0 },
+                    shared_ffn: match family {
+                        Family::DeepSeek2 | Family::Glm4Moe => gguf.u64(&key("expert_shared_count")).and_then(|_| count_of("expert_shared_count"))? * ffn,
+                        Family::Qwen2Moe => positive("expert_shared_feed_forward_length")?,
+                        // Llama 4's one shared expert is as wide as the others.
+                        Family::Llama4 => ffn,
+                        _ => 0,
+                    },
+                    leading_dense: match family {
+                        Family::DeepSeek2 => gguf.u64(&key("leading_dense_block_count")).and_then(|_| count_of("leading_dense_block_count"))?,
+                        Family::Glm4Moe | Family::Lfm2 => count_of("leading_dense_block_count")?,
+                        _ => 0,
+                    },
+                    interleave: if family == Family::Llama4 { positive("interleave_moe_layer_step")? } else { 1 },
+                    weigh_inputs: family == Family::Llama4,
                 })
             }
         };
+        if family == Family::Llama4 && experts.is_none() {
+            return Err(Error::MissingMetadata { key: key("expert_count") });
+        }
         let mut latent = None;
         if deepseek {
             let absorbed = gguf.get(&key("attention.key_length_mla")).is_some();
@@ -318,11 +509,35 @@ impl Config {
             _ => None,
         };
         let sliding_window = match (family, gguf.opt_u64(&key("attention.sliding_window"))?) {
+            // llama.cpp fixes Llama 4's chunks at 8192 positions and its pattern at three chunked
+            // layers to one global unless the file gives another; a window of 0 would leave
+            // every layer global and the last without RoPE, which llama.cpp does not run either.
+            (Family::Llama4, Some(0)) => {
+                return Err(Error::InvalidMetadata { key: key("attention.sliding_window"), reason: "Llama 4 without chunked attention is not supported".into() })
+            }
+            (Family::Llama4, _) => Some((8192, gguf.opt_u64(&key("attention.sliding_window_pattern"))?.map_or(Ok(4), |_| positive("attention.sliding_window_pattern"))?)),
+            // Every attention layer of an LFM2 with a window is local (the pattern never comes
+            // round).
+            (Family::Lfm2, Some(w)) if w > 0 => Some((w as usize, usize::MAX)),
             // Gemma 3 alternates five local layers with one global layer (llama.cpp's pattern).
             (Family::Gemma3, Some(w)) if w > 0 => Some((w as usize, 6)),
+            // Gemma 2 alternates one and one, over 4096 positions unless the file says otherwise.
+            (Family::Gemma2, w) => Some((w.filter(|&w| w > 0).unwrap_or(4096) as usize, 2)),
+            // gpt-oss alternates one and one too, over the window its file gives.
+            (Family::GptOss, _) => Some((positive("attention.sliding_window")?, 2)),
             _ => None,
         };
-        let gemma = family == Family::Gemma3;
+        let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
+        let granite = family == Family::Granite;
+        // A multiplier the file may give (0 and absent mean none), and one it must give.
+        let factor = |k: &str| -> Result<Option<f32>> {
+            match gguf.opt_f64(&key(k))? {
+                Some(v) if !(v.is_finite()) || v < 0.0 => Err(Error::InvalidMetadata { key: key(k), reason: format!("{v} is not a positive factor") }),
+                Some(v) if v != 0.0 => Ok(Some(v as f32)),
+                _ => Ok(None),
+            }
+        };
+        let required = |k: &str| factor(k)?.ok_or_else(|| Error::MissingMetadata { key: key(k) });
         // DeepSeek's YaRN also corrects the attention scale by mscale².
         let attention_scale = match (latent, yarn) {
             (Some(l), Some(y)) => {
@@ -339,7 +554,11 @@ impl Config {
                 (mscale * mscale / ((l.nope + l.rope) as f32).sqrt()) as f64
             }
             (Some(l), None) => 1.0 / ((l.nope + l.rope) as f64).sqrt(),
-            _ => 1.0 / (head_dim as f64).sqrt(),
+            // Granite's file gives it; the others take llama.cpp's f32 1/√head_dim.
+            _ => match factor("attention.scale")?.filter(|_| granite) {
+                Some(scale) => scale as f64,
+                None => (1.0 / (head_dim as f32).sqrt()) as f64,
+            },
         };
         // Each value is at most 2^24, but the decoder multiplies them out into buffer sizes:
         // those must not wrap a 32-bit usize (wasm32), so the widths a token needs are bounded.
@@ -353,9 +572,36 @@ impl Config {
                 return Err(Error::InvalidMetadata { key: key(k), reason: format!("makes rows of {width} values (at most {MAX_WIDTH})") });
             }
         }
+        // The last `nextn_predict_layers` blocks predict tokens further ahead (GLM-4.5's and
+        // DeepSeek-V3's multi-token prediction); llama.cpp leaves them out of inference, and so
+        // does this decoder: their tensors stay unread.
+        let blocks = positive("block_count")?;
+        let nextn = count_of("nextn_predict_layers")?;
+        if nextn >= blocks {
+            return Err(Error::InvalidMetadata { key: key("nextn_predict_layers"), reason: format!("{nextn} of {blocks} blocks leave none to run") });
+        }
+        let layers = blocks - nextn;
+        let short_conv = match family {
+            Family::Lfm2 => {
+                let kernel = positive("shortconv.l_cache")?;
+                if kernel < 2 {
+                    return Err(Error::InvalidMetadata { key: key("shortconv.l_cache"), reason: format!("a kernel of {kernel} positions remembers none") });
+                }
+                // One count for all layers: they all attend, as llama.cpp reads it.
+                let convolves = match per_layer_kv {
+                    Some(counts) if counts.len() >= layers => counts[..layers].iter().map(|&n| n == 0).collect(),
+                    Some(counts) => {
+                        return Err(Error::InvalidMetadata { key: key("attention.head_count_kv"), reason: format!("{} counts for {layers} layers", counts.len()) })
+                    }
+                    None => vec![false; layers],
+                };
+                Some(ShortConv { kernel, layers: convolves })
+            }
+            _ => None,
+        };
         Ok(Config {
             family,
-            layers: positive("block_count")?,
+            layers,
             hidden,
             heads,
             kv_heads,
@@ -363,23 +609,86 @@ impl Config {
             value_dim,
             rope_dims,
             rope_base,
-            rope_base_local: gguf.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0),
-            rope_style: if matches!(family, Family::Llama | Family::DeepSeek2) { RopeStyle::Interleaved } else { RopeStyle::Halves },
+            // llama.cpp fixes Gemma 3's local base at 10 000; the others keep the global one.
+            rope_base_local: gguf.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(if family == Family::Gemma3 { 10_000.0 } else { rope_base }),
+            rope_style: match family {
+                Family::Llama | Family::DeepSeek2 | Family::Granite | Family::SmolLm3 | Family::Glm4 | Family::Llama4 => RopeStyle::Interleaved,
+                _ => RopeStyle::Halves,
+            },
             eps,
             context_length: positive("context_length")?,
             sliding_window,
             experts,
-            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
-            embedding_scale: gemma.then(|| (hidden as f64).sqrt()),
+            activation: match family {
+                _ if gemma => Activation::GeluTanh,
+                Family::GptOss => Activation::SwigluOai,
+                _ => Activation::Silu,
+            },
+            embedding_scale: match family {
+                _ if gemma => Some((hidden as f64).sqrt()),
+                Family::Granite => factor("embedding_scale")?.map(f64::from),
+                _ => None,
+            },
             attention_scale,
             attention_kernel,
             latent,
             yarn,
+            // llama.cpp fixes the step at 4 for SmolLM3 and Llama 4; the file does not say it.
+            no_rope_every: matches!(family, Family::SmolLm3 | Family::Llama4).then_some(4),
+            scale_queries: gemma || family == Family::Phi3,
+            attention_softcap: if family == Family::Gemma2 { Some(required("attn_logit_softcapping")?) } else { None },
+            attention_temperature: match factor("attention.temperature_scale")? {
+                Some(scale) if arch == "mistral3" => Some(Temperature {
+                    scale,
+                    length: match gguf.opt_u64(&key("rope.scaling.original_context_length"))? {
+                        Some(_) => positive("rope.scaling.original_context_length")?,
+                        None => positive("context_length")?,
+                    },
+                    offset: 0.0,
+                    nope_only: false,
+                }),
+                // llama.cpp fixes Llama 4's.
+                _ if family == Family::Llama4 => Some(Temperature { scale: 0.1, length: 8192, offset: 1.0, nope_only: true }),
+                _ => None,
+            },
+            chunked: family == Family::Llama4,
+            qk_unit_norm: family == Family::Llama4 && experts.is_some_and(|e| e.count != 128),
+            final_softcap: if family == Family::Gemma2 { Some(required("final_logit_softcapping")?) } else { None },
+            residual_scale: if granite { factor("residual_scale")? } else { None },
+            logit_scale: if granite { Some(required("logit_scale")?) } else { None },
+            pre_norms: family != Family::Olmo2,
+            qk_norm_whole: family == Family::Olmo2,
+            rope_original_context: match gguf.get(&key("rope.scaling.original_context_length")) {
+                Some(_) => positive("rope.scaling.original_context_length")?,
+                None => positive("context_length")?,
+            },
+            rope_mscale: match (yarn, latent) {
+                // llama.cpp's YaRN: its attention factor (1 + 0.1·ln factor) cancelled by its
+                // inverse, then RoPE's rotation scaled by 1 + 0.1·ln(1 / frequency scale); all in
+                // f32. (DeepSeek's goes into its attention scale instead, above.)
+                (Some(y), None) => {
+                    let ln_factor = math::ln(y.factor);
+                    let cancelled = (0.1 * ln_factor + 1.0) * (1.0 / (1.0 + 0.1 * ln_factor));
+                    cancelled * (1.0 + 0.1 * math::ln(1.0 / (1.0 / y.factor)))
+                }
+                _ => factor("rope.scaling.attn_factor")?.unwrap_or(1.0),
+            },
+            short_conv,
         })
     }
 
     /// Whether layer `i` attends within the sliding window only.
     pub fn is_local(&self, layer: usize) -> bool {
         self.sliding_window.is_some_and(|(_, pattern)| !(layer + 1).is_multiple_of(pattern))
+    }
+
+    /// Whether layer `i` convolves instead of attending (LFM2).
+    pub fn is_conv(&self, layer: usize) -> bool {
+        self.short_conv.as_ref().is_some_and(|s| s.layers.get(layer).copied().unwrap_or(false))
+    }
+
+    /// Whether layer `i` rotates its queries and keys.
+    pub fn has_rope(&self, layer: usize) -> bool {
+        !self.no_rope_every.is_some_and(|n| (layer + 1).is_multiple_of(n))
     }
 }

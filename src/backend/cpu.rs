@@ -8,7 +8,8 @@ use half::f16;
 
 use super::{Backend, CacheSpec, KvStore, Products};
 use crate::arch::attention::{self, KvCache, Rope, Spec};
-use crate::arch::{math, route, Activation, Experts, Moe};
+use crate::arch::conv::ConvState;
+use crate::arch::{math, route, shared_gate_weight, Activation, Experts, Moe};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::kernels::{QLinear, QMatrix};
@@ -57,6 +58,7 @@ impl Backend for Cpu {
     type Tensor = Tensor;
     type Matrix = QLinear;
     type Cache = KvCache;
+    type Conv = ConvState;
 
     /// Repacks the matrix for this CPU's kernels when that pays for its `products`, the
     /// kernels would and the budget holds it; the file bytes of a repacked matrix are released.
@@ -86,7 +88,11 @@ impl Backend for Cpu {
     }
 
     fn cache(&self, s: &CacheSpec) -> Result<KvCache> {
-        KvCache::new(s.kv_heads, s.capacity, s.head_dim, s.value_dim, s.values_in_keys)
+        KvCache::new(s)
+    }
+
+    fn conv_state(&self, width: usize, kernel: usize, capacity: usize) -> Result<ConvState> {
+        ConvState::new(width, kernel, capacity)
     }
 
     fn embed(&self, table: &QLinear, tokens: &[u32]) -> Result<Tensor> {
@@ -138,8 +144,12 @@ impl Backend for Cpu {
     }
 
     fn attend(&self, q: &Tensor, k: &Tensor, v: Option<&Tensor>, cache: &mut KvCache, pos: usize, spec: &Spec) -> Result<Tensor> {
-        cache.append(&k.data, v.map_or(&[][..], |v| &v.data), k.rows)?;
-        Ok(Tensor { rows: q.rows, data: attention::attend(&q.data, q.rows, pos, cache, spec) })
+        let data = attention::append_and_attend(cache, &q.data, &k.data, v.map_or(&[][..], |v| &v.data), q.rows, pos, spec)?;
+        Ok(Tensor { rows: q.rows, data })
+    }
+
+    fn short_conv(&self, bcx: &Tensor, weights: &Tensor, state: &mut ConvState) -> Result<Tensor> {
+        Ok(Tensor { rows: bcx.rows, data: state.convolve(&bcx.data, bcx.rows, &weights.data)? })
     }
 
     /// Row by row over the pool: a prompt's activations took as long as its products when one
@@ -163,6 +173,19 @@ impl Backend for Cpu {
 
     fn scale(&self, x: &mut Tensor, by: f32) -> Result<()> {
         x.data.iter_mut().for_each(|v| *v *= by);
+        Ok(())
+    }
+
+    fn soft_cap(&self, x: &mut Tensor, cap: f32) -> Result<()> {
+        attention::soft_cap(&mut x.data, cap);
+        Ok(())
+    }
+
+    fn scale_rows(&self, x: &mut Tensor, width: usize, by: &dyn Fn(usize) -> f32) -> Result<()> {
+        for (i, row) in x.data.chunks_exact_mut(width.max(1)).enumerate() {
+            let f = by(i);
+            row.iter_mut().for_each(|v| *v *= f);
+        }
         Ok(())
     }
 
@@ -209,13 +232,22 @@ impl Backend for Cpu {
             Some(mlp) => mlp.forward(self, x, activation)?,
             None => Tensor { rows: seq, data: vec![0f32; seq * hidden] },
         };
+        if let Some(gate) = &moe.shared_gate {
+            // One gate value per token.
+            let gates = self.matmul(x, gate)?;
+            for (row, &g) in out.data.chunks_exact_mut(hidden).zip(&gates.data) {
+                row.iter_mut().for_each(|v| *v *= shared_gate_weight(g));
+            }
+        }
         // routes[token] = its (expert, weight) pairs, best first.
         let routes: Vec<Vec<(usize, f32)>> = logits.data.chunks_exact(spec.count).map(|logits| route(spec, moe.bias.as_deref(), logits)).collect();
-        // by_expert[e] = the tokens routed to expert e, in order.
-        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); spec.count];
+        // weight[token][slot] = what its expert's input row is multiplied by (Llama 4), or 1.
+        let input_weight = |token: usize, slot: usize| if spec.weigh_inputs { routes[token][slot].1 } else { 1.0 };
+        // by_expert[e] = the (token, slot) pairs routed to expert e, in token order.
+        let mut by_expert: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.count];
         for (token, chosen) in routes.iter().enumerate() {
-            for &(e, _) in chosen {
-                by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push(token);
+            for (slot, &(e, _)) in chosen.iter().enumerate() {
+                by_expert.get_mut(e).ok_or_else(|| Error::Compute(format!("expert {e} of {}", spec.count)))?.push((token, slot));
             }
         }
         // outputs[e] = `[rows][hidden]`: expert e over its tokens' rows (none for an expert no
@@ -224,8 +256,8 @@ impl Backend for Cpu {
         crate::platform::parallel_chunks(&mut outputs, 1, |e, slot| {
             let tokens = &by_expert[e];
             if !tokens.is_empty() {
-                let rows = Tensor { rows: tokens.len(), data: tokens.iter().flat_map(|&t| x.data[t * hidden..(t + 1) * hidden].iter().copied()).collect() };
-                slot[0] = moe.experts[e].forward(self, &rows, activation);
+                let rows = tokens.iter().flat_map(|&(t, s)| x.data[t * hidden..(t + 1) * hidden].iter().map(move |v| v * input_weight(t, s)));
+                slot[0] = moe.experts[e].forward(self, &Tensor { rows: tokens.len(), data: rows.collect() }, activation);
             }
         });
         let outputs: Vec<Tensor> = outputs.into_iter().collect::<Result<_>>()?;
@@ -237,6 +269,8 @@ impl Backend for Cpu {
             for &(e, w) in chosen {
                 let y = &outputs[e].data[cursor[e] * hidden..(cursor[e] + 1) * hidden];
                 cursor[e] += 1;
+                // An input already weighed gives its output as it is.
+                let w = if spec.weigh_inputs { 1.0 } else { w };
                 routed.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
             }
             add(&mut out.data[token * hidden..(token + 1) * hidden], &routed);
@@ -258,8 +292,12 @@ impl Backend for Cpu {
 }
 
 impl KvStore for KvCache {
-    fn truncate(&mut self, len: usize) {
-        KvCache::truncate(self, len);
+    fn truncate(&mut self, len: usize) -> bool {
+        KvCache::truncate(self, len)
+    }
+
+    fn clear(&mut self) {
+        KvCache::clear(self);
     }
 
     fn grow(&mut self, capacity: usize) -> Result<()> {
@@ -270,12 +308,20 @@ impl KvStore for KvCache {
         self.filled_bytes(out);
     }
 
+    fn saved_positions(&self, len: usize) -> usize {
+        KvCache::saved_positions(self, len)
+    }
+
     fn restore(&mut self, len: usize, bytes: &[u8]) -> Option<usize> {
         self.fill_from_bytes(len, bytes)
     }
 
     fn bytes_per_position(&self) -> usize {
         KvCache::bytes_per_position(self)
+    }
+
+    fn rows(&self) -> usize {
+        KvCache::rows(self)
     }
 }
 
@@ -299,6 +345,16 @@ fn gelu(x: f32) -> f32 {
     f16::from_f32(y).to_f32()
 }
 
+/// gpt-oss's clamped SwiGLU of one gate and up value, as ggml's `swiglu_oai` computes it (α 1.702,
+/// limit 7).
+fn swiglu_oai(gate: f32, up: f32) -> f32 {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    let x = gate.min(LIMIT);
+    let y = up.clamp(-LIMIT, LIMIT);
+    x / (1.0 + math::exp(ALPHA * -x)) * (y + 1.0)
+}
+
 /// `activation(gate) · up` for one row, in place in `gate`. (SiLU's e^-x is the C library's,
 /// [`math::exp`]: ggml's vectorised exponential here made fewer greedy continuations match
 /// llama.cpp's — Qwen2.5-Coder 6 of 8 raw prompts instead of 8, SmolLM2 1 of 4 chats instead
@@ -308,6 +364,7 @@ fn gated(activation: Activation, gate: &mut [f32], up: &[f32]) {
         *g = match activation {
             Activation::Silu => *g / (1.0 + math::exp(-*g)) * u,
             Activation::GeluTanh => gelu(*g) * u,
+            Activation::SwigluOai => swiglu_oai(*g, *u),
         };
     }
 }

@@ -30,6 +30,9 @@ pub trait Backend: Sized {
     type Matrix: Clone;
     /// One layer's keys and values for the positions filled so far.
     type Cache: KvStore + Clone;
+    /// A short-convolution layer's recurrent state: what it keeps of the positions filled so
+    /// far (LFM2).
+    type Conv: KvStore + Clone;
 
     /// Places a weight matrix of `rows × cols` values in ggml type `ggml_type` (its GGUF
     /// blocks in `bytes`), with `bias` (`rows` values) added to each product; `products` says
@@ -51,6 +54,12 @@ pub trait Backend: Sized {
     /// # Errors
     /// [`crate::Error::KvCacheTooLarge`] when the memory is not there.
     fn cache(&self, spec: &CacheSpec) -> Result<Self::Cache>;
+    /// An empty recurrent state for a short-convolution layer of `width` channels whose kernel
+    /// spans `kernel` positions, for up to `capacity` positions.
+    ///
+    /// # Errors
+    /// [`crate::Error::KvCacheTooLarge`] when the memory is not there.
+    fn conv_state(&self, width: usize, kernel: usize, capacity: usize) -> Result<Self::Conv>;
 
     /// The rows of `table` for `tokens`, one row per token.
     ///
@@ -92,6 +101,15 @@ pub trait Backend: Sized {
     /// # Errors
     /// [`crate::Error::PromptTooLong`] when the cache is full.
     fn attend(&self, q: &Self::Tensor, k: &Self::Tensor, v: Option<&Self::Tensor>, cache: &mut Self::Cache, pos: usize, spec: &Spec) -> Result<Self::Tensor>;
+    /// LFM2's gated short convolution at the next positions of `state`: `bcx` is
+    /// `[rows][3·width]`, each row's parts `b`, `c`, `x`; each row's `b·x` is remembered in
+    /// `state` and convolved channel by channel with `weights` (`[width][kernel]`) over the last
+    /// `kernel` positions, times `c`: `[rows][width]` ([`crate::arch::conv::ConvState::convolve`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::PromptTooLong`] when the state is full; [`crate::Error::Compute`] on a
+    /// shape mismatch.
+    fn short_conv(&self, bcx: &Self::Tensor, weights: &Self::Tensor, state: &mut Self::Conv) -> Result<Self::Tensor>;
     /// `activation(gate) · up`, element by element.
     ///
     /// # Errors
@@ -107,6 +125,18 @@ pub trait Backend: Sized {
     /// # Errors
     /// None on the CPU; a device error elsewhere.
     fn scale(&self, x: &mut Self::Tensor, by: f32) -> Result<()>;
+    /// `x` soft-capped to `±cap`, in place: [`crate::arch::attention::soft_cap`] (Gemma 2's
+    /// final logits).
+    ///
+    /// # Errors
+    /// None on the CPU; a device error elsewhere.
+    fn soft_cap(&self, x: &mut Self::Tensor, cap: f32) -> Result<()>;
+    /// Each `width`-wide row `i` of `x` times `by(i)`, in place (Mistral 3's attention
+    /// temperature, by position).
+    ///
+    /// # Errors
+    /// None on the CPU; a device error elsewhere.
+    fn scale_rows(&self, x: &mut Self::Tensor, width: usize, by: &dyn Fn(usize) -> f32) -> Result<()>;
     /// Cuts each `sum(widths)`-wide group of `x` into parts of `widths`: one tensor per part,
     /// the parts of consecutive groups one after the other.
     ///
@@ -120,7 +150,8 @@ pub trait Backend: Sized {
     /// [`crate::Error::Compute`] on a shape mismatch.
     fn join(&self, a: &Self::Tensor, a_width: usize, b: &Self::Tensor, b_width: usize, repeat_b: usize) -> Result<Self::Tensor>;
     /// A mixture of experts over `x`: routing by [`crate::arch`]'s rules, each token through
-    /// its experts, the weighted sum plus the shared experts.
+    /// its experts, the weighted sum plus the shared experts (weighed by their gate, when the
+    /// mixture has one).
     ///
     /// # Errors
     /// [`crate::Error::Compute`] when a product fails, or when the device has no such
@@ -164,22 +195,48 @@ pub struct CacheSpec {
     pub value_dim: usize,
     /// Whether a value is the start of its key (latent attention), not stored twice.
     pub values_in_keys: bool,
+    /// Positions a query sees at most, when the layer is a sliding-window layer (or a chunked
+    /// one, whose queries see their chunk's start: at most a chunk back): its cache is then a
+    /// ring of [`CacheSpec::rows`] rows.
+    pub window: Option<usize>,
 }
 
-/// What a generation's state does with one layer's cache, on any device.
+impl CacheSpec {
+    /// Positions of memory the cache needs: `capacity`, or for a sliding-window layer at most
+    /// the window's last `window - 1` positions and one part of a batch
+    /// ([`crate::arch::attention::RING_PART`]) to attend over.
+    pub fn rows(&self) -> usize {
+        match self.window {
+            Some(w) => self.capacity.min(w.saturating_sub(1) + crate::arch::attention::RING_PART),
+            None => self.capacity,
+        }
+    }
+}
+
+/// What a generation's state does with one layer's memory (an attention layer's keys and
+/// values, a convolution layer's recurrent state), on any device.
 pub trait KvStore {
-    /// Forgets every position from `len` on.
-    fn truncate(&mut self, len: usize);
+    /// Forgets every position from `len` on; `false` when it cannot (a sliding-window ring
+    /// that has overwritten what the next query would see), and it is then unchanged.
+    fn truncate(&mut self, len: usize) -> bool;
+    /// Forgets every position.
+    fn clear(&mut self);
     /// Makes room for `capacity` positions, keeping those filled.
     ///
     /// # Errors
     /// [`crate::Error::KvCacheTooLarge`] when the memory is not there.
     fn grow(&mut self, capacity: usize) -> Result<()>;
-    /// Appends the filled positions to `out` (f16, little-endian).
+    /// Appends the filled positions it keeps ([`KvStore::saved_positions`]) to `out`
+    /// (little-endian; keys and values as f16, a convolution's state as f32).
     fn save(&self, out: &mut Vec<u8>);
-    /// Fills the first `len` positions from `bytes`; the bytes used, or `None` when there are
-    /// too few.
+    /// How many of `len` filled positions a save keeps: all, a sliding-window layer's last
+    /// `window - 1`, or a convolution's last `kernel - 1`.
+    fn saved_positions(&self, len: usize) -> usize;
+    /// Fills the cache to `len` positions from what a save wrote; the bytes used, or `None`
+    /// when there are too few.
     fn restore(&mut self, len: usize, bytes: &[u8]) -> Option<usize>;
     /// Bytes one position takes.
     fn bytes_per_position(&self) -> usize;
+    /// Positions it has memory for.
+    fn rows(&self) -> usize;
 }

@@ -91,8 +91,22 @@ impl Clone for GpuCache {
 }
 
 impl KvStore for GpuCache {
-    fn truncate(&mut self, len: usize) {
+    /// The GPU's cache keeps every position (no sliding-window ring), so any cut is possible.
+    fn truncate(&mut self, len: usize) -> bool {
         self.len = self.len.min(len);
+        true
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn saved_positions(&self, len: usize) -> usize {
+        len
+    }
+
+    fn rows(&self) -> usize {
+        self.spec.capacity
     }
 
     fn grow(&mut self, capacity: usize) -> Result<()> {
@@ -210,6 +224,9 @@ impl Backend for Gpu {
     type Tensor = GpuTensor;
     type Matrix = GpuLinear;
     type Cache = GpuCache;
+    /// Short convolutions do not run on the GPU yet ([`Backend::conv_state`] refuses); the
+    /// type is a cache's only to name one.
+    type Conv = GpuCache;
 
     /// Uploads the matrix's blocks as they are, unless it is an embedding table that is only
     /// looked up ([`Products::InPlace`]): that stays on the host.
@@ -265,7 +282,7 @@ impl Backend for Gpu {
 
     fn rms_norm(&self, x: &mut GpuTensor, weight: &GpuTensor, eps: f32) -> Result<()> {
         let width = weight.len();
-        if width == 0 || x.len() % width != 0 {
+        if width == 0 || !x.len().is_multiple_of(width) {
             return Err(mismatch("RMS norm", x.len(), width));
         }
         let count = x.len() / width;
@@ -302,6 +319,15 @@ impl Backend for Gpu {
 
     fn attend(&self, q: &GpuTensor, k: &GpuTensor, v: Option<&GpuTensor>, cache: &mut GpuCache, pos: usize, spec: &Spec) -> Result<GpuTensor> {
         let v = v.ok_or_else(|| unsupported("values kept in the keys (latent attention)"))?;
+        if spec.softcap.is_some() {
+            return Err(unsupported("soft-capped attention scores"));
+        }
+        if spec.chunk.is_some() {
+            return Err(unsupported("chunked attention layers"));
+        }
+        if spec.sinks.is_some() {
+            return Err(unsupported("attention sinks"));
+        }
         let (kv_heads, hd, vd) = (cache.spec.kv_heads, cache.spec.head_dim, cache.spec.value_dim);
         if pos != cache.len {
             return Err(Error::Compute(format!("attention at position {pos} of a cache of {} positions", cache.len)));
@@ -309,7 +335,7 @@ impl Backend for Gpu {
         if k.len() != k.rows * kv_heads * hd || v.len() != k.rows * kv_heads * vd || q.len() != q.rows * spec.heads * hd {
             return Err(mismatch("attention", q.len(), q.rows * spec.heads * hd));
         }
-        if spec.heads % kv_heads != 0 {
+        if !spec.heads.is_multiple_of(kv_heads) {
             return Err(Error::Compute(format!("{} heads over {kv_heads} key-value heads", spec.heads)));
         }
         if cache.len + k.rows > cache.spec.capacity {
@@ -355,9 +381,26 @@ impl Backend for Gpu {
         let op = match activation {
             Activation::Silu => 2,
             Activation::GeluTanh => 3,
+            Activation::SwigluOai => return Err(unsupported("gpt-oss's clamped SwiGLU")),
         };
         self.elementwise(&gate, &up.buffer, op, up.len(), 0.0)?;
         Ok(gate)
+    }
+
+    fn conv_state(&self, _width: usize, _kernel: usize, _capacity: usize) -> Result<GpuCache> {
+        Err(unsupported("short convolutions (LFM2)"))
+    }
+
+    fn short_conv(&self, _bcx: &GpuTensor, _weights: &GpuTensor, _state: &mut GpuCache) -> Result<GpuTensor> {
+        Err(unsupported("short convolutions (LFM2)"))
+    }
+
+    fn soft_cap(&self, _x: &mut GpuTensor, _cap: f32) -> Result<()> {
+        Err(unsupported("soft-capped logits"))
+    }
+
+    fn scale_rows(&self, _x: &mut GpuTensor, _width: usize, _by: &dyn Fn(usize) -> f32) -> Result<()> {
+        Err(unsupported("per-position scales (attention temperature)"))
     }
 
     fn add(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
@@ -374,7 +417,7 @@ impl Backend for Gpu {
 
     fn split(&self, x: &GpuTensor, widths: &[usize]) -> Result<Vec<GpuTensor>> {
         let group: usize = widths.iter().sum();
-        if group == 0 || x.len() % group != 0 {
+        if group == 0 || !x.len().is_multiple_of(group) {
             return Err(mismatch("split", x.len(), group));
         }
         let groups = x.len() / group;
@@ -393,7 +436,7 @@ impl Backend for Gpu {
 
     fn join(&self, a: &GpuTensor, a_width: usize, b: &GpuTensor, b_width: usize, repeat_b: usize) -> Result<GpuTensor> {
         let groups = a.len() / a_width.max(1);
-        if a_width == 0 || a.len() % a_width != 0 || repeat_b == 0 || b.len() != groups.div_ceil(repeat_b) * b_width {
+        if a_width == 0 || !a.len().is_multiple_of(a_width) || repeat_b == 0 || b.len() != groups.div_ceil(repeat_b) * b_width {
             return Err(mismatch("join", b.len(), groups.div_ceil(repeat_b.max(1)) * b_width));
         }
         let width = a_width + b_width;
@@ -479,7 +522,7 @@ mod tests {
         close("rms_norm", &gpu, &c.data, &g, 1e-5);
 
         for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
-            let rope = Rope { dims: head_dim, base: 10000.0, style, yarn: None };
+            let rope = Rope { dims: head_dim, base: 10000.0, style, yarn: None, factors: None, mscale: 1.0 };
             let (mut c, mut g) = both(&gpu, &x, rows);
             cpu.rope(&mut c, heads, head_dim, 37, &rope).unwrap();
             gpu.rope(&mut g, heads, head_dim, 37, &rope).unwrap();
@@ -518,9 +561,9 @@ mod tests {
 
         // Attention: a prompt of `rows` positions after 7 filled ones, then one more position.
         for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
-            let spec = CacheSpec { kv_heads, capacity: 32, head_dim, value_dim: head_dim, values_in_keys: false };
+            let spec = CacheSpec { kv_heads, capacity: 32, head_dim, value_dim: head_dim, values_in_keys: false, window: None };
             let (mut cc, mut gc) = (cpu.cache(&spec).unwrap(), gpu.cache(&spec).unwrap());
-            let attention = Spec { heads, scale: 0.125, window: None, kernel };
+            let attention = Spec { heads, scale: 0.125, softcap: None, window: None, chunk: None, sinks: None, kernel };
             let mut pos = 0;
             for (step, n) in [7, rows, 1].into_iter().enumerate() {
                 let seed = 10 + step as u64 * 3;

@@ -219,7 +219,7 @@ impl Gpu {
     fn upload(&self, format: Format, bytes: &[u8], rows: usize, cols: usize) -> Result<GpuMatrix> {
         self.pipeline(format)?;
         let (block_len, block_bytes) = format.block();
-        if cols == 0 || cols % block_len != 0 {
+        if cols == 0 || !cols.is_multiple_of(block_len) {
             return Err(Error::Compute(format!("{cols} columns are not whole {format:?} blocks")));
         }
         let row_bytes = cols / block_len * block_bytes;
@@ -261,7 +261,7 @@ impl Gpu {
     /// The largest storage buffer binding, in bytes.
     fn binding_limit(&self) -> u64 {
         let limits = self.device.limits();
-        u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size)
+        limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
     }
 
     /// A storage buffer of `values` f32s (at least one), uninitialized by us (zeros by WebGPU).

@@ -26,7 +26,7 @@
 mod gbnf;
 pub mod json_schema;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use gbnf::Elem;
@@ -39,6 +39,11 @@ pub use json_schema::json_schema_to_gbnf;
 /// an ambiguous grammar can multiply them with every character, so a bound keeps a pathological
 /// grammar from taking all memory and time.
 const MAX_STACKS: usize = 1024;
+
+/// Most rule positions those stacks may hold in all. A grammar that nests a rule once more with
+/// every character (`root ::= . root*`) keeps few stacks but ever deeper ones; this bounds the
+/// work of a step as [`MAX_STACKS`] bounds their number.
+const MAX_POSITIONS: usize = 1 << 14;
 
 /// A parsed and checked GBNF grammar (llama.cpp's syntax), starting at the rule `root`.
 ///
@@ -204,7 +209,7 @@ fn left_recursive(rules: &[Vec<Elem>]) -> Option<usize> {
 }
 
 /// Bytes of a UTF-8 character seen so far (a token ended inside it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct Partial {
     /// The bits decoded so far.
     value: u32,
@@ -257,7 +262,8 @@ fn decode(bytes: &[u8], partial: Partial, out: &mut Vec<u32>) -> Option<Partial>
             out.push(value);
         }
     }
-    Some(Partial { value, remain })
+    // Nothing pending: the same state whichever character ended the text.
+    Some(if remain == 0 { Partial::default() } else { Partial { value, remain } })
 }
 
 /// Where a generation is in a [`Grammar`]: the set of stacks, and the bytes of a character a
@@ -272,6 +278,9 @@ pub struct GrammarState {
     ascii_next: Option<[u64; 2]>,
     /// Allowed tokens from the last walk of a vocabulary ([`GrammarState::allowed_tokens`]).
     mask: Vec<u64>,
+    /// The last few walks, by where they started: inside a JSON string, or any run of ordinary
+    /// characters, every step starts from the same stacks, and its walk is a copy.
+    walks: Vec<Walked>,
     /// Scratch: the code points of the token being judged, and two generations of stacks.
     chars: Vec<u32>,
     scratch: Vec<Vec<u32>>,
@@ -286,12 +295,13 @@ impl GrammarState {
     pub fn new(grammar: &Grammar) -> Result<GrammarState> {
         let rules = &grammar.inner;
         let mut stacks = Vec::new();
+        let mut gather = Gather::new(&mut stacks);
         let root_start = rules.starts.get(rules.root as usize).copied().unwrap_or(0);
         for alt in alternatives(&rules.elems, root_start) {
             let stack = if rules.elems.get(alt as usize).is_some_and(|e| !e.ends_sequence()) { vec![alt] } else { Vec::new() };
-            advance(&rules.elems, &rules.starts, stack, &mut stacks)?;
+            advance(&rules.elems, &rules.starts, stack, &mut gather)?;
         }
-        Ok(GrammarState { grammar: grammar.clone(), stacks, partial: Partial::default(), ascii_next: None, mask: Vec::new(), chars: Vec::new(), scratch: Vec::new() })
+        Ok(GrammarState { grammar: grammar.clone(), stacks, partial: Partial::default(), ascii_next: None, mask: Vec::new(), walks: Vec::new(), chars: Vec::new(), scratch: Vec::new() })
     }
 
     /// Whether the text so far is a complete sentence of the grammar (an end-of-generation
@@ -378,12 +388,27 @@ impl GrammarState {
 
     /// Sets in `mask` (one bit per token id, `mask[id / 64] >> (id % 64) & 1`) exactly the
     /// tokens of `vocabulary` that [`GrammarState::allows`] allows here, cleared first.
+    ///
+    /// The allowed tokens depend only on the stacks and the pending bytes, so the last
+    /// [`REMEMBERED_WALKS`] walks are kept and a state met again is not walked again.
     pub fn allowed_tokens(&mut self, vocabulary: &Vocabulary, mask: &mut Vec<u64>) {
+        let known = self.walks.iter().position(|w| w.vocabulary == vocabulary.id && w.partial == self.partial && w.stacks == self.stacks);
+        if let Some(i) = known {
+            let walked = self.walks.remove(i);
+            mask.clear();
+            mask.extend_from_slice(&walked.mask);
+            self.walks.push(walked);
+            return;
+        }
         mask.clear();
         mask.resize(vocabulary.size.div_ceil(64), 0);
         let rules = self.grammar.inner.clone();
         let mut walk = Walk { elems: &rules.elems, starts: &rules.starts, vocabulary, mask, sets: vec![self.stacks.clone()], ids: HashMap::new(), steps: HashMap::new() };
         walk.node(0, vocabulary.spans.len(), 0, 0, self.partial, self.partial.remain > 0);
+        if self.walks.len() == REMEMBERED_WALKS {
+            self.walks.remove(0);
+        }
+        self.walks.push(Walked { vocabulary: vocabulary.id, stacks: self.stacks.clone(), partial: self.partial, mask: mask.clone() });
     }
 
     /// Advances over a token's text (for a token that does not end generation).
@@ -414,6 +439,19 @@ impl GrammarState {
     }
 }
 
+/// Walks a [`GrammarState`] remembers (a vocabulary's mask is `size / 8` bytes: 19 KB for
+/// 151,936 tokens).
+pub const REMEMBERED_WALKS: usize = 8;
+
+/// One walk of a vocabulary: where it started, and the tokens it allowed.
+#[derive(Clone, Debug)]
+struct Walked {
+    vocabulary: u64,
+    stacks: Vec<Vec<u32>>,
+    partial: Partial,
+    mask: Vec<u64>,
+}
+
 /// A vocabulary's token texts sorted bytewise, so that tokens sharing a prefix are adjacent: a
 /// trie without nodes. [`GrammarState::allowed_tokens`] walks it, following each prefix the
 /// grammar allows once for all the tokens that share it.
@@ -424,6 +462,9 @@ pub struct Vocabulary {
     /// (start in `text`, length, token id), sorted by the text.
     spans: Vec<(u32, u32, u32)>,
     size: usize,
+    /// Tells this vocabulary from every other one made in the process (a grammar state's
+    /// remembered walks are per vocabulary).
+    id: u64,
 }
 
 impl Vocabulary {
@@ -453,7 +494,8 @@ impl Vocabulary {
         }
         let bytes_of = |&(start, len, _): &(u32, u32, u32)| &text[start as usize..(start + len) as usize];
         spans.sort_unstable_by(|a, b| bytes_of(a).cmp(bytes_of(b)));
-        Vocabulary { text, spans, size }
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Vocabulary { text, spans, size, id: MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
     }
 
     fn bytes(&self, i: usize) -> &[u8] {
@@ -480,6 +522,12 @@ const DIRECT_TESTS: usize = 200;
 impl TokenFilter<'_> {
     /// Whether token `id` can come next.
     pub fn allows(&mut self, id: u32) -> bool {
+        let bit = |mask: &[u64], id: u32| mask.get(id as usize / 64).is_some_and(|word| word >> (id % 64) & 1 == 1);
+        // After the walk, one bit test (a sampler that judges the whole vocabulary asks this
+        // for every token).
+        if self.walked {
+            return bit(&self.state.mask, id);
+        }
         if self.tokenizer.is_end_of_generation(id) {
             return self.can_end;
         }
@@ -487,13 +535,20 @@ impl TokenFilter<'_> {
             self.tested += 1;
             return self.tokenizer.token_bytes(id, true).is_ok_and(|bytes| self.state.allows(bytes));
         }
-        if !self.walked {
-            let mut mask = std::mem::take(&mut self.state.mask);
-            self.state.allowed_tokens(self.vocabulary, &mut mask);
-            self.state.mask = mask;
-            self.walked = true;
+        let mut mask = std::mem::take(&mut self.state.mask);
+        self.state.allowed_tokens(self.vocabulary, &mut mask);
+        // The vocabulary leaves out the tokens that end generation: they are allowed where the
+        // grammar can end.
+        if self.can_end {
+            for &eog in self.tokenizer.end_of_generation() {
+                if let Some(word) = mask.get_mut(eog as usize / 64) {
+                    *word |= 1 << (eog % 64);
+                }
+            }
         }
-        self.state.mask.get(id as usize / 64).is_some_and(|word| word >> (id % 64) & 1 == 1)
+        self.state.mask = mask;
+        self.walked = true;
+        bit(&self.state.mask, id)
     }
 }
 
@@ -621,11 +676,16 @@ fn alternatives(elems: &[Elem], start: u32) -> impl Iterator<Item = u32> + '_ {
 
 /// Expands rule references at the top of `stack` until every resulting stack has a character
 /// set on top (or is empty: the grammar is complete), adding each new one to `out`.
-fn advance(elems: &[Elem], starts: &[u32], stack: Vec<u32>, out: &mut Vec<Vec<u32>>) -> Result<()> {
+fn advance(elems: &[Elem], starts: &[u32], stack: Vec<u32>, out: &mut Gather) -> Result<()> {
     let mut work = vec![stack];
     while let Some(stack) = work.pop() {
         match stack.last().and_then(|&pos| elems.get(pos as usize).map(|e| (pos, *e))) {
             Some((pos, Elem::RuleRef(rule))) => {
+                // Popping a finished rule off many stacks leads to the same stack again and
+                // again (one per depth of a rule nested in itself); its expansion is the same.
+                if !out.expanded.insert(stack.clone()) {
+                    continue;
+                }
                 let after = pos + 1;
                 let start = starts.get(rule as usize).copied().unwrap_or(0);
                 for alt in alternatives(elems, start) {
@@ -639,21 +699,51 @@ fn advance(elems: &[Elem], starts: &[u32], stack: Vec<u32>, out: &mut Vec<Vec<u3
                     work.push(next);
                 }
             }
-            _ => {
-                if !out.contains(&stack) {
-                    if out.len() >= MAX_STACKS {
-                        return Err(Error::Grammar { line: 1, column: 1, message: format!("the grammar is too ambiguous: more than {MAX_STACKS} ways to read the text") });
-                    }
-                    out.push(stack);
-                }
-            }
+            _ => out.add(stack)?,
         }
     }
     Ok(())
 }
 
+/// The stacks of one step, each kept once (a hash set finds a repeat, so a step costs what its
+/// stacks hold, not the square of it), within [`MAX_STACKS`] and [`MAX_POSITIONS`].
+struct Gather<'o> {
+    out: &'o mut Vec<Vec<u32>>,
+    seen: HashSet<Vec<u32>>,
+    /// The stacks with a rule reference on top already expanded in this step.
+    expanded: HashSet<Vec<u32>>,
+    positions: usize,
+}
+
+impl<'o> Gather<'o> {
+    /// Gathers into `out`, which must start empty.
+    fn new(out: &'o mut Vec<Vec<u32>>) -> Gather<'o> {
+        debug_assert!(out.is_empty());
+        Gather { out, seen: HashSet::new(), expanded: HashSet::new(), positions: 0 }
+    }
+
+    fn add(&mut self, stack: Vec<u32>) -> Result<()> {
+        if self.seen.contains(&stack) {
+            return Ok(());
+        }
+        let too_ambiguous = |what: String| Error::Grammar { line: 1, column: 1, message: format!("the grammar is too ambiguous: {what}") };
+        if self.out.len() >= MAX_STACKS {
+            return Err(too_ambiguous(format!("more than {MAX_STACKS} ways to read the text")));
+        }
+        self.positions += stack.len();
+        if self.positions > MAX_POSITIONS {
+            return Err(too_ambiguous(format!("its ways to read the text hold more than {MAX_POSITIONS} rule positions")));
+        }
+        self.seen.insert(stack.clone());
+        self.out.push(stack);
+        Ok(())
+    }
+}
+
 /// The stacks after matching character `c` from each of `stacks`.
+/// `out` must start empty.
 fn step(elems: &[Elem], starts: &[u32], stacks: &[Vec<u32>], c: u32, out: &mut Vec<Vec<u32>>) -> Result<()> {
+    let mut out = Gather::new(out);
     for stack in stacks {
         let Some(&pos) = stack.last() else { continue };
         if !matches(elems, pos, c) {
@@ -664,7 +754,7 @@ fn step(elems: &[Elem], starts: &[u32], stacks: &[Vec<u32>], c: u32, out: &mut V
         if elems.get(end as usize).is_some_and(|e| !e.ends_sequence()) {
             next.push(end);
         }
-        advance(elems, starts, next, out)?;
+        advance(elems, starts, next, &mut out)?;
     }
     Ok(())
 }

@@ -344,3 +344,65 @@ fn vocabulary_walk_equals_testing_each_token() {
         }
     }
 }
+
+/// A state met again takes its allowed tokens from a remembered walk: the same tokens as a new
+/// walk from there, for two vocabularies, and no walk is remembered twice.
+#[test]
+fn remembered_walks_equal_new_walks() {
+    let tokens = test_tokens();
+    let vocabulary = Vocabulary::new(tokens.len() + 3, tokens.iter().enumerate().map(|(i, t)| (i as u32, t.as_slice())));
+    let other = Vocabulary::new(tokens.len() + 3, tokens.iter().enumerate().filter(|(i, _)| i % 2 == 0).map(|(i, t)| (i as u32, t.as_slice())));
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]});
+    let grammar = Grammar::from_json_schema(&schema).unwrap();
+    // The last four steps start inside the string, from the same stacks.
+    let feed: [&[u8]; 9] = [b"{", b" ", b"\"a\"", b":", b" \"", b"ab", b"cd", b"ef", b"gh"];
+    let (mut mask, mut fresh_mask) = (Vec::new(), Vec::new());
+    let mut state = GrammarState::new(&grammar).unwrap();
+    let mut inside = Vec::new();
+    for (step, text) in feed.iter().enumerate() {
+        for vocabulary in [&vocabulary, &other] {
+            state.allowed_tokens(vocabulary, &mut mask);
+            let mut fresh = state.clone();
+            fresh.walks.clear();
+            fresh.allowed_tokens(vocabulary, &mut fresh_mask);
+            assert_eq!(mask, fresh_mask, "step {step}");
+        }
+        if step >= 5 {
+            inside.push(state.stacks.clone());
+        }
+        state.accept(text).unwrap();
+    }
+    assert!(inside.windows(2).all(|w| w[0] == w[1]), "the steps inside the string start from other stacks");
+    // Without remembering, the last eight walks would be those four steps', twice each.
+    let distinct: std::collections::HashSet<_> = state.walks.iter().map(|w| (w.vocabulary, w.stacks.clone(), w.partial)).collect();
+    assert_eq!(distinct.len(), state.walks.len(), "a walk remembered twice");
+}
+
+/// Found by the fuzzer (a 264-byte input took 25 s): a grammar that nests its rule once more
+/// with each character keeps one stack per depth, and each step compared every new stack with
+/// every kept one. Repeats are now found by hashing and the stacks' total size is bounded, so a
+/// long text either goes through or meets a clear error, in time proportional to its stacks.
+#[test]
+fn a_rule_nested_with_every_character_stays_bounded() {
+    let grammar = g("root ::= . root*");
+    let mut state = GrammarState::new(&grammar).unwrap();
+    let mut accepted = 0;
+    for _ in 0..2000 {
+        if !state.allows(b"[") {
+            break;
+        }
+        match state.accept(b"[") {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("too ambiguous"), "{e}");
+                break;
+            }
+        }
+        let unique: HashSet<&Vec<u32>> = state.stacks.iter().collect();
+        assert_eq!(unique.len(), state.stacks.len(), "a stack kept twice after {accepted} characters");
+        assert!(state.stacks.len() <= MAX_STACKS);
+        assert!(state.stacks.iter().map(Vec::len).sum::<usize>() <= MAX_POSITIONS);
+    }
+    assert!(accepted >= 150, "only {accepted} characters of a grammar that allows any text");
+    assert!(state.can_end() || accepted < 2000);
+}

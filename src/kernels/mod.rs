@@ -229,12 +229,6 @@ impl QMatrix {
             }
             for (r, out) in out.chunks_exact_mut(m).enumerate().skip(done) {
                 let row = row(r);
-                // The row after next, fetched ahead: weights used in place lie in the file's
-                // 4 KiB pages, where the hardware prefetcher stops at every page boundary.
-                #[cfg(target_arch = "x86_64")]
-                if let Some(ahead) = data.get((first + r + 2) * row_bytes..(first + r + 3) * row_bytes) {
-                    x86::prefetch(ahead);
-                }
                 #[cfg(target_arch = "x86_64")]
                 if m > 1 && x86::dot_rows(format, row, acts, out) {
                     continue;

@@ -2,6 +2,7 @@
 //! Jinja2 references, and a writer for small synthetic GGUF files.
 #![allow(dead_code)]
 
+pub mod agreement;
 pub mod gguf_writer;
 pub mod patch;
 pub mod quants;

@@ -18,6 +18,7 @@
 // log(p) is taken here. A probability that underflowed to 0 comes back as null.
 import { getLlama } from "node-llama-cpp";
 import { readFileSync } from "node:fs";
+import { scoreChunks } from "./score.mjs";
 
 const modelPath = process.argv[2];
 const { chunks, first, topK, batchSize, scoredAtOnce = 16, threads = 1 } = JSON.parse(readFileSync(0, "utf8"));
@@ -33,27 +34,14 @@ const log = (p) => (p > 0 ? Math.log(p) : null);
 
 const positions = [];
 try {
-    for (const chunk of chunks) {
-        await sequence.clearHistory();
-        const scored = { generateNext: { probabilities: true, options: { temperature: 0 } } };
-        // The scored positions a few at a time, so that only their probability maps (a whole
-        // vocabulary each) are alive at once.
-        await sequence.controlledEvaluate(chunk.slice(0, first));
-        for (let start = first; start < chunk.length - 1; start += scoredAtOnce) {
-            const end = Math.min(start + scoredAtOnce, chunk.length - 1);
-            const output = await sequence.controlledEvaluate(chunk.slice(start, end).map((id) => [id, scored]));
-            for (let j = start; j < end; j++) {
-                const probabilities = output[j - start]?.next?.probabilities;
-                if (!probabilities) throw new Error(`no probabilities at position ${j}`);
-                const top = [];
-                for (const [id, p] of probabilities) { // highest first
-                    if (top.length >= topK) break;
-                    top.push([id, log(p)]);
-                }
-                positions.push({ logprob: log(probabilities.get(chunk[j + 1]) ?? 0), top });
-            }
+    await scoreChunks(sequence, chunks, first, scoredAtOnce, (chunk, j, probabilities) => {
+        const top = [];
+        for (const [id, p] of probabilities) { // highest first
+            if (top.length >= topK) break;
+            top.push([id, log(p)]);
         }
-    }
+        positions.push({ logprob: log(probabilities.get(chunk[j + 1]) ?? 0), top });
+    });
     process.stdout.write(JSON.stringify({ positions }) + "\n");
 } finally {
     await context.dispose();

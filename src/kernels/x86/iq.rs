@@ -249,7 +249,7 @@ pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &m
         Format::IQ3S if super::super::avx512::vbmi() => unsafe { dot_iq3s_avx512(row, acts, out) },
         Format::IQ3S => dot_iq3s(row, acts, out),
         // SAFETY: `available` confirmed AVX-512 F, BW and VNNI.
-        Format::IQ1S if super::super::avx512::available() => unsafe { dot_iq1s_avx512(row, acts, out) },
+        Format::IQ1S if super::super::avx512::available() => unsafe { rows_iq1s_avx512(row, acts, out) },
         Format::IQ1S => dot_iq1s(row, acts, out),
         _ => return false,
     }
@@ -661,16 +661,12 @@ mod tests {
     }
 }
 
-/// IQ1_S with AVX-512 VNNI, for one or several activation rows: a block's 32 grid entries are
-/// gathered (their 11-bit indices computed in vector lanes); each value's magnitude (0 or 1)
-/// becomes its run's scale or zero, an unsigned byte, and its sign moves onto the activation,
-/// so that `vpdpbusd` sums 64 scaled products in one instruction for each activation row. The
-/// runs' `delta` terms come from the activations' 16-value sums. Every integer sum is the
-/// scalar code's, and the f32 arithmetic per block is the same, so the result is bit-identical
-/// to [`dot_iq1s`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
-    let (blocks, _) = row.as_chunks::<50>();
+/// The 11-bit grid indices of an IQ1_S block's 32 entries (eight bits from `qs`, three from
+/// the run's `qh` word) in 16-bit lanes, entry `4·run + l` in lane `4·run + l`; and the eight
+/// `qh` words.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn iq1s_indices(b: &[u8; 50]) -> (__m512i, __m128i) {
     // Lane k (of 32 u16 lanes) belongs to run k / 4, grid entry k % 4.
     let run_of_lane = _mm512_set_epi16(
         7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0,
@@ -678,15 +674,121 @@ fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
     let shift_of_lane = _mm512_set_epi16(
         9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0,
     );
+    // SAFETY: bytes 2..34 and 34..50 lie inside the 50-byte block.
+    let (qs, qh) = unsafe { (_mm256_loadu_si256(b.as_ptr().add(2).cast()), _mm_loadu_si128(b.as_ptr().add(34).cast())) };
+    let high = _mm512_srlv_epi16(_mm512_permutexvar_epi16(run_of_lane, _mm512_castsi128_si512(qh)), shift_of_lane);
+    (_mm512_or_si512(_mm512_cvtepu8_epi16(qs), _mm512_slli_epi16::<8>(_mm512_and_si512(high, _mm512_set1_epi16(7)))), qh)
+}
+
+/// IQ1_S's grid with each value `v` (-1, 0 or 1) stored as the digit `v + 1`: the byte
+/// shuffles of [`rows_iq1s_avx512`] look values up by it.
+static IQ1S_DIGITS: [[u8; 8]; 2048] = {
+    let mut digits = [[0u8; 8]; 2048];
+    let mut i = 0;
+    while i < 2048 {
+        let mut j = 0;
+        while j < 8 {
+            digits[i][j] = (IQ1S_GRID[i][j] + 1) as u8;
+            j += 1;
+        }
+        i += 1;
+    }
+    digits
+};
+
+/// A decoded IQ1_S block: each value's weight `ls·(8·g + delta)` (`g` its grid value, `ls` and
+/// `delta` its run's scale and shift sign) as a magnitude in unsigned bytes (values
+/// `64p..64p + 64` in vector `p`, at most 15 · 9) and the mask of the negative ones.
+struct Iq1s {
+    magnitudes: [__m512i; 4],
+    negative: [u64; 4],
+}
+
+/// Decodes an IQ1_S block for [`rows_iq1s_avx512`]. The 32 grid entries (11-bit indices
+/// computed in vector lanes) are gathered as digits ([`IQ1S_DIGITS`]); each 128-bit lane of
+/// 16 values lies in one run, so a byte shuffle of a 4-byte table per run maps the digits to
+/// the weights' magnitudes (`9·ls` where `g` has `delta`'s sign, `7·ls` where it has the
+/// other, `ls` where `g` is 0), and a compare with the run's threshold (`1`, or `2` where
+/// `delta` is -1) marks the negative ones.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn iq1s_block(b: &[u8; 50]) -> Iq1s {
+    let (index, qh) = iq1s_indices(b);
+    // Each run's table in a 32-bit lane: the magnitudes of digits 0, 1, 2 (g = -1, 0, 1) in
+    // bytes 0..3, and in byte 3 the digit below which a value is negative.
+    let ls = _mm_add_epi16(_mm_slli_epi16::<1>(_mm_and_si128(_mm_srli_epi16::<12>(qh), _mm_set1_epi16(7))), _mm_set1_epi16(1));
+    let (nine, seven) = (_mm_add_epi16(_mm_slli_epi16::<3>(ls), ls), _mm_sub_epi16(_mm_slli_epi16::<3>(ls), ls));
+    // All ones in the runs whose delta is -1.
+    let minus = _mm_srai_epi16::<15>(qh);
+    let (below, above) = (_mm_blendv_epi8(seven, nine, minus), _mm_blendv_epi8(nine, seven, minus));
+    let threshold = _mm_sub_epi16(_mm_set1_epi16(1), minus);
+    let low = _mm_or_si128(below, _mm_slli_epi16::<8>(ls));
+    let high = _mm_or_si128(above, _mm_slli_epi16::<8>(threshold));
+    let tables = _mm512_castsi256_si512(_mm256_or_si256(_mm256_cvtepu16_epi32(low), _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(high))));
+    let grid: *const i64 = IQ1S_DIGITS.as_ptr().cast();
+    let mut block = Iq1s { magnitudes: [_mm512_setzero_si512(); 4], negative: [0; 4] };
+    for p in 0..4 {
+        let eight = match p {
+            0 => _mm512_extracti32x4_epi32::<0>(index),
+            1 => _mm512_extracti32x4_epi32::<1>(index),
+            2 => _mm512_extracti32x4_epi32::<2>(index),
+            _ => _mm512_extracti32x4_epi32::<3>(index),
+        };
+        // SAFETY: every index is below 2048 (8 + 3 bits), the grid's length, and each entry
+        // is 8 bytes.
+        let digits = unsafe { _mm512_i32gather_epi64::<8>(_mm256_cvtepu16_epi32(eight), grid) };
+        // Runs 2p and 2p + 1, each over two 128-bit lanes.
+        let table = _mm512_permutexvar_epi32(_mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(2 * p as i32), _mm512_set1_epi32(2 * p as i32 + 1)), tables);
+        block.magnitudes[p] = _mm512_shuffle_epi8(table, digits);
+        block.negative[p] = _mm512_cmplt_epu8_mask(digits, _mm512_shuffle_epi8(table, _mm512_set1_epi8(3)));
+    }
+    block
+}
+
+/// Σ w·a over a decoded IQ1_S block ([`iq1s_block`]) and 256 Q8_K activations, in 16 i32
+/// lanes: one `vpdpbusd` for 64 products (the activations negated where the weights are).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn iq1s_products(block: &Iq1s, a: &[i8; 256]) -> __m512i {
+    let mut acc = _mm512_setzero_si512();
+    for p in 0..4 {
+        // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
+        let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
+        acc = _mm512_dpbusd_epi32(acc, block.magnitudes[p], _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av));
+    }
+    acc
+}
+
+/// IQ1_S with AVX-512 VNNI for several activation rows ([`pairs_avx512`]): each block
+/// decoded once ([`iq1s_block`]) into the weights `ls·(8·g + delta)`, so that one `vpdpbusd`
+/// chain per activation row gives `8·sumi + sumi1`, the scalar code's two sums in one. Every
+/// integer is below 2^24, so `(8·sumi + sumi1) · IQ1_DELTA` in f32 is exactly the scalar
+/// code's `sumi + IQ1_DELTA·sumi1` (both are that rational number, which f32 holds: at most 20
+/// integer bits and 3 fractional), and the rest of the f32 arithmetic per block is the scalar
+/// code's: bit-identical to [`dot_iq1s`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn rows_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    pairs_avx512::<50, Iq1s>(row, acts, out, IQ1_DELTA, |b| iq1s_block(b), |block, a| iq1s_products(block, a));
+}
+
+/// IQ1_S with AVX-512 VNNI for one activation row (decoding; [`rows_iq1s_avx512`] for
+/// several): a block's 32 grid entries are gathered (their 11-bit indices computed in vector lanes); each value's magnitude (0 or 1)
+/// becomes its run's scale or zero, an unsigned byte, and its sign moves onto the activation,
+/// so that `vpdpbusd` sums 64 scaled products in one instruction for each activation row. The
+/// runs' `delta` terms come from the activations' 16-value sums. Every integer sum is the
+/// scalar code's, and the f32 arithmetic per block is the same, so the result is bit-identical
+/// to [`dot_iq1s`]. Its decoding is cheaper than [`iq1s_block`]'s and its products per row
+/// dearer: for one row it is the faster (2048×7168 from memory, one thread: 0.78 against
+/// 0.90 ms), for two and more the slower.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_iq1s_avx512(row: &[u8], acts: &[Activations], out: &mut [f32]) {
+    let (blocks, _) = row.as_chunks::<50>();
     let grid: *const i64 = IQ1S_GRID.as_ptr().cast();
     for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
         let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
         out.iter_mut().for_each(|o| *o = 0.0);
         for (j, b) in blocks.iter().enumerate() {
-            // SAFETY: bytes 2..34 and 34..50 lie inside the 50-byte block.
-            let (qs, qh) = unsafe { (_mm256_loadu_si256(b.as_ptr().add(2).cast()), _mm_loadu_si128(b.as_ptr().add(34).cast())) };
-            let high = _mm512_srlv_epi16(_mm512_permutexvar_epi16(run_of_lane, _mm512_castsi128_si512(qh)), shift_of_lane);
-            let index = _mm512_or_si512(_mm512_cvtepu8_epi16(qs), _mm512_slli_epi16::<8>(_mm512_and_si512(high, _mm512_set1_epi16(7))));
+            let (index, _) = iq1s_indices(b);
             let runs: [(i32, i32); 8] = std::array::from_fn(|ib| {
                 let qh = u16_at(b, 34 + 2 * ib);
                 (2 * i32::from((qh >> 12) & 7) + 1, if qh & 0x8000 != 0 { -1 } else { 1 })
@@ -790,31 +892,74 @@ struct Decoded {
 
 /// The codebook formats' AVX-512 driver: each block decoded once ([`Decoded`]) for up to
 /// [`ROWS_AT_ONCE`] activation rows, then, per row, 64 products in one `vpdpbusd` (the
-/// activations negated where the weights are), scaled per lane and summed. The f32 arithmetic
-/// per block is the scalar code's; `multiplier` is the format's final factor.
+/// activations negated where the weights are), scaled per lane and summed
+/// ([`pairs_avx512`]). The f32 arithmetic per block is the scalar code's; `multiplier` is the
+/// format's final factor.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 fn rows_avx512<const N: usize>(row: &[u8], acts: &[Activations], out: &mut [f32], multiplier: f32, decode: impl Fn(&[u8; N]) -> Decoded) {
+    pairs_avx512(row, acts, out, 1.0, decode, |block, a| {
+        let mut acc = _mm512_setzero_si512();
+        for p in 0..4 {
+            // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
+            let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
+            let signed = _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av);
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed), block.scales[p]));
+        }
+        acc
+    });
+    out.iter_mut().for_each(|o| *o *= multiplier);
+}
+
+/// The sums of the 16 i32 lanes of `v` and of `w`, as f32 (each rounded as `as f32` rounds).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sum_pair(v: __m512i, w: __m512i) -> (f32, f32) {
+    // 128-bit quarters: v's halves summed in quarters 0, 1, w's in 2, 3; then within them.
+    let t = _mm512_add_epi32(_mm512_shuffle_i64x2::<0b01_00_01_00>(v, w), _mm512_shuffle_i64x2::<0b11_10_11_10>(v, w));
+    let t = _mm512_add_epi32(t, _mm512_shuffle_i64x2::<0b10_11_00_01>(t, t));
+    let t = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
+    let t = _mm512_cvtepi32_ps(_mm512_add_epi32(t, _mm512_shuffle_epi32::<0b10_11_00_01>(t)));
+    (_mm512_cvtss_f32(t), _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(t)))
+}
+
+/// The AVX-512 codebook kernels' loop over a weight row and up to [`ROWS_AT_ONCE`] activation
+/// rows at a time: each block decoded once (`decode`), then for each activation row its
+/// integer products in 16 i32 lanes (`products`); two blocks' lanes are summed together
+/// ([`sum_pair`]: half the shuffles of two sums), and each block adds, in order, the scalar
+/// code's `d · d8 · (sum · inner)` to its row's result.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn pairs_avx512<const N: usize, B>(
+    row: &[u8],
+    acts: &[Activations],
+    out: &mut [f32],
+    inner: f32,
+    decode: impl Fn(&[u8; N]) -> B,
+    products: impl Fn(&B, &[i8; 256]) -> __m512i,
+) {
     let (blocks, _) = row.as_chunks::<N>();
     for (acts, out) in acts.chunks(ROWS_AT_ONCE).zip(out.chunks_mut(ROWS_AT_ONCE)) {
         let q8: [Q8k<'_>; ROWS_AT_ONCE] = std::array::from_fn(|i| Q8k::of(acts.get(i)));
         out.iter_mut().for_each(|o| *o = 0.0);
-        for (j, b) in blocks.iter().enumerate() {
-            let block = decode(b);
+        for (pair, two) in blocks.chunks(2).enumerate() {
+            let (j, b0, b1) = (2 * pair, &two[0], two.get(1));
+            let first = decode(b0);
+            let second = b1.map(&decode);
             for (o, q8) in out.iter_mut().zip(&q8) {
                 let Some((a, _, da)) = q8.block(j) else { continue };
-                let mut acc = _mm512_setzero_si512();
-                for p in 0..4 {
-                    // SAFETY: values 64p..64p + 64 lie inside the 256-value block.
-                    let av = unsafe { _mm512_loadu_si512(a.as_ptr().add(64 * p).cast()) };
-                    let signed = _mm512_mask_sub_epi8(av, block.negative[p], _mm512_setzero_si512(), av);
-                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), block.grid[p], signed), block.scales[p]));
+                let sums = products(&first, a);
+                match (b1, &second, q8.block(j + 1)) {
+                    (Some(b1), Some(second), Some((a1, _, da1))) => {
+                        let (s0, s1) = sum_pair(sums, products(second, a1));
+                        *o += half(b0, 0) * da * (s0 * inner);
+                        *o += half(b1, 0) * da1 * (s1 * inner);
+                    }
+                    _ => *o += half(b0, 0) * da * (sum_pair(sums, _mm512_setzero_si512()).0 * inner),
                 }
-                *o += half(b, 0) * da * _mm512_reduce_add_epi32(acc) as f32;
             }
         }
     }
-    out.iter_mut().for_each(|o| *o *= multiplier);
 }
 
 /// Looks up 32 entries of a 256-entry table of u16 held in eight registers: `index` holds the
