@@ -44,6 +44,7 @@ fn score(qa: u32, ka: u32) -> f32 {
     let full = p.head_dim / 64u * 64u;
     for (var s = 0u; s < full; s += 64u) {
         for (var i = 0u; i < 64u; i++) {
+            // f16 times f16 is exact in f32: fused or not, this is the CPU's fused sum.
             acc[i] = fma(q[qa + s + i], keys[ka + s + i], acc[i]);
         }
     }
@@ -71,6 +72,7 @@ fn visible(at: u32, key: u32) -> bool {
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let g = group.x + group.y * p.groups_x;
+    set_opaque_zero(p.groups_x, 0u);
     if (g >= p.groups) {
         return;
     }
@@ -117,13 +119,13 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
                 var old_scale = 1.0;
                 var weight = 1.0;
                 if (score > running) {
-                    old_scale = exp(running - score);
+                    old_scale = exp_exact(running - score);
                     running = score;
                     acc = round_f16(acc * old_scale);
                 } else {
-                    weight = exp(score - running);
+                    weight = exp_exact(score - running);
                 }
-                acc = round_f16(fma(values[(k * p.kv_heads + kv) * p.value_dim + d], weight, acc));
+                acc = round_f16(fma_exact(values[(k * p.kv_heads + kv) * p.value_dim + d], weight, acc));
                 sum = sum * old_scale + weight;
             }
             var inv = 0.0;
@@ -140,7 +142,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     for (var k = t; k <= last; k += WG) {
         var e = 0.0;
         if (visible(at, k)) {
-            e = exp(scores[sa + k] - max_score);
+            e = exp_exact(scores[sa + k] - max_score);
         }
         scores[sa + k] = e;
         sum += e;

@@ -20,6 +20,7 @@ struct Params {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x + id.y * p.stride;
+    set_opaque_zero(p.stride, 0u);
     if (i >= p.total) {
         return;
     }
@@ -32,19 +33,28 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             x[i] = v * p.by;
         }
         case 2u: {
-            x[i] = v / (1.0 + exp(-v)) * y[i];
+            x[i] = v / (1.0 + exp_exact(-v)) * y[i];
         }
         case 4u: {
             x[i] = round_f16(v);
         }
         default: {
+            // As the CPU reads llama.cpp's table: the input and the result rounded to f16.
             var g = v;
             if (v <= -10.0) {
                 g = 0.0;
             } else if (v < 10.0) {
-                g = 0.5 * v * (1.0 + tanh(0.7978846 * v * (1.0 + 0.044715 * v * v)));
+                let h = round_f16(v);
+                g = round_f16(0.5 * h * (1.0 + tanh_near(0.7978846 * h * (1.0 + 0.044715 * h * h))));
             }
             x[i] = g * y[i];
         }
     }
+}
+
+// tanh(y) = (e^2y − 1) / (e^2y + 1), within a few ulp of 1 (WGSL's tanh promises nothing
+// on some implementations): what GELU adds it to is rounded to f16.
+fn tanh_near(y: f32) -> f32 {
+    let e = exp_exact(2.0 * min(abs(y), 20.0));
+    return sign(y) * ((e - 1.0) / (e + 1.0));
 }

@@ -21,6 +21,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     if (g >= p.groups) {
         return;
     }
+    set_opaque_zero(p.width, 0u);
     let at = g * p.width;
     // The CPU sums the f32 squares in f64 and rounds the mean once to f32: one thread sums
     // them here as a pair of f32s (the sum and its rounding error, Knuth's two-sum), whose
@@ -30,15 +31,13 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         var lo = 0.0;
         for (var i = 0u; i < p.width; i++) {
             let v = x[at + i];
-            let sq = v * v;
-            let s = hi + sq;
-            let b = s - hi;
-            lo += (hi - (s - b)) + (sq - b);
-            hi = s;
+            let s = two_sum(hi, v * v);
+            lo += s.y;
+            hi = s.x;
         }
         let n = f32(p.width);
         var mean = hi / n;
-        mean += (fma(-mean, n, hi) + lo) / n;
+        mean += (fma_exact(-mean, n, hi) + lo) / n;
         // 1 / sqrt(mean + eps), each step correctly rounded as the CPU's: the neighbour of
         // WGSL's result (within a few ulp) whose residual is smallest.
         let m = mean + p.eps;
@@ -56,11 +55,11 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
 // difference from m (an fma) is smallest.
 fn nearest_sqrt(m: f32) -> f32 {
     var best = sqrt(m);
-    var err = abs(fma(best, best, -m));
+    var err = abs(fma_exact(best, best, -m));
     let base = bitcast<u32>(best);
     for (var d = 0u; d < 5u; d++) {
         let c = bitcast<f32>(base + d - 2u);
-        let e = abs(fma(c, c, -m));
+        let e = abs(fma_exact(c, c, -m));
         if (e < err) {
             best = c;
             err = e;
@@ -72,11 +71,11 @@ fn nearest_sqrt(m: f32) -> f32 {
 // The f32 nearest to 1 / r, as nearest_sqrt chooses it.
 fn nearest_reciprocal(r: f32) -> f32 {
     var best = 1.0 / r;
-    var err = abs(fma(best, r, -1.0));
+    var err = abs(fma_exact(best, r, -1.0));
     let base = bitcast<u32>(best);
     for (var d = 0u; d < 5u; d++) {
         let c = bitcast<f32>(base + d - 2u);
-        let e = abs(fma(c, r, -1.0));
+        let e = abs(fma_exact(c, r, -1.0));
         if (e < err) {
             best = c;
             err = e;

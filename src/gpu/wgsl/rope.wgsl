@@ -19,6 +19,7 @@ struct Params {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let n = id.x + id.y * p.stride;
+    set_opaque_zero(p.stride, 0u);
     if (n >= p.total) {
         return;
     }
@@ -36,6 +37,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let s = cs[(row * p.half + i) * 2u + 1u];
     let x0 = x[a];
     let x1 = x[b];
-    x[a] = fma(x0, c, -(x1 * s));
-    x[b] = fma(x0, s, x1 * c);
+    // The CPU's rotation: the first product of each line fused into its addition.
+    x[a] = fma_exact(x0, c, -(x1 * s));
+    x[b] = fma_exact(x0, s, x1 * c);
 }
