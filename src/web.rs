@@ -864,16 +864,19 @@ pub(crate) fn with_threads<T: Send>(_threads: Option<usize>, work: impl FnOnce()
     work()
 }
 
-/// The GPU's products against the CPU kernels on random blocks ([`crate::gpu::check`]), on
-/// the browser's WebGPU: an array of one report per format, or an error when there is no
-/// WebGPU adapter. For `tests/browser/gpu.mjs`; in builds with the `webgpu` feature only.
+/// The GPU's products against the CPU kernels on random blocks, and its other operations
+/// against the CPU backend's ([`crate::gpu::check`]), on the browser's WebGPU: `{ adapter,
+/// reports, operations }`, a report per format and per operation, or an error when there is
+/// no WebGPU adapter. For `tests/browser/gpu.mjs`; in builds with the `webgpu` feature only.
 #[cfg(feature = "webgpu")]
 #[wasm_bindgen(js_name = gpuKernelCheck)]
 pub async fn gpu_kernel_check() -> Result<JsValue, JsValue> {
     let gpu = crate::gpu::Gpu::new().await.map_err(js_error)?;
     let reports = crate::gpu::check::run(&gpu).await.map_err(js_error)?;
+    let operations = crate::gpu::check::operations(&gpu).await.map_err(js_error)?;
     let result = Object::new();
     Reflect::set(&result, &"adapter".into(), &gpu.adapter_name().into())?;
     Reflect::set(&result, &"reports".into(), &to_js(&reports))?;
+    Reflect::set(&result, &"operations".into(), &to_js(&operations))?;
     Ok(result.into())
 }

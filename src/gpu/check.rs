@@ -198,6 +198,203 @@ fn quantized_values(act: &Activations, format: ActFormat, cols: usize) -> Vec<f6
     (0..cols).map(|i| f64::from(act.qs[i]) * f64::from(act.d[i / block])).collect()
 }
 
+/// One operation of the forward pass on the GPU against the CPU backend's, or one function of
+/// `exact.wgsl` against the CPU's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OperationReport {
+    /// What was compared.
+    pub operation: String,
+    /// Values equal to the CPU's to the bit, of `values`.
+    pub identical: usize,
+    /// Values compared.
+    pub values: usize,
+    /// Largest |gpu − cpu| over the largest |cpu|.
+    pub max_rel: f64,
+    /// 0: every value must be the CPU's to the bit; else the bound on `max_rel`; infinite:
+    /// reported only (WGSL's own `fma` and `exp`, for comparison).
+    pub tolerance: f64,
+}
+
+impl OperationReport {
+    /// Whether the values met the tolerance.
+    pub fn passed(&self) -> bool {
+        if self.tolerance == 0.0 {
+            self.identical == self.values
+        } else {
+            self.max_rel <= self.tolerance
+        }
+    }
+}
+
+fn compare(operation: String, got: &[f32], cpu: &[f32], tolerance: f64) -> OperationReport {
+    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let worst = if got.len() == cpu.len() { got.iter().zip(cpu).map(|(g, c)| (g - c).abs()).fold(0f32, f32::max) / scale } else { f32::INFINITY };
+    let identical = got.iter().zip(cpu).filter(|(g, c)| g.to_bits() == c.to_bits()).count();
+    OperationReport { operation, identical, values: cpu.len(), max_rel: f64::from(worst), tolerance }
+}
+
+/// Each operation of the forward pass on the GPU against the CPU backend's, on random values:
+/// every value's bits the CPU's, but for GELU (see below) and attention without flash attention, whose GPU form
+/// sums in another order than the CPU's (llama.cpp's tiled f16 products and its vectorised
+/// exponential) and is held to 2e-3 of the largest value: its probabilities are rounded to
+/// f16 (2⁻¹¹ relative), so a last-bit difference before that rounding moves one by up to
+/// 2⁻¹¹. The decoder runs that form only where the value width differs from the key width
+/// (none of the models the GPU runs today).
+///
+/// # Errors
+/// [`crate::Error::Gpu`] when the GPU fails to run them (a difference is a failure in its
+/// report, not an error).
+pub async fn operations(gpu: &Gpu) -> Result<Vec<OperationReport>> {
+    use crate::arch::attention::{Rope, Spec};
+    use crate::arch::{Activation, AttentionKernel, RopeStyle};
+    use crate::backend::{cpu::Tensor, Backend, CacheSpec, Cpu};
+
+    let cpu = Cpu::default();
+    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit()).collect() };
+    let both = |values: &[f32], rows: usize| -> Result<(Tensor, super::GpuTensor)> {
+        Ok((Tensor { rows, data: values.to_vec() }, gpu.tensor(values, rows, values.len() / rows)?))
+    };
+    let mut reports = Vec::new();
+    let (rows, heads, kv_heads, head_dim) = (5, 6, 2, 64);
+    let width = heads * head_dim;
+
+    let x = random(rows * width);
+    let weight = random(width);
+    let (mut c, mut g) = both(&x, rows)?;
+    let (cw, gw) = (cpu.vector(weight.clone())?, gpu.vector(weight)?);
+    cpu.rms_norm(&mut c, &cw, 1e-5)?;
+    gpu.rms_norm(&mut g, &gw, 1e-5)?;
+    reports.push(compare("rms_norm".into(), &gpu.read(&g).await?, &c.data, 0.0));
+
+    for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+        let rope = Rope { dims: head_dim, base: 10000.0, style, yarn: None, factors: None, mscale: 1.0 };
+        let (mut c, mut g) = both(&x, rows)?;
+        cpu.rope(&mut c, heads, head_dim, 37, &rope)?;
+        gpu.rope(&mut g, heads, head_dim, 37, &rope)?;
+        reports.push(compare(format!("rope {style:?} at 37"), &gpu.read(&g).await?, &c.data, 0.0));
+    }
+
+    // Gates over SiLU's and GELU's whole range (GELU saturates beyond ±10).
+    let gate: Vec<f32> = x.iter().map(|v| v * 12.0).collect();
+    let up = random(rows * width);
+    for activation in [Activation::Silu, Activation::GeluTanh] {
+        let (c, g) = both(&gate, rows)?;
+        let (cu, gu) = both(&up, rows)?;
+        let c = cpu.gated(c, &cu, activation)?;
+        let g = gpu.gated(g, &gu, activation)?;
+        // GELU's tanh is a quotient of exact exponentials, within a few ulp of 1 but not
+        // correctly rounded as the CPU's (f64) tanh: after the f16 rounding of the result, a
+        // few values in a thousand differ by an f16 ulp, each of them small (the largest seen,
+        // 1.5e-8 of the largest value): 1e-6 of the largest value bounds them.
+        let tolerance = if activation == Activation::Silu { 0.0 } else { 1e-6 };
+        reports.push(compare(format!("gated {activation:?}"), &gpu.read(&g).await?, &c.data, tolerance));
+    }
+
+    let (mut c, mut g) = both(&x, rows)?;
+    let (cu, gu) = both(&up, rows)?;
+    cpu.add(&mut c, &cu)?;
+    gpu.add(&mut g, &gu)?;
+    cpu.scale(&mut c, 0.125)?;
+    gpu.scale(&mut g, 0.125)?;
+    reports.push(compare("add, scale".into(), &gpu.read(&g).await?, &c.data, 0.0));
+
+    let (c, g) = both(&x, rows)?;
+    let cp = cpu.split(&c, &[64, 32, 32])?;
+    let gp = gpu.split(&g, &[64, 32, 32])?;
+    for (i, (c, g)) in cp.iter().zip(&gp).enumerate() {
+        reports.push(compare(format!("split part {i}"), &gpu.read(g).await?, &c.data, 0.0));
+    }
+    let cj = cpu.join(&cp[1], 32, &cp[0], 64, 1)?;
+    let gj = gpu.join(&gp[1], 32, &gp[0], 64, 1)?;
+    reports.push(compare("join".into(), &gpu.read(&gj).await?, &cj.data, 0.0));
+    let (c, g) = both(&x, rows)?;
+    reports.push(compare("tail".into(), &gpu.read(&gpu.tail(g, 3)?).await?, &cpu.tail(c, 3)?.data, 0.0));
+
+    // Attention: a prompt of 7 positions, then one of `rows`, then one more position.
+    for kernel in [AttentionKernel::Flash, AttentionKernel::Unfused] {
+        let spec = CacheSpec { kv_heads, capacity: 32, head_dim, value_dim: head_dim, values_in_keys: false, window: None };
+        let (mut cc, mut gc) = (cpu.cache(&spec)?, gpu.cache(&spec)?);
+        let attention = Spec { heads, scale: 0.125, softcap: None, window: None, chunk: None, sinks: None, kernel };
+        let mut pos = 0;
+        for n in [7, rows, 1] {
+            // Scores of a few units, as a model's are: the softmax's exponentials over a range.
+            let q: Vec<f32> = random(n * width).iter().map(|v| v * 4.0).collect();
+            let (k, v) = (random(n * kv_heads * head_dim), random(n * kv_heads * head_dim));
+            let ((cq, gq), (ck, gk), (cv, gv)) = (both(&q, n)?, both(&k, n)?, both(&v, n)?);
+            let c = cpu.attend(&cq, &ck, Some(&cv), &mut cc, pos, &attention)?;
+            let g = gpu.attend(&gq, &gk, Some(&gv), &mut gc, pos, &attention)?;
+            let tolerance = if kernel == AttentionKernel::Flash { 0.0 } else { 2e-3 };
+            reports.push(compare(format!("attend {kernel:?} {n} at {pos}"), &gpu.read(&g).await?, &c.data, tolerance));
+            pos += n;
+        }
+    }
+    reports.extend(arithmetic(gpu).await?);
+    Ok(reports)
+}
+
+/// `exact.wgsl`'s `fma_exact` and `exp_exact` on 200,000 random inputs against the CPU's fused
+/// multiply-add and e^x ([`crate::arch::math`]), bit for bit; WGSL's own `fma` and `exp`
+/// reported beside them. The products' addends cancel them often (a third of the cases); the
+/// exponents span the range of normal results.
+async fn arithmetic(gpu: &Gpu) -> Result<Vec<OperationReport>> {
+    use wgpu::util::DeviceExt;
+    let n = 200_000usize;
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let value = |rng: &mut Rng| rng.unit() * 2f32.powi((rng.next() % 24) as i32 - 12);
+    let a: Vec<f32> = (0..n).map(|_| value(&mut rng)).collect();
+    let b: Vec<f32> = (0..n).map(|_| value(&mut rng)).collect();
+    let c: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { -(a[i] * b[i]) * (1.0 + value(&mut rng) * 1e-3) } else { value(&mut rng) }).collect();
+    // Results from e^-87 (near the smallest normal f32) to e^88 (near the largest); the
+    // subnormal results below are a GPU's to flush to zero (SwiftShader does), and a weight
+    // or e^-x that small changes no sum of the forward pass.
+    let x: Vec<f32> = (0..n).map(|_| rng.unit() * 87.5 + 0.5).collect();
+    let source = format!("{}\n{}", include_str!("wgsl/exact.wgsl"), include_str!("wgsl/exact_check.wgsl"));
+    let device = &gpu.device;
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("exact check"), source: wgpu::ShaderSource::Wgsl(source.into()) });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("exact check"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let input = |v: &[f32]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: &super::f32_bytes(v), usage: wgpu::BufferUsages::STORAGE });
+    let inputs = [input(&a), input(&b), input(&c), input(&x)];
+    let out = gpu.storage(4 * n, "results")?;
+    let mut entries: Vec<_> = inputs.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
+    entries.push(wgpu::BindGroupEntry { binding: 4, resource: out.as_entire_binding() });
+    let group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.get_bind_group_layout(0), entries: &entries });
+    gpu.record(|encoder| {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        // 64 threads a workgroup, 1024 workgroups a row of the dispatch.
+        pass.dispatch_workgroups(1024, n.div_ceil(65536) as u32, 1);
+    })?;
+    let o = gpu.read(&super::GpuTensor { rows: 4, width: n, buffer: out }).await?;
+    let fused: Vec<f32> = (0..n).map(|i| crate::arch::math::fma(a[i], b[i], c[i])).collect();
+    let exp: Vec<f32> = x.iter().map(|&v| crate::arch::math::exp(v)).collect();
+    Ok(vec![
+        compare("fma_exact".into(), &o[..n], &fused, 0.0),
+        compare("WGSL fma (reported only)".into(), &o[n..2 * n], &fused, f64::INFINITY),
+        compare("exp_exact".into(), &o[2 * n..3 * n], &exp, 0.0),
+        compare("WGSL exp (reported only)".into(), &o[3 * n..], &exp, f64::INFINITY),
+    ])
+}
+
+/// Prints `reports` (to standard error) and fails with those that did not pass.
+#[cfg(test)]
+fn assert_operations(adapter: &str, reports: &[OperationReport]) {
+    eprintln!("on {adapter}:");
+    for r in reports {
+        eprintln!("{:>28}: {}/{} bit-identical to the cpu; max |gpu − cpu| {:.2e} of max |cpu|", r.operation, r.identical, r.values, r.max_rel);
+    }
+    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(|r| format!("{}: {} of {} values differ, max {:.2e}", r.operation, r.values - r.identical, r.values, r.max_rel)).collect();
+    assert!(failed.is_empty(), "GPU operations unlike the CPU's:\n{}", failed.join("\n"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +425,13 @@ mod tests {
         }
         let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(|r| format!("{}: {}", r.format, r.failures.join("; "))).collect();
         assert!(failed.is_empty(), "GPU products out of bounds:\n{}", failed.join("\n"));
+    }
+
+    /// Every other operation of the forward pass, and `exact.wgsl`, against the CPU's.
+    #[test]
+    fn gpu_operations_match_the_cpu_backend() {
+        let gpu = futures::executor::block_on(Gpu::new()).unwrap_or_else(|e| panic!("{e} (natively the GPU tests need a Vulkan driver: `apt-get install mesa-vulkan-drivers`)"));
+        let reports = futures::executor::block_on(operations(&gpu)).unwrap_or_else(|e| panic!("{e}"));
+        assert_operations(&gpu.adapter_name(), &reports);
     }
 }

@@ -180,19 +180,19 @@ impl Gpu {
                 cache: None,
             })
         };
+        let (f16, exact) = (include_str!("wgsl/f16.wgsl"), include_str!("wgsl/exact.wgsl"));
         let mut matvec = Vec::new();
         for format in GPU_FORMATS {
             let Some(block) = format_source(format) else { continue };
-            matvec.push((format, pipeline(&format!("matvec {format:?}"), format!("{block}\n{}", include_str!("wgsl/matvec.wgsl")))));
+            matvec.push((format, pipeline(&format!("matvec {format:?}"), format!("{exact}\n{block}\n{}", include_str!("wgsl/matvec.wgsl")))));
         }
-        let (f16, exact) = (include_str!("wgsl/f16.wgsl"), include_str!("wgsl/exact.wgsl"));
         let ops = Ops {
             rms_norm: pipeline("rms_norm", format!("{exact}\n{}", include_str!("wgsl/rms_norm.wgsl"))),
             rope: pipeline("rope", format!("{exact}\n{}", include_str!("wgsl/rope.wgsl"))),
             elementwise: pipeline("elementwise", format!("{f16}\n{exact}\n{}", include_str!("wgsl/elementwise.wgsl"))),
             copy: pipeline("copy", format!("{f16}\n{}", include_str!("wgsl/copy.wgsl"))),
             attend: pipeline("attend", format!("{f16}\n{exact}\n{}", include_str!("wgsl/attend.wgsl"))),
-            quantize: pipeline("quantize", format!("{f16}\n{}", include_str!("wgsl/quantize.wgsl"))),
+            quantize: pipeline("quantize", format!("{f16}\n{exact}\n{}", include_str!("wgsl/quantize.wgsl"))),
         };
         Ok(Gpu { device, queue, adapter: adapter.get_info(), matvec, ops, pending: Mutex::new(None) })
     }

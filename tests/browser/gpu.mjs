@@ -1,6 +1,6 @@
-// The GPU's WGSL products against the CPU kernels, in a real headless Chromium on WebGPU
-// (SwiftShader, Chromium's software Vulkan): src/gpu/check.rs, which states and justifies the
-// tolerances, run in the page through the `webgpu` build's `gpuKernelCheck()`. Fails, saying
+// The GPU's WGSL products against the CPU kernels, and its other operations against the CPU
+// backend's, in a real headless Chromium on WebGPU (SwiftShader, Chromium's software Vulkan):
+// src/gpu/check.rs, which states and justifies the tolerances, run in the page through the `webgpu` build's `gpuKernelCheck()`. Fails, saying
 // so, when the page has no WebGPU adapter: it never skips.
 //
 //   make test-gpu                       (builds the `webgpu` package, then runs this)
@@ -30,6 +30,8 @@ async function main() {
     const page = await browser.context.newPage();
     const errors = [];
     page.on("pageerror", (e) => errors.push(e.message));
+    // WebGPU reports a shader that does not compile on the console.
+    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
     // http://127.0.0.1 is a secure context; WebGPU needs one.
     await page.goto(`${server.url}test/blank.html`);
     const started = Date.now();
@@ -59,10 +61,16 @@ async function main() {
       );
       if (r.failures.length) failed.push(`${r.format}: ${r.failures.join("; ")}`);
     }
-    if (result.reports.length === 0) throw new Failure("the kernel check returned no reports");
+    for (const r of result.operations) {
+      // An infinite tolerance (reported only) arrives as null through JSON.
+      const passed = r.tolerance === null || (r.tolerance === 0 ? r.identical === r.values : r.maxRel <= r.tolerance);
+      console.log(`${r.operation.padStart(28)}: ${r.identical}/${r.values} bit-identical to the cpu; max |gpu − cpu| ${r.maxRel.toExponential(2)} of max |cpu|${passed ? "" : " FAILS"}`);
+      if (!passed) failed.push(`${r.operation}: ${r.values - r.identical} of ${r.values} values differ from the CPU's (max ${r.maxRel.toExponential(2)}, allowed ${r.tolerance})`);
+    }
+    if (result.reports.length === 0 || result.operations.length === 0) throw new Failure("the kernel check returned no reports");
     if (errors.length) throw new Failure(`errors in the page: ${errors.join("; ")}`);
     if (failed.length) throw new Failure(`GPU products out of bounds:\n${failed.join("\n")}`);
-    console.log(`gpu: ${result.reports.length} WGSL products match the CPU kernels`);
+    console.log(`gpu: ${result.reports.length} WGSL products and ${result.operations.length} operations match the CPU`);
   } finally {
     await browser.close();
     await server.close();

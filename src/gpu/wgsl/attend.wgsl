@@ -130,7 +130,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
             }
             var inv = 0.0;
             if (sum != 0.0) {
-                inv = 1.0 / sum;
+                inv = div_exact(1.0, sum);
             }
             out[g * p.value_dim + d] = acc * inv;
         }

@@ -33,7 +33,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             x[i] = v * p.by;
         }
         case 2u: {
-            x[i] = v / (1.0 + exp_exact(-v)) * y[i];
+            x[i] = div_exact(v, 1.0 + exp_exact(-v)) * y[i];
         }
         case 4u: {
             x[i] = round_f16(v);
@@ -56,5 +56,5 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 // on some implementations): what GELU adds it to is rounded to f16.
 fn tanh_near(y: f32) -> f32 {
     let e = exp_exact(2.0 * min(abs(y), 20.0));
-    return sign(y) * ((e - 1.0) / (e + 1.0));
+    return sign(y) * div_exact(e - 1.0, e + 1.0);
 }

@@ -150,7 +150,8 @@ fn exp_exact(x: f32) -> f32 {
         return x;
     }
     if (x > 88.72284) {
-        return bitcast<f32>(0x7f800000u);
+        // (Not a constant: WGSL refuses a constant infinity.)
+        return bitcast<f32>(0x7f800000u ^ opaque_zero);
     }
     if (x < -103.97208) {
         return 0.0;
@@ -192,4 +193,23 @@ fn exp_exact(x: f32) -> f32 {
         return v * 2.0 * bitcast<f32>(u32(m - 1 + 127) << 23u);
     }
     return v * bitcast<f32>(u32(m + 127) << 23u);
+}
+
+// a / b rounded to nearest, as the CPU divides: WebGPU lets a division be 2.5 ulp off (and
+// SwiftShader's is), so of the quotient and its two neighbours either side, the one whose
+// exact residual a − c·b is smallest.
+fn div_exact(a: f32, b: f32) -> f32 {
+    let q = a / b;
+    var best = q;
+    var err = abs(fma_exact(-q, b, a));
+    let base = bitcast<u32>(q);
+    for (var d = 0u; d < 5u; d++) {
+        let c = bitcast<f32>(base + d - 2u);
+        let e = abs(fma_exact(-c, b, a));
+        if (e < err) {
+            best = c;
+            err = e;
+        }
+    }
+    return best;
 }

@@ -33,7 +33,9 @@ fn kquant_term(block: u32, a: u32, high_bits: bool) -> f32 {
         sumi += sm.x * s;
         summ += sm.y * sa;
     }
-    let d = f16_at(block) * xs[a].x;
-    let dmin = f16_at(block + 2u) * xs[a].x;
-    return d * f32(sumi) - dmin * f32(summ);
+    // Each product rounded on its own, as the CPU rounds it: `opaque` keeps a compiler from
+    // fusing one into the subtraction (SwiftShader did) or regrouping the products.
+    let d = opaque(f16_at(block) * xs[a].x);
+    let dmin = opaque(f16_at(block + 2u) * xs[a].x);
+    return opaque(d * f32(sumi)) - opaque(dmin * f32(summ));
 }

@@ -2,9 +2,9 @@
 // (`quantize.wgsl`): one workgroup per weight row and activation row, in the CPU's arithmetic
 // (`kernels::blocks::dot_scalar`): each block's sum of 8-bit products is an exact integer,
 // scaled in f32 as the CPU scales it, and the blocks' terms are added in block order by one
-// thread, as the CPU adds them. The products are then the CPU's to the bit, but where the
-// shader compiler fuses a block's multiply and add (a K-quant's `d·Σ − dmin·Σ`) into one
-// rounding.
+// thread, as the CPU adds them. The products are then the CPU's to the bit: where a compiler
+// could fuse or regroup a block's products (a K-quant's `d·Σ − dmin·Σ`, which SwiftShader
+// fused), they pass through exact.wgsl's `opaque`.
 //
 // The weights are the file's bytes, as they are, in an array of u32 words (a block's bytes do
 // not start on a word boundary in most formats, so they are read a byte at a time). The format
@@ -67,6 +67,7 @@ fn qa(i: u32) -> i32 {
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let row = group.x + group.y * p.groups_x;
+    set_opaque_zero(p.groups_x, 0u);
     // The activation row (a prompt's position).
     let b = group.z;
     if (row >= p.rows) {

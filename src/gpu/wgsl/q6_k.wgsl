@@ -20,5 +20,6 @@ fn block_term(block: u32, a: u32) -> f32 {
         let sc = block + 192u + h * 8u + k * 2u;
         sumi += i8_at(sc) * s.x + i8_at(sc + 1u) * s.y;
     }
-    return (f16_at(block + 208u) * xs[a].x) * f32(sumi);
+    // (d · x.d) · Σ in that order, as the CPU groups it (`opaque`: see kquants.wgsl).
+    return opaque(f16_at(block + 208u) * xs[a].x) * f32(sumi);
 }

@@ -5,9 +5,8 @@
 //           s = f16((amax / 127) · Σq) (Q8_1's; Q8_0's products do not read it)
 //   kind 1: Q8_K, blocks of 256: the value of largest magnitude (the first of equals) m,
 //           q = min(127, round(x · −127 / m)), d = 1 / (−127 / m)
-// WGSL's round() rounds half to even, as the CPU's does; its division may be off by 2.5 ulp
-// where the CPU's is correctly rounded, so a value on a rounding boundary can, rarely, round
-// the other way.
+// WGSL's round() rounds half to even, as the CPU's does; the divisions are exact.wgsl's,
+// correctly rounded as the CPU's (WebGPU's own may be 2.5 ulp off).
 
 struct Params {
     blocks: u32,
@@ -22,6 +21,7 @@ struct Params {
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    set_opaque_zero(p.stride, 0u);
     let block = id.x + id.y * p.stride;
     if (block >= p.blocks) {
         return;
@@ -32,10 +32,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         for (var i = 0u; i < 32u; i++) {
             amax = max(amax, abs(x[at + i]));
         }
-        let d = amax / 127.0;
+        let d = div_exact(amax, 127.0);
         var id = 0.0;
         if (amax != 0.0) {
-            id = 127.0 / amax;
+            id = div_exact(127.0, amax);
         }
         var sum = 0.0;
         for (var i = 0u; i < 32u; i++) {
@@ -62,10 +62,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             xs[block] = vec2(0.0, 0.0);
             return;
         }
-        let iscale = -127.0 / m;
+        let iscale = div_exact(-127.0, m);
         for (var i = 0u; i < 256u; i++) {
             xq[at + i] = min(127.0, round(iscale * x[at + i]));
         }
-        xs[block] = vec2(1.0 / iscale, 0.0);
+        xs[block] = vec2(div_exact(1.0, iscale), 0.0);
     }
 }

@@ -36,7 +36,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
             hi = s.x;
         }
         let n = f32(p.width);
-        var mean = hi / n;
+        var mean = div_exact(hi, n);
         mean += (fma_exact(-mean, n, hi) + lo) / n;
         // 1 / sqrt(mean + eps), each step correctly rounded as the CPU's: the neighbour of
         // WGSL's result (within a few ulp) whose residual is smallest.
