@@ -11,11 +11,15 @@
 #   make soak               1,000 mixed generations natively and in Node.js, memory before and after
 #   make bench-scale        the same on files of Qwen3-Coder-30B-A3B's and Kimi K2's real shapes (17 + 9 GB)
 #   make bench-browser      candlewick beside wllama in Chromium
+#   make test-gpu           the GPU backend against the CPU (part of `make test`): its operations
+#                           and products natively on Vulkan (Mesa's lavapipe without a GPU, installed
+#                           when missing) and in Chromium's WebGPU (SwiftShader)
+#   make test-gpu-forward   greedy continuations of SmolLM2 and Qwen2.5-Coder, GPU against CPU, natively
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser soak run
+.PHONY: test test-gpu test-gpu-forward vulkan-driver pkg-webgpu models reference python-deps wasm-target rust-src wasm-tools wasm-test browser-deps pkg demo fuzz bench bench-session bench-scale bench-browser soak run
 
 test: models reference python-deps pkg browser-deps
 	$(CARGO) test --release
@@ -24,6 +28,7 @@ test: models reference python-deps pkg browser-deps
 	tests/browser/node_modules/.bin/tsc -p tests/types
 	node tests/browser/demo.mjs
 	node tests/browser/threads.mjs
+	$(MAKE) test-gpu
 
 models:
 	scripts/fetch-models.sh
@@ -68,6 +73,31 @@ pkg: wasm-target rust-src wasm-tools
 	RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' CARGO_TARGET_DIR='$(THREADS_TARGET_DIR)' \
 		wasm-pack build --release --target web --out-dir pkg/threads --out-name candlewick --no-pack -- --features threads -Z build-std=panic_abort,std
 	node js/finish-package.mjs
+
+# The `webgpu` build, for tests/browser/gpu.mjs (not part of the npm package).
+WEBGPU_PKG = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/pkg-webgpu
+pkg-webgpu: wasm-target wasm-tools
+	wasm-pack build --release --target web --out-dir '$(WEBGPU_PKG)' --out-name candlewick --no-pack -- --features webgpu
+
+# A Vulkan driver for the native GPU tests: any the loader finds, else Mesa's lavapipe (a
+# software Vulkan) from Debian's mesa-vulkan-drivers.
+vulkan-driver:
+	@ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 || { \
+		[ "$$(id -u)" = 0 ] || { echo "no Vulkan driver: run 'apt-get install mesa-vulkan-drivers' as root" >&2; exit 1; }; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q mesa-vulkan-drivers >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mesa-vulkan-drivers >/dev/null; }; }
+
+# The GPU backend against the CPU's: each operation and product natively (seconds) and in
+# headless Chromium on WebGPU (20-75 s on SwiftShader).
+test-gpu: vulkan-driver pkg-webgpu browser-deps
+	$(CARGO) test --release --features webgpu --lib gpu::
+	node tests/browser/gpu.mjs '$(WEBGPU_PKG)'
+
+# The whole forward pass natively, greedy continuations of both models against the CPU
+# (tests/gpu.rs, 21-33 minutes on lavapipe). Not yet in `make test`: Qwen2.5-Coder fails it (see
+# the README).
+test-gpu-forward: vulkan-driver models
+	$(CARGO) test --release --features webgpu --test gpu
 
 # In Node.js through wasm-bindgen-test: the simd128 kernels against the scalar code, and the
 # JavaScript API on a real model (tests/web.rs).

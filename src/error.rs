@@ -175,6 +175,11 @@ pub enum Error {
         context: usize,
     },
 
+    /// The GPU could not be used: no adapter, a limit too small for a matrix, a shader or
+    /// buffer the device refused, a lost device, or a result that could not be read back.
+    #[error("GPU: {0}")]
+    Gpu(String),
+
     /// A caller-supplied parameter is out of range.
     #[error("invalid parameter `{name}`: {reason}")]
     InvalidParameter {

@@ -26,6 +26,8 @@ pub mod chat;
 pub mod error;
 pub mod generator;
 pub mod gguf;
+#[cfg(feature = "webgpu")]
+pub mod gpu;
 pub mod grammar;
 pub mod kernels;
 pub mod model;

@@ -863,3 +863,79 @@ pub(crate) fn with_threads<T: Send>(_threads: Option<usize>, work: impl FnOnce()
     #[cfg(not(feature = "threads"))]
     work()
 }
+
+/// The GPU's products against the CPU kernels on random blocks, and its other operations
+/// against the CPU backend's ([`crate::gpu::check`]), on the browser's WebGPU: `{ adapter,
+/// reports, operations }`, a report per format and per operation, or an error when there is
+/// no WebGPU adapter. For `tests/browser/gpu.mjs`; in builds with the `webgpu` feature only.
+#[cfg(feature = "webgpu")]
+#[wasm_bindgen(js_name = gpuKernelCheck)]
+pub async fn gpu_kernel_check() -> Result<JsValue, JsValue> {
+    let gpu = crate::gpu::Gpu::new().await.map_err(js_error)?;
+    let reports = crate::gpu::check::run(&gpu).await.map_err(js_error)?;
+    let operations = crate::gpu::check::operations(&gpu).await.map_err(js_error)?;
+    let result = Object::new();
+    Reflect::set(&result, &"adapter".into(), &gpu.adapter_name().into())?;
+    Reflect::set(&result, &"reports".into(), &to_js(&reports))?;
+    Reflect::set(&result, &"operations".into(), &to_js(&operations))?;
+    Ok(result.into())
+}
+
+/// Greedy continuations of `prompts` on the browser's GPU and on the CPU, from the GGUF file
+/// `bytes`: `{ adapter, results: [{ prompt, cpu, gpu, divergence }] }`, `cpu` and `gpu` the
+/// `tokens` ids each picked, `divergence` (at the first difference) `{ at, cpuToken,
+/// gpuToken, cpuLogit, gpuTokenCpuLogit }`, the two tokens' logits on the CPU. For
+/// `tests/browser/gpu-forward.mjs`; in builds with the `webgpu` feature only.
+#[cfg(feature = "webgpu")]
+#[wasm_bindgen(js_name = gpuGreedyCheck)]
+pub async fn gpu_greedy_check(bytes: Vec<u8>, prompts: Vec<String>, tokens: usize) -> Result<JsValue, JsValue> {
+    use crate::arch::Weights;
+    use crate::gguf::Gguf;
+    let file = crate::bytes::Bytes::from(bytes);
+    let gguf = Gguf::read(&mut std::io::Cursor::new(&file[..])).map_err(js_error)?;
+    let cpu_model = model::Model::from_bytes(file.to_vec()).map_err(js_error)?;
+    let cpu = cpu_model.weights().map_err(js_error)?;
+    let gpu = crate::gpu::Gpu::new().await.map_err(js_error)?;
+    let adapter = gpu.adapter_name();
+    let gpu = Weights::place(gpu, &gguf, &[(file.clone(), gguf.data_offset)], &mut |_, _| {}).map_err(js_error)?;
+    let argmax = |logits: &[f32]| logits.iter().enumerate().fold(0, |best, (i, &v)| if v > logits[best] { i } else { best }) as u32;
+    let results = Array::new();
+    for prompt in prompts {
+        let ids = cpu_model.tokenizer().encode(&prompt, true, false).map_err(js_error)?;
+        let capacity = ids.len() + tokens + 1;
+        let (mut cpu_state, mut gpu_state) = (cpu.new_state(capacity).map_err(js_error)?, gpu.new_state(capacity).map_err(js_error)?);
+        let (mut cpu_tokens, mut gpu_tokens, mut cpu_logits) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_input, mut gpu_input) = (ids.clone(), ids);
+        for _ in 0..tokens {
+            let c = cpu.forward(&mut cpu_state, &cpu_input).map_err(js_error)?;
+            let on_device = gpu.forward_on_device(&mut gpu_state, &gpu_input, gpu_input.len() - 1).map_err(js_error)?;
+            let g = gpu.backend().read(&on_device).await.map_err(js_error)?;
+            let (ct, gt) = (argmax(&c), argmax(&g));
+            cpu_tokens.push(ct);
+            gpu_tokens.push(gt);
+            cpu_logits.push(c);
+            (cpu_input, gpu_input) = (vec![ct], vec![gt]);
+        }
+        let result = Object::new();
+        Reflect::set(&result, &"prompt".into(), &prompt.into())?;
+        Reflect::set(&result, &"cpu".into(), &to_js(&cpu_tokens))?;
+        Reflect::set(&result, &"gpu".into(), &to_js(&gpu_tokens))?;
+        if let Some(at) = cpu_tokens.iter().zip(&gpu_tokens).position(|(a, b)| a != b) {
+            let logits = &cpu_logits[at];
+            let (ct, gt) = (cpu_tokens[at], gpu_tokens[at]);
+            let divergence = object(&[
+                ("at", (at as f64).into()),
+                ("cpuToken", ct.into()),
+                ("gpuToken", gt.into()),
+                ("cpuLogit", logits[ct as usize].into()),
+                ("gpuTokenCpuLogit", logits[gt as usize].into()),
+            ]);
+            Reflect::set(&result, &"divergence".into(), &divergence)?;
+        }
+        results.push(&result);
+    }
+    let out = Object::new();
+    Reflect::set(&out, &"adapter".into(), &adapter.into())?;
+    Reflect::set(&out, &"results".into(), &results)?;
+    Ok(out.into())
+}

@@ -69,26 +69,10 @@ impl Rope<'_> {
 pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rope) {
     let (dims, style) = (rope.dims, rope.style);
     let half = dims / 2;
-    let theta_scale = math::powf(rope.base, -2.0 / dims as f32);
     let mut cos = vec![0f32; half];
     let mut sin = vec![0f32; half];
     for (p, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
-        // The angle of pair i is position · theta_scale^i, stepped in f32.
-        let mut theta_base = (pos + p) as f32;
-        for i in 0..half {
-            let theta = rope.factors.map_or(theta_base, |f| theta_base / f[i]);
-            let angle = match rope.yarn {
-                None => theta,
-                Some((freq_scale, [low, high])) => {
-                    // Blend interpolated and extrapolated angles across the correction band.
-                    let ramp = 1.0 - (((i as f32) - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
-                    freq_scale * theta * (1.0 - ramp) + theta * ramp
-                }
-            };
-            cos[i] = math::cos(angle) * rope.mscale;
-            sin[i] = math::sin(angle) * rope.mscale;
-            theta_base *= theta_scale;
-        }
+        rope_angles(pos + p, rope, &mut cos, &mut sin);
         for head in row.chunks_exact_mut(head_dim) {
             for i in 0..half {
                 let (a, b) = match style {
@@ -102,6 +86,28 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, rope: &Rop
                 head[b] = math::fma(x0, sin[i], x1 * cos[i]);
             }
         }
+    }
+}
+
+/// The cosines and sines of the `rope.dims / 2` rotation angles at `position` (the lengths of
+/// `cos` and `sin`), each times the rotation scale `rope.mscale`.
+pub(crate) fn rope_angles(position: usize, rope: &Rope, cos: &mut [f32], sin: &mut [f32]) {
+    let theta_scale = math::powf(rope.base, -2.0 / rope.dims as f32);
+    // The angle of pair i is position · theta_scale^i, stepped in f32.
+    let mut theta_base = position as f32;
+    for (i, (cos, sin)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+        let theta = rope.factors.map_or(theta_base, |f| theta_base / f[i]);
+        let angle = match rope.yarn {
+            None => theta,
+            Some((freq_scale, [low, high])) => {
+                // Blend interpolated and extrapolated angles across the correction band.
+                let ramp = 1.0 - (((i as f32) - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                freq_scale * theta * (1.0 - ramp) + theta * ramp
+            }
+        };
+        *cos = math::cos(angle) * rope.mscale;
+        *sin = math::sin(angle) * rope.mscale;
+        theta_base *= theta_scale;
     }
 }
 

@@ -562,6 +562,16 @@ impl<B: Backend> Weights<B> {
     /// As [`Weights::forward`]; [`Error::InvalidParameter`] when `from` is not below
     /// `tokens.len()`.
     pub fn forward_rows(&self, state: &mut State<B>, tokens: &[u32], from: usize) -> Result<Vec<f32>> {
+        let logits = self.forward_on_device(state, tokens, from)?;
+        self.backend.read(&logits)
+    }
+
+    /// As [`Weights::forward_rows`], but leaves the logits where the backend holds them: a
+    /// browser's GPU reads them back asynchronously ([`crate::gpu::Gpu::read`]).
+    ///
+    /// # Errors
+    /// As [`Weights::forward_rows`].
+    pub fn forward_on_device(&self, state: &mut State<B>, tokens: &[u32], from: usize) -> Result<B::Tensor> {
         let c = &self.config;
         if from >= tokens.len().max(1) {
             return Err(Error::InvalidParameter { name: "from", reason: format!("row {from} of {} tokens", tokens.len()) });
@@ -648,7 +658,12 @@ impl<B: Backend> Weights<B> {
         if let Some(cap) = c.final_softcap {
             b.soft_cap(&mut logits, cap)?;
         }
-        b.read(&logits)
+        Ok(logits)
+    }
+
+    /// The backend the weights are placed on.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     /// Self-attention of layer `index` for `h` (`[seq][hidden]`) at positions `pos..pos+seq`,

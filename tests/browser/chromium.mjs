@@ -19,16 +19,23 @@ const ARGS = [
 ];
 
 /**
- * Starts Chromium; `options` go to playwright's launchPersistentContext (e.g. `viewport`).
+ * WebGPU on SwiftShader, Chromium's software Vulkan: how a machine without a GPU runs WebGPU
+ * (REFERENCE.md §13). The page must come from http://127.0.0.1 (a secure context).
+ */
+export const WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-unsafe-swiftshader"];
+
+/**
+ * Starts Chromium; `options` go to playwright's launchPersistentContext (e.g. `viewport`), and
+ * `extraArgs` after the usual flags (e.g. WEBGPU_ARGS).
  * @returns {Promise<{ context: import("playwright-core").BrowserContext, close: () => Promise<void> }>}
  */
-export async function launchChromium(options = {}) {
+export async function launchChromium(options = {}, extraArgs = []) {
   const profile = await mkdtemp(join(tmpdir(), "candlewick-chromium-"));
   try {
     const context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
-      args: ARGS,
+      args: [...ARGS, ...extraArgs],
       ...options,
     });
     return {
