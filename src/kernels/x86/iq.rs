@@ -1014,6 +1014,20 @@ fn rows_transposed<const N: usize>(blocks: &[&[u8; N]; TILE_ROWS], scratch: &mut
     }
 }
 
+impl TileScales {
+    /// Each run's multiplier and correction (one row per lane), the corrections paired for
+    /// `vpdpwssd`, and the rows' `d` (at byte 0 of each block).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn of(runs: [(__m512i, __m512i); 8], base: *const u8, offsets: __m512i) -> TileScales {
+        TileScales {
+            multipliers: runs.map(|(m, _)| m),
+            corrections: std::array::from_fn(|q| pack_pairs(runs[2 * q].1, runs[2 * q + 1].1)),
+            d: tile_d(base, offsets),
+        }
+    }
+}
+
 /// Sixteen rows' blocks' f16 scales (at byte 0), widened to f32 exactly.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -1075,11 +1089,7 @@ fn tiles_iq1s(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
             let correction = _mm512_mullo_epi32(ls, _mm512_mask_blend_epi32(minus, _mm512_set1_epi32(-7), _mm512_set1_epi32(-9)));
             (_mm512_slli_epi32::<3>(ls), correction)
         });
-        TileScales {
-            multipliers: runs.map(|(m, _)| m),
-            corrections: std::array::from_fn(|q| pack_pairs(runs[2 * q].1, runs[2 * q + 1].1)),
-            d: tile_d(base, offsets),
-        }
+        TileScales::of(runs, base, offsets)
     };
     tiles::<50>(rows, acts, out, 1.0, IQ1_DELTA, decode, scales)
 }
@@ -1106,11 +1116,7 @@ fn tiles_iq2xxs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
             let ls = _mm512_add_epi32(_mm512_slli_epi32::<1>(_mm512_srli_epi32::<28>(unsafe { gather_rows(base, offsets, 6 + 8 * r) })), _mm512_set1_epi32(1));
             (ls, _mm512_mullo_epi32(ls, _mm512_set1_epi32(-43)))
         });
-        TileScales {
-            multipliers: runs.map(|(m, _)| m),
-            corrections: std::array::from_fn(|q| pack_pairs(runs[2 * q].1, runs[2 * q + 1].1)),
-            d: tile_d(base, offsets),
-        }
+        TileScales::of(runs, base, offsets)
     };
     tiles::<66>(rows, acts, out, 0.125, 1.0, decode, scales)
 }
@@ -1134,11 +1140,7 @@ fn tiles_iq4xs(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
             let ls = _mm512_sub_epi32(_mm512_or_si512(low4, _mm512_slli_epi32::<4>(high2)), _mm512_set1_epi32(32));
             (ls, _mm512_mullo_epi32(ls, _mm512_set1_epi32(-128)))
         });
-        TileScales {
-            multipliers: runs.map(|(m, _)| m),
-            corrections: std::array::from_fn(|q| pack_pairs(runs[2 * q].1, runs[2 * q + 1].1)),
-            d: tile_d(base, offsets),
-        }
+        TileScales::of(runs, base, offsets)
     };
     tiles::<136>(rows, acts, out, 1.0, 1.0, decode, scales)
 }
