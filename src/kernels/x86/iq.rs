@@ -714,6 +714,23 @@ static IQ1S_DIGITS: [[u8; 8]; 2048] = {
     digits
 };
 
+/// IQ1_S's grid as 16-bit codes of its digits `v + 1` (0, 1, 2; [`IQ1S_DIGITS`]), value `j`
+/// in bits `2j..2j + 2`, and one code more (zero) so that a 4-byte read at any entry stays
+/// inside: [`tiles_iq1s`] gathers them.
+static IQ1S_CODES: [u16; 2049] = {
+    let mut codes = [0u16; 2049];
+    let mut i = 0;
+    while i < 2048 {
+        let mut j = 0;
+        while j < 8 {
+            codes[i] |= ((IQ1S_GRID[i][j] + 1) as u16) << (2 * j);
+            j += 1;
+        }
+        i += 1;
+    }
+    codes
+};
+
 /// A decoded IQ1_S block: each value's weight `ls·(8·g + delta)` (`g` its grid value, `ls` and
 /// `delta` its run's scale and shift sign) as a magnitude in unsigned bytes (values
 /// `64p..64p + 64` in vector `p`, at most 15 · 9) and the mask of the negative ones.
@@ -1051,29 +1068,27 @@ fn pack_pairs(lo: __m512i, hi: __m512i) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 fn tiles_iq1s(rows: &[u8], acts: &[Activations], out: &mut [f32]) -> bool {
     // The rows' grid indices transposed (two entries per 32-bit lane, row k in lane k), then
-    // each entry gathered for the sixteen rows at once: its 8 digits, two dwords of the tile.
+    // each entry's code gathered for the sixteen rows at once (one dword per row, the code in
+    // its low 16 bits) and its 2-bit digits spread into the tile's two dwords of the entry,
+    // one byte each: a byte of `vpmultishiftqb` reads a digit from its qword's two rows' codes.
+    let first = _mm512_set1_epi64(0x2624_2220_0604_0200);
+    let second = _mm512_set1_epi64(0x2E2C_2A28_0E0C_0A08);
+    let three = _mm512_set1_epi8(3);
     let decode = |blocks: &[&[u8; 50]; TILE_ROWS], scratch: &mut [[__m512i; 16]; 4], tile: &mut [[__m512i; 16]; 4]| {
         for (k, b) in blocks.iter().enumerate() {
             scratch[0][k] = iq1s_indices(b).0;
         }
         let pairs = transpose16(&scratch[0]);
-        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
         for (i, pair) in pairs.iter().enumerate() {
             for half in 0..2 {
                 let index = if half == 0 { _mm512_and_si512(*pair, _mm512_set1_epi32(0xFFFF)) } else { _mm512_srli_epi32::<16>(*pair) };
-                // SAFETY: every index is below 2048 (8 + 3 bits), the table's length, and each
-                // entry is 8 bytes.
-                let (low, high) = unsafe {
-                    (
-                        _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(index), IQ1S_DIGITS.as_ptr().cast()),
-                        _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(index), IQ1S_DIGITS.as_ptr().cast()),
-                    )
-                };
+                // SAFETY: every index is below 2048 (8 + 3 bits) and the table has a code past
+                // the last, so each 4-byte read at 2·index lies inside it.
+                let codes = unsafe { _mm512_i32gather_epi32::<2>(index, IQ1S_CODES.as_ptr().cast()) };
                 // Entry e = 2i + half: values 8e..8e + 8, dwords 2(e % 8) and 2(e % 8) + 1 of vector e / 8.
                 let e = 2 * i + half;
-                tile[e / 8][2 * (e % 8)] = _mm512_permutex2var_epi32(low, even, high);
-                tile[e / 8][2 * (e % 8) + 1] = _mm512_permutex2var_epi32(low, odd, high);
+                tile[e / 8][2 * (e % 8)] = _mm512_and_si512(_mm512_multishift_epi64_epi8(first, codes), three);
+                tile[e / 8][2 * (e % 8) + 1] = _mm512_and_si512(_mm512_multishift_epi64_epi8(second, codes), three);
             }
         }
     };
