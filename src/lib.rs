@@ -40,6 +40,8 @@ pub mod tools;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+#[cfg(not(target_arch = "wasm32"))]
+mod team;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -187,10 +187,43 @@ impl Route {
 pub(crate) fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, work: impl Fn(usize, &mut [T]) + Sync + Send) {
     use rayon::prelude::*;
     let chunk = chunk.max(1);
+    let pieces = data.len().div_ceil(chunk);
+    if pieces > 1 {
+        // Chunk i at data[i·chunk..]: the chunks are disjoint, each handed to one call.
+        let (start, len) = (SendPtr(data.as_mut_ptr()), data.len());
+        let run = |i: usize| {
+            let at = i * chunk;
+            // SAFETY: `at < len` for every chunk index, each chunk index is run once, and the
+            // chunks do not overlap; `data` is borrowed mutably until every chunk has run.
+            let piece = unsafe { std::slice::from_raw_parts_mut(start.get().add(at), chunk.min(len - at)) };
+            work(i, piece)
+        };
+        if crate::team::chunks(pieces, &run) {
+            return;
+        }
+    }
     if data.len() <= chunk || rayon::current_num_threads() == 1 {
         data.chunks_mut(chunk).enumerate().for_each(|(i, c)| work(i, c));
     } else {
         data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| work(i, c));
+    }
+}
+
+/// A raw pointer that may cross threads: [`parallel_chunks`] hands each thread its own chunk.
+struct SendPtr<T>(*mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+// SAFETY: used only to hand disjoint chunks of a `&mut [T]` with `T: Send` to other threads.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above; the pointer itself is only copied.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
     }
 }
 
@@ -213,6 +246,11 @@ pub(crate) fn with_threads<T: Send>(threads: Option<usize>, work: impl FnOnce() 
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    // A team of spinning threads where one is free; else rayon's pool.
+    let work = match crate::team::lead(threads.unwrap_or_else(rayon::current_num_threads).max(1), work) {
+        Ok(done) => return done,
+        Err(work) => work,
+    };
     let Some(n) = threads else { return work() };
     let pool = {
         let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
