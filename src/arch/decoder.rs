@@ -1132,4 +1132,36 @@ mod tests {
             }
         }
     }
+
+    /// A token's few experts run in parts of rows side by side (the CPU backend's
+    /// `experts_in_parts`), a prompt's many each whole on one thread: the same bits. Forty
+    /// experts, four per token: eleven tokens choose more than sixteen (whole), one token four
+    /// (in parts: three parts of the 96 rows of gate and up, four of the 64 of down).
+    #[test]
+    fn experts_in_parts_equal_whole_experts() {
+        let mut next = xorshift(0x9A27_5E11_0B0E_77A1);
+        let (hidden, count, ffn, seq) = (64, 40, 96, 11);
+        let unit = |next: &mut dyn FnMut() -> u64| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        let spec = super::super::Experts { count, used: 4, ffn, normalize: true, scale: 1.0, gating: Gating::Softmax, groups: None, shared_ffn: 0, leading_dense: 0, interleave: 1, weigh_inputs: false };
+        let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
+        let moe = Moe {
+            router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
+            bias: None,
+            experts: (0..count).map(|_| mlp(ffn, hidden, &mut next)).collect(),
+            shared: None,
+            shared_gate: None,
+        };
+        let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
+        let cpu = Cpu::default();
+        let logits = cpu.matmul(&Tensor { rows: seq, data: x.clone() }, &moe.router).expect("router logits").data;
+        let chosen: std::collections::BTreeSet<usize> = logits.chunks_exact(count).flat_map(|l| route(&spec, None, l).into_iter().map(|(e, _)| e)).collect();
+        assert!(chosen.len() >= 16, "the batch should run its experts whole: {} chosen", chosen.len());
+        let batched = cpu.experts(&Tensor { rows: seq, data: x.clone() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
+        for (t, row) in x.chunks_exact(hidden).enumerate() {
+            let alone = cpu.experts(&Tensor { rows: 1, data: row.to_vec() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
+            let got = &batched[t * hidden..(t + 1) * hidden];
+            assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "token {t}: {:?} vs {:?}", &got[..4], &alone[..4]);
+            assert!(alone.iter().any(|&v| v != 0.0));
+        }
+    }
 }

@@ -258,15 +258,27 @@ impl Backend for Cpu {
         }
         // outputs[e] = `[rows][hidden]`: expert e over its tokens' rows (none for an expert no
         // token chose).
-        let mut outputs: Vec<Result<Tensor>> = (0..spec.count).map(|_| Ok(Tensor { rows: 0, data: Vec::new() })).collect();
-        crate::platform::parallel_chunks(&mut outputs, 1, |e, slot| {
-            let tokens = &by_expert[e];
-            if !tokens.is_empty() {
-                let rows = tokens.iter().flat_map(|&(t, s)| x.data[t * hidden..(t + 1) * hidden].iter().map(move |v| v * input_weight(t, s)));
-                slot[0] = moe.experts[e].forward(self, &Tensor { rows: tokens.len(), data: rows.collect() }, activation);
+        let input = |e: usize| {
+            let tokens: &[(usize, usize)] = &by_expert[e];
+            let mut data = Vec::with_capacity(tokens.len() * hidden);
+            for &(t, s) in tokens {
+                let w = input_weight(t, s);
+                data.extend(x.data[t * hidden..(t + 1) * hidden].iter().map(|v| v * w));
             }
-        });
-        let outputs: Vec<Tensor> = outputs.into_iter().collect::<Result<_>>()?;
+            Tensor { rows: tokens.len(), data }
+        };
+        let chosen: Vec<usize> = (0..spec.count).filter(|&e| !by_expert[e].is_empty()).collect();
+        let outputs: Vec<Tensor> = if chosen.len() < EXPERTS_SIDE_BY_SIDE {
+            self.experts_in_parts(moe, &chosen, &input, activation, spec.count)?
+        } else {
+            let mut outputs: Vec<Result<Tensor>> = (0..spec.count).map(|_| Ok(Tensor { rows: 0, data: Vec::new() })).collect();
+            crate::platform::parallel_chunks(&mut outputs, 1, |e, slot| {
+                if !by_expert[e].is_empty() {
+                    slot[0] = moe.experts[e].forward(self, &input(e), activation);
+                }
+            });
+            outputs.into_iter().collect::<Result<_>>()?
+        };
         // cursor[e] = the next of expert e's output rows, taken in token order.
         let mut cursor = vec![0usize; spec.count];
         let mut routed = vec![0f32; hidden];
@@ -295,6 +307,72 @@ impl Backend for Cpu {
     fn read(&self, x: &Tensor) -> Result<Vec<f32>> {
         Ok(x.data.clone())
     }
+}
+
+/// Experts chosen by a batch from which each runs whole on one thread, side by side with the
+/// others (a prompt's); below, a token's few run in parts ([`Cpu::experts_in_parts`]).
+const EXPERTS_SIDE_BY_SIDE: usize = 16;
+
+/// Parts each of a few experts' matrices is split into ([`Cpu::experts_in_parts`]).
+const EXPERT_PARTS: usize = 4;
+
+impl Cpu {
+    /// The `chosen` experts over their inputs (`input(e)`), in two rounds, each spread over the
+    /// threads in parts of rows: every expert's gate and up products and its activation, then
+    /// every expert's down product. A token's eight experts, each whole on one thread, left a
+    /// thread waiting for the last (Kimi K2: 1.5 % of decoding); parts of a few hundred rows
+    /// balance to the end. Each row's products are the whole matrices'
+    /// (`QLinear::forward_part`). Returns each of the `count` experts' output (empty for
+    /// those not chosen).
+    fn experts_in_parts(&self, moe: &Moe<Cpu>, chosen: &[usize], input: &(dyn Fn(usize) -> Tensor + Sync), activation: Activation, count: usize) -> Result<Vec<Tensor>> {
+        let inputs: Vec<Tensor> = chosen.iter().map(|&e| input(e)).collect();
+        let hidden = in_parts(chosen, &inputs, |e| moe.experts[e].gate.out_features(), |e, x, range| {
+            let mlp = &moe.experts[e];
+            let mut gate = mlp.gate.forward_part(&x.data, x.rows, range.clone())?;
+            gated(activation, &mut gate, &mlp.up.forward_part(&x.data, x.rows, range)?);
+            Ok(gate)
+        })?;
+        let down = in_parts(chosen, &hidden, |e| moe.experts[e].down.out_features(), |e, x, range| moe.experts[e].down.forward_part(&x.data, x.rows, range))?;
+        let mut outputs: Vec<Tensor> = (0..count).map(|_| Tensor { rows: 0, data: Vec::new() }).collect();
+        for (&e, product) in chosen.iter().zip(down) {
+            outputs[e] = product;
+        }
+        Ok(outputs)
+    }
+}
+
+/// For each chosen expert `e` (with its input rows `inputs[i]`), the `[rows][width(e)]` values
+/// that `part(e, input, range)` gives `[rows][range]` of, the parts ([`EXPERT_PARTS`] per
+/// expert, starting on multiples of [`QMatrix::PART_ROWS`]) computed side by side.
+fn in_parts(
+    chosen: &[usize],
+    inputs: &[Tensor],
+    width: impl Fn(usize) -> usize,
+    part: impl Fn(usize, &Tensor, std::ops::Range<usize>) -> Result<Vec<f32>> + Sync,
+) -> Result<Vec<Tensor>> {
+    let mut jobs = Vec::new();
+    for (i, &e) in chosen.iter().enumerate() {
+        let rows = width(e);
+        let size = rows.div_ceil(EXPERT_PARTS).next_multiple_of(QMatrix::PART_ROWS).max(QMatrix::PART_ROWS);
+        jobs.extend((0..rows).step_by(size).map(|start| (i, start..(start + size).min(rows))));
+    }
+    let mut results: Vec<Result<Vec<f32>>> = (0..jobs.len()).map(|_| Ok(Vec::new())).collect();
+    crate::platform::parallel_chunks(&mut results, 1, |j, slot| {
+        let (i, range) = jobs[j].clone();
+        slot[0] = part(chosen[i], &inputs[i], range);
+    });
+    let mut out: Vec<Tensor> = chosen.iter().zip(inputs).map(|(&e, x)| Tensor { rows: x.rows, data: vec![0f32; x.rows * width(e)] }).collect();
+    for ((i, range), values) in jobs.into_iter().zip(results) {
+        let (values, out) = (values?, &mut out[i]);
+        let full = out.width();
+        if values.len() != out.rows * range.len() {
+            return Err(mismatch("an expert's part", values.len(), out.rows * range.len()));
+        }
+        for (row, values) in values.chunks_exact(range.len().max(1)).enumerate() {
+            out.data[row * full + range.start..][..range.len()].copy_from_slice(values);
+        }
+    }
+    Ok(out)
 }
 
 impl KvStore for KvCache {

@@ -183,6 +183,39 @@ impl QMatrix {
         self.rows
     }
 
+    /// The rows `range` of this matrix, sharing its bytes: `None` unless the range lies inside
+    /// it and, for a matrix in strips, starts on a strip (a multiple of [`QMatrix::PART_ROWS`])
+    /// and ends on one or at the last row. Each row's products are the whole matrix's.
+    pub fn part(&self, range: std::ops::Range<usize>) -> Option<QMatrix> {
+        if range.start > range.end || range.end > self.rows {
+            return None;
+        }
+        let kind = match &self.kind {
+            Kind::Blocks { format, data, row_bytes } => {
+                Kind::Blocks { format: *format, data: data.slice(range.start * row_bytes..range.end * row_bytes)?, row_bytes: *row_bytes }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kind::Strips { format, data } => {
+                use strips::ROWS;
+                if !range.start.is_multiple_of(ROWS) || !(range.end.is_multiple_of(ROWS) || range.end == self.rows) {
+                    return None;
+                }
+                let strip_bytes = self.cols / format.block().0 * strips::tile_bytes(*format);
+                Kind::Strips { format: *format, data: data.slice(range.start / ROWS * strip_bytes..range.end.div_ceil(ROWS) * strip_bytes)? }
+            }
+        };
+        Some(QMatrix { kind, rows: range.len(), cols: self.cols })
+    }
+
+    /// Row counts that [`QMatrix::part`] accepts a range starting at a multiple of.
+    pub const PART_ROWS: usize = 16;
+}
+
+// A part of a matrix in strips starts on a strip.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(QMatrix::PART_ROWS == strips::ROWS);
+
+impl QMatrix {
     /// Columns (inputs).
     pub fn cols(&self) -> usize {
         self.cols
@@ -404,6 +437,27 @@ impl QLinear {
         let mut y = self.weight.matmul(x, m)?;
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(b.len()) {
+                for (v, b) in row.iter_mut().zip(b) {
+                    *v += b;
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    /// [`QLinear::forward`] for the outputs `range` only: `m` rows of `range.len()` values,
+    /// each equal to the whole layer's.
+    ///
+    /// # Errors
+    /// [`Error::Compute`] on a shape mismatch or a range [`QMatrix::part`] refuses.
+    pub fn forward_part(&self, x: &[f32], m: usize, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let Some(weight) = self.weight.part(range.clone()) else {
+            return Err(Error::Compute(format!("rows {range:?} of a {}-row matrix", self.weight.rows())));
+        };
+        let mut y = weight.matmul(x, m)?;
+        if let Some(b) = &self.bias {
+            let b = &b[range];
+            for row in y.chunks_exact_mut(b.len().max(1)) {
                 for (v, b) in row.iter_mut().zip(b) {
                     *v += b;
                 }
