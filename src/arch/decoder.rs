@@ -1101,6 +1101,21 @@ mod tests {
         Mlp { gate: QLinear::new(q8_0(ffn, hidden, next), None), up: QLinear::new(q8_0(ffn, hidden, next), None), down: QLinear::new(q8_0(hidden, ffn, next), None) }
     }
 
+    /// `count` random experts of `ffn` rows over `hidden` values, an f32 router, a selection
+    /// bias and a shared expert if asked.
+    fn moe(count: usize, hidden: usize, ffn: usize, bias: bool, shared: bool, next: &mut impl FnMut() -> u64) -> Moe<Cpu> {
+        let mut unit = || (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit() * 0.5).to_le_bytes()).collect();
+        let bias = bias.then(|| (0..count).map(|_| unit() * 0.1).collect());
+        Moe {
+            router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
+            bias,
+            experts: (0..count).map(|_| mlp(ffn, hidden, next)).collect(),
+            shared: shared.then(|| mlp(ffn, hidden, next)),
+            shared_gate: None,
+        }
+    }
+
     /// Experts grouped over a batch give every token exactly (to the bit) what it gets alone,
     /// token by token, for softmax and sigmoid gating, with and without the selection bias,
     /// groups and a shared expert.
@@ -1113,14 +1128,7 @@ mod tests {
             [(Gating::Softmax, false, None, 0, true, 1.0), (Gating::Sigmoid, true, Some((4, 2)), 1, true, 2.5), (Gating::Sigmoid, false, None, 1, false, 1.0)]
         {
             let spec = super::super::Experts { count, used: 3, ffn, normalize, scale, gating, groups, shared_ffn: shared * ffn, leading_dense: 0, interleave: 1, weigh_inputs: false };
-            let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
-            let moe = Moe {
-                router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
-                bias: bias.then(|| (0..count).map(|_| unit(&mut next) * 0.1).collect()),
-                experts: (0..count).map(|_| mlp(ffn, hidden, &mut next)).collect(),
-                shared: (shared > 0).then(|| mlp(ffn, hidden, &mut next)),
-                shared_gate: None,
-            };
+            let moe = moe(count, hidden, ffn, bias, shared > 0, &mut next);
             let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
             let cpu = Cpu::default();
             let batched = cpu.experts(&Tensor { rows: seq, data: x.clone() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
@@ -1143,14 +1151,7 @@ mod tests {
         let (hidden, count, ffn, seq) = (64, 40, 96, 11);
         let unit = |next: &mut dyn FnMut() -> u64| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
         let spec = super::super::Experts { count, used: 4, ffn, normalize: true, scale: 1.0, gating: Gating::Softmax, groups: None, shared_ffn: 0, leading_dense: 0, interleave: 1, weigh_inputs: false };
-        let router: Vec<u8> = (0..count * hidden).flat_map(|_| (unit(&mut next) * 0.5).to_le_bytes()).collect();
-        let moe = Moe {
-            router: QLinear::new(QMatrix::new(0, router, count, hidden).expect("an f32 matrix"), None),
-            bias: None,
-            experts: (0..count).map(|_| mlp(ffn, hidden, &mut next)).collect(),
-            shared: None,
-            shared_gate: None,
-        };
+        let moe = moe(count, hidden, ffn, false, false, &mut next);
         let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
         let cpu = Cpu::default();
         let logits = cpu.matmul(&Tensor { rows: seq, data: x.clone() }, &moe.router).expect("router logits").data;
