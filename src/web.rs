@@ -906,10 +906,16 @@ pub async fn gpu_greedy_check(bytes: Vec<u8>, prompts: Vec<String>, tokens: usiz
         let (mut cpu_state, mut gpu_state) = (cpu.new_state(capacity).map_err(js_error)?, gpu.new_state(capacity).map_err(js_error)?);
         let (mut cpu_tokens, mut gpu_tokens, mut cpu_logits) = (Vec::new(), Vec::new(), Vec::new());
         let (mut cpu_input, mut gpu_input) = (ids.clone(), ids);
-        for _ in 0..tokens {
+        // Seconds on each device: the first pass (the prompt) and the others (a token each).
+        let (mut cpu_seconds, mut gpu_seconds) = ([0f64; 2], [0f64; 2]);
+        for step in 0..tokens {
+            let started = js_sys::Date::now();
             let c = cpu.forward(&mut cpu_state, &cpu_input).map_err(js_error)?;
+            let between = js_sys::Date::now();
             let on_device = gpu.forward_on_device(&mut gpu_state, &gpu_input, gpu_input.len() - 1).map_err(js_error)?;
             let g = gpu.backend().read(&on_device).await.map_err(js_error)?;
+            cpu_seconds[usize::from(step > 0)] += (between - started) / 1000.0;
+            gpu_seconds[usize::from(step > 0)] += (js_sys::Date::now() - between) / 1000.0;
             let (ct, gt) = (argmax(&c), argmax(&g));
             cpu_tokens.push(ct);
             gpu_tokens.push(gt);
@@ -920,6 +926,8 @@ pub async fn gpu_greedy_check(bytes: Vec<u8>, prompts: Vec<String>, tokens: usiz
         Reflect::set(&result, &"prompt".into(), &prompt.into())?;
         Reflect::set(&result, &"cpu".into(), &to_js(&cpu_tokens))?;
         Reflect::set(&result, &"gpu".into(), &to_js(&gpu_tokens))?;
+        Reflect::set(&result, &"cpuSeconds".into(), &to_js(&cpu_seconds))?;
+        Reflect::set(&result, &"gpuSeconds".into(), &to_js(&gpu_seconds))?;
         if let Some(at) = cpu_tokens.iter().zip(&gpu_tokens).position(|(a, b)| a != b) {
             let logits = &cpu_logits[at];
             let (ct, gt) = (cpu_tokens[at], gpu_tokens[at]);

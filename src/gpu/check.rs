@@ -63,9 +63,9 @@ const EXACT_TOLERANCE: f64 = 1e-5;
 /// |gpu − cpu| relative to Σ|w·x̂| (see the module's documentation).
 const CPU_TOLERANCE: f64 = 1e-6;
 
-/// (batch rows, matrix rows, columns): odd row counts; one row of more units than a workgroup
-/// has threads (4096 columns are 128 units), one of fewer (768 columns).
-const SHAPES: [(usize, usize, usize); 2] = [(3, 37, 768), (2, 9, 4096)];
+/// (batch rows, matrix rows, columns): odd row counts, fewer than a workgroup's 64 threads
+/// (a thread per row) and more, not a multiple of 64 (131); rows of 768 and 4096 columns.
+const SHAPES: [(usize, usize, usize); 3] = [(3, 37, 768), (2, 9, 4096), (2, 131, 512)];
 
 /// A xorshift generator: the same blocks on every run and every target.
 struct Rng(u64);

@@ -38,9 +38,6 @@ use crate::error::{Error, Result};
 pub const GPU_FORMATS: [Format; 8] =
     [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K];
 
-/// Blocks a row of a matrix may have (`MAX_BLOCKS` of `matvec.wgsl`).
-const MAX_ROW_BLOCKS: usize = 1024;
-
 /// Workgroups a dispatch may have along one dimension (WebGPU's default limit).
 const MAX_GROUPS: u32 = 65_535;
 
@@ -352,15 +349,12 @@ impl Gpu {
             other => return Err(gpu_error(format!("no GPU quantizer for {other:?} activations"))),
         };
         let blocks = x.len() / block;
-        if w.cols / block > MAX_ROW_BLOCKS {
-            return Err(gpu_error(format!("rows of {} values are more than the GPU product's {MAX_ROW_BLOCKS} blocks", w.cols)));
-        }
         let xq = self.storage(x.len(), "quantized activations")?;
         let xs = self.storage(blocks * 2, "activation scales")?;
         self.per_value(&self.ops.quantize, &[&xq, &xs, &x.buffer], &[Word::U(blocks), Word::U(kind)], blocks)?;
         let out = self.storage(x.rows * w.rows, "a product's result")?;
         for (first, rows, buffer) in &w.parts {
-            let (gx, gy) = groups(*rows)?;
+            let (gx, gy) = groups(rows.div_ceil(64))?;
             let params = [Word::U(*rows), Word::U(w.cols), Word::U(w.row_bytes), Word::U(gx as usize), Word::U(*first), Word::U(w.rows)];
             self.dispatch(pipeline, &[buffer, &xq, &xs, &out], &params, (gx, gy, x.rows as u32))?;
         }
