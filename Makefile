@@ -68,8 +68,11 @@ THREADS_RUSTFLAGS = -C target-feature=+atomics,+bulk-memory,+mutable-globals,+si
 	-C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
 	-C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
 THREADS_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)/wasm-threads
+# The single-thread build has the `webgpu` feature (Model.load's `device` option: the GPU is
+# chosen at run time, and a browser without WebGPU runs on the CPU); the threaded build is
+# CPU-only (wgpu's browser types are not shareable between threads).
 pkg: wasm-target rust-src wasm-tools
-	wasm-pack build --release --target web --out-dir pkg --out-name candlewick
+	wasm-pack build --release --target web --out-dir pkg --out-name candlewick -- --features webgpu
 	RUSTC_BOOTSTRAP=1 RUSTFLAGS='$(THREADS_RUSTFLAGS)' CARGO_TARGET_DIR='$(THREADS_TARGET_DIR)' \
 		wasm-pack build --release --target web --out-dir pkg/threads --out-name candlewick --no-pack -- --features threads -Z build-std=panic_abort,std
 	node js/finish-package.mjs

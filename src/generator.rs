@@ -208,6 +208,17 @@ pub struct Generator {
     cancel: Arc<AtomicBool>,
     started: Option<Instant>,
     first_token: Option<Instant>,
+    /// Set when the caller runs the forward passes on a device of its own (the browser's GPU,
+    /// whose logits arrive asynchronously) and hands the logits to [`Generator::take_logits`];
+    /// `state` is then empty and this counts the positions.
+    external: Option<Positions>,
+}
+
+/// The positions a caller-driven device has filled, and how many its cache holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Positions {
+    len: usize,
+    capacity: usize,
 }
 
 impl Generator {
@@ -232,6 +243,27 @@ impl Generator {
         let sampler = Sampler::new(options.sampling.clone())?;
         let grammar = Generator::grammar_state(model, &options)?;
         Ok(Generator::start(model, tokens, state, sampler, grammar, options, earlier_calls, None))
+    }
+
+    // Only the browser's GPU (web.rs) drives the passes itself so far.
+    #[cfg_attr(not(all(target_arch = "wasm32", feature = "webgpu")), allow(dead_code))]
+    /// As [`Generator::new`], but the caller runs the forward passes on a device of its own:
+    /// it asks [`Generator::next_input`] for the tokens to run, runs them on a state of the
+    /// returned capacity, and gives the logits to [`Generator::take_logits`]. No CPU KV cache
+    /// is allocated.
+    ///
+    /// # Errors
+    /// As [`Generator::new`].
+    pub(crate) fn on_device(model: &Model, prompt: Prompt, options: GenerateOptions) -> Result<(Generator, usize)> {
+        options.validate()?;
+        let weights = model.weights()?;
+        let tokens = prompt_tokens(model, prompt, &options)?;
+        let capacity = options.capacity(tokens.len(), weights.config().context_length)?;
+        let sampler = Sampler::new(options.sampling.clone())?;
+        let grammar = Generator::grammar_state(model, &options)?;
+        let mut generator = Generator::start(model, tokens, State::default(), sampler, grammar, options, 0, None);
+        generator.external = Some(Positions { len: 0, capacity });
+        Ok((generator, capacity))
     }
 
     /// Where a generation with `options` starts in its grammar: the options' own, or the one
@@ -294,6 +326,7 @@ impl Generator {
             cancel: Arc::new(AtomicBool::new(false)),
             started: None,
             first_token: None,
+            external: None,
         }
     }
 
@@ -355,7 +388,7 @@ impl Generator {
     /// kept for `next_chunk` to report.
     pub fn advance_prompt(&mut self, batch: usize) -> bool {
         let batch = batch.clamp(1, PREFILL_BATCH);
-        if self.finished || self.unprocessed.len() <= batch || self.cancel.load(Ordering::Relaxed) {
+        if self.finished || self.external.is_some() || self.unprocessed.len() <= batch || self.cancel.load(Ordering::Relaxed) {
             return false;
         }
         let batch: Vec<u32> = self.unprocessed.drain(..batch).collect();
@@ -373,19 +406,9 @@ impl Generator {
 
     /// One token: forward → sample → detokenize → stop check (→ tool calls, in `emit`).
     fn step(&mut self) -> Result<()> {
-        if self.cancel.load(Ordering::Relaxed) {
-            return self.finish(FinishReason::Cancelled, None);
-        }
+        let Some(input) = self.next_input() else { return Ok(()) };
         // Forward: the whole prompt first (in batches), then the token sampled last.
-        let input = match self.unprocessed.is_empty() {
-            false => std::mem::take(&mut self.unprocessed),
-            true => vec![*self.history.last().unwrap_or(&0)],
-        };
-        if self.state.len() + input.len() > self.state.capacity() {
-            return self.finish(FinishReason::Length, None); // the context is full
-        }
         let weights = self.model.weights()?;
-        self.started.get_or_insert_with(Instant::now);
         let mut logits = Vec::new();
         for batch in input.chunks(PREFILL_BATCH) {
             if self.cancel.load(Ordering::Relaxed) {
@@ -394,14 +417,71 @@ impl Generator {
             let state = &mut self.state;
             logits = crate::platform::with_threads(self.options.threads, || weights.forward(state, batch))?;
         }
+        self.take_logits(&logits)
+    }
 
+    /// The tokens the next forward pass runs: what is left of the prompt, then the token
+    /// sampled last; `None` when the generation has ended instead (cancelled, the context
+    /// full, or already finished), its last chunks queued.
+    pub(crate) fn next_input(&mut self) -> Option<Vec<u32>> {
+        if self.finished {
+            return None;
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            let _ = self.finish(FinishReason::Cancelled, None);
+            return None;
+        }
+        let input = match self.unprocessed.is_empty() {
+            false => std::mem::take(&mut self.unprocessed),
+            true => vec![*self.history.last().unwrap_or(&0)],
+        };
+        let (len, capacity) = match &self.external {
+            Some(p) => (p.len, p.capacity),
+            None => (self.state.len(), self.state.capacity()),
+        };
+        if len + input.len() > capacity {
+            let _ = self.finish(FinishReason::Length, None); // the context is full
+            return None;
+        }
+        if let Some(p) = &mut self.external {
+            p.len += input.len();
+        }
+        self.started.get_or_insert_with(Instant::now);
+        Some(input)
+    }
+
+    #[cfg_attr(not(all(target_arch = "wasm32", feature = "webgpu")), allow(dead_code))]
+    /// The logits after the input [`Generator::next_input`] gave, run on a caller's device, or
+    /// the error that pass met: sample, detokenize, check stops and queue the chunks.
+    pub(crate) fn take_device_logits(&mut self, logits: Result<Vec<f32>>) {
+        if let Err(e) = logits.and_then(|logits| self.take_logits(&logits)) {
+            self.outbox.clear();
+            self.fail(e);
+        }
+    }
+
+    #[cfg_attr(not(all(target_arch = "wasm32", feature = "webgpu")), allow(dead_code))]
+    /// The next queued chunk, without running anything (for a caller that drives the forward
+    /// passes itself); `None` when none is queued.
+    pub(crate) fn queued_chunk(&mut self) -> Option<Chunk> {
+        self.outbox.pop_front()
+    }
+
+    #[cfg_attr(not(all(target_arch = "wasm32", feature = "webgpu")), allow(dead_code))]
+    /// Whether the generation has queued its last chunk.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Sample → detokenize → stop check, from the logits after the last input token.
+    fn take_logits(&mut self, logits: &[f32]) -> Result<()> {
         // Sample (among the tokens the grammar allows, when there is one).
         let tokenizer = self.model.tokenizer();
         let token = match &mut self.grammar {
-            None => self.sampler.sample(&logits, &self.history),
+            None => self.sampler.sample(logits, &self.history),
             Some(grammar) => {
                 let mut filter = grammar.filter(tokenizer, self.model.grammar_vocabulary());
-                match self.sampler.sample_allowed(&logits, &self.history, |id| filter.allows(id)) {
+                match self.sampler.sample_allowed(logits, &self.history, |id| filter.allows(id)) {
                     Some(token) => token,
                     None => return Err(Error::GrammarDeadEnd { text: format!("{}{}", self.text, self.held) }),
                 }

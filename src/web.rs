@@ -129,7 +129,8 @@ export async function readSource(source, useCache, signal, progress, reserve, pu
     progress?.({ phase: "load", loaded: bytes.byteLength, total: bytes.byteLength });
 }
 
-// A ReadableStream pulling one chunk per read from `next()` (undefined at the end), after
+// A ReadableStream pulling one chunk per read from `next()` (undefined at the end, or a promise
+// of either), after
 // `prefill()` has run the prompt a batch at a time (it returns false when the rest is for
 // `next`); `stop()` ends the generation. The event loop runs between batches and tokens, so
 // cancelling the reader or aborting `signal` stops it before the next one.
@@ -157,7 +158,9 @@ export function chunkStream(prefill, next, stop, signal) {
             await nextTask();
             while (!finished && prefill()) await nextTask();
             if (finished) return;
-            const chunk = next();
+            // A chunk, or (on the GPU) a promise of one: the logits are read back asynchronously.
+            const chunk = await next();
+            if (finished) return;
             if (chunk === undefined) {
                 finish();
                 controller.close();
@@ -169,6 +172,21 @@ export function chunkStream(prefill, next, stop, signal) {
             finish();
         },
     }, { highWaterMark: 0 });
+}
+
+// Whether this context has WebGPU at all (navigator.gpu), before wgpu is asked for an adapter.
+export function hasWebGpu() {
+    return typeof navigator !== "undefined" && !!navigator.gpu;
+}
+
+// The name of the adapter navigator.gpu gives (wgpu's own adapter info is empty in a browser):
+// "google swiftshader", "nvidia ampere", …; null without one.
+export async function webGpuAdapterName() {
+    const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+    const info = adapter?.info;
+    if (!info) return null;
+    const name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(" ");
+    return name || "an unnamed WebGPU adapter";
 }
 
 // An async iterator over a ReadableStream, for browsers where ReadableStream is not async
@@ -199,6 +217,12 @@ extern "C" {
 
     #[wasm_bindgen(js_name = iterate)]
     fn iterate_stream(stream: &JsValue) -> JsValue;
+
+    #[wasm_bindgen(js_name = hasWebGpu)]
+    fn has_web_gpu() -> bool;
+
+    #[wasm_bindgen(js_name = webGpuAdapterName)]
+    async fn web_gpu_adapter_name() -> JsValue;
 }
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -210,6 +234,12 @@ export interface LoadOptions {
     signal?: AbortSignal;
     /** Keep a downloaded file in the Cache API (default true). */
     cache?: boolean;
+    /**
+     * Where `generate` runs the forward passes: "cpu" (the default), "gpu" (WebGPU; throws when
+     * the GPU cannot run the model, saying why) or "auto" (the GPU when it can run the model,
+     * else the CPU; `info().deviceReason` says why not).
+     */
+    device?: "auto" | "gpu" | "cpu";
 }
 /** A tool call in a conversation, in OpenAI's shape (`arguments` is a JSON object as text). */
 export interface ToolCallMessage { id: string; type?: "function"; function: { name: string; arguments: string } }
@@ -293,6 +323,12 @@ export interface ModelInfo {
     tensorCount: number;
     /** How many threads the forward passes run on: 1, or the threaded build's pool size. */
     threads: number;
+    /** Where `generate` runs the forward passes (chat sessions run on the CPU for now). */
+    device: "gpu" | "cpu";
+    /** Why `device` is not what `load` was asked for (or, asked for "auto", why not the GPU); null otherwise. */
+    deviceReason: string | null;
+    /** The GPU adapter's name, when `device` is "gpu"; null otherwise. */
+    adapter: string | null;
 }
 export interface TokenizeOptions { addSpecial?: boolean; parseSpecial?: boolean }
 "#;
@@ -328,6 +364,21 @@ pub fn iterate(#[wasm_bindgen(unchecked_param_type = "ReadableStream<Chunk>")] s
 #[wasm_bindgen(js_name = Model)]
 pub struct WebModel {
     model: model::Model,
+    /// The weights on the GPU, when `generate` runs there.
+    #[cfg(feature = "webgpu")]
+    gpu: Option<Rc<crate::arch::Weights<crate::gpu::Gpu>>>,
+    /// The GPU adapter's name, when `gpu` is there.
+    adapter: Option<String>,
+    /// Why the model is not on the device `load` was asked for (or, for `"auto"`, not on the GPU).
+    device_reason: Option<String>,
+}
+
+/// The `device` option of `Model.load`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DeviceChoice {
+    Auto,
+    Gpu,
+    Cpu,
 }
 
 #[wasm_bindgen(js_class = Model)]
@@ -341,7 +392,16 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "string | URL | Uint8Array | ArrayBuffer | Blob")] source: JsValue,
         options: Option<LoadOptions>,
     ) -> Result<WebModel, JsValue> {
-        let options = Options::new(options.map(JsCast::unchecked_into), &[&["onProgress", "signal", "cache"]], "Model.load")?;
+        let options = Options::new(options.map(JsCast::unchecked_into), &[&["onProgress", "signal", "cache", "device"]], "Model.load")?;
+        let device = match options.get("device") {
+            v if v.is_undefined() => DeviceChoice::Cpu,
+            v => match v.as_string().as_deref() {
+                Some("auto") => DeviceChoice::Auto,
+                Some("gpu") => DeviceChoice::Gpu,
+                Some("cpu") => DeviceChoice::Cpu,
+                _ => return Err(type_error(&format!("Model.load: `device` must be \"auto\", \"gpu\" or \"cpu\", not {}", js_sys::JSON::stringify(&v).ok().and_then(|t| t.as_string()).unwrap_or_else(|| "that".into())))),
+            },
+        };
         let progress = options.function("onProgress")?;
         let signal = options.get("signal");
         let use_cache = options.bool("cache")?.unwrap_or(true);
@@ -383,9 +443,32 @@ impl WebModel {
                 let _ = progress.call1(&JsValue::NULL, &event);
             }
         };
-        let model = model::Model::from_bytes_with_progress(file, |done, _| report(done as f64)).map_err(js_error)?;
+        let file = crate::bytes::Bytes::from(file);
+        let model = model::Model::from_bytes_with_progress(file.clone(), |done, _| report(done as f64)).map_err(js_error)?;
         report(total);
-        Ok(WebModel { model })
+        let (gpu, device_reason) = match device {
+            DeviceChoice::Cpu => (None, None),
+            _ => match place_on_gpu(&model, file).await {
+                Ok(gpu) => (Some(gpu), None),
+                Err(reason) if device == DeviceChoice::Gpu => {
+                    return Err(js_sys::Error::new(&format!("Model.load: the GPU cannot run this model: {reason} (load it with device: \"cpu\" or \"auto\")")).into())
+                }
+                Err(reason) => (None, Some(reason)),
+            },
+        };
+        let adapter = match gpu.is_some() {
+            true => Some(web_gpu_adapter_name().await.as_string().unwrap_or_else(|| "an unnamed WebGPU adapter".into())),
+            false => None,
+        };
+        #[cfg(not(feature = "webgpu"))]
+        let _: Option<()> = gpu;
+        Ok(WebModel {
+            model,
+            #[cfg(feature = "webgpu")]
+            gpu,
+            adapter,
+            device_reason,
+        })
     }
 
     /// Generates from `prompt` — a string (one user message, put through the model's chat
@@ -414,6 +497,15 @@ impl WebModel {
             }
             Prompt::Messages(messages_from_js(&prompt, "generate")?)
         };
+        #[cfg(feature = "webgpu")]
+        if let Some(gpu) = &self.gpu {
+            if let Some(why) = gpu.backend().lost() {
+                return Err(js_sys::Error::new(&format!("generate: the GPU device was lost ({why}); load the model again")).into());
+            }
+            let (generator, capacity) = Generator::on_device(&self.model, prompt, options.generate_options()?).map_err(js_error)?;
+            let state = gpu.new_state(capacity).map_err(js_error)?;
+            return Ok(gpu_stream(GpuRun { generator, weights: gpu.clone(), state }, &options.get("signal")));
+        }
         let generator = self.model.generator(prompt, options.generate_options()?).map_err(js_error)?;
         Ok(stream(generator, &options.get("signal")))
     }
@@ -453,11 +545,18 @@ impl WebModel {
 
     /// Facts about the model: `{ architecture, name, contextLength, vocabSize, tokenizerModel,
     /// tokenizerPre, bosTokenId, addBosToken, endOfGenerationIds, hasChatTemplate, tensorCount,
-    /// threads }`, `threads` being how many threads its forward passes run on.
+    /// threads, device, deviceReason, adapter }`, `threads` being how many threads its forward
+    /// passes run on, `device` where `generate` runs them (`"gpu"` or `"cpu"`), `deviceReason`
+    /// why that is not what `load` was asked for, `adapter` the GPU's name.
     #[wasm_bindgen(unchecked_return_type = "ModelInfo")]
     pub fn info(&self) -> Result<JsValue, JsValue> {
         let info = to_js(&self.model.info().map_err(js_error)?);
         let _ = Reflect::set(&info, &"threads".into(), &(threads() as f64).into());
+        let adapter = self.adapter.clone();
+        let device = if adapter.is_some() { "gpu" } else { "cpu" };
+        let _ = Reflect::set(&info, &"device".into(), &device.into());
+        let _ = Reflect::set(&info, &"deviceReason".into(), &self.device_reason.clone().map_or(JsValue::NULL, JsValue::from));
+        let _ = Reflect::set(&info, &"adapter".into(), &adapter.map_or(JsValue::NULL, JsValue::from));
         Ok(info)
     }
 
@@ -567,6 +666,138 @@ fn stream(generator: Generator, signal: &JsValue) -> JsValue {
     };
     let stop = Closure::<dyn FnMut()>::new(move || drop(generator.borrow_mut().take()));
     chunk_stream(&prefill.into_js_value().unchecked_into(), &next.into_js_value().unchecked_into(), &stop.into_js_value().unchecked_into(), signal)
+}
+
+/// A generation whose forward passes run on the GPU: the generator samples from the logits
+/// read back.
+#[cfg(feature = "webgpu")]
+struct GpuRun {
+    generator: Generator,
+    weights: Rc<crate::arch::Weights<crate::gpu::Gpu>>,
+    state: crate::arch::State<crate::gpu::Gpu>,
+}
+
+#[cfg(feature = "webgpu")]
+impl GpuRun {
+    /// The next chunk (`None` after the last): forward passes on the GPU, each one's logits
+    /// awaited (the readback resolves from the event loop, which runs meanwhile), then sampled
+    /// on the CPU as natively.
+    async fn next_chunk(&mut self) -> Option<Chunk> {
+        loop {
+            if let Some(chunk) = self.generator.queued_chunk() {
+                return Some(chunk);
+            }
+            if self.generator.is_finished() {
+                return None;
+            }
+            let Some(input) = self.generator.next_input() else { continue };
+            let logits = self.forward(&input).await;
+            self.generator.take_device_logits(logits);
+        }
+    }
+
+    /// Runs `input` (the prompt in batches) and reads the logits after its last token.
+    async fn forward(&mut self, input: &[u32]) -> crate::error::Result<Vec<f32>> {
+        let lost = |gpu: &crate::gpu::Gpu| gpu.lost().map(|why| Error::Gpu(format!("the device was lost ({why}); load the model again")));
+        if let Some(e) = lost(self.weights.backend()) {
+            return Err(e);
+        }
+        let mut logits = None;
+        for batch in input.chunks(GPU_PROMPT_BATCH) {
+            logits = Some(self.weights.forward_on_device(&mut self.state, batch, batch.len() - 1)?);
+        }
+        let logits = logits.ok_or_else(|| Error::Gpu("a forward pass with no tokens".into()))?;
+        let read = self.weights.backend().read(&logits).await;
+        // A readback that fails because the device went away says so.
+        read.map_err(|e| lost(self.weights.backend()).unwrap_or(e))
+    }
+}
+
+/// Prompt tokens in one GPU forward pass at most (bounds its activation buffers).
+#[cfg(feature = "webgpu")]
+const GPU_PROMPT_BATCH: usize = 64;
+
+/// A GPU generation as a `ReadableStream` of chunk objects: each read awaits a promise of the
+/// next chunk. Cancelling drops the generation, also while a readback is awaited.
+#[cfg(feature = "webgpu")]
+fn gpu_stream(run: GpuRun, signal: &JsValue) -> JsValue {
+    // The run is taken out while a chunk is computed, so a `stop` meanwhile finds it empty and
+    // marks it stopped; the chunk's future then drops it instead of putting it back.
+    let slot: Rc<RefCell<(Option<GpuRun>, bool)>> = Rc::new(RefCell::new((Some(run), false)));
+    let prefill = Closure::<dyn FnMut() -> bool>::new(|| false);
+    let next = {
+        let slot = slot.clone();
+        Closure::<dyn FnMut() -> JsValue>::new(move || {
+            let slot = slot.clone();
+            wasm_bindgen_futures::future_to_promise(async move {
+                let Some(mut run) = slot.borrow_mut().0.take() else { return Ok(JsValue::UNDEFINED) };
+                let chunk = run.next_chunk().await;
+                let mut slot = slot.borrow_mut();
+                if !slot.1 && chunk.is_some() {
+                    slot.0 = Some(run);
+                }
+                Ok(chunk.map_or(JsValue::UNDEFINED, |chunk| chunk_to_js(&chunk)))
+            })
+            .into()
+        })
+    };
+    let stop = Closure::<dyn FnMut()>::new(move || {
+        let mut slot = slot.borrow_mut();
+        slot.1 = true;
+        drop(slot.0.take());
+    });
+    chunk_stream(&prefill.into_js_value().unchecked_into(), &next.into_js_value().unchecked_into(), &stop.into_js_value().unchecked_into(), signal)
+}
+
+/// The model's weights placed on the browser's GPU, or why they cannot be: no WebGPU, no
+/// adapter, a limit of the adapter too small for the model, or an architecture or format the
+/// GPU does not run yet.
+#[cfg(feature = "webgpu")]
+async fn place_on_gpu(model: &model::Model, file: crate::bytes::Bytes) -> Result<Rc<crate::arch::Weights<crate::gpu::Gpu>>, String> {
+    if !has_web_gpu() {
+        return Err("navigator.gpu is undefined (this browser has no WebGPU, or the page is not a secure context: https or localhost)".into());
+    }
+    let gpu = crate::gpu::Gpu::new().await.map_err(|e| e.to_string())?;
+    gpu_limits_fit(&gpu, model)?;
+    let gguf = model.gguf();
+    let weights = crate::arch::Weights::place(gpu, gguf, &[(file, gguf.data_offset)], &mut |_, _| {}).map_err(|e| e.to_string())?;
+    Ok(Rc::new(weights))
+}
+
+/// Without the `webgpu` feature: the reason this build cannot use the GPU.
+#[cfg(not(feature = "webgpu"))]
+async fn place_on_gpu(_model: &model::Model, _file: crate::bytes::Bytes) -> Result<(), String> {
+    Err("this build of candlewick has no GPU support (the threaded build is CPU-only; the single-thread build has WebGPU)".into())
+}
+
+/// Whether the adapter's limits fit the model: storage buffers per shader stage for the
+/// busiest pipeline, a row of every matrix and a row of logits within one storage buffer
+/// binding (matrices are split into parts of whole rows, so a whole tensor need not fit).
+#[cfg(feature = "webgpu")]
+fn gpu_limits_fit(gpu: &crate::gpu::Gpu, model: &model::Model) -> Result<(), String> {
+    let limits = gpu.limits();
+    let adapter = gpu.adapter_name();
+    if limits.max_storage_buffers_per_shader_stage < crate::gpu::STORAGE_BUFFERS_PER_STAGE {
+        return Err(format!(
+            "{adapter} allows {} storage buffers per shader stage; the GPU path binds {}",
+            limits.max_storage_buffers_per_shader_stage,
+            crate::gpu::STORAGE_BUFFERS_PER_STAGE
+        ));
+    }
+    let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    let too_small = |what: String, bytes: u64| format!("{adapter}'s largest storage buffer binding ({binding} bytes: maxStorageBufferBindingSize {}, maxBufferSize {}) is too small for {what} of {bytes} bytes", limits.max_storage_buffer_binding_size, limits.max_buffer_size);
+    for t in &model.gguf().tensors {
+        let Some((block_elems, block_bytes)) = crate::gguf::ggml_type_block(t.ggml_type) else { continue };
+        let row = t.dims.first().copied().unwrap_or(0) / block_elems.max(1) * block_bytes;
+        if row + 8 > binding {
+            return Err(too_small(format!("a row of tensor `{}`", t.name), row));
+        }
+    }
+    let logits = model.tokenizer().vocab_size() as u64 * 4;
+    if logits > binding {
+        return Err(too_small("a row of logits".into(), logits));
+    }
+    Ok(())
 }
 
 /// A chunk as JS sees it: camelCase names, and the values `toolCall` / `toolCalls`.

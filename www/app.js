@@ -14,6 +14,8 @@ const ui = {
   fileOption: $("model-select").querySelector('option[value="file"]'),
   file: $("model-file"),
   load: $("load"),
+  device: $("device-select"),
+  deviceInfo: $("device"),
   progress: $("progress"),
   progressText: $("progress-text"),
   status: $("status"),
@@ -26,7 +28,30 @@ const ui = {
   messageTemplate: $("message-template"),
 };
 
-const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+// The CPU runs on one thread per core (the package's threaded build, when the page is
+// cross-origin isolated); the GPU needs the single-thread build, the one with WebGPU. The worker
+// is started again when the device asks for the other build.
+let worker = null;
+let workerThreads = null; // "1" for the single-thread build, "" for one thread per core
+let pendingLoad = null; // a load waiting for the new worker to be ready
+
+function startWorker(device) {
+  const threads = device === "cpu" ? "" : "1";
+  if (worker && threads === workerThreads) return;
+  worker?.terminate();
+  workerReady = false;
+  workerThreads = threads;
+  const url = new URL("./worker.js", import.meta.url);
+  if (threads) url.searchParams.set("threads", threads);
+  worker = new Worker(url, { type: "module" });
+  worker.onmessage = ({ data }) => fromWorker[data.type](data);
+  worker.onerror = (event) => {
+    // An uncaught error inside the worker; a failed import (pkg/ not built) has no message.
+    const message = event.message || "the worker script failed to load (is pkg/ built? run make pkg)";
+    console.error(`worker: ${message}`);
+    setState("error", `The model worker failed: ${message}`);
+  };
+}
 
 let workerReady = false;
 let modelInfo = null; // model.info() of the loaded model, null while none is
@@ -38,7 +63,12 @@ let answer = null; // the reply being streamed: { element, text: Text node, chun
 const fromWorker = {
   ready() {
     workerReady = true;
-    setState("idle", "Choose a model and press Load.");
+    if (pendingLoad) {
+      worker.postMessage(pendingLoad);
+      pendingLoad = null;
+    } else {
+      setState("idle", "Choose a model and press Load.");
+    }
   },
 
   progress({ phase, loaded, total }) {
@@ -63,10 +93,12 @@ const fromWorker = {
       ? "Say something."
       : "It has no chat template, so it continues what you write as plain text.";
     setState("ready", `${info.name || "The model"} (${facts.join(", ")}) loaded in ${seconds(ms)} s. ${invitation}`);
+    showDevice(info);
   },
 
   loadFailed({ aborted, message }) {
     modelInfo = null;
+    showDevice(null);
     ui.progress.value = 0;
     ui.progressText.textContent = "";
     if (aborted) setState("idle", "Loading cancelled.");
@@ -105,13 +137,7 @@ const fromWorker = {
   },
 };
 
-worker.onmessage = ({ data }) => fromWorker[data.type](data);
-worker.onerror = (event) => {
-  // An uncaught error inside the worker; a failed import (pkg/ not built) has no message.
-  const message = event.message || "the worker script failed to load (is pkg/ built? run make pkg)";
-  console.error(`worker: ${message}`);
-  setState("error", `The model worker failed: ${message}`);
-};
+startWorker(ui.device.value);
 
 // ---- What the user does ----
 
@@ -136,8 +162,19 @@ ui.modelForm.addEventListener("submit", (event) => {
   ui.speed.value = "";
   ui.progress.value = 0;
   ui.progressText.textContent = "";
-  worker.postMessage({ type: "load", source });
-  setState("loading", `Loading ${local ? source.name : ui.select.selectedOptions[0].text}…`);
+  const device = ui.device.value;
+  const load = { type: "load", source, device };
+  startWorker(device);
+  if (workerReady) worker.postMessage(load);
+  else pendingLoad = load;
+  showDevice(null);
+  setState("loading", `Loading ${local ? source.name : ui.select.selectedOptions[0].text} (device: ${device})…`);
+});
+
+// Switching the device with a model loaded loads it again on the other one.
+ui.device.addEventListener("change", () => {
+  if (modelInfo && !["loading", "generating"].includes(state())) ui.modelForm.requestSubmit();
+  else startWorker(ui.device.value);
 });
 
 ui.chatForm.addEventListener("submit", (event) => {
@@ -185,11 +222,23 @@ function setState(name, text) {
   ui.load.textContent = loading ? "Cancel" : "Load";
   ui.load.disabled = !workerReady || generating;
   ui.select.disabled = loading || generating;
+  ui.device.disabled = loading || generating;
   ui.file.disabled = loading || generating;
   ui.send.disabled = !modelInfo || loading || generating;
   ui.stop.disabled = !generating;
   // Screen readers announce the answer once it is whole, not every token of it.
   ui.messages.setAttribute("aria-busy", String(generating));
+}
+
+/** Says which device the model runs on, and why not the one asked for. */
+function showDevice(info) {
+  ui.deviceInfo.dataset.device = info?.device ?? "";
+  if (!info) {
+    ui.deviceInfo.textContent = "No model loaded.";
+    return;
+  }
+  const on = info.device === "gpu" ? `the GPU (${info.adapter})` : "the CPU (WebAssembly)";
+  ui.deviceInfo.textContent = `Running on ${on}.${info.deviceReason ? ` Not on the GPU: ${info.deviceReason}` : ""}`;
 }
 
 /** Appends an empty message; returns its element and the Text node its words go into. */

@@ -55,15 +55,19 @@ function workerChannel(worker) {
     });
 }
 
-async function candlewick({ modelUrl, prompt, maxTokens, runs, warmupTokens, threads }) {
+/** candlewick on `device` ("cpu" on `threads` threads, or "gpu": its single-thread build with WebGPU). */
+async function candlewick({ modelUrl, prompt, maxTokens, runs, warmupTokens, threads, device = "cpu" }) {
+  if (device === "gpu") threads = 1;
   const worker = new Worker(new URL(`./candlewick-worker.mjs?threads=${threads}`, import.meta.url), { type: "module" });
   const call = workerChannel(worker);
   try {
-    log(`candlewick: loading ${modelUrl} in a worker, ${threads} threads asked for`);
+    log(`candlewick: loading ${modelUrl} in a worker, device ${device}, ${threads} threads asked for`);
     const loadStarted = performance.now();
-    const running = await call({ op: "load", url: modelUrl });
+    const info = await call({ op: "load", url: modelUrl, device });
+    const running = info.threads;
     const loadMs = performance.now() - loadStarted;
-    log(`candlewick: loaded ${modelUrl} in ${loadMs.toFixed(0)} ms, running on ${running} threads`);
+    log(`candlewick: loaded ${modelUrl} in ${loadMs.toFixed(0)} ms, running on ${info.device === "gpu" ? info.adapter : `${running} threads`}`);
+    if (info.device !== device) throw new Error(`candlewick runs on the ${info.device}, not the ${device}: ${info.deviceReason}`);
     if (running !== threads) throw new Error(`candlewick runs on ${running} threads, not ${threads}`);
 
     const generate = async (tokens) => {
@@ -97,7 +101,7 @@ async function candlewick({ modelUrl, prompt, maxTokens, runs, warmupTokens, thr
       log(`candlewick run ${i + 1}: decode ${r.decodeTokensPerSecond.toFixed(2)} tok/s, ${r.completionTokens} tokens`);
       results.push(r);
     }
-    return { engine: "candlewick", loadMs, threads: running, runs: results };
+    return { engine: device === "gpu" ? "candlewick-gpu" : "candlewick", loadMs, threads: running, adapter: info.adapter, runs: results };
   } finally {
     await call({ op: "free" }).catch(() => {});
     worker.terminate();
@@ -175,7 +179,7 @@ async function wllama({ modelUrl, prompt, maxTokens, runs, warmupTokens, threads
 
 window.bench = {
   crossOriginIsolated: self.crossOriginIsolated,
-  /** Runs `engine` ("candlewick" | "wllama") on one model; see bench.mjs for the options. */
-  run: (engine, options) => ({ candlewick, wllama })[engine](options),
+  /** Runs `engine` ("candlewick" | "candlewick-gpu" | "wllama") on one model; see bench.mjs for the options. */
+  run: (engine, options) => ({ candlewick, "candlewick-gpu": (o) => candlewick({ ...o, device: "gpu" }), wllama })[engine](options),
 };
 window.benchReady = true;

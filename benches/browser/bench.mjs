@@ -5,8 +5,15 @@
 // same GGUF files, the same raw prompt text, greedy, 64 generated tokens.
 //
 //   node benches/browser/bench.mjs [--runs 3] [--max-tokens 64] [--models a.gguf,b.gguf]
-//                                  [--engines native,candlewick,wllama] [--threads 1,2]
-//                                  [--timeout-minutes 30]
+//                                  [--engines native,candlewick,wllama,gpu] [--threads 1,2]
+//                                  [--timeout-minutes 30] [--gpu-max-tokens 64]
+//
+// The GPU column (engine `gpu`): candlewick's package with `device: "gpu"` (WebGPU), in a
+// Chromium of its own started with BENCH_GPU_ARGS (default: WebGPU on SwiftShader, Chromium's
+// software Vulkan, the only WebGPU this machine has; it proves the path, not a speed). On a
+// machine with a real GPU: BENCH_GPU_ARGS="--enable-unsafe-webgpu" (Linux; add
+// --enable-features=Vulkan if Chromium picks no adapter) uses it, the GPU left on. The adapter's
+// name is printed beside the figures. One row per model (the GPU does not depend on threads).
 //
 // Needs pkg/ with pkg/threads/ (make pkg), target/release/candlewick (under $CARGO_TARGET_DIR
 // if set), /usr/bin/chromium and
@@ -26,7 +33,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { homedir, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { CHROMIUM, launchChromium } from "../../tests/browser/chromium.mjs";
+import { CHROMIUM, launchChromium, WEBGPU_ARGS } from "../../tests/browser/chromium.mjs";
 
 const root = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const cli = join(process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(root, "target"), "release/candlewick");
@@ -50,9 +57,10 @@ function options(argv) {
     runs: 3,
     maxTokens: 64,
     models: ["SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"],
-    engines: ["native", "candlewick", "wllama"],
+    engines: ["native", "candlewick", "wllama", "gpu"],
     threads: [1, 2],
     timeoutMinutes: 30,
+    gpuMaxTokens: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
     const value = () => {
@@ -66,6 +74,7 @@ function options(argv) {
       case "--engines": opts.engines = value().split(","); break;
       case "--threads": opts.threads = value().split(",").map(Number); break;
       case "--timeout-minutes": opts.timeoutMinutes = Number(value()); break;
+      case "--gpu-max-tokens": opts.gpuMaxTokens = Number(value()); break;
       default: throw new Error(`unknown argument ${argv[i]}`);
     }
   }
@@ -182,6 +191,7 @@ function summary(result) {
     completionTokens: [...new Set(result.runs.map((r) => r.completionTokens))].join("/"),
     finish: [...new Set(result.runs.map((r) => r.finishReason))].join("/"),
     text: result.runs[0]?.text,
+    adapter: result.adapter,
   };
 }
 
@@ -199,9 +209,10 @@ function report(rows, opts) {
   const table = [
     ["model", "threads", "prompt tok n/cw/wl", "generated n/cw/wl",
       "native decode", "candlewick wasm decode", "wllama decode", "cw/wllama decode",
-      "native prefill", "cw wasm prefill", "wllama prefill", "cw/wllama prefill"],
+      "native prefill", "cw wasm prefill", "wllama prefill", "cw/wllama prefill",
+      "cw GPU decode", "cw GPU prefill"],
   ];
-  for (const { model, threads, native: n, candlewick: c, wllama: w } of rows) {
+  for (const { model, threads, native: n, candlewick: c, wllama: w, gpu: g } of rows) {
     table.push([
       model,
       threads,
@@ -209,6 +220,7 @@ function report(rows, opts) {
       [n?.completionTokens, c?.completionTokens, w?.completionTokens].map((x) => x ?? "–").join(" / "),
       fmt(n?.decode), fmt(c?.decode), fmt(w?.decode), ratio(c?.decode, w?.decode),
       fmt(n?.prefill), fmt(c?.prefill), fmt(w?.prefill), ratio(c?.prefill, w?.prefill),
+      fmt(g?.decode), fmt(g?.prefill),
     ]);
   }
   const widths = table[0].map((_, i) => Math.max(...table.map((row) => String(row[i]).length)));
@@ -222,7 +234,12 @@ tok/s, median of ${opts.runs} runs, greedy, ${opts.maxTokens} tokens asked for, 
 Browser columns are timed in the page from chunk arrival (see bench-page.mjs): decode = (completion
 tokens − 1) / (first text chunk → final chunk); prefill = prompt tokens / (request → first text chunk).
 candlewick wasm runs its single-thread build on 1 thread, its threaded build on more.
-Native columns are the CLI's own usage line (--threads N). n / cw / wl: native, candlewick wasm, wllama.`);
+Native columns are the CLI's own usage line (--threads N). n / cw / wl: native, candlewick wasm, wllama.
+cw GPU: candlewick's package with device "gpu" (WebGPU; single-thread build), in the first row of
+each model, ${opts.gpuMaxTokens ?? opts.maxTokens} tokens asked for.`);
+  for (const { model, gpu: g } of rows.filter((r) => r.gpu)) {
+    console.log(`GPU adapter for ${model}: ${g.adapter}; text vs native: ${agreement(g.text, rows.find((r) => r.model === model && r.native)?.native?.text)}`);
+  }
 
   const fewest = Math.min(...opts.threads);
   console.log(`\nSpeed-up over ${fewest} thread(s), decode / prefill:`);
@@ -248,10 +265,12 @@ Native columns are the CLI's own usage line (--threads N). n / cw / wl: native, 
 async function main() {
   const opts = options(process.argv.slice(2));
   const wantBrowser = opts.engines.some((e) => e !== "native");
+  if (!(opts.gpuMaxTokens === undefined || opts.gpuMaxTokens >= 2)) throw new Error("--gpu-max-tokens ≥ 2");
   const missing = [
     ...opts.models.map((m) => join(modelsDir, m)),
     ...(opts.engines.includes("native") ? [cli] : []),
     ...(opts.engines.includes("candlewick") ? [join(root, "pkg/index.js"), join(root, "pkg/threads/candlewick_bg.wasm")] : []),
+    ...(opts.engines.includes("gpu") ? [join(root, "pkg/index.js")] : []),
     ...(wantBrowser ? [CHROMIUM, wllamaDir, join(root, "www/serve.mjs")] : []),
   ].filter((p) => !existsSync(p));
   if (missing.length) throw new Error(`missing: ${missing.join(", ")}`);
@@ -289,6 +308,25 @@ async function main() {
           }
         }
       }
+      // The GPU column: one run per model, in a browser with WebGPU.
+      if (opts.engines.includes("gpu")) {
+        await browser.close();
+        browser = undefined;
+        const gpuArgs = process.env.BENCH_GPU_ARGS?.split(/\s+/).filter(Boolean) ?? WEBGPU_ARGS;
+        const hardwareGpu = !gpuArgs.some((a) => a.includes("swiftshader"));
+        browser = await launchChromium({}, gpuArgs, { hardwareGpu });
+        const threads = Math.min(...opts.threads);
+        for (const model of opts.models) {
+          console.error(`candlewick-gpu ${model} (${gpuArgs.join(" ")}):`);
+          try {
+            const gpuOpts = { ...opts, maxTokens: opts.gpuMaxTokens ?? opts.maxTokens };
+            raw[model][threads].gpu = await browserRun(browser.context, server.url, "candlewick-gpu", model, 1, gpuOpts);
+          } catch (error) {
+            console.error(`  candlewick-gpu failed on ${model}: ${error.message}`);
+            raw[model][threads].gpu = { error: error.message };
+          }
+        }
+      }
     } finally {
       await browser?.close();
       await server.close();
@@ -302,6 +340,7 @@ async function main() {
       native: summary(raw[model][threads].native),
       candlewick: summary(raw[model][threads].candlewick),
       wllama: summary(raw[model][threads].wllama),
+      gpu: summary(raw[model][threads].gpu),
     })),
   );
   console.log();

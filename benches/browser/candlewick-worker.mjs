@@ -3,7 +3,7 @@
 // README shows and posts every chunk to the page the moment the stream yields it; the page
 // stamps the arrival times.
 //
-// Messages in:  { id, op: "load", url } (answers the thread count) | { id, op: "generate", text, maxTokens } | { id, op: "free" }
+// Messages in:  { id, op: "load", url, device } (answers model.info()) | { id, op: "generate", text, maxTokens } | { id, op: "free" }
 // Messages out: { id, kind: "chunk", chunk } or { id, kind: "log", line } … then { id, kind: "done", value } or { id, kind: "error", message }
 
 // The number of threads comes in this module's URL (`?threads=N`), since the package reads it
@@ -18,7 +18,7 @@ const candlewick = import("/pkg/index.js");
 let model = null;
 
 const ops = {
-  async load({ id, url }) {
+  async load({ id, url, device }) {
     // Progress goes to the page's log, one line per phase and per 25 %.
     let last = "";
     const onProgress = ({ phase, loaded, total }) => {
@@ -27,8 +27,8 @@ const ops = {
       last = step;
     };
     const { Model } = await candlewick;
-    model = await Model.load(url, { cache: false, onProgress });
-    return model.info().threads;
+    model = await Model.load(url, { cache: false, onProgress, device });
+    return model.info();
   },
   async generate({ id, text, maxTokens }) {
     if (!model) throw new Error("generate before load");

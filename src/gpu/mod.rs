@@ -70,7 +70,13 @@ pub struct Gpu {
     matvec: Vec<(Format, wgpu::ComputePipeline)>,
     ops: Ops,
     pending: Mutex<Option<wgpu::CommandEncoder>>,
+    /// Why the device was lost, once it was (set by wgpu's device-lost callback).
+    lost: std::sync::Arc<Mutex<Option<String>>>,
 }
+
+/// Storage buffers the busiest pipeline binds (`attend.wgsl`: scores, queries, keys, values,
+/// output); an adapter must allow this many per shader stage (WebGPU's minimum is 8).
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 5;
 
 /// The pipelines of the operations other than products (`gpu/wgsl/<name>.wgsl`).
 struct Ops {
@@ -191,7 +197,14 @@ impl Gpu {
             attend: pipeline("attend", format!("{f16}\n{exact}\n{}", include_str!("wgsl/attend.wgsl"))),
             quantize: pipeline("quantize", format!("{f16}\n{exact}\n{}", include_str!("wgsl/quantize.wgsl"))),
         };
-        Ok(Gpu { device, queue, adapter: adapter.get_info(), matvec, ops, pending: Mutex::new(None) })
+        let lost = std::sync::Arc::new(Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut lost) = flag.lock() {
+                *lost = Some(format!("{reason:?}{}", if message.is_empty() { String::new() } else { format!(": {message}") }));
+            }
+        });
+        Ok(Gpu { device, queue, adapter: adapter.get_info(), matvec, ops, pending: Mutex::new(None), lost })
     }
 
     /// The adapter's name and backend, e.g. `"llvmpipe (llvm 15.0.6, 256 bits) (vulkan)"`.
@@ -199,6 +212,16 @@ impl Gpu {
         let info = &self.adapter;
         let name = if info.name.is_empty() { format!("{} {}", info.vendor, info.device) } else { info.name.clone() };
         format!("{name} ({:?})", info.backend).to_lowercase()
+    }
+
+    /// The device's limits (the adapter's own: [`Gpu::new`] asks for all of them).
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    /// Why the device was lost (`"Destroyed"`, `"Unknown: …"`), or `None` while it works.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|lost| lost.clone())
     }
 
     /// Uploads a matrix of ggml type `ggml_type` from its GGUF bytes (`rows` rows of `cols`

@@ -25,17 +25,18 @@ const ARGS = [
 export const WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-unsafe-swiftshader"];
 
 /**
- * Starts Chromium; `options` go to playwright's launchPersistentContext (e.g. `viewport`), and
- * `extraArgs` after the usual flags (e.g. WEBGPU_ARGS).
+ * Starts Chromium; `options` go to playwright's launchPersistentContext (e.g. `viewport`),
+ * `extraArgs` after the usual flags (e.g. WEBGPU_ARGS), and `hardwareGpu` leaves the GPU on.
  * @returns {Promise<{ context: import("playwright-core").BrowserContext, close: () => Promise<void> }>}
  */
-export async function launchChromium(options = {}, extraArgs = []) {
+export async function launchChromium(options = {}, extraArgs = [], { hardwareGpu = false } = {}) {
   const profile = await mkdtemp(join(tmpdir(), "candlewick-chromium-"));
   try {
     const context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
-      args: [...ARGS, ...extraArgs],
+      // hardwareGpu: without --disable-gpu, so that WebGPU may use the machine's own GPU.
+      args: [...ARGS.filter((a) => !(hardwareGpu && a === "--disable-gpu")), ...extraArgs],
       ...options,
     });
     return {

@@ -1,7 +1,10 @@
 // The demo page in a real headless Chromium (Debian's; playwright-core never downloads one):
 // load SmolLM2 (on one thread per core: the page is cross-origin isolated), ask for a long
 // answer, see it stream in over several frames, press Stop and see it stop. Fails, with what
-// failed, on any uncaught error in the page or its worker.
+// failed, on any uncaught error in the page or its worker. Then, in a Chromium with WebGPU
+// (SwiftShader), the device switch: pick the GPU, see SmolLM2 load onto it (the page says which
+// adapter), see the first words of an answer stream from it, switch back to the CPU and see the
+// model reload there. (tests/browser/device.mjs compares the GPU's greedy tokens with the CPU's.)
 //
 //   node tests/browser/demo.mjs        (needs pkg/ — make pkg — and the model — make models)
 //
@@ -13,7 +16,7 @@ import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { serve } from "../../www/serve.mjs";
-import { launchChromium } from "./chromium.mjs";
+import { launchChromium, WEBGPU_ARGS } from "./chromium.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const outputDir = resolve(root, process.env.CI_OUTPUT_DIR || "ci-output");
@@ -29,6 +32,9 @@ const STREAM_TIMEOUT_MS = 60_000;
 const GROWTHS = 3;
 const STOP_WITHIN_MS = 1_000;
 const QUIET_FOR_MS = 1_500;
+
+/** Loading onto SwiftShader's GPU and its first words: it is a software GPU, and slow. */
+const GPU_TIMEOUT_MS = Number(process.env.DEMO_GPU_TIMEOUT_MS || 10 * 60_000);
 
 class Failure extends Error {}
 
@@ -158,6 +164,48 @@ async function run(page, url) {
   return { loadSeconds, threads, growth, stopMs, chunks, length: lengths[0], speed };
 }
 
+/** The device switch, in a page of a browser with WebGPU. */
+async function runGpu(page, url) {
+  await page.goto(url);
+  await page.waitForFunction(() => !document.querySelector("#load").disabled, null, { timeout: WORKER_TIMEOUT_MS });
+  await page.selectOption("#device-select", "gpu");
+  const loadStarted = Date.now();
+  await page.click("#load");
+  await waitForState(page, ["ready"], GPU_TIMEOUT_MS, "loading SmolLM2 onto the GPU");
+  const loadSeconds = (Date.now() - loadStarted) / 1000;
+  const device = await page.$eval("#device", (d) => ({ device: d.dataset.device, text: d.textContent }));
+  check(device.device === "gpu", `the page says the model runs on "${device.device}": ${device.text}`);
+  check(/the GPU \(.+\)/.test(device.text), `the page does not name the GPU adapter: ${device.text}`);
+
+  // The first words of an answer, from the GPU; then Stop.
+  await page.fill("#prompt", "Hi");
+  const asked = Date.now();
+  await page.click("#send");
+  try {
+    await page.waitForFunction(
+      () => Number(document.querySelector("#messages .message.assistant:last-child")?.dataset.chunks) >= 1 || document.querySelector("#status").dataset.state !== "generating",
+      null,
+      { timeout: GPU_TIMEOUT_MS, polling: 500 },
+    );
+  } catch {
+    throw new Failure(`no words from the GPU within ${GPU_TIMEOUT_MS / 1000} s (status: ${await status(page)})`);
+  }
+  const firstWordSeconds = (Date.now() - asked) / 1000;
+  const state = await page.$eval("#status", (s) => s.dataset.state);
+  check(["generating", "done"].includes(state), `the GPU's answer failed (status: ${await status(page)})`);
+  if (state === "generating") {
+    await page.click("#stop");
+    await waitForState(page, ["stopped", "done"], GPU_TIMEOUT_MS, "stopping the GPU's answer");
+  }
+
+  // Back to the CPU: the model loads again there.
+  await page.selectOption("#device-select", "cpu");
+  await waitForState(page, ["ready"], LOAD_TIMEOUT_MS, "loading SmolLM2 again on the CPU");
+  const back = await page.$eval("#device", (d) => ({ device: d.dataset.device, text: d.textContent }));
+  check(back.device === "cpu", `after switching back, the page says the model runs on "${back.device}": ${back.text}`);
+  return { loadSeconds, firstWordSeconds, adapter: device.text };
+}
+
 async function main() {
   if (!existsSync(join(root, "pkg", "index.js"))) throw new Failure("pkg/index.js is missing: run `make pkg`");
   if (!existsSync(modelFile)) throw new Failure(`${modelFile} is missing: run \`make models\``);
@@ -177,10 +225,25 @@ async function main() {
     try {
       const result = await run(page, server.url);
       check(errors.length === 0, "errors in the page");
+      await mkdir(outputDir, { recursive: true });
+      await page.screenshot({ path: join(outputDir, "demo.png"), fullPage: true }).catch(() => {});
+      await browser.close();
+      browser = await launchChromium({ viewport: { width: 1000, height: 900 } }, WEBGPU_ARGS);
+      const gpuPage = browser.context.pages()[0] ?? (await browser.context.newPage());
+      gpuPage.on("pageerror", (error) => errors.push(`uncaught (GPU): ${error.message}`));
+      gpuPage.on("console", (message) => {
+        if (message.type() === "error") errors.push(`console error (GPU): ${message.text()}`);
+      });
+      try {
+        result.gpu = await runGpu(gpuPage, server.url);
+      } finally {
+        await gpuPage.screenshot({ path: join(outputDir, "demo-gpu.png"), fullPage: true }).catch(() => {});
+      }
+      check(errors.length === 0, "errors in the page");
       return result;
     } finally {
       await mkdir(outputDir, { recursive: true });
-      await page.screenshot({ path: join(outputDir, "demo.png"), fullPage: true }).catch(() => {});
+      if (!page.isClosed()) await page.screenshot({ path: join(outputDir, "demo.png"), fullPage: true }).catch(() => {});
     }
   } finally {
     await browser?.close();
@@ -193,6 +256,9 @@ try {
   console.log(
     `demo: ok — SmolLM2 loaded in ${r.loadSeconds.toFixed(1)} s, on ${r.threads} threads; the answer grew on ${r.growth.grown} of ${r.growth.frames} frames; ` +
       `stopped ${r.stopMs} ms after Stop and stayed at ${r.length} characters (${r.chunks} chunks); speed: ${r.speed}`,
+  );
+  console.log(
+    `demo: ok — GPU: ${r.gpu.adapter} loaded in ${r.gpu.loadSeconds.toFixed(1)} s, first words after ${r.gpu.firstWordSeconds.toFixed(1)} s; switched back to the CPU`,
   );
 } catch (error) {
   console.error(`demo: FAILED — ${error instanceof Failure ? error.message : error.stack}`);

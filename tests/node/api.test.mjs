@@ -163,3 +163,23 @@ test("an abort while a long prompt is read stops it between prompt batches", asy
     // Read whole, the prompt would run to its end and a text chunk would arrive first.
     await assert.rejects(read, { name: "AbortError" });
 });
+
+test("device: cpu by default; auto falls back with a reason where there is no WebGPU; gpu rejects; anything else is a TypeError", async () => {
+    const info = model.info();
+    assert.equal(info.device, "cpu");
+    assert.equal(info.deviceReason, null);
+    assert.equal(info.adapter, null);
+    // Node.js has no navigator.gpu.
+    const auto = await Model.load(bytes, { device: "auto" });
+    try {
+        assert.equal(auto.info().device, "cpu");
+        assert.match(auto.info().deviceReason, /navigator\.gpu is undefined/);
+        const chunks = await collect(auto.generate("Hi", { maxTokens: 2, temperature: 0 }));
+        assert.equal(chunks.at(-1).type, "complete");
+    } finally {
+        auto.free();
+    }
+    await assert.rejects(Model.load(bytes, { device: "gpu" }), /the GPU cannot run this model: navigator\.gpu is undefined/);
+    await assert.rejects(Model.load(bytes, { device: "webgl" }), { name: "TypeError", message: /`device` must be "auto", "gpu" or "cpu", not "webgl"/ });
+    await assert.rejects(Model.load(bytes, { device: 1 }), { name: "TypeError" });
+});

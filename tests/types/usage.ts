@@ -37,6 +37,10 @@ export async function example(bytes: Uint8Array): Promise<string> {
     const ids: Uint32Array = model.tokenize(text);
     const info = model.info();
     const threads: number = info.threads;
+    const device: "gpu" | "cpu" = info.device;
+    const why: string | null = info.deviceReason ?? info.adapter;
+    await Model.load("model.gguf", { device: "auto" });
+    void [device, why];
     globalThis.candlewickThreads = 2;
     model.free();
     return `${info.architecture} on ${threads} threads: ${ids.length} tokens, ${model.detokenize(ids)}`;
