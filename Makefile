@@ -27,6 +27,7 @@ test: models reference python-deps pkg browser-deps
 	node --test tests/node/
 	tests/browser/node_modules/.bin/tsc -p tests/types
 	node tests/browser/demo.mjs
+	node tests/browser/device.mjs
 	node tests/browser/threads.mjs
 	$(MAKE) test-gpu
 
