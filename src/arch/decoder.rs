@@ -1116,6 +1116,19 @@ mod tests {
         }
     }
 
+    /// Asserts that the experts give each token of `x` (rows of `hidden`) alone exactly (to the
+    /// bit) what they give it in the batch, and something other than zeros.
+    fn each_token_alone_as_batched(cpu: &Cpu, moe: &Moe<Cpu>, spec: &super::super::Experts, x: &[f32], hidden: usize, label: &str) {
+        let seq = x.len() / hidden;
+        let batched = cpu.experts(&Tensor { rows: seq, data: x.to_vec() }, moe, spec, Activation::Silu).expect("a forward pass").data;
+        for (t, row) in x.chunks_exact(hidden).enumerate() {
+            let alone = cpu.experts(&Tensor { rows: 1, data: row.to_vec() }, moe, spec, Activation::Silu).expect("a forward pass").data;
+            let got = &batched[t * hidden..(t + 1) * hidden];
+            assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{label} token {t}: {:?} vs {:?}", &got[..4], &alone[..4]);
+            assert!(alone.iter().any(|&v| v != 0.0));
+        }
+    }
+
     /// Experts grouped over a batch give every token exactly (to the bit) what it gets alone,
     /// token by token, for softmax and sigmoid gating, with and without the selection bias,
     /// groups and a shared expert.
@@ -1131,13 +1144,7 @@ mod tests {
             let moe = moe(count, hidden, ffn, bias, shared > 0, &mut next);
             let x: Vec<f32> = (0..seq * hidden).map(|_| unit(&mut next)).collect();
             let cpu = Cpu::default();
-            let batched = cpu.experts(&Tensor { rows: seq, data: x.clone() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
-            for (t, row) in x.chunks_exact(hidden).enumerate() {
-                let alone = cpu.experts(&Tensor { rows: 1, data: row.to_vec() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
-                let got = &batched[t * hidden..(t + 1) * hidden];
-                assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{gating:?} token {t}: {:?} vs {:?}", &got[..4], &alone[..4]);
-                assert!(alone.iter().any(|&v| v != 0.0));
-            }
+            each_token_alone_as_batched(&cpu, &moe, &spec, &x, hidden, &format!("{gating:?}"));
         }
     }
 
@@ -1157,12 +1164,6 @@ mod tests {
         let logits = cpu.matmul(&Tensor { rows: seq, data: x.clone() }, &moe.router).expect("router logits").data;
         let chosen: std::collections::BTreeSet<usize> = logits.chunks_exact(count).flat_map(|l| route(&spec, None, l).into_iter().map(|(e, _)| e)).collect();
         assert!(chosen.len() >= 16, "the batch should run its experts whole: {} chosen", chosen.len());
-        let batched = cpu.experts(&Tensor { rows: seq, data: x.clone() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
-        for (t, row) in x.chunks_exact(hidden).enumerate() {
-            let alone = cpu.experts(&Tensor { rows: 1, data: row.to_vec() }, &moe, &spec, Activation::Silu).expect("a forward pass").data;
-            let got = &batched[t * hidden..(t + 1) * hidden];
-            assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "token {t}: {:?} vs {:?}", &got[..4], &alone[..4]);
-            assert!(alone.iter().any(|&v| v != 0.0));
-        }
+        each_token_alone_as_batched(&cpu, &moe, &spec, &x, hidden, "");
     }
 }

@@ -209,13 +209,7 @@ impl QMatrix {
 
     /// Row counts that [`QMatrix::part`] accepts a range starting at a multiple of.
     pub const PART_ROWS: usize = 16;
-}
 
-// A part of a matrix in strips starts on a strip.
-#[cfg(target_arch = "x86_64")]
-const _: () = assert!(QMatrix::PART_ROWS == strips::ROWS);
-
-impl QMatrix {
     /// Columns (inputs).
     pub fn cols(&self) -> usize {
         self.cols
@@ -414,6 +408,10 @@ impl QMatrix {
         self.gather(&(0..self.rows as u32).collect::<Vec<_>>())
     }
 }
+
+// A part of a matrix in strips starts on a strip.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(QMatrix::PART_ROWS == strips::ROWS);
 
 /// A linear layer `y = x · Wᵀ (+ b)` over a quantized weight of shape `(out, in)`.
 #[derive(Clone)]
