@@ -225,6 +225,11 @@ extern "C" {
     async fn web_gpu_adapter_name() -> JsValue;
 }
 
+/// The name of the adapter `navigator.gpu` gives (wgpu's adapter info is empty in a browser).
+async fn browser_adapter_name() -> String {
+    web_gpu_adapter_name().await.as_string().unwrap_or_else(|| "an unnamed WebGPU adapter".into())
+}
+
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
 /** Where a load is: bytes arriving from the network, then read into memory and the model. */
@@ -457,7 +462,7 @@ impl WebModel {
             },
         };
         let adapter = match gpu.is_some() {
-            true => Some(web_gpu_adapter_name().await.as_string().unwrap_or_else(|| "an unnamed WebGPU adapter".into())),
+            true => Some(browser_adapter_name().await),
             false => None,
         };
         #[cfg(not(feature = "webgpu"))]
@@ -1106,7 +1111,7 @@ pub async fn gpu_kernel_check() -> Result<JsValue, JsValue> {
     let reports = crate::gpu::check::run(&gpu).await.map_err(js_error)?;
     let operations = crate::gpu::check::operations(&gpu).await.map_err(js_error)?;
     let result = Object::new();
-    Reflect::set(&result, &"adapter".into(), &gpu.adapter_name().into())?;
+    Reflect::set(&result, &"adapter".into(), &browser_adapter_name().await.into())?;
     Reflect::set(&result, &"reports".into(), &to_js(&reports))?;
     Reflect::set(&result, &"operations".into(), &to_js(&operations))?;
     Ok(result.into())
@@ -1127,7 +1132,7 @@ pub async fn gpu_greedy_check(bytes: Vec<u8>, prompts: Vec<String>, tokens: usiz
     let cpu_model = model::Model::from_bytes(file.to_vec()).map_err(js_error)?;
     let cpu = cpu_model.weights().map_err(js_error)?;
     let gpu = crate::gpu::Gpu::new().await.map_err(js_error)?;
-    let adapter = gpu.adapter_name();
+    let adapter = browser_adapter_name().await;
     let gpu = Weights::place(gpu, &gguf, &[(file.clone(), gguf.data_offset)], &mut |_, _| {}).map_err(js_error)?;
     let argmax = |logits: &[f32]| logits.iter().enumerate().fold(0, |best, (i, &v)| if v > logits[best] { i } else { best }) as u32;
     let results = Array::new();

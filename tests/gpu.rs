@@ -19,16 +19,10 @@ use candlewick::gpu::Gpu;
 use candlewick::Model;
 use common::{model, QWEN25_CODER, SMOLLM2};
 
-const PROMPTS: [&str; 8] = [
-    "The capital of France is",
-    "Once upon a time, in a small village, there lived",
-    "def fibonacci(n):",
-    "The three primary colors are",
-    "Water boils at a temperature of",
-    "The old lighthouse keeper woke before dawn, as he had every morning for thirty years. He climbed the stairs and",
-    "In 1969, the first humans to walk on the Moon were",
-    "A list of fruits: apple, banana,",
-];
+/// The prompts, shared with the browser's run of the same check (tests/browser/gpu-forward.mjs).
+fn prompts() -> Vec<String> {
+    serde_json::from_str(include_str!("data/gpu-prompts.json")).unwrap()
+}
 const TOKENS: usize = 16;
 
 /// The greedy continuation of `prompt` and the logits before each chosen token.
@@ -72,7 +66,8 @@ fn gpu_greedy_continuations_match_the_cpu() {
         let adapter = gpu.adapter_name();
         let gpu = Weights::place(gpu, &gguf, &[(file.clone(), gguf.data_offset)], &mut |_, _| {}).unwrap();
         let (mut equal, mut divergences, mut max_first_logit_diff) = (0, Vec::new(), 0f32);
-        for prompt in PROMPTS {
+        let prompts = prompts();
+        for prompt in &prompts {
             let ids = cpu_model.tokenizer().encode(prompt, true, false).unwrap();
             let (cpu_tokens, cpu_logits) = greedy(cpu, &ids);
             let (gpu_tokens, gpu_logits) = greedy(&gpu, &ids);
@@ -89,12 +84,12 @@ fn gpu_greedy_continuations_match_the_cpu() {
                 }
             }
         }
-        eprintln!("{} on {adapter}: {equal} of {} equal; first-token logits differ by at most {max_first_logit_diff}", which.1, PROMPTS.len());
+        eprintln!("{} on {adapter}: {equal} of {} equal; first-token logits differ by at most {max_first_logit_diff}", which.1, prompts.len());
         for d in &divergences {
             eprintln!("  {d}");
         }
         if equal < 6 {
-            failures.push(format!("{}: only {equal} of {} greedy continuations equal on the GPU", which.1, PROMPTS.len()));
+            failures.push(format!("{}: only {equal} of {} greedy continuations equal on the GPU", which.1, prompts.len()));
         }
         if divergences.iter().any(|d| d.ends_with("NOT A NEAR-TIE")) {
             failures.push(format!("{}: divergences that are not near-ties:\n{}", which.1, divergences.join("\n")));
@@ -316,7 +311,7 @@ fn gpu_operations_in_a_forward_pass_match_the_cpu() {
         Ok("smollm2") => SMOLLM2,
         _ => QWEN25_CODER,
     };
-    let prompt = std::env::var("CANDLEWICK_PROMPT").unwrap_or_else(|_| PROMPTS[3].to_string());
+    let prompt = std::env::var("CANDLEWICK_PROMPT").unwrap_or_else(|_| prompts()[3].clone());
     let path = model(which);
     let cpu_model = Model::open(&path).unwrap();
     let file = Bytes::from(std::fs::read(&path).unwrap());

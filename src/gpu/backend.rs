@@ -235,6 +235,9 @@ impl Backend for Gpu {
             Products::InPlace => None,
             Products::Batched | Products::OneRow => Some(self.matrix(ggml_type, &bytes, rows, cols)?),
         };
+        // An Arc, not an Rc: natively the matrices cross threads. In wasm32 wgpu's buffers are
+        // not Send (the browser's objects stay on their thread), so the Arc buys nothing there.
+        #[allow(clippy::arc_with_non_send_sync)]
         let bias = match bias {
             Some(b) if b.len() != rows => return Err(mismatch("bias", b.len(), rows)),
             Some(b) => Some(std::sync::Arc::new(self.tensor(&b, 1, rows)?.buffer)),

@@ -44,12 +44,12 @@ const MAX_GROUPS: u32 = 65_535;
 /// The WGSL of a format's block (`BLOCK_BYTES`, `BLOCK_LEN`, `block_term`), or `None` where the GPU
 /// has no kernel for it.
 fn format_source(format: Format) -> Option<String> {
-    let kquants = include_str!("wgsl/kquants.wgsl");
+    let (kquants, nibbles) = (include_str!("wgsl/kquants.wgsl"), include_str!("wgsl/nibbles.wgsl"));
     Some(match format {
-        Format::Q4_0 => include_str!("wgsl/q4_0.wgsl").to_string(),
-        Format::Q4_1 => include_str!("wgsl/q4_1.wgsl").to_string(),
-        Format::Q5_0 => include_str!("wgsl/q5_0.wgsl").to_string(),
-        Format::Q5_1 => include_str!("wgsl/q5_1.wgsl").to_string(),
+        Format::Q4_0 => format!("{nibbles}\n{}", include_str!("wgsl/q4_0.wgsl")),
+        Format::Q4_1 => format!("{nibbles}\n{}", include_str!("wgsl/q4_1.wgsl")),
+        Format::Q5_0 => format!("{nibbles}\n{}", include_str!("wgsl/q5_0.wgsl")),
+        Format::Q5_1 => format!("{nibbles}\n{}", include_str!("wgsl/q5_1.wgsl")),
         Format::Q8_0 => include_str!("wgsl/q8_0.wgsl").to_string(),
         Format::Q4K => format!("{kquants}\n{}", include_str!("wgsl/q4_k.wgsl")),
         Format::Q5K => format!("{kquants}\n{}", include_str!("wgsl/q5_k.wgsl")),

@@ -1,55 +1,28 @@
 // The GPU's WGSL products against the CPU kernels, and its other operations against the CPU
 // backend's, in a real headless Chromium on WebGPU (SwiftShader, Chromium's software Vulkan):
-// src/gpu/check.rs, which states and justifies the tolerances, run in the page through the `webgpu` build's `gpuKernelCheck()`. Fails, saying
-// so, when the page has no WebGPU adapter: it never skips.
+// src/gpu/check.rs, which states and justifies the tolerances, run in the page through the
+// `webgpu` build's `gpuKernelCheck()`. Fails, saying so, when the page has no WebGPU adapter:
+// it never skips.
 //
 //   make test-gpu                       (builds the `webgpu` package, then runs this)
 //   node tests/browser/gpu.mjs [DIR]    (DIR: that package, by default
 //                                        $CARGO_TARGET_DIR/pkg-webgpu or target/pkg-webgpu)
 
-import { existsSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { serve } from "../../www/serve.mjs";
-import { launchChromium, WEBGPU_ARGS } from "./chromium.mjs";
+import { evaluateWithin, Failure, runCheck, webgpuPackage, withWebGpu } from "./webgpu.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const pkg = resolve(process.argv[2] || join(process.env.CARGO_TARGET_DIR || join(root, "target"), "pkg-webgpu"));
 /** SwiftShader is slow; the products are small. */
 const RUN_TIMEOUT_MS = 120_000;
 
-class Failure extends Error {}
-
 async function main() {
-  if (!existsSync(join(pkg, "candlewick.js"))) {
-    throw new Failure(`no webgpu package in ${pkg}: run \`make test-gpu\` (or build it with wasm-pack ... -- --features webgpu)`);
-  }
-  const server = await serve({ port: 0, mounts: { "/test/": join(root, "tests/browser"), "/gpu-pkg/": pkg }, isolate: false });
-  const browser = await launchChromium({}, WEBGPU_ARGS);
-  try {
-    const page = await browser.context.newPage();
-    const errors = [];
-    page.on("pageerror", (e) => errors.push(e.message));
-    // WebGPU reports a shader that does not compile on the console.
-    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-    // http://127.0.0.1 is a secure context; WebGPU needs one.
-    await page.goto(`${server.url}test/blank.html`);
+  const pkg = webgpuPackage(process.argv[2]);
+  await withWebGpu(pkg, {}, async (openPage) => {
+    const { page, errors } = await openPage();
     const started = Date.now();
-    const result = await page.evaluate(async (timeoutMs) => {
-      if (!navigator.gpu) return { error: "navigator.gpu is undefined: this Chromium has no WebGPU (flags, or not a secure context)" };
-      const timeout = new Promise((resolve) => setTimeout(() => resolve({ error: `no result within ${timeoutMs / 1000} s` }), timeoutMs));
-      const run = (async () => {
-        // wgpu does not see the browser adapter's name: ask for it here.
-        const adapter = await navigator.gpu.requestAdapter();
-        if (!adapter) return { error: "navigator.gpu.requestAdapter() gave no adapter" };
-        const { vendor, architecture } = adapter.info ?? {};
-        const wasm = await import("/gpu-pkg/candlewick.js");
-        await wasm.default();
-        const result = await wasm.gpuKernelCheck();
-        return { ...result, adapter: `${vendor} ${architecture} (WebGPU)` };
-      })().catch((e) => ({ error: String(e?.message ?? e) }));
-      return Promise.race([run, timeout]);
-    }, RUN_TIMEOUT_MS);
+    const result = await evaluateWithin(page, RUN_TIMEOUT_MS, async () => {
+      const wasm = await import("/gpu-pkg/candlewick.js");
+      await wasm.default();
+      return await wasm.gpuKernelCheck();
+    });
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
     if (result.error) throw new Failure(`WebGPU kernel check did not run: ${result.error}`);
     console.log(`on ${result.adapter}, ${seconds} s:`);
@@ -71,13 +44,7 @@ async function main() {
     if (errors.length) throw new Failure(`errors in the page: ${errors.join("; ")}`);
     if (failed.length) throw new Failure(`GPU products out of bounds:\n${failed.join("\n")}`);
     console.log(`gpu: ${result.reports.length} WGSL products and ${result.operations.length} operations match the CPU`);
-  } finally {
-    await browser.close();
-    await server.close();
-  }
+  });
 }
 
-main().catch((e) => {
-  console.error(e instanceof Failure ? `gpu: FAIL: ${e.message}` : e);
-  process.exit(1);
-});
+runCheck("gpu", main);
