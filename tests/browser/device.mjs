@@ -6,6 +6,8 @@
 //   same chunks as the CPU's: the same text, token for token, and the same finish;
 // - without WebGPU (no flags): `device: "auto"` falls back to the CPU and says why in
 //   `info().deviceReason`, and `device: "gpu"` rejects, saying why;
+// - a device lost while a stream runs (GPUDevice.destroy()) ends the stream with an error chunk
+//   that says so, later generate calls refuse, and the model loads onto the GPU again;
 // - everywhere: a `device` that is not "auto", "gpu" or "cpu" is a TypeError.
 //
 //   node tests/browser/device.mjs        (needs pkg/ — make pkg — and the model — make models)
@@ -83,6 +85,14 @@ async function withWebGpu(url) {
         } catch (e) {
           invalid = `${e.name}: ${e.message}`;
         }
+        // The devices the package asks for, so that one can be lost on purpose below.
+        const devices = [];
+        const requestDevice = GPUAdapter.prototype.requestDevice;
+        GPUAdapter.prototype.requestDevice = async function (...args) {
+          const device = await requestDevice.apply(this, args);
+          devices.push(device);
+          return device;
+        };
         const options = { raw: true, temperature: 0, maxTokens: tokens };
         const cpu = await Model.load(bytes, { device: "cpu" });
         const cpuInfo = cpu.info();
@@ -95,8 +105,25 @@ async function withWebGpu(url) {
         const generated = performance.now();
         const gpuChunks = await chunks(gpu, prompt, options);
         const generateMs = performance.now() - generated;
+        // A device lost while a stream runs (destroyed after its first text chunk) ends the
+        // stream with an error chunk; the model then refuses to generate, and loads again.
+        const lostChunks = [];
+        const reader = gpu.generate(prompt, { ...options, maxTokens: 64 }).getReader();
+        for (let r = await reader.read(); !r.done; r = await reader.read()) {
+          lostChunks.push(r.value);
+          if (r.value.type === "text" && lostChunks.length === 1) devices.at(-1).destroy();
+        }
+        let afterLoss = null;
+        try {
+          await chunks(gpu, prompt, options);
+        } catch (e) {
+          afterLoss = `${e.name}: ${e.message}`;
+        }
         gpu.free();
-        return { invalid, cpuInfo, gpuInfo, cpuChunks, gpuChunks, loadMs, generateMs };
+        const again = await Model.load(bytes, { device: "gpu" });
+        const againChunks = await chunks(again, prompt, options);
+        again.free();
+        return { invalid, cpuInfo, gpuInfo, cpuChunks, gpuChunks, loadMs, generateMs, lostChunks, afterLoss, againChunks };
       },
       { model: MODEL, prompt: PROMPT, tokens: TOKENS },
     );
@@ -160,6 +187,12 @@ async function main() {
     const [cpu, gpu] = [comparable(r.cpuChunks), comparable(r.gpuChunks)];
     check(cpu.at(-1)?.type === "complete" && cpu.at(-1).usage.completionTokens === TOKENS, `the CPU did not generate ${TOKENS} tokens: ${JSON.stringify(cpu.at(-1))}`);
     check(JSON.stringify(gpu) === JSON.stringify(cpu), `the GPU's chunks differ from the CPU's:\n  cpu ${JSON.stringify(cpu)}\n  gpu ${JSON.stringify(gpu)}`);
+    const last = r.lostChunks.at(-1);
+    check(last?.type === "error" && /lost/i.test(last.message), `a lost device did not end the stream with an error chunk that says so: ${JSON.stringify(r.lostChunks)}`);
+    check(r.lostChunks.filter((c) => c.type === "text").length < 64, `the stream went on after the device was lost: ${JSON.stringify(r.lostChunks)}`);
+    check(/lost.*load the model again/.test(r.afterLoss ?? ""), `generate after the loss did not refuse, saying to load again: ${r.afterLoss}`);
+    check(JSON.stringify(comparable(r.againChunks)) === JSON.stringify(cpu), `the model loaded again after the loss writes other chunks: ${JSON.stringify(r.againChunks)}`);
+    console.log(`device: a device lost mid-stream ends it with ${JSON.stringify(last)}; generate then refuses (${r.afterLoss}); loaded again, the same chunks`);
     console.log(
       `device: ok — on ${r.gpuInfo.adapter}: SmolLM2 loaded onto the GPU in ${(r.loadMs / 1000).toFixed(1)} s; ${TOKENS} greedy tokens ` +
         `in ${(r.generateMs / 1000).toFixed(1)} s, the same chunks as the CPU's (${JSON.stringify(r.cpuChunks.filter((c) => c.type === "text").map((c) => c.text).join(""))})`,
