@@ -284,14 +284,14 @@ fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool
     acc.map(|v| lanes(v))
 }
 
-/// How far ahead of its tile the Q4_K kernel prefetches one line, once per tile. The
-/// hardware prefetchers stop at each 4 KiB page, so decoding (a lone activation row, which
-/// reads the weights from memory) waits at every page for the first line and the address
-/// translation; a line two pages ahead, touched once per tile (a tile is less than a page),
-/// starts every page early. One thread, Q4_K 18432×7168 m=1 from memory: 18.4 → 21.9 GB/s
+/// How far ahead of its tile the Q4_K kernel prefetches one line, once per tile (and the
+/// IQ4_XS one-row kernel once per row: 15.2 → 16.1 GB/s). The hardware prefetchers stop at
+/// each 4 KiB page, so decoding (a lone activation row, which reads the weights from memory)
+/// waits at every page for the first line and the address translation; a line two pages
+/// ahead, touched once per tile (a tile is less than a page), starts every page early. One thread, Q4_K 18432×7168 m=1 from memory: 18.4 → 21.9 GB/s
 /// (4096 to 12288 bytes ahead all gain; every line of the tile two ahead did not; Q5_K, whose
 /// kernel does more per byte, 20.7 → 19.8, so it does without).
-const PREFETCH_AHEAD: usize = 8192;
+pub(super) const PREFETCH_AHEAD: usize = 8192;
 
 /// Q4_K (`FIVE` false, tiles of 2368 bytes) and Q5_K (2880): eight sub-blocks of 32 with 6-bit
 /// scales and minimums. Per block and row, as the scalar code:
