@@ -1639,6 +1639,10 @@ fn dot_iq4xs_avx512_one(row: &[u8], act: &Activations) -> f32 {
     let mut blocks = blocks.iter().zip(q8k(act));
     let mut sum = 0f32;
     while let Some((b0, ((a0, sums0), &da0))) = blocks.next() {
+        // The lines of the pair of blocks BLOCK_AHEAD bytes on (272 bytes: five lines at most).
+        for line in 0..5 {
+            _mm_prefetch::<_MM_HINT_T0>(b0.as_ptr().wrapping_add(BLOCK_AHEAD + 64 * line).cast());
+        }
         let first = iq4xs_products(&iq4xs_block(b0), a0, sums0);
         match blocks.next() {
             Some((b1, ((a1, sums1), &da1))) => {
@@ -1651,6 +1655,13 @@ fn dot_iq4xs_avx512_one(row: &[u8], act: &Activations) -> f32 {
     }
     sum
 }
+
+/// How far ahead of its pair of blocks [`dot_iq4xs_avx512_one`] prefetches every line. Without
+/// it the kernel's reading from memory depends on where its code lies (the hardware
+/// prefetchers learn by the loads' addresses): the same instructions read an IQ4_XS 2048×7168
+/// at 16 GB/s in one build and 11.6 in another, one thread; with it, 16 GB/s in both builds
+/// tried, at 3.5 % of the speed in cache (34.0 → 32.8 GMAC/s).
+const BLOCK_AHEAD: usize = 2048;
 
 /// An IQ4_XS block as [`dot_iq4xs_avx512`] multiplies it: the weights plus 128 of runs
 /// 4h..4h + 3, first 16 values of each run (`weights[h][0]`) and last 16 (`weights[h][1]`),
