@@ -288,9 +288,10 @@ fn strip_32<const N: usize, const MIN: bool, const FIVE: bool, const EIGHT: bool
 /// IQ4_XS one-row kernel once per row: 15.2 → 16.1 GB/s). The hardware prefetchers stop at
 /// each 4 KiB page, so decoding (a lone activation row, which reads the weights from memory)
 /// waits at every page for the first line and the address translation; a line two pages
-/// ahead, touched once per tile (a tile is less than a page), starts every page early. One thread, Q4_K 18432×7168 m=1 from memory: 18.4 → 21.9 GB/s
-/// (4096 to 12288 bytes ahead all gain; every line of the tile two ahead did not; Q5_K, whose
-/// kernel does more per byte, 20.7 → 19.8, so it does without).
+/// ahead, touched once per tile (a tile is less than a page), starts every page early. One
+/// thread, Q4_K 18432×7168 m=1 from memory: 18.4 → 21.9 GB/s (4096 to 12288 bytes ahead all
+/// gain; every line of the tile two ahead did not; Q5_K, whose kernel does more per byte,
+/// 20.7 → 19.8, so it does without).
 pub(super) const PREFETCH_AHEAD: usize = 8192;
 
 /// Q4_K (`FIVE` false, tiles of 2368 bytes) and Q5_K (2880): eight sub-blocks of 32 with 6-bit
@@ -306,8 +307,8 @@ fn strip_q45k<const N: usize, const FIVE: bool, const C: usize>(tiles: &[[u8; N]
         if !FIVE {
             _mm_prefetch::<_MM_HINT_T0>(t.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
         }
-        // The rows' d and dmin, and the minimums in 16-bit pairs (met by the activations' pairs of
-        // 32-value sums), from the tile's first lines. Decoding, which reads the tile from
+        // The rows' d and dmin, and the minimums in 16-bit pairs (met by the activations'
+        // pairs of 32-value sums), from the tile's first lines. Decoding, which reads the tile from
         // memory, reads those first: the lines in order, as the prefetchers follow them (one
         // thread, Q4_K 18432×7168 m=1 from memory: 21.6 → 24.1 GB/s). Prefill, whose four
         // activation rows need the registers, reads them last.
