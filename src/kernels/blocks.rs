@@ -215,6 +215,11 @@ pub struct Activations {
     pub s: Vec<f32>,
     /// Q8_K: the sum of each 16 values.
     pub bsums: Vec<i32>,
+    /// `qs` in the order the AVX-512 IQ4_XS kernel multiplies it, filled for that format's
+    /// products ([`QMatrix::matmul`](super::QMatrix::matmul)) so that it is reordered once per
+    /// row rather than once per weight row: in each 128 values (four 32-value runs) the first
+    /// 16 of each run, then the last 16 of each. Empty elsewhere; a quantizer empties it.
+    pub runs_split: Vec<i8>,
 }
 
 impl Activations {
@@ -243,6 +248,7 @@ impl Activations {
         self.f32s.clear();
         self.qs.clear();
         self.qs16.clear();
+        self.runs_split.clear();
         self.d.clear();
         self.s.clear();
         self.bsums.clear();

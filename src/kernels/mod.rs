@@ -483,6 +483,10 @@ fn quantize_rows(x: &[f32], m: usize, format: Format) -> Vec<Activations> {
     let quantize = |first: usize, acts: &mut [Activations]| {
         for (act, row) in acts.iter_mut().zip(x[first * cols..].chunks_exact(cols.max(1))) {
             act.quantize(row, format.act());
+            #[cfg(target_arch = "x86_64")]
+            if format == Format::IQ4XS {
+                x86::split_runs(act);
+            }
         }
     };
     if m <= ROWS_PER_TASK {

@@ -602,6 +602,7 @@ pub(super) fn quantize(act: &mut Activations, x: &[f32], format: ActFormat) -> b
     act.f32s.clear();
     act.qs.clear();
     act.qs16.clear();
+    act.runs_split.clear();
     act.d.clear();
     act.s.clear();
     act.bsums.clear();

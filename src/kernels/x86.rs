@@ -51,6 +51,22 @@ pub(super) fn dot_rows(format: Format, row: &[u8], acts: &[Activations], out: &m
     available() && unsafe { iq::dot_rows(format, row, acts, out) }
 }
 
+/// Fills [`Activations::runs_split`] from the Q8_K values of `act` where the AVX-512 IQ4_XS
+/// kernel would read it (this CPU has AVX-512 VBMI).
+pub(super) fn split_runs(act: &mut Activations) {
+    if !super::avx512::vbmi() {
+        return;
+    }
+    act.runs_split.clear();
+    for runs in act.qs.chunks_exact(128) {
+        for half in 0..2 {
+            for run in runs.chunks_exact(32) {
+                act.runs_split.extend_from_slice(&run[16 * half..16 * half + 16]);
+            }
+        }
+    }
+}
+
 /// Weight rows [`dot_tiles`] takes at once, one per 32-bit lane of a 512-bit vector.
 pub(super) const TILE_ROWS: usize = 16;
 
@@ -545,6 +561,7 @@ pub(super) fn quantize(act: &mut Activations, x: &[f32], format: ActFormat) -> b
     act.f32s.clear();
     act.qs.clear();
     act.qs16.clear();
+    act.runs_split.clear();
     act.d.clear();
     act.s.clear();
     act.bsums.clear();
