@@ -8,7 +8,8 @@
 //! and reused when their length and marker match. Each measurement is its own process —
 //! `candlewick generate … --json` and `node tests/reference/bench.mjs` — alternating,
 //! `SCALE_RUNS` times each (default 1), on `SCALE_THREADS` threads (default 2), with a
-//! 128-token raw prompt and 32 generated tokens. Peak RSS is the process's maximum resident
+//! 128-token raw prompt and 32 generated tokens, each run after the file is read through (into
+//! the page cache; `SCALE_WARM=0` skips that). Peak RSS is the process's maximum resident
 //! set (`/usr/bin/time -v` for candlewick; Node's `resourceUsage().maxRSS` for llama.cpp),
 //! file pages of the memory-mapped weights included.
 //!
@@ -23,6 +24,27 @@ use std::time::Instant;
 
 use candlewick::Model;
 use common::scale::{kimi, qwen3moe, tokenizer_source, Kimi, Plan, Qwen3Moe, Size};
+
+/// Reads `path` through, so that each run starts with the file in the page cache as far as
+/// memory allows (the acceptance's "load + first token" is measured warm): a run of llama.cpp
+/// (whose repacked weights take memory beside the mapped file) or the kernel's reclaim evicts
+/// a file of 17 GiB on 24 GiB, and the next run would otherwise time the disk. Prints nothing
+/// unless the reading fails; `SCALE_WARM=0` skips it.
+fn warm(path: &Path) {
+    if std::env::var("SCALE_WARM").is_ok_and(|v| v == "0") {
+        return;
+    }
+    use std::io::Read;
+    let mut buf = vec![0u8; 8 << 20];
+    let read = std::fs::File::open(path).and_then(|mut f| loop {
+        if f.read(&mut buf)? == 0 {
+            return Ok(());
+        }
+    });
+    if let Err(e) = read {
+        eprintln!("warming {}: {e}", path.display());
+    }
+}
 
 const PROMPT_TOKENS: usize = 128;
 const DECODE_TOKENS: usize = 32;
@@ -269,10 +291,12 @@ fn main() {
         let (mut cw, mut lc) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             if !llama_only {
+                warm(path);
                 let run = candlewick(path, &text, threads);
                 print_run("candlewick", &run);
                 cw.push(run);
             }
+            warm(path);
             let run = llama_cpp(path, &ids, threads);
             print_run("llama.cpp", &run);
             lc.push(run);
