@@ -241,10 +241,8 @@ impl Activations {
         self.quantize_scalar(x, format);
     }
 
-    /// [`Activations::quantize`] in portable scalar code: the reference the SIMD quantizer
-    /// must match bit for bit, and the path on every target without it. It leaves
-    /// [`Activations::qs16`] empty.
-    pub fn quantize_scalar(&mut self, x: &[f32], format: ActFormat) {
+    /// Empties every field (keeping their memory), as each quantizer does first.
+    pub(crate) fn clear(&mut self) {
         self.f32s.clear();
         self.qs.clear();
         self.qs16.clear();
@@ -252,6 +250,13 @@ impl Activations {
         self.d.clear();
         self.s.clear();
         self.bsums.clear();
+    }
+
+    /// [`Activations::quantize`] in portable scalar code: the reference the SIMD quantizer
+    /// must match bit for bit, and the path on every target without it. It leaves
+    /// [`Activations::qs16`] empty.
+    pub fn quantize_scalar(&mut self, x: &[f32], format: ActFormat) {
+        self.clear();
         match format {
             ActFormat::F32 => self.f32s.extend_from_slice(x),
             ActFormat::BF16 => self.f32s.extend(x.iter().map(|&v| super::lowbit::round_bf16(v))),

@@ -599,13 +599,7 @@ pub(super) fn quantize(act: &mut Activations, x: &[f32], format: ActFormat) -> b
     if matches!(format, ActFormat::F32 | ActFormat::BF16) {
         return false;
     }
-    act.f32s.clear();
-    act.qs.clear();
-    act.qs16.clear();
-    act.runs_split.clear();
-    act.d.clear();
-    act.s.clear();
-    act.bsums.clear();
+    act.clear();
     match format {
         ActFormat::Q8K => quantize_q8k(act, x),
         _ => quantize_q8(act, x, format == ActFormat::Q8_1),

@@ -558,13 +558,7 @@ pub(super) fn quantize(act: &mut Activations, x: &[f32], format: ActFormat) -> b
     if !available() || matches!(format, ActFormat::F32 | ActFormat::BF16) {
         return false;
     }
-    act.f32s.clear();
-    act.qs.clear();
-    act.qs16.clear();
-    act.runs_split.clear();
-    act.d.clear();
-    act.s.clear();
-    act.bsums.clear();
+    act.clear();
     // SAFETY: both functions need AVX2, FMA and F16C, which `available` has just confirmed.
     unsafe {
         match format {
