@@ -702,9 +702,7 @@ impl<B: Backend> Weights<B> {
             Attention::ShortConv { .. } => return Err(Error::Compute(format!("layer {index} convolves; it has no attention"))),
         };
         // [seq][heads][head_dim], [seq][kv_heads][head_dim], [seq][kv_heads][value_dim]
-        let mut q = b.matmul(h, q)?;
-        let mut k = b.matmul(h, k)?;
-        let v = b.matmul(h, v)?;
+        let [mut q, mut k, v]: [B::Tensor; 3] = b.matmuls(h, &[q, k, v])?.try_into().map_err(|_| Error::Compute("three products gave another count".into()))?;
         if let Some(n) = q_norm {
             b.rms_norm(&mut q, n, eps)?;
         }
@@ -864,8 +862,7 @@ fn softmax(x: &[f32]) -> Vec<f32> {
 impl<B: Backend> Mlp<B> {
     /// `down(act(gate(x)) · up(x))` for the rows of `x`.
     pub(crate) fn forward(&self, b: &B, x: &B::Tensor, activation: Activation) -> Result<B::Tensor> {
-        let gate = b.matmul(x, &self.gate)?;
-        let up = b.matmul(x, &self.up)?;
+        let [gate, up]: [B::Tensor; 2] = b.matmuls(x, &[&self.gate, &self.up])?.try_into().map_err(|_| Error::Compute("two products gave another count".into()))?;
         b.matmul(&b.gated(gate, &up, activation)?, &self.down)
     }
 }

@@ -12,7 +12,7 @@ use crate::arch::conv::ConvState;
 use crate::arch::{math, route, shared_gate_weight, Activation, Experts, Moe};
 use crate::bytes::Bytes;
 use crate::error::{Error, Result};
-use crate::kernels::{QLinear, QMatrix};
+use crate::kernels::{QLinear, QMatrix, QuantizedRows};
 
 /// Bytes of weights a model may repack for this CPU's kernels (the AVX-512 VNNI strips), beyond
 /// which matrices are used in place, in the file's layout. A repacked matrix is a copy: its file
@@ -101,6 +101,28 @@ impl Backend for Cpu {
 
     fn matmul(&self, x: &Tensor, w: &QLinear) -> Result<Tensor> {
         Ok(Tensor { rows: x.rows, data: w.forward(&x.data, x.rows)? })
+    }
+
+    /// A token's few products (decoding) run as one parallel piece, in parts of rows; a
+    /// prompt's one after the other, each spread over the threads.
+    fn matmuls(&self, x: &Tensor, ws: &[&QLinear]) -> Result<Vec<Tensor>> {
+        if x.rows > PARTS_UP_TO_ROWS {
+            return ws.iter().map(|w| self.matmul(x, w)).collect();
+        }
+        // The input quantized once for each format and width among the matrices.
+        let mut quantized: Vec<QuantizedRows> = Vec::new();
+        let mut input = Vec::with_capacity(ws.len());
+        for w in ws {
+            match quantized.iter().position(|q| q.fits(w.weight())) {
+                Some(i) => input.push(i),
+                None => {
+                    quantized.push(w.weight().quantize(&x.data, x.rows)?);
+                    input.push(quantized.len() - 1);
+                }
+            }
+        }
+        let inputs: Vec<&QuantizedRows> = input.iter().map(|&i| &quantized[i]).collect();
+        in_parts(&inputs, |x| x.rows(), |i| ws[i].out_features(), EXPERT_PARTS, |i, x, range| ws[i].forward_part_quantized(x, range))
     }
 
     fn matmul_heads(&self, x: &Tensor, matrices: &[QLinear]) -> Result<Tensor> {
@@ -313,8 +335,14 @@ impl Backend for Cpu {
 /// others (a prompt's); below, a token's few run in parts ([`Cpu::experts_in_parts`]).
 const EXPERTS_SIDE_BY_SIDE: usize = 16;
 
-/// Parts each of a few experts' matrices is split into ([`Cpu::experts_in_parts`]).
+/// Parts each of a few experts' matrices is split into ([`Cpu::experts_in_parts`]), and each
+/// of a token's few products on average ([`Backend::matmuls`]).
 const EXPERT_PARTS: usize = 4;
+
+/// Rows of activations up to which [`Backend::matmuls`] runs its products in parts, side by
+/// side: a token's products are small, and one after the other each ended on a wait for the
+/// slowest thread.
+const PARTS_UP_TO_ROWS: usize = 8;
 
 impl Cpu {
     /// The `chosen` experts over their inputs (`input(e)`), in two rounds, each spread over the
@@ -325,14 +353,22 @@ impl Cpu {
     /// (`QLinear::forward_part`). Returns each of the `count` experts' output (empty for
     /// those not chosen).
     fn experts_in_parts(&self, moe: &Moe<Cpu>, chosen: &[usize], input: &(dyn Fn(usize) -> Tensor + Sync), activation: Activation, count: usize) -> Result<Vec<Tensor>> {
-        let inputs: Vec<Tensor> = chosen.iter().map(|&e| input(e)).collect();
-        let hidden = in_parts(chosen, &inputs, |e| moe.experts[e].gate.out_features(), |e, x, range| {
-            let mlp = &moe.experts[e];
-            let mut gate = mlp.gate.forward_part(&x.data, x.rows, range.clone())?;
-            gated(activation, &mut gate, &mlp.up.forward_part(&x.data, x.rows, range)?);
+        // Each expert's input quantized once for its gate and (unless its format differs) up.
+        let mut inputs = Vec::with_capacity(chosen.len());
+        for &e in chosen {
+            let (x, mlp) = (input(e), &moe.experts[e]);
+            let gate = mlp.gate.weight().quantize(&x.data, x.rows)?;
+            let up = if gate.fits(mlp.up.weight()) { None } else { Some(mlp.up.weight().quantize(&x.data, x.rows)?) };
+            inputs.push((gate, up));
+        }
+        let hidden = in_parts(&inputs, |(x, _)| x.rows(), |i| moe.experts[chosen[i]].gate.out_features(), EXPERT_PARTS, |i, (x, up_x), range| {
+            let mlp = &moe.experts[chosen[i]];
+            let mut gate = mlp.gate.forward_part_quantized(x, range.clone())?;
+            gated(activation, &mut gate, &mlp.up.forward_part_quantized(up_x.as_ref().unwrap_or(x), range)?);
             Ok(gate)
         })?;
-        let down = in_parts(chosen, &hidden, |e| moe.experts[e].down.out_features(), |e, x, range| moe.experts[e].down.forward_part(&x.data, x.rows, range))?;
+        let hidden = chosen.iter().zip(&hidden).map(|(&e, h)| moe.experts[e].down.weight().quantize(&h.data, h.rows)).collect::<Result<Vec<_>>>()?;
+        let down = in_parts(&hidden, |x| x.rows(), |i| moe.experts[chosen[i]].down.out_features(), EXPERT_PARTS, |i, x, range| moe.experts[chosen[i]].down.forward_part_quantized(x, range))?;
         let mut outputs: Vec<Tensor> = (0..count).map(|_| Tensor { rows: 0, data: Vec::new() }).collect();
         for (&e, product) in chosen.iter().zip(down) {
             outputs[e] = product;
@@ -341,27 +377,31 @@ impl Cpu {
     }
 }
 
-/// For each chosen expert `e` (with its input rows `inputs[i]`), the `[rows][width(e)]` values
-/// that `part(e, input, range)` gives `[rows][range]` of, the parts ([`EXPERT_PARTS`] per
-/// expert, starting on multiples of [`QMatrix::PART_ROWS`]) computed side by side.
-fn in_parts(
-    chosen: &[usize],
-    inputs: &[Tensor],
+/// For each product `i` (with its input rows `inputs[i]`, `rows(input)` of
+/// them), the `[rows][width(i)]` values that `part(i, input, range)` gives `[rows][range]` of,
+/// the parts (`parts` per product on average, of one size, a multiple of
+/// [`QMatrix::PART_ROWS`]) computed side by side in one parallel piece.
+fn in_parts<X: Sync>(
+    inputs: &[X],
+    rows: impl Fn(&X) -> usize,
     width: impl Fn(usize) -> usize,
-    part: impl Fn(usize, &Tensor, std::ops::Range<usize>) -> Result<Vec<f32>> + Sync,
+    parts: usize,
+    part: impl Fn(usize, &X, std::ops::Range<usize>) -> Result<Vec<f32>> + Sync,
 ) -> Result<Vec<Tensor>> {
+    // Parts of about equal size: the products' widths together, in `parts` parts per product.
+    let total: usize = (0..inputs.len()).map(&width).sum();
+    let size = total.div_ceil(parts * inputs.len()).next_multiple_of(QMatrix::PART_ROWS).max(QMatrix::PART_ROWS);
     let mut jobs = Vec::new();
-    for (i, &e) in chosen.iter().enumerate() {
-        let rows = width(e);
-        let size = rows.div_ceil(EXPERT_PARTS).next_multiple_of(QMatrix::PART_ROWS).max(QMatrix::PART_ROWS);
-        jobs.extend((0..rows).step_by(size).map(|start| (i, start..(start + size).min(rows))));
+    for i in 0..inputs.len() {
+        let width = width(i);
+        jobs.extend((0..width).step_by(size).map(|start| (i, start..(start + size).min(width))));
     }
     let mut results: Vec<Result<Vec<f32>>> = (0..jobs.len()).map(|_| Ok(Vec::new())).collect();
     crate::platform::parallel_chunks(&mut results, 1, |j, slot| {
         let (i, range) = jobs[j].clone();
-        slot[0] = part(chosen[i], &inputs[i], range);
+        slot[0] = part(i, &inputs[i], range);
     });
-    let mut out: Vec<Tensor> = chosen.iter().zip(inputs).map(|(&e, x)| Tensor { rows: x.rows, data: vec![0f32; x.rows * width(e)] }).collect();
+    let mut out: Vec<Tensor> = inputs.iter().enumerate().map(|(i, x)| Tensor { rows: rows(x), data: vec![0f32; rows(x) * width(i)] }).collect();
     for ((i, range), values) in jobs.into_iter().zip(results) {
         let (values, out) = (values?, &mut out[i]);
         let full = out.width();

@@ -71,6 +71,14 @@ pub trait Backend: Sized {
     /// # Errors
     /// [`crate::Error::Compute`] on a shape mismatch.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Matrix) -> Result<Self::Tensor>;
+    /// [`Backend::matmul`] of the same `x` by each of `ws` (a layer's query, key and value
+    /// projections), which a backend may run together.
+    ///
+    /// # Errors
+    /// [`crate::Error::Compute`] on a shape mismatch.
+    fn matmuls(&self, x: &Self::Tensor, ws: &[&Self::Matrix]) -> Result<Vec<Self::Tensor>> {
+        ws.iter().map(|w| self.matmul(x, w)).collect()
+    }
     /// Head `h`'s matrix applied to head `h` of every row: `x` is `[rows][heads][cols]`, the
     /// result `[rows][heads][rows of the matrices]` (latent attention's per-head projections).
     ///

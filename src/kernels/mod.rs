@@ -220,24 +220,49 @@ impl QMatrix {
     /// # Errors
     /// [`Error::Compute`] when `x` is not `m × cols` values.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.matmul_quantized(&self.quantize(x, m)?)
+    }
+
+    /// The block format the matrix is stored in.
+    fn format(&self) -> Format {
+        match &self.kind {
+            Kind::Blocks { format, .. } => *format,
+            #[cfg(target_arch = "x86_64")]
+            Kind::Strips { format, .. } => *format,
+        }
+    }
+
+    /// `x` (`m` rows of `cols` values) quantized as this matrix's products take it, for
+    /// [`QMatrix::matmul_quantized`] by this matrix, its parts, and any other matrix of the same
+    /// format and width ([`QuantizedRows::fits`]).
+    ///
+    /// # Errors
+    /// [`Error::Compute`] when `x` is not `m × cols` values.
+    pub fn quantize(&self, x: &[f32], m: usize) -> Result<QuantizedRows> {
         let k = self.cols;
         if x.len() != m * k {
             return Err(Error::Compute(format!("{} values are not {m} rows of {k}", x.len())));
         }
-        let format = match &self.kind {
-            Kind::Blocks { format, .. } => *format,
-            #[cfg(target_arch = "x86_64")]
-            Kind::Strips { format, .. } => *format,
-        };
-        let acts = quantize_rows(x, m, format);
+        Ok(QuantizedRows { format: self.format(), cols: k, rows: quantize_rows(x, m, self.format()) })
+    }
+
+    /// [`QMatrix::matmul`] of rows quantized already: `m` rows of `rows` values.
+    ///
+    /// # Errors
+    /// [`Error::Compute`] when `x` was quantized for another format or width.
+    pub fn matmul_quantized(&self, x: &QuantizedRows) -> Result<Vec<f32>> {
+        if !x.fits(self) {
+            return Err(Error::Compute(format!("activations quantized for {:?} × {} multiplied by {:?} × {}", x.format, x.cols, self.format(), self.cols)));
+        }
+        let (format, acts, m) = (x.format, &x.rows[..], x.rows.len());
         match &self.kind {
             #[cfg(target_arch = "x86_64")]
             Kind::Blocks { data, .. } if strips::pays_for_one_product(format, m) && avx512::available() => {
-                Ok(self.matmul_strips(format, StripSource::Rows(data), &acts))
+                Ok(self.matmul_strips(format, StripSource::Rows(data), acts))
             }
-            Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, &acts)),
+            Kind::Blocks { data, row_bytes, .. } => Ok(self.matmul_rows(format, data, *row_bytes, acts)),
             #[cfg(target_arch = "x86_64")]
-            Kind::Strips { data, .. } => Ok(self.matmul_strips(format, StripSource::Packed(data), &acts)),
+            Kind::Strips { data, .. } => Ok(self.matmul_strips(format, StripSource::Packed(data), acts)),
         }
     }
 
@@ -413,6 +438,27 @@ impl QMatrix {
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(QMatrix::PART_ROWS == strips::ROWS);
 
+/// Activation rows quantized for the products of one block format and width
+/// ([`QMatrix::quantize`]): quantized once, they serve every matrix that fits them — a
+/// matrix's parts, an expert's gate and up.
+pub struct QuantizedRows {
+    format: Format,
+    cols: usize,
+    rows: Vec<Activations>,
+}
+
+impl QuantizedRows {
+    /// Whether `matrix` takes these rows: its format and width are theirs.
+    pub fn fits(&self, matrix: &QMatrix) -> bool {
+        matrix.format() == self.format && matrix.cols == self.cols
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+}
+
 /// A linear layer `y = x · Wᵀ (+ b)` over a quantized weight of shape `(out, in)`.
 #[derive(Clone)]
 pub struct QLinear {
@@ -449,10 +495,19 @@ impl QLinear {
     /// # Errors
     /// [`Error::Compute`] on a shape mismatch or a range [`QMatrix::part`] refuses.
     pub fn forward_part(&self, x: &[f32], m: usize, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        self.forward_part_quantized(&self.weight.quantize(x, m)?, range)
+    }
+
+    /// [`QLinear::forward_part`] of rows quantized already (by [`QMatrix::quantize`]).
+    ///
+    /// # Errors
+    /// [`Error::Compute`] when the rows do not fit the weight or [`QMatrix::part`] refuses the
+    /// range.
+    pub fn forward_part_quantized(&self, x: &QuantizedRows, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
         let Some(weight) = self.weight.part(range.clone()) else {
             return Err(Error::Compute(format!("rows {range:?} of a {}-row matrix", self.weight.rows())));
         };
-        let mut y = weight.matmul(x, m)?;
+        let mut y = weight.matmul_quantized(x)?;
         if let Some(b) = &self.bias {
             let b = &b[range];
             for row in y.chunks_exact_mut(b.len().max(1)) {
