@@ -853,7 +853,8 @@ fn sigmoid(x: f32) -> f32 {
 /// Softmax of `x`, summed in f64 as llama.cpp sums it.
 fn softmax(x: &[f32]) -> Vec<f32> {
     let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = x.iter().map(|v| math::exp(v - max)).collect();
+    let mut exps: Vec<f32> = x.iter().map(|v| v - max).collect();
+    math::exp_in_place(&mut exps);
     let sum: f64 = exps.iter().map(|&e| e as f64).sum();
     let inv = (1.0 / sum) as f32;
     exps.into_iter().map(|e| e * inv).collect()
