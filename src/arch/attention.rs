@@ -525,7 +525,7 @@ fn attend_flash(q: &[f32], seq: usize, pos: usize, cache: &KvCache, spec: &Spec)
                         *e = score - max[h];
                     }
                 }
-                exps.iter_mut().for_each(|e| *e = math::exp(*e));
+                math::exp_in_place(exps);
                 for (&e, &r) in exps.iter().zip(raised.iter()) {
                     let (old_scale, weight) = if r { (e, 1.0) } else { (1.0, e) };
                     sum[h] = sum[h] * old_scale + weight;
