@@ -364,10 +364,6 @@ impl<B: Backend> Weights<B> {
         if width != c.hidden {
             return Err(Error::InvalidTensor { name: "token_embd.weight".into(), reason: format!("rows of {width}, expected the hidden width {}", c.hidden) });
         }
-        let output = match tied {
-            false => loader.linear_placed("output", Some(vocab_size), c.hidden, Products::OneRow)?,
-            true => table.clone(), // the embedding table itself
-        };
         // LFM2's converter names its final norm `token_embd_norm` (llama.cpp reads it so).
         let output_norm = loader.vector(if c.family == Family::Lfm2 { "token_embd_norm.weight" } else { "output_norm.weight" }, c.hidden)?;
         let pairs = c.rope_dims / 2;
@@ -471,6 +467,13 @@ impl<B: Backend> Weights<B> {
             let mut pre_norm = |name: &str| if c.pre_norms { loader.vector(&p(name), c.hidden).map(Some) } else { Ok(None) };
             layers.push(Layer { attn_norm: pre_norm("attn_norm.weight")?, attention, post_attn_norm, ffn_norm: pre_norm(ffn_norm)?, ffn, post_ffn_norm });
         }
+        // The output layer last: it is multiplied by one row per token, where repacking gains
+        // less than for the blocks' matrices (a prompt's rows go through those), so it gets what
+        // they leave of the repacking budget.
+        let output = match tied {
+            false => loader.linear_placed("output", Some(vocab_size), c.hidden, Products::OneRow)?,
+            true => table.clone(), // the embedding table itself
+        };
         drop(loader);
         let unit_norm = if c.qk_unit_norm { Some(backend.vector(vec![1.0; c.head_dim])?) } else { None };
         Ok(Weights { backend, config, vocab_size, embedding: table, layers, output_norm, output, rope_freqs, rope_long, rope_short, unit_norm, forward_passes: AtomicU64::new(0) })

@@ -18,9 +18,9 @@ use crate::kernels::{QLinear, QMatrix, QuantizedRows};
 /// which matrices are used in place, in the file's layout. A repacked matrix is a copy: its file
 /// bytes are released, but a copy of more than this would crowd out the page cache that a
 /// memory-mapped file larger than memory runs from. Matrices are repacked in the order the
-/// model loads them (output first, then block by block) where it pays ([`Products`]), experts
-/// never: they are most of a mixture-of-experts model's bytes, and decoding reads only the
-/// chosen few.
+/// model loads them (block by block, then the output layer) where it pays ([`Products`]),
+/// experts never: they are most of a mixture-of-experts model's bytes, and decoding reads only
+/// the chosen few.
 pub const REPACK_BUDGET: usize = 1 << 30;
 
 /// The CPU. One per loaded model: it keeps what is left of the model's [`REPACK_BUDGET`].

@@ -141,9 +141,11 @@ impl QMatrix {
 
     /// Whether repacking a matrix of this type pays when it is only ever multiplied by one
     /// activation row (the output layer): the simple block formats' strips are read from memory
-    /// about twice as fast as their rows (Q8_0 151936×896: 40 against 22 GB/s), the K-quants'
-    /// no faster (Q6_K 16384×7168: 28 against 37 GB/s; Q4_K as fast), so a K-quant output layer
-    /// would spend the repacking budget for nothing.
+    /// about twice as fast as their rows (Q8_0 151936×896: 40 against 22 GB/s), Q4_K's and
+    /// Q6_K's faster too since their strips prefetch across pages (one thread: Q4_K
+    /// 18432×7168 23.7 against 15.8 GB/s, Q6_K 16384×7168 20.3 against 16.0; two threads 34.1
+    /// against 28.4 and 37.4 against 28.9), Q5_K's no faster (16.5 against 16.6), so a Q5_K
+    /// output layer would spend the repacking budget for nothing.
     pub fn repacking_pays_for_one_row(ggml_type: u32) -> bool {
         #[cfg(target_arch = "x86_64")]
         if let Some(format) = Format::from_ggml(ggml_type) {

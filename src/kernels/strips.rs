@@ -121,9 +121,10 @@ pub fn pays_for_one_product(format: Format, m: usize) -> bool {
 }
 
 /// Whether the strips of `format` multiply one activation row faster than its rows do, from
-/// memory (see [`super::QMatrix::repacking_pays_for_one_row`]).
+/// memory (see [`super::QMatrix::repacking_pays_for_one_row`]): every format with strips but
+/// Q5_K, since the strips prefetch across pages.
 pub fn pays_for_one_row(format: Format) -> bool {
-    matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0)
+    matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 | Format::Q4K | Format::Q6K)
 }
 
 /// The bytes row `row` had in the file, rebuilt from the strips of a matrix of `cols` columns.
