@@ -19,7 +19,8 @@ use crate::stream::{ChunkSender, ChunkStream};
 impl Model {
     /// Opens the GGUF file at `path`: header, tokenizer and weights. The file is memory-mapped
     /// read-only and its weights are used where they lie (a few matrices are repacked for this
-    /// CPU's kernels, within [`crate::arch::REPACK_BUDGET`]), so opening costs little beyond
+    /// CPU's kernels, within a budget of an eighth of the available memory and at least
+    /// [`crate::arch::REPACK_BUDGET`]), so opening costs little beyond
     /// the header, and a file larger than memory runs from the page cache. The first file of a
     /// split model (`<name>-00001-of-000NN.gguf`, as gguf-split writes them) opens every shard.
     ///

@@ -318,8 +318,8 @@ impl Weights<Cpu> {
     /// Loads the weights the header describes from the files of a model in memory (or memory
     /// mapped): `files[i]` is shard `i` of a split model (the one file of others) with the
     /// offset of its tensor-data section. Tensors share the files' buffers rather than copy
-    /// them, except those repacked for this CPU's kernels, at most [`REPACK_BUDGET`] bytes of
-    /// them, whose file bytes are then released (see [`Bytes::release`]). `progress(bytes,
+    /// them, except those repacked for this CPU's kernels, within a budget (at least
+    /// [`REPACK_BUDGET`] bytes of them), whose file bytes are then released (see [`Bytes::release`]). `progress(bytes,
     /// total)` reports the bytes placed so far.
     ///
     /// # Errors
