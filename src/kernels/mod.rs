@@ -295,6 +295,11 @@ impl QMatrix {
                     done += 8;
                 }
             }
+            // One activation row (decoding): the K-quants' rows in one call, where the CPU can.
+            #[cfg(target_arch = "x86_64")]
+            if m == 1 && done == 0 && x86::dot_each(format, &data[first * row_bytes..(first + out.len()) * row_bytes], row_bytes, &acts[0], out) {
+                done = out.len();
+            }
             // Codebook rows sixteen at a time, for several activation rows, where the CPU can.
             #[cfg(target_arch = "x86_64")]
             if m >= tiles_from(format) {

@@ -107,6 +107,41 @@ pub(super) fn dot(format: Format, row: &[u8], act: &Activations) -> Option<f32> 
     }
 }
 
+/// [`dot`] of each of the rows `rows` (whole rows of `row_bytes` bytes, one after the other)
+/// with one activation row, into `out`, in one call for the K-quants that decoding multiplies
+/// in place (a mixture of experts' experts): a row of Qwen3-Coder's down experts is three
+/// blocks, and a call per row set its constants up again for each. `false` when the format has
+/// no such loop or this CPU lacks what its kernel needs.
+pub(super) fn dot_each(format: Format, rows: &[u8], row_bytes: usize, act: &Activations, out: &mut [f32]) -> bool {
+    if !available() || row_bytes == 0 {
+        return false;
+    }
+    // SAFETY: `available` confirmed AVX2, FMA and F16C, and `avx512::available` AVX-512 F, BW
+    // and VNNI.
+    unsafe {
+        match format {
+            Format::Q4K => dot_q4k_each(rows, row_bytes, act, out),
+            Format::Q6K if super::avx512::available() => dot_q6k_avx512_each(rows, row_bytes, act, out),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4k_each(rows: &[u8], row_bytes: usize, act: &Activations, out: &mut [f32]) {
+    for (row, out) in rows.chunks_exact(row_bytes).zip(out) {
+        *out = dot_q45k::<144, 16, false>(row, act);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_q6k_avx512_each(rows: &[u8], row_bytes: usize, act: &Activations, out: &mut [f32]) {
+    for (row, out) in rows.chunks_exact(row_bytes).zip(out) {
+        *out = dot_q6k_avx512(row, act);
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // Reading blocks.
 
@@ -500,6 +535,7 @@ fn dot_q6k(row: &[u8], act: &Activations) -> f32 {
 /// shifted into place per 256-bit half), one `vpdpbusd` of the unsigned 0..63 values with the
 /// activations, each i32 lane (four values of one 16-value sub-block) times its sub-block's
 /// scale. The integer sum is the AVX2 kernel's and the f32 arithmetic the same: bit-identical.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn dot_q6k_avx512(row: &[u8], act: &Activations) -> f32 {
     let (blocks, _) = row.as_chunks::<210>();
