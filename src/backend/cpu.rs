@@ -398,6 +398,9 @@ fn in_parts<X: Sync>(
     parts: usize,
     part: impl Fn(usize, &X, std::ops::Range<usize>) -> Result<Vec<f32>> + Sync,
 ) -> Result<Vec<Tensor>> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
     // Parts of about equal size: the products' widths together, in `parts` parts per product.
     let total: usize = (0..inputs.len()).map(&width).sum();
     let size = total.div_ceil(parts * inputs.len()).next_multiple_of(QMatrix::PART_ROWS).max(QMatrix::PART_ROWS);
