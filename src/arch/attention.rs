@@ -740,11 +740,14 @@ fn fused_lanes(a: &[f32], b: &[f32]) -> [f32; 16] {
 fn fold_halves(lanes: &[f32]) -> f32 {
     let mut v = [0f32; 16];
     v.copy_from_slice(lanes);
-    // Written out a width at a time, so that each step is one vector addition.
-    let v8: [f32; 8] = std::array::from_fn(|l| v[l] + v[l + 8]);
-    let v4: [f32; 4] = std::array::from_fn(|l| v8[l] + v8[l + 4]);
-    let v2: [f32; 2] = std::array::from_fn(|l| v4[l] + v4[l + 2]);
-    v2[0] + v2[1]
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+    }
+    v[0]
 }
 
 /// The sum of four 16-lane accumulators (64 partial sums, accumulator j holding terms 16j..16j+15

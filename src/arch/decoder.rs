@@ -319,8 +319,8 @@ impl Weights<Cpu> {
     /// mapped): `files[i]` is shard `i` of a split model (the one file of others) with the
     /// offset of its tensor-data section. Tensors share the files' buffers rather than copy
     /// them, except those repacked for this CPU's kernels, within a budget (at least
-    /// [`REPACK_BUDGET`] bytes of them), whose file bytes are then released (see [`Bytes::release`]). `progress(bytes,
-    /// total)` reports the bytes placed so far.
+    /// [`REPACK_BUDGET`] bytes of them), whose file bytes are then released (see
+    /// [`Bytes::release`]). `progress(bytes, total)` reports the bytes placed so far.
     ///
     /// # Errors
     /// As [`Weights::load`].
